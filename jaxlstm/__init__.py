@@ -1,0 +1,43 @@
+"""jaxlstm: recurrent neural networks for JAX, as pure functions.
+
+Gate layouts: LSTM ``i, f, g, o``; GRU ``r, z, n``. Weights are ``(in, out)``.
+"""
+
+from jaxlstm.cells.gru import GRUParams, GRUState, gru_init, gru_step, gru_zero_state
+from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
+from jaxlstm.layers import gru, lstm, rnn, zero_state
+from jaxlstm.cells.lstm import LayerNormParams, LSTMParams, LSTMState, lstm_init, lstm_step, lstm_zero_state
+from jaxlstm.cells.rnn import RNNParams, RNNState, rnn_init, rnn_step, rnn_zero_state
+from jaxlstm.scan import scan
+from jaxlstm.stack import Bidirectional, stack, stack_init
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bidirectional",
+    "GRUParams",
+    "GRUState",
+    "LSTMParams",
+    "LSTMState",
+    "LayerNormParams",
+    "RNNParams",
+    "RNNState",
+    "glorot_uniform",
+    "gru",
+    "gru_init",
+    "gru_step",
+    "gru_zero_state",
+    "lstm",
+    "lstm_init",
+    "lstm_step",
+    "lstm_zero_state",
+    "orthogonal_blocks",
+    "rnn",
+    "rnn_init",
+    "rnn_step",
+    "rnn_zero_state",
+    "scan",
+    "stack",
+    "stack_init",
+    "zero_state",
+]

@@ -1,0 +1,1 @@
+"""Cell step functions: one concept (one cell) per module."""

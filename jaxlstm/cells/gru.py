@@ -1,0 +1,112 @@
+r"""The GRU cell, with PyTorch's semantics.
+
+Gate layout: along the ``3H`` axis of ``w_x``, ``w_h`` and ``b`` the gates are
+**r, z, n** (reset, update, candidate), as in PyTorch. The recurrent bias of
+the candidate, ``b_hn``, sits *inside* the reset product,
+``r * (h W_hn + b_hn)``, so it cannot be folded into ``b`` and is kept apart.
+(Flax NNX's ``GRUCell`` puts it outside, which is a different function.)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxlstm import _checks
+from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
+from jaxlstm.cells.lstm import state_dtype
+
+
+class GRUParams(NamedTuple):
+  """Parameters of one GRU layer."""
+  w_x: jax.Array  # (I, 3H) input weights, gates r, z, n
+  w_h: jax.Array  # (H, 3H) recurrent weights
+  b: jax.Array  # (3H,) = (b_ir + b_hr, b_iz + b_hz, b_in)
+  b_hn: jax.Array  # (H,) recurrent candidate bias, inside the reset product
+
+  @property
+  def input_size(self) -> int:
+    return self.w_x.shape[0]
+
+  @property
+  def hidden_size(self) -> int:
+    return self.w_h.shape[0]
+
+  @property
+  def output_size(self) -> int:
+    return self.w_h.shape[0]
+
+  @property
+  def dtype(self):
+    return self.w_x.dtype
+
+
+class GRUState(NamedTuple):
+  """State of a GRU layer."""
+  h: jax.Array  # (..., H)
+
+
+def gru_init(key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32) -> GRUParams:
+  """Initializes a GRU layer: Glorot-uniform ``w_x``, per-gate orthogonal ``w_h``, zero biases.
+
+  Args:
+    key: PRNG key.
+    input_size: ``I``.
+    hidden_size: ``H``.
+    dtype: dtype of every parameter.
+
+  Returns:
+    :class:`GRUParams` with ``w_x (I, 3H)``, ``w_h (H, 3H)``, ``b (3H,)``, ``b_hn (H,)``.
+  """
+  _checks.check_positive_int("input_size", input_size)
+  _checks.check_positive_int("hidden_size", hidden_size)
+  if not _checks.is_float(dtype):
+    raise TypeError(f"dtype must be a floating-point dtype; got {jnp.dtype(dtype)}")
+  k_x, k_h = jax.random.split(key)
+  H = hidden_size
+  return GRUParams(w_x=glorot_uniform(k_x, (input_size, 3 * H), dtype),
+                   w_h=orthogonal_blocks(k_h, H, 3, H, dtype),
+                   b=jnp.zeros((3 * H,), dtype), b_hn=jnp.zeros((H,), dtype))
+
+
+def gru_zero_state(params: GRUParams, batch_shape: tuple[int, ...] = (), dtype=None) -> GRUState:
+  """An all-zero state ``h (*batch_shape, H)`` (float32 at least, as for the LSTM)."""
+  dtype = state_dtype(params.dtype) if dtype is None else dtype
+  return GRUState(jnp.zeros((*tuple(batch_shape), params.hidden_size), dtype))
+
+
+def gru_step(params: GRUParams, state: GRUState, x: jax.Array) -> tuple[GRUState, jax.Array]:
+  r"""One GRU step.
+
+  .. math::
+
+    r &= \sigma(x W_{xr} + h W_{hr} + b_r) \\
+    z &= \sigma(x W_{xz} + h W_{hz} + b_z) \\
+    n &= \tanh(x W_{xn} + b_n + r \odot (h W_{hn} + b_{hn})) \\
+    h' &= (1 - z) \odot n + z \odot h
+
+  Args:
+    params: :class:`GRUParams`.
+    state: :class:`GRUState` with ``h (..., H)``.
+    x: input ``(..., I)``.
+
+  Returns:
+    ``(new_state, h')`` with ``h' (..., H)``.
+
+  References:
+    Cho et al. (2014), Learning phrase representations using RNN
+    encoder-decoder for statistical machine translation.
+  """
+  cdt = params.w_x.dtype
+  h = state.h
+  zx = (x.astype(cdt) @ params.w_x + params.b).astype(h.dtype)
+  zh = (h.astype(cdt) @ params.w_h).astype(h.dtype)
+  xr, xz, xn = jnp.split(zx, 3, axis=-1)
+  hr, hz, hn = jnp.split(zh, 3, axis=-1)
+  r = jax.nn.sigmoid(xr + hr)
+  z = jax.nn.sigmoid(xz + hz)
+  n = jnp.tanh(xn + r * (hn + params.b_hn.astype(h.dtype)))
+  h_new = (1.0 - z) * n + z * h
+  return GRUState(h_new), h_new

@@ -1,0 +1,215 @@
+r"""The LSTM cell, with optional peepholes, layer normalization and projection.
+
+Gate layout, stated once for the whole package: along the ``4H`` axis of
+``w_x``, ``w_h`` and ``b`` the gates are in the order **i, f, g, o** (input,
+forget, cell candidate, output), the same as PyTorch, Flax and Equinox.
+Weights are ``(in, out)``, so a step is ``x @ w_x + h @ w_h + b``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxlstm import _checks
+from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
+
+# Added to the variance in layer normalization, as in ``torch.nn.LayerNorm``.
+LAYER_NORM_EPS = 1e-5
+
+
+class LayerNormParams(NamedTuple):
+  """Gains and bias of a LayerNorm LSTM (Ba et al., 2016)."""
+  x_scale: jax.Array  # (4H,) gain on LN(x @ w_x)
+  h_scale: jax.Array  # (4H,) gain on LN(h @ w_h)
+  c_scale: jax.Array  # (H,) gain on LN(c) before the output tanh
+  c_bias: jax.Array  # (H,)
+
+
+class LSTMParams(NamedTuple):
+  """Parameters of one LSTM layer. ``P`` is ``H``, or the projection size."""
+  w_x: jax.Array  # (I, 4H) input weights, gates i, f, g, o
+  w_h: jax.Array  # (P, 4H) recurrent weights
+  b: jax.Array  # (4H,) bias
+  peephole: jax.Array | None = None  # (3, H) diagonal peepholes, rows i, f, o
+  layer_norm: LayerNormParams | None = None
+  w_proj: jax.Array | None = None  # (H, P) output projection
+
+  @property
+  def input_size(self) -> int:
+    return self.w_x.shape[0]
+
+  @property
+  def hidden_size(self) -> int:
+    return self.w_x.shape[1] // 4
+
+  @property
+  def output_size(self) -> int:
+    """Size of ``h``: ``proj_size`` with a projection, else ``hidden_size``."""
+    return self.w_h.shape[0]
+
+  @property
+  def dtype(self):
+    return self.w_x.dtype
+
+
+class LSTMState(NamedTuple):
+  """State of an LSTM layer."""
+  h: jax.Array  # (..., P) hidden state (the output)
+  c: jax.Array  # (..., H) cell state
+
+
+def lstm_init(key: jax.Array, input_size: int, hidden_size: int, *, peephole: bool = False,
+              layer_norm: bool = False, proj_size: int | None = None, forget_bias: float = 1.0,
+              dtype=jnp.float32) -> LSTMParams:
+  """Initializes an LSTM layer.
+
+  ``w_x`` is Glorot-uniform. ``w_h`` is orthogonal per gate block (one orthogonal
+  ``(P, H)`` matrix per gate, not one over the whole ``(P, 4H)`` matrix). ``b``
+  is zero except the forget block, which is ``forget_bias``: a positive value
+  keeps the memory open early in training (Gers et al., 2000; Jozefowicz et al.,
+  2015). Peepholes are Glorot-uniform over ``H`` as in Keras'
+  ``PeepholeLSTMCell``; layer-norm gains start at one and its bias at zero;
+  ``w_proj`` is Glorot-uniform.
+
+  Args:
+    key: PRNG key.
+    input_size: ``I``, the size of each input vector.
+    hidden_size: ``H``, the size of the cell state.
+    peephole: add diagonal peephole connections (see :func:`lstm_step`).
+    layer_norm: normalize the input and recurrent projections and the cell
+      state (Ba et al., 2016).
+    proj_size: if given, ``h`` is projected from ``H`` down to ``P = proj_size``
+      features, as with PyTorch's ``proj_size``.
+    forget_bias: initial value of the forget-gate bias.
+    dtype: dtype of every parameter.
+
+  Returns:
+    :class:`LSTMParams` with ``w_x (I, 4H)``, ``w_h (P, 4H)``, ``b (4H,)`` and,
+    when asked for, ``peephole (3, H)``, ``layer_norm`` and ``w_proj (H, P)``.
+
+  Example:
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, peephole=True)
+    >>> params.w_x.shape, params.w_h.shape, params.b.shape, params.peephole.shape
+    ((3, 20), (5, 20), (20,), (3, 5))
+  """
+  _checks.check_positive_int("input_size", input_size)
+  _checks.check_positive_int("hidden_size", hidden_size)
+  if proj_size is not None:
+    _checks.check_positive_int("proj_size", proj_size)
+    if proj_size >= hidden_size:
+      raise ValueError(f"proj_size must be smaller than hidden_size={hidden_size}; got {proj_size}")
+  if not _checks.is_float(dtype):
+    raise TypeError(f"dtype must be a floating-point dtype; got {jnp.dtype(dtype)}")
+  H = hidden_size
+  P = H if proj_size is None else proj_size
+  k_x, k_h, k_p, k_proj = jax.random.split(key, 4)
+  b = jnp.zeros((4 * H,), dtype).at[H:2 * H].set(forget_bias)
+  return LSTMParams(
+      w_x=glorot_uniform(k_x, (input_size, 4 * H), dtype),
+      w_h=orthogonal_blocks(k_h, P, 4, H, dtype),
+      b=b,
+      peephole=(jax.random.uniform(k_p, (3, H), jnp.float32, -(3.0 / H) ** 0.5, (3.0 / H) ** 0.5).astype(dtype)
+                if peephole else None),
+      layer_norm=(LayerNormParams(jnp.ones((4 * H,), dtype), jnp.ones((4 * H,), dtype),
+                                  jnp.ones((H,), dtype), jnp.zeros((H,), dtype)) if layer_norm else None),
+      w_proj=None if proj_size is None else glorot_uniform(k_proj, (H, P), dtype),
+  )
+
+
+def lstm_zero_state(params: LSTMParams, batch_shape: tuple[int, ...] = (), dtype=None) -> LSTMState:
+  """An all-zero state: ``h (*batch_shape, P)`` and ``c (*batch_shape, H)``.
+
+  ``dtype`` defaults to float32 for bfloat16/float16 params, so that the
+  carry keeps float32 precision, and to the params' dtype otherwise.
+  """
+  dtype = state_dtype(params.dtype) if dtype is None else dtype
+  batch_shape = tuple(batch_shape)
+  return LSTMState(jnp.zeros((*batch_shape, params.output_size), dtype),
+                   jnp.zeros((*batch_shape, params.hidden_size), dtype))
+
+
+def state_dtype(param_dtype):
+  """The carry dtype for a compute dtype: float32 for 16-bit floats, else unchanged."""
+  param_dtype = jnp.dtype(param_dtype)
+  return jnp.dtype(jnp.float32) if param_dtype.itemsize < 4 else param_dtype
+
+
+def layer_norm(z: jax.Array, scale: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+  """Normalizes the last axis to zero mean and unit variance, then scales."""
+  mean = jnp.mean(z, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(z - mean), axis=-1, keepdims=True)
+  out = (z - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS) * scale
+  return out if bias is None else out + bias
+
+
+def lstm_step(params: LSTMParams, state: LSTMState, x: jax.Array) -> tuple[LSTMState, jax.Array]:
+  r"""One LSTM step.
+
+  .. math::
+
+    z &= x W_x + h_{t-1} W_h + b \\
+    i &= \sigma(z_i + p_i \odot c_{t-1}) \qquad
+    f = \sigma(z_f + p_f \odot c_{t-1}) \qquad
+    g = \tanh(z_g) \\
+    c_t &= f \odot c_{t-1} + i \odot g \\
+    o &= \sigma(z_o + p_o \odot c_t) \\
+    h_t &= o \odot \tanh(c_t) \quad (\text{then } h_t W_{proj} \text{ with a projection})
+
+  The peephole terms ``p`` are present only when ``params.peephole`` is set.
+  The input and forget gates read the previous cell state ``c_{t-1}`` and the
+  output gate reads the new one ``c_t``: the form of Gers, Schraudolph and
+  Schmidhuber (2002) and of TensorFlow's ``PeepholeLSTMCell``. Some texts write
+  ``W_co c_{t-1}`` for the output gate; that variant lets ``o`` see only stale
+  memory, and is not what this function computes.
+
+  With ``params.layer_norm``, following Ba et al. (2016),
+  ``z = LN(x W_x) * s_x + LN(h W_h) * s_h + b`` and
+  ``h_t = o * tanh(LN(c_t) * s_c + b_c)``; the carried ``c_t`` itself is not
+  normalized. ``LN`` normalizes over all ``4H`` (or ``H``) features.
+
+  Args:
+    params: :class:`LSTMParams`.
+    state: :class:`LSTMState` with ``h (..., P)`` and ``c (..., H)``.
+    x: input of shape ``(..., I)``; any leading batch dimensions, which must
+      broadcast with the state's.
+
+  Returns:
+    ``(new_state, h)`` where ``h (..., P)`` is also ``new_state.h``. Gates are
+    computed in the params' dtype and the state is updated in its own dtype
+    (float32 under bfloat16 params).
+
+  References:
+    Hochreiter & Schmidhuber (1997), Long short-term memory.
+    Gers, Schraudolph & Schmidhuber (2002), Learning precise timing with LSTM
+    recurrent networks. Ba, Kiros & Hinton (2016), Layer normalization.
+    Sak, Senior & Beaufays (2014), LSTM recurrent neural network architectures
+    for large scale acoustic modeling (projection).
+  """
+  cdt = params.w_x.dtype
+  c_prev = state.c
+  zx = x.astype(cdt) @ params.w_x
+  zh = state.h.astype(cdt) @ params.w_h
+  if params.layer_norm is not None:
+    ln = params.layer_norm
+    zx = layer_norm(zx, ln.x_scale)
+    zh = layer_norm(zh, ln.h_scale)
+  z = (zx + zh + params.b).astype(c_prev.dtype)
+  zi, zf, zg, zo = jnp.split(z, 4, axis=-1)
+  if params.peephole is not None:
+    p = params.peephole.astype(c_prev.dtype)
+    zi = zi + p[0] * c_prev
+    zf = zf + p[1] * c_prev
+  c = jax.nn.sigmoid(zf) * c_prev + jax.nn.sigmoid(zi) * jnp.tanh(zg)
+  if params.peephole is not None:
+    zo = zo + p[2] * c
+  c_out = c
+  if params.layer_norm is not None:
+    ln = params.layer_norm
+    c_out = layer_norm(c, ln.c_scale.astype(c.dtype), ln.c_bias.astype(c.dtype))
+  h = jax.nn.sigmoid(zo) * jnp.tanh(c_out)
+  if params.w_proj is not None:
+    h = (h.astype(cdt) @ params.w_proj).astype(c.dtype)
+  return LSTMState(h, c), h

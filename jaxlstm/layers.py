@@ -1,0 +1,141 @@
+"""One recurrent layer over a sequence: ``lstm``, ``gru`` and ``rnn``.
+
+Each checks its arguments against the params, then unrolls its cell with
+:func:`jaxlstm.scan`. Outputs come back in the dtype of ``xs``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+
+from jaxlstm import _checks
+from jaxlstm.cells.gru import GRUParams, gru_step, gru_zero_state
+from jaxlstm.cells.lstm import LSTMParams, lstm_step, lstm_zero_state
+from jaxlstm.cells.rnn import RNNParams, check_activation, rnn_step, rnn_zero_state
+from jaxlstm.scan import _scan
+
+_ZERO_STATE = {LSTMParams: lstm_zero_state, GRUParams: gru_zero_state, RNNParams: rnn_zero_state}
+_NAMES = {LSTMParams: "lstm", GRUParams: "gru", RNNParams: "rnn"}
+
+
+def zero_state(params: LSTMParams | GRUParams | RNNParams, batch_shape: tuple[int, ...] = (),
+               dtype=None) -> Any:
+  """The all-zero initial state of any cell, with leaves ``(*batch_shape, F)``."""
+  try:
+    fn = _ZERO_STATE[type(params)]
+  except KeyError:
+    raise TypeError(f"params must be LSTMParams, GRUParams or RNNParams; got {type(params).__name__}") from None
+  return fn(params, batch_shape, dtype)
+
+
+def _check_params(name: str, params: Any, cls: type) -> None:
+  if not isinstance(params, cls):
+    raise TypeError(f"{name} must be {cls.__name__}; got {type(params).__name__}")
+  _checks.check_float(f"{name}.w_x", params.w_x)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    if leaf.dtype != params.w_x.dtype:
+      raise TypeError(f"{name}{jax.tree_util.keystr(path)} has dtype {leaf.dtype} but {name}.w_x has "
+                      f"{params.w_x.dtype}; all params must share one dtype")
+
+
+def prepare(params: Any, xs: Any, state: Any, lengths: Any, mask: Any, resets: Any, *,
+            time_major: bool, state_name: str = "state", xs_name: str = "xs"):
+  """Checks a layer call against already-checked params and fills in the default state."""
+  xs = _checks.as_array(xs_name, xs)
+  T, batch_shape = _checks.check_sequence(xs_name, xs, params.input_size, time_major=time_major)
+  _checks.check_dtype_match(xs_name, xs, params.dtype)
+  expected = zero_state(params, batch_shape)
+  if state is None:
+    state = expected
+  else:
+    _checks.check_state(state_name, state, expected)
+  if lengths is not None:
+    lengths = _checks.check_lengths(lengths, batch_shape)
+  if mask is not None:
+    mask = _checks.check_flags("mask", mask, T, batch_shape, time_major=time_major)
+  if resets is not None:
+    resets = _checks.check_flags("resets", resets, T, batch_shape, time_major=time_major)
+  return xs, state, lengths, mask, resets
+
+
+def _layer(step, params, xs, state, lengths, mask, resets, reverse, time_major, unroll, state_name="state"):
+  xs, state, lengths, mask, resets = prepare(params, xs, state, lengths, mask, resets, time_major=time_major,
+                                             state_name=state_name)
+  final, hs = _scan(step, params, xs, state, lengths, mask, resets, reverse, time_major, unroll)
+  return final, hs.astype(xs.dtype)
+
+
+_SEQ_DOC = """
+  Args:
+    params: the layer's params.
+    xs: inputs ``(*batch, T, I)``, or ``(T, *batch, I)`` if ``time_major``,
+      in the params' dtype. ``batch`` may be empty or have several axes.
+    state: initial state; zeros when ``None``.
+    lengths: ``(*batch,)`` integer lengths of right-padded rows. Past its length
+      a row's state is frozen and its outputs are zero; the final state is the
+      one at its last valid step.
+    mask: ``(*batch, T)`` bools (time-major: ``(T, *batch)``); a ``False`` step
+      keeps the previous state and outputs zero.
+    resets: same shape as ``mask``; ``True`` resets the state to the initial
+      state before that step (packed sequences).
+    reverse: process from the end; outputs keep the original order, and with
+      ``lengths`` each row is reversed within its own length.
+    time_major: whether time is the leading axis.
+    unroll: ``lax.scan`` unroll factor.
+
+  Returns:
+    ``(final_state, hs)``; ``hs`` is ``(*batch, T, {out})`` (time-major:
+    ``(T, *batch, {out})``) in the dtype of ``xs``. ``T = 0`` returns the initial
+    state and an empty ``hs``.
+
+  Raises:
+    ValueError, TypeError: with the argument's name, when a shape or dtype does
+    not match the params. See :func:`jaxlstm.scan` for the exact semantics of
+    ``lengths``, ``mask`` and ``resets``.
+"""
+
+
+def lstm(params: LSTMParams, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None,
+         reverse: bool = False, time_major: bool = False, unroll: int | bool = 1):
+  """Runs one LSTM layer (:func:`jaxlstm.lstm_step`) over a sequence."""
+  _check_params("params", params, LSTMParams)
+  return _layer(lstm_step, params, xs, state, lengths, mask, resets, reverse, time_major, unroll)
+
+
+def gru(params: GRUParams, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None,
+        reverse: bool = False, time_major: bool = False, unroll: int | bool = 1):
+  """Runs one GRU layer (:func:`jaxlstm.gru_step`) over a sequence."""
+  _check_params("params", params, GRUParams)
+  return _layer(gru_step, params, xs, state, lengths, mask, resets, reverse, time_major, unroll)
+
+
+def rnn(params: RNNParams, xs: jax.Array, state=None, *, activation: str = "tanh", lengths=None, mask=None,
+        resets=None, reverse: bool = False, time_major: bool = False, unroll: int | bool = 1):
+  """Runs one Elman RNN layer (:func:`jaxlstm.rnn_step`) over a sequence.
+
+  ``activation`` is ``"tanh"`` or ``"relu"``.
+  """
+  _check_params("params", params, RNNParams)
+  check_activation(activation)
+  step = functools.partial(rnn_step, activation=activation)
+  return _layer(step, params, xs, state, lengths, mask, resets, reverse, time_major, unroll)
+
+
+lstm.__doc__ += _SEQ_DOC.format(out="P")
+gru.__doc__ += _SEQ_DOC.format(out="H")
+rnn.__doc__ += _SEQ_DOC.format(out="H")
+
+
+def cell_step(params: Any, *, activation: str = "tanh"):
+  """The step function for a params type."""
+  if isinstance(params, LSTMParams):
+    return lstm_step
+  if isinstance(params, GRUParams):
+    return gru_step
+  if isinstance(params, RNNParams):
+    check_activation(activation)
+    return functools.partial(rnn_step, activation=activation)
+  raise TypeError(f"params must be LSTMParams, GRUParams or RNNParams; got {type(params).__name__}")

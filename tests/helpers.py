@@ -1,0 +1,32 @@
+"""Shared test helpers. Random data comes from NumPy, which compiles nothing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def random_params(init, *args, seed=0, scale=0.5, **kwargs):
+  """Params with the structure of ``init(key, *args, **kwargs)``, filled with N(0, scale²).
+
+  ``jax.eval_shape`` traces the init without compiling it, and random values
+  everywhere keep init patterns (zero biases, unit gains) from hiding bugs.
+  """
+  shapes = jax.eval_shape(lambda k: init(k, *args, **kwargs), jax.random.key(0))
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), s.dtype), shapes)
+
+
+def normal(shape, dtype=jnp.float32, seed=0, scale=1.0):
+  return jnp.asarray(scale * np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if a.shape != b.shape:
+    raise AssertionError(f"shape {a.shape} != {b.shape}")
+  if a.size == 0:
+    return 0.0
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+TOL = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.float64): 1e-6}
