@@ -11,7 +11,7 @@ from typing import Any
 
 import jax
 
-from jaxlstm import _checks
+from jaxlstm import _checks, fused
 from jaxlstm.cells.gru import GRUParams, gru_step, gru_zero_state
 from jaxlstm.cells.lstm import LSTMParams, lstm_step, lstm_zero_state
 from jaxlstm.cells.rnn import RNNParams, check_activation, rnn_step, rnn_zero_state
@@ -61,10 +61,22 @@ def prepare(params: Any, xs: Any, state: Any, lengths: Any, mask: Any, resets: A
   return xs, state, lengths, mask, resets
 
 
-def _layer(step, params, xs, state, lengths, mask, resets, reverse, time_major, unroll, state_name="state"):
+IMPLS = ("fused", "reference")
+
+
+def _layer(params, xs, state, *, lengths, mask, resets, reverse, time_major, unroll, activation="tanh",
+           impl="fused", state_name="state"):
+  """Checks one layer call, then runs it on the fused path if it applies, else on the reference scan."""
+  if impl not in IMPLS:
+    raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+  step = cell_step(params, activation=activation)
   xs, state, lengths, mask, resets = prepare(params, xs, state, lengths, mask, resets, time_major=time_major,
                                              state_name=state_name)
-  final, hs = _scan(step, params, xs, state, lengths, mask, resets, reverse, time_major, unroll)
+  if impl == "fused" and fused.supports(params, resets=resets):
+    final, hs = fused.lstm_fused(params, xs, state, lengths=lengths, mask=mask, reverse=reverse,
+                                 time_major=time_major, unroll=unroll)
+  else:
+    final, hs = _scan(step, params, xs, state, lengths, mask, resets, reverse, time_major, unroll)
   return final, hs.astype(xs.dtype)
 
 
@@ -99,17 +111,24 @@ _SEQ_DOC = """
 
 
 def lstm(params: LSTMParams, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None,
-         reverse: bool = False, time_major: bool = False, unroll: int | bool = 1):
-  """Runs one LSTM layer (:func:`jaxlstm.lstm_step`) over a sequence."""
+         reverse: bool = False, time_major: bool = False, unroll: int | bool = 1, impl: str = "fused"):
+  """Runs one LSTM layer (:func:`jaxlstm.lstm_step`) over a sequence.
+
+  ``impl="fused"`` (the default) uses the fast path of :mod:`jaxlstm.fused`
+  where it applies and the reference scan elsewhere; ``impl="reference"``
+  always unrolls :func:`jaxlstm.lstm_step` with :func:`jaxlstm.scan`.
+  """
   _check_params("params", params, LSTMParams)
-  return _layer(lstm_step, params, xs, state, lengths, mask, resets, reverse, time_major, unroll)
+  return _layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
+                time_major=time_major, unroll=unroll, impl=impl)
 
 
 def gru(params: GRUParams, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None,
         reverse: bool = False, time_major: bool = False, unroll: int | bool = 1):
   """Runs one GRU layer (:func:`jaxlstm.gru_step`) over a sequence."""
   _check_params("params", params, GRUParams)
-  return _layer(gru_step, params, xs, state, lengths, mask, resets, reverse, time_major, unroll)
+  return _layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
+                time_major=time_major, unroll=unroll, impl="reference")
 
 
 def rnn(params: RNNParams, xs: jax.Array, state=None, *, activation: str = "tanh", lengths=None, mask=None,
@@ -119,9 +138,8 @@ def rnn(params: RNNParams, xs: jax.Array, state=None, *, activation: str = "tanh
   ``activation`` is ``"tanh"`` or ``"relu"``.
   """
   _check_params("params", params, RNNParams)
-  check_activation(activation)
-  step = functools.partial(rnn_step, activation=activation)
-  return _layer(step, params, xs, state, lengths, mask, resets, reverse, time_major, unroll)
+  return _layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
+                time_major=time_major, unroll=unroll, activation=activation, impl="reference")
 
 
 lstm.__doc__ += _SEQ_DOC.format(out="P")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxlstm import _checks
 from jaxlstm.cells.gru import GRUParams, gru_init
-from jaxlstm.layers import _check_params, _layer, cell_step
+from jaxlstm.layers import _check_params, _layer
 from jaxlstm.cells.lstm import LSTMParams, lstm_init
 from jaxlstm.cells.rnn import RNNParams, rnn_init
 
@@ -119,7 +119,7 @@ def _check_stack(params: Any, merge: str) -> None:
 
 def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = None, *, lengths=None, mask=None,
           resets=None, dropout: float = 0.0, key: jax.Array | None = None, merge: str = "concat",
-          activation: str = "tanh", time_major: bool = False, unroll: int | bool = 1):
+          activation: str = "tanh", time_major: bool = False, unroll: int | bool = 1, impl: str = "fused"):
   """Runs a stack of recurrent layers over a sequence.
 
   Each layer's output sequence is the next layer's input. ``lengths``, ``mask``
@@ -143,6 +143,7 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
     activation: ``"tanh"`` or ``"relu"``, for ``rnn`` layers.
     time_major: whether time is the leading axis.
     unroll: ``lax.scan`` unroll factor.
+    impl: ``"fused"`` or ``"reference"``, for LSTM layers (see :func:`jaxlstm.lstm`).
 
   Returns:
     ``(states, hs)``: ``states`` is a tuple with every layer's final state, and
@@ -167,6 +168,8 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
   if dropout > 0.0 and key is None:
     raise ValueError("key must be a PRNG key when dropout > 0; pass dropout=0.0 for evaluation")
   keys = jax.random.split(key, len(params)) if dropout > 0.0 else [None] * len(params)
+  kw = dict(lengths=lengths, mask=mask, resets=resets, time_major=time_major, unroll=unroll, activation=activation,
+            impl=impl)
   h = xs
   finals = []
   for i, layer in enumerate(params):
@@ -178,14 +181,11 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
       elif not (isinstance(s, tuple) and len(s) == 2):
         raise ValueError(f"{name} must be a Bidirectional(forward, backward) pair of states; "
                          f"got {type(s).__name__}")
-      fw_state, fw = _layer(cell_step(layer.forward, activation=activation), layer.forward, h, s[0], lengths,
-                            mask, resets, False, time_major, unroll, state_name=f"{name}.forward")
-      bw_state, bw = _layer(cell_step(layer.backward, activation=activation), layer.backward, h, s[1], lengths,
-                            mask, resets, True, time_major, unroll, state_name=f"{name}.backward")
+      fw_state, fw = _layer(layer.forward, h, s[0], reverse=False, state_name=f"{name}.forward", **kw)
+      bw_state, bw = _layer(layer.backward, h, s[1], reverse=True, state_name=f"{name}.backward", **kw)
       final, h = Bidirectional(fw_state, bw_state), _merge(fw, bw, merge)
     else:
-      final, h = _layer(cell_step(layer, activation=activation), layer, h, s, lengths, mask, resets, False,
-                        time_major, unroll, state_name=name)
+      final, h = _layer(layer, h, s, reverse=False, state_name=name, **kw)
     finals.append(final)
     if keys[i] is not None and i < len(params) - 1:
       keep = jax.random.bernoulli(keys[i], 1.0 - dropout, h.shape)
