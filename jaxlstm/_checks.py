@@ -74,9 +74,9 @@ def check_state(name: str, state: Any, expected: Any) -> None:
   exp_leaves, exp_tree = jax.tree_util.tree_flatten(expected)
   try:
     leaves = exp_tree.flatten_up_to(state)
-  except (ValueError, TypeError) as e:
+  except (ValueError, TypeError):
     raise ValueError(f"{name} must be a {type(expected).__name__} matching the params; "
-                     f"got {type(state).__name__}: {e}") from None
+                     f"got {type(state).__name__}") from None
   fields = getattr(expected, "_fields", None)
   for i, (leaf, exp) in enumerate(zip(leaves, exp_leaves)):
     field = f"{name}.{fields[i]}" if fields and len(fields) == len(exp_leaves) else f"{name}[{i}]"

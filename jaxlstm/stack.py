@@ -94,6 +94,9 @@ def _merge(fw: jax.Array, bw: jax.Array, merge: str) -> jax.Array:
 
 
 def _check_stack(params: Any, merge: str) -> None:
+  if isinstance(params, (LSTMParams, GRUParams, RNNParams, Bidirectional)):
+    raise TypeError(f"params must be a tuple of layer params from stack_init; got a single "
+                    f"{type(params).__name__} (wrap it in a tuple)")
   if not isinstance(params, (tuple, list)) or not params:
     raise TypeError(f"params must be a non-empty tuple of layer params from stack_init; got {type(params).__name__}")
   size = None
@@ -178,7 +181,7 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
     if isinstance(layer, Bidirectional):
       if s is None:
         s = Bidirectional(None, None)
-      elif not (isinstance(s, tuple) and len(s) == 2):
+      elif not (isinstance(s, Bidirectional) or (type(s) in (tuple, list) and len(s) == 2)):
         raise ValueError(f"{name} must be a Bidirectional(forward, backward) pair of states; "
                          f"got {type(s).__name__}")
       fw_state, fw = _layer(layer.forward, h, s[0], reverse=False, state_name=f"{name}.forward", **kw)
