@@ -30,7 +30,7 @@ def _demo(args: argparse.Namespace) -> int:
   states, hs = jaxlstm.stack(params, xs, lengths=lengths)
   print(f"stacked LSTM: {args.layers} layers, hidden {args.hidden}, peephole={args.peephole}")
   print(f"xs {tuple(xs.shape)} -> hs {tuple(hs.shape)}; final h per layer {[tuple(s.h.shape) for s in states]}")
-  print(f"loss {float(loss):.6f}, gradient global norm {float(optax.global_norm(grads)):.6f} "
+  print(f"loss {float(loss):.6f}, gradient global norm {float(optax.tree.norm(grads)):.6f} "
         f"(compiled and run in {dt:.2f} s on {jax.devices()[0].platform})")
   return 0
 

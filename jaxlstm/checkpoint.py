@@ -1,0 +1,141 @@
+"""Checkpoints of a training state with orbax-checkpoint.
+
+Orbax writes each checkpoint into a temporary directory and renames it into
+place only when it is complete, so a process killed during a save leaves the
+previous checkpoint as the latest loadable one. This module adds the policy
+(save every N steps, keep the last K) and errors that name the path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be read: corrupt, incomplete, or for another model."""
+
+
+class Checkpointer:
+  """Saves every ``save_every`` steps under ``directory`` and keeps the last ``keep``.
+
+  Args:
+    directory: where checkpoints live, one sub-directory per step.
+    save_every: :meth:`maybe_save` saves when ``step % save_every == 0``.
+    keep: how many of the most recent checkpoints to keep.
+
+  Example:
+    >>> ckpt = Checkpointer("runs/x/checkpoints", save_every=500, keep=3)
+    >>> ckpt.maybe_save(step, state)
+    >>> state = ckpt.restore(state)  # the latest one, into the structure of ``state``
+  """
+
+  def __init__(self, directory: str | os.PathLike, *, save_every: int = 1000, keep: int = 3):
+    if save_every < 1:
+      raise ValueError(f"save_every must be >= 1; got {save_every}")
+    if keep < 1:
+      raise ValueError(f"keep must be >= 1; got {keep}")
+    self.directory = os.path.abspath(os.fspath(directory))
+    self.save_every = save_every
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_handlers=ocp.StandardCheckpointHandler())
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint's step, or ``None``."""
+    self._manager.reload()
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any) -> None:
+    """Saves ``state`` (a pytree of arrays) as checkpoint ``step``, replacing one already there."""
+    step = int(step)
+    if step in self.all_steps():
+      self._manager.delete(step)
+    state = jax.tree_util.tree_map(np.asarray, state)
+    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    self._manager.wait_until_finished()
+
+  def maybe_save(self, step: int, state: Any) -> bool:
+    """Saves if ``step`` is a multiple of ``save_every``; returns whether it did."""
+    if int(step) % self.save_every:
+      return False
+    self.save(step, state)
+    return True
+
+  def path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def restore(self, like: Any, step: int | None = None) -> Any:
+    """Restores a checkpoint into the structure, shapes and dtypes of ``like``.
+
+    Args:
+      like: a pytree with the structure of the saved state (for example a
+        freshly initialized one).
+      step: which checkpoint; the latest by default.
+
+    Returns:
+      The restored pytree.
+
+    Raises:
+      CheckpointError: naming the checkpoint path, when there is none, or when
+        it is corrupt or does not match ``like``.
+    """
+    if step is None:
+      step = self.latest_step()
+      if step is None:
+        raise CheckpointError(f"no checkpoint found in {self.directory}")
+    path = self.path(step)
+    if not os.path.isdir(path):
+      raise CheckpointError(f"no checkpoint for step {step}: {path} does not exist")
+    _check_matches(self._manager, step, like, path)
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), like)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # orbax and tensorstore raise many types for damaged files
+      raise CheckpointError(f"checkpoint {path} could not be read (corrupt or incomplete): "
+                            f"{type(e).__name__}: {_first_line(e)}") from e
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), jax.tree_util.tree_leaves(restored))
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else ""
+
+
+def _check_matches(manager, step: int, like: Any, path: str) -> None:
+  """Compares the saved tree's leaf shapes and dtypes with ``like`` before reading any data."""
+  try:
+    meta = manager.item_metadata(step)
+    tree = getattr(meta, "tree", meta)
+    saved = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+  except Exception as e:
+    raise CheckpointError(f"checkpoint {path} has unreadable metadata (corrupt or incomplete): "
+                          f"{type(e).__name__}: {_first_line(e)}") from e
+  expected = jax.tree_util.tree_leaves_with_path(like)
+  if len(saved) != len(expected):
+    raise CheckpointError(f"checkpoint {path} does not match the model: it holds {len(saved)} arrays, "
+                          f"the model has {len(expected)}")
+  # Orbax stores containers as dicts and lists, so compare leaves in their saved order by shape multiset
+  # first, then one by one when the orders line up.
+  saved_shapes = sorted((tuple(m.shape), str(np.dtype(m.dtype))) for _, m in saved)
+  want_shapes = sorted((tuple(np.shape(a)), str(np.asarray(a).dtype)) for _, a in expected)
+  if saved_shapes != want_shapes:
+    for (kp, m), (kq, a) in zip(sorted(saved, key=lambda t: jax.tree_util.keystr(t[0])),
+                                sorted(expected, key=lambda t: jax.tree_util.keystr(t[0]))):
+      if tuple(m.shape) != tuple(np.shape(a)) or np.dtype(m.dtype) != np.asarray(a).dtype:
+        raise CheckpointError(f"checkpoint {path} does not match the model: saved array "
+                              f"{jax.tree_util.keystr(kp)} is {np.dtype(m.dtype)}{list(m.shape)}, the model "
+                              f"expects {np.asarray(a).dtype}{list(np.shape(a))} at {jax.tree_util.keystr(kq)}")
+    raise CheckpointError(f"checkpoint {path} does not match the model: saved shapes {saved_shapes} "
+                          f"differ from {want_shapes}")

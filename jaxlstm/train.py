@@ -1,0 +1,273 @@
+"""Training: one jitted optax step, evaluation, and a Keras-like ``fit`` loop.
+
+Data is a dict (or any pytree) of NumPy arrays that share their leading axis
+``N``. The order of batches is a pure function of ``(seed, step)``, and the
+train state carries the step, the optimizer state and the PRNG key, so a run
+resumed from a checkpoint continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxlstm.checkpoint import Checkpointer
+
+# loss_fn(params, batch, key) -> loss, or (loss, {metric: value}).
+LossFn = Callable[[Any, Any, jax.Array], Any]
+
+
+class TrainState(NamedTuple):
+  """Everything a run needs to continue: checkpoint this and nothing else."""
+  step: jax.Array  # () int32, number of updates done
+  params: Any
+  opt_state: Any
+  key: jax.Array  # (2,) uint32 raw PRNG key data, split once per step
+
+
+def init_train_state(params: Any, optimizer: optax.GradientTransformation, seed: int = 0) -> TrainState:
+  """A fresh :class:`TrainState` at step 0."""
+  key = jax.random.key_data(jax.random.PRNGKey(seed)).astype(jnp.uint32)
+  return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), key)
+
+
+def _with_metrics(loss_fn: LossFn) -> Callable:
+  def wrapped(params, batch, key):
+    out = loss_fn(params, batch, key)
+    loss, metrics = out if isinstance(out, tuple) else (out, {})
+    return loss, dict(metrics)
+  return wrapped
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, jit: bool = True):
+  """Builds ``train_step(state, batch) -> (state, metrics)``.
+
+  One call computes ``jax.value_and_grad`` of ``loss_fn``, applies the optax
+  update, and advances the step and the key.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch, key)`` returning a scalar loss, or
+      ``(loss, metrics)`` with a dict of scalar metrics. ``key`` is a fresh PRNG
+      key each step, for dropout.
+    optimizer: an optax ``GradientTransformation``.
+    jit: compile the step with ``jax.jit``.
+
+  Returns:
+    ``train_step(state: TrainState, batch) -> (TrainState, metrics)``; the
+    metrics include ``"loss"`` and ``"grad_norm"``.
+  """
+  grad_fn = jax.value_and_grad(_with_metrics(loss_fn), has_aux=True)
+
+  def train_step(state: TrainState, batch: Any):
+    key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
+    (loss, metrics), grads = grad_fn(state.params, batch, sub)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
+    return TrainState(state.step + 1, params, opt_state, jax.random.key_data(key)), metrics
+
+  return jax.jit(train_step) if jit else train_step
+
+
+def num_examples(data: Any) -> int:
+  leaves = jax.tree_util.tree_leaves(data)
+  if not leaves:
+    raise ValueError("data must hold at least one array")
+  n = np.shape(leaves[0])[0]
+  for leaf in leaves:
+    if np.shape(leaf)[0] != n:
+      raise ValueError(f"every array in data must have the same leading size; got {n} and {np.shape(leaf)[0]}")
+  return n
+
+
+def take(data: Any, idx: np.ndarray) -> Any:
+  return jax.tree_util.tree_map(lambda a: np.asarray(a)[idx], data)
+
+
+def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
+  """The examples of training step ``step``: a fresh permutation per epoch, from ``(seed, epoch)`` alone.
+
+  Each epoch uses ``n // batch_size`` full batches; the remainder is dropped
+  so every step has the same shape and compiles once.
+  """
+  per_epoch = n // batch_size
+  epoch, i = divmod(step, per_epoch)
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  return perm[i * batch_size:(i + 1) * batch_size]
+
+
+def evaluate(eval_fn: LossFn, params: Any, data: Any, *, batch_size: int = 256, key: jax.Array | None = None,
+             _jitted: dict | None = None) -> dict[str, float]:
+  """Mean loss and metrics of ``eval_fn`` over ``data``, weighted by batch size.
+
+  ``eval_fn`` has the signature of a loss function (``(params, batch, key)``)
+  and should not drop out. Full batches share one compiled shape; a last
+  partial batch is evaluated at its own size.
+
+  Returns:
+    A dict of floats, ``{"loss": ..., **metrics}``.
+  """
+  n = num_examples(data)
+  fn = _jitted.get("fn") if _jitted else None
+  if fn is None:
+    fn = jax.jit(_with_metrics(eval_fn))
+    if _jitted is not None:
+      _jitted["fn"] = fn
+  key = jax.random.key(0) if key is None else key
+  totals: dict[str, float] = {}
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, min(start + batch_size, n))
+    loss, metrics = fn(params, take(data, idx), key)
+    for name, value in {"loss": loss, **metrics}.items():
+      totals[name] = totals.get(name, 0.0) + float(value) * len(idx)
+  return {name: total / n for name, total in totals.items()}
+
+
+class History(list):
+  """The list of evaluation records of a :func:`fit` run, each a dict with ``step``."""
+
+  def best(self, monitor: str = "val_loss", mode: str = "min") -> dict | None:
+    rows = [r for r in self if monitor in r]
+    if not rows:
+      return None
+    return (min if mode == "min" else max)(rows, key=lambda r: r[monitor])
+
+
+def _progress(total: int, initial: int, enabled: bool | None):
+  from tqdm.auto import tqdm
+  if enabled is None:
+    enabled = sys.stdout.isatty()
+  return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, leave=True)
+
+
+def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.GradientTransformation | None = None,
+        batch_size: int = 32, epochs: int | None = None, steps: int | None = None, validation_data: Any = None,
+        eval_fn: LossFn | None = None, eval_every: int | None = None, eval_batch_size: int = 256,
+        early_stopping: int | None = None, monitor: str = "val_loss", mode: str = "min",
+        restore_best: bool = False, checkpoint_dir: str | None = None, save_every: int | None = None,
+        keep: int = 3, resume: bool = False, seed: int = 0, progress: bool | None = None,
+        callbacks: list[Callable[[dict], None]] | None = None) -> tuple[Any, History]:
+  """Trains ``params`` on ``train_data``, like Keras' ``Model.fit``.
+
+  Args:
+    params: initial params (any pytree).
+    loss_fn: ``loss_fn(params, batch, key) -> loss`` or ``(loss, metrics)``;
+      ``batch`` has the structure of ``train_data`` with leading size
+      ``batch_size``.
+    train_data: a pytree of arrays with a shared leading axis ``N``.
+    optimizer: optax optimizer; Adam with learning rate 1e-3 by default.
+    batch_size: examples per step; ``N`` must be at least this.
+    epochs: number of passes over the data (``N // batch_size`` steps each).
+    steps: total number of steps; give ``epochs`` or ``steps``, not both.
+    validation_data: optional pytree like ``train_data``, evaluated every
+      ``eval_every`` steps (default: once per epoch) and at the end, with
+      metrics prefixed ``val_``.
+    eval_fn: loss function for evaluation (no dropout); ``loss_fn`` by default.
+    eval_every: steps between evaluations.
+    eval_batch_size: batch size for evaluation.
+    early_stopping: stop after this many evaluations without improvement of
+      ``monitor`` (Keras' ``patience``).
+    monitor: the record key that early stopping watches, e.g. ``"val_loss"``.
+    mode: ``"min"`` or ``"max"`` for ``monitor``.
+    restore_best: return the params of the best evaluation instead of the last.
+    checkpoint_dir: save the train state there every ``save_every`` steps
+      (default: at each evaluation) and at the end, keeping the last ``keep``.
+    keep: checkpoints to keep.
+    resume: continue from the latest checkpoint in ``checkpoint_dir``.
+    seed: seeds the batch order and the per-step PRNG keys.
+    progress: show a tqdm bar; by default only when stdout is a terminal.
+    callbacks: functions called with each evaluation record.
+
+  Returns:
+    ``(params, history)``: the trained params and a :class:`History` of
+    evaluation records ``{"step", "epoch", "loss", ..., "val_loss", ...}``
+    where training metrics are averaged over the steps since the last record.
+  """
+  n = num_examples(train_data)
+  if batch_size < 1 or batch_size > n:
+    raise ValueError(f"batch_size must be in [1, {n}] (the number of training examples); got {batch_size}")
+  if (epochs is None) == (steps is None):
+    raise ValueError(f"give exactly one of epochs or steps; got epochs={epochs}, steps={steps}")
+  per_epoch = n // batch_size
+  total = steps if steps is not None else epochs * per_epoch
+  if total < 1:
+    raise ValueError(f"the run must have at least one step; got {total}")
+  if mode not in ("min", "max"):
+    raise ValueError(f"mode must be 'min' or 'max'; got {mode!r}")
+  eval_every = eval_every or per_epoch
+  optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
+  train_step = make_train_step(loss_fn, optimizer)
+  eval_cache: dict = {}
+  state = init_train_state(params, optimizer, seed)
+  ckpt = None
+  if checkpoint_dir is not None:
+    ckpt = Checkpointer(checkpoint_dir, save_every=save_every or eval_every, keep=keep)
+    if resume and ckpt.latest_step() is not None:
+      state = ckpt.restore(state)
+  elif resume:
+    raise ValueError("resume=True needs checkpoint_dir")
+
+  history = History()
+  best, best_params, waited = None, None, 0
+  sums: dict[str, float] = {}
+  count = 0
+  t_last = time.perf_counter()
+  start = int(state.step)
+  bar = _progress(total, start, progress)
+  try:
+    for step in range(start, total):
+      batch = take(train_data, batch_indices(n, batch_size, step, seed))
+      state, metrics = train_step(state, batch)
+      for name, value in metrics.items():
+        sums[name] = sums.get(name, 0.0) + float(value)
+      count += 1
+      done = step + 1
+      bar.update(1)
+      if done % 10 == 0 or done == total:
+        bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items() if k != "grad_norm"}, refresh=False)
+      if ckpt is not None:
+        ckpt.maybe_save(done, state)
+      if done % eval_every and done != total:
+        continue
+      now = time.perf_counter()
+      record = {"step": done, "epoch": done / per_epoch, **{k: v / count for k, v in sums.items()},
+                "steps_per_s": count / max(now - t_last, 1e-9)}
+      if validation_data is not None:
+        val = evaluate(eval_fn or loss_fn, state.params, validation_data, batch_size=eval_batch_size,
+                       _jitted=eval_cache)
+        record.update({f"val_{k}": v for k, v in val.items()})
+      history.append(record)
+      for cb in callbacks or ():
+        cb(record)
+      sums, count, t_last = {}, 0, time.perf_counter()
+      if monitor in record:
+        value = record[monitor]
+        better = best is None or (value < best if mode == "min" else value > best)
+        if better:
+          best, waited = value, 0
+          if restore_best:
+            best_params = state.params
+        else:
+          waited += 1
+          if early_stopping is not None and waited >= early_stopping:
+            bar.write(f"early stopping at step {done}: {monitor} has not improved for {waited} evaluations")
+            break
+  finally:
+    bar.close()
+  if ckpt is not None:
+    if ckpt.latest_step() != int(state.step):
+      ckpt.save(int(state.step), state)
+    ckpt.close()
+  params = best_params if (restore_best and best_params is not None) else state.params
+  return params, history
+
+
+def steps_for(n: int, batch_size: int, epochs: float) -> int:
+  return max(1, math.ceil(epochs * (n // batch_size)))
