@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 
@@ -35,15 +37,203 @@ def _demo(args: argparse.Namespace) -> int:
   return 0
 
 
+def _parse_options(pairs: list[str]) -> dict:
+  """``KEY=VALUE`` task options; values are read as JSON when they parse, else kept as strings."""
+  out = {}
+  for pair in pairs:
+    if "=" not in pair:
+      raise ValueError(f"--option must be KEY=VALUE; got {pair!r}")
+    k, v = pair.split("=", 1)
+    try:
+      out[k] = json.loads(v)
+    except json.JSONDecodeError:
+      out[k] = v
+  return out
+
+
+def _config(args: argparse.Namespace):
+  from jaxlstm.experiment import RunConfig
+  opts = _parse_options(args.option)
+  if args.seq_len is not None:
+    opts["T"] = args.seq_len
+  if args.text is not None:
+    opts["path"] = args.text
+  for name in ("n_train", "n_test"):
+    if getattr(args, name) is not None:
+      opts[name] = getattr(args, name)
+  cell, activation = args.cell, "tanh"
+  if cell == "rnn-relu":
+    cell, activation = "rnn", "relu"
+  return RunConfig(task=args.task, task_options=opts, cell=cell, activation=activation, hidden=args.hidden,
+                   layers=args.layers, bidirectional=args.bidirectional, forget_bias=args.forget_bias,
+                   dropout=args.dropout, optimizer=args.optimizer, lr=args.lr, schedule=args.schedule,
+                   warmup=args.warmup, clip_norm=args.clip_norm if args.clip_norm > 0 else None,
+                   batch_size=args.batch_size, steps=args.steps, eval_every=args.eval_every,
+                   save_every=args.save_every, keep=args.keep, early_stopping=args.early_stopping, seed=args.seed,
+                   dtype=args.dtype)
+
+
+def _summary_line(record: dict) -> str:
+  skip = {"baselines", "epoch", "steps_per_s", "grad_norm"}
+  parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items() if k not in skip]
+  return ", ".join(parts)
+
+
+def _train(args: argparse.Namespace) -> int:
+  from jaxlstm.experiment import train_run
+  cfg = _config(args)
+  progress = False if args.quiet else None
+  records = train_run(cfg, args.out, resume=args.resume, progress=progress)
+  if records:
+    last = records[-1]
+    print(f"step {last['step']}: " + _summary_line({k: v for k, v in last.items() if k.startswith("val_")}))
+    print("baselines: " + ", ".join(f"{k} {v:.4g}" for k, v in last["baselines"].items()))
+  print(f"run written to {args.out} (config.json, metrics.jsonl, checkpoints/)")
+  return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+  from jaxlstm.experiment import eval_run
+  result = eval_run(args.out)
+  print(json.dumps(result, indent=2) if args.json else
+        f"step {result['step']}: " + _summary_line(result) + "\nbaselines: " +
+        ", ".join(f"{k} {v:.4g}" for k, v in result["baselines"].items()))
+  return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+  from jaxlstm.experiment import sample_run
+  print(sample_run(args.out, args.prompt, length=args.length, temperature=args.temperature, seed=args.seed))
+  return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+  from jaxlstm import sweep
+  cfg = _config(args)
+  cfg.validate()
+  hidden = _int_list("--hidden-sizes", args.hidden_sizes)
+  lrs = _float_list("--lrs", args.lrs)
+  seeds = list(range(args.seed, args.seed + args.seeds))
+  rows = sweep.run_sweep(cfg, hidden, lrs, seeds, progress=lambda m: print(m, file=sys.stderr))
+  summary = sweep.summarize(rows)
+  table = sweep.format_table(summary)
+  print(table)
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, "sweep.json"), "w") as f:
+    json.dump({"config": vars(args) | {"func": None}, "rows": rows, "summary": summary}, f, indent=2, default=str)
+  with open(os.path.join(args.out, "sweep.md"), "w") as f:
+    f.write(table + "\n")
+  sweep.plot_sweep(summary, os.path.join(args.out, "sweep.png"), title=f"{cfg.task}: {cfg.cell}, {cfg.steps} steps")
+  print(f"sweep written to {args.out} (sweep.json, sweep.md, sweep.png)")
+  return 0
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+  try:
+    values = [int(v) for v in text.split(",") if v]
+  except ValueError:
+    raise ValueError(f"{flag} must be comma-separated integers; got {text!r}") from None
+  if not values or min(values) < 1:
+    raise ValueError(f"{flag} must list positive integers; got {text!r}")
+  return values
+
+
+def _float_list(flag: str, text: str) -> list[float]:
+  try:
+    values = [float(v) for v in text.split(",") if v]
+  except ValueError:
+    raise ValueError(f"{flag} must be comma-separated numbers; got {text!r}") from None
+  if not values or min(values) <= 0:
+    raise ValueError(f"{flag} must list positive numbers; got {text!r}")
+  return values
+
+
+class _Parser(argparse.ArgumentParser):
+  """Reports a bad command line in one line and exits with status 2."""
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_run_flags(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
+  from jaxlstm.models import CELLS
+  p.add_argument("--task", default="adding", help="keras-example, adding, copy, digits, sunspots, text, ...")
+  p.add_argument("--cell", default="lstm", choices=sorted(CELLS) + ["rnn-relu"])
+  if not sweep:
+    p.add_argument("--hidden", type=_positive_int, default=128, help="hidden units per layer")
+  p.add_argument("--layers", type=_positive_int, default=1)
+  p.add_argument("--bidirectional", action="store_true")
+  p.add_argument("--forget-bias", type=float, default=1.0)
+  p.add_argument("--dropout", type=float, default=0.0, help="between recurrent layers")
+  p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "rmsprop", "sgd"])
+  if not sweep:
+    p.add_argument("--lr", type=float, default=1e-3)
+  p.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
+  p.add_argument("--warmup", type=int, default=0, help="linear warmup steps")
+  p.add_argument("--clip-norm", type=float, default=1.0, help="clip gradients to this global norm (0: off)")
+  p.add_argument("--batch-size", type=_positive_int, default=64)
+  p.add_argument("--steps", type=_positive_int, default=2000)
+  p.add_argument("--eval-every", type=_positive_int, default=200)
+  p.add_argument("--save-every", type=_positive_int, default=None, help="checkpoint interval (default: eval-every)")
+  p.add_argument("--keep", type=_positive_int, default=3, help="checkpoints to keep")
+  p.add_argument("--early-stopping", type=_positive_int, default=None, help="patience, in evaluations")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="compute dtype; the state and master params stay float32")
+  p.add_argument("--seq-len", type=_positive_int, default=None, help="sequence length T of the task")
+  p.add_argument("--n-train", type=_positive_int, default=None)
+  p.add_argument("--n-test", type=_positive_int, default=None)
+  p.add_argument("--text", default=None, help="text file for --task text (default: Python's bundled docs)")
+  p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="other task options")
+  p.add_argument("--out", required=True, help="run directory")
+  p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _positive_int(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+  return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="jaxlstm", description="Recurrent networks in JAX.")
-  sub = parser.add_subparsers(dest="command", required=True)
+  parser = _Parser(prog="jaxlstm", description="Recurrent networks in JAX.")
+  sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+  train = sub.add_parser("train", help="train a model on a task")
+  _add_run_flags(train)
+  train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+  train.set_defaults(func=_train)
+
+  ev = sub.add_parser("eval", help="evaluate a run's latest checkpoint on its test split")
+  ev.add_argument("--out", required=True, help="run directory")
+  ev.add_argument("--json", action="store_true")
+  ev.set_defaults(func=_eval)
+
+  sample = sub.add_parser("sample", help="sample text from a trained 'text' run")
+  sample.add_argument("--out", required=True, help="run directory")
+  sample.add_argument("--prompt", default="")
+  sample.add_argument("--length", type=_positive_int, default=300)
+  sample.add_argument("--temperature", type=float, default=0.8)
+  sample.add_argument("--seed", type=int, default=0)
+  sample.set_defaults(func=_sample)
+
+  sweep = sub.add_parser("sweep", help="train a vmapped ensemble over seeds and learning rates per hidden size")
+  _add_run_flags(sweep, sweep=True)
+  sweep.add_argument("--hidden-sizes", default="16,32,64,128")
+  sweep.add_argument("--lrs", default="3e-4,1e-3,3e-3")
+  sweep.add_argument("--seeds", type=_positive_int, default=3, help="seeds per (hidden, lr)")
+  sweep.set_defaults(func=_sweep)
+
   demo = sub.add_parser("demo", help="run a stacked LSTM forward and backward and print shapes")
-  demo.add_argument("--batch", type=int, default=4)
-  demo.add_argument("--steps", type=int, default=20, help="sequence length T")
-  demo.add_argument("--input-size", type=int, default=8)
-  demo.add_argument("--hidden", type=int, default=32)
-  demo.add_argument("--layers", type=int, default=2)
+  demo.add_argument("--batch", type=_positive_int, default=4)
+  demo.add_argument("--steps", type=_positive_int, default=20, help="sequence length T")
+  demo.add_argument("--input-size", type=_positive_int, default=8)
+  demo.add_argument("--hidden", type=_positive_int, default=32)
+  demo.add_argument("--layers", type=_positive_int, default=2)
   demo.add_argument("--peephole", action="store_true")
   demo.add_argument("--seed", type=int, default=0)
   demo.set_defaults(func=_demo)
@@ -51,8 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
-  return args.func(args)
+  from jaxlstm.checkpoint import CheckpointError
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  try:
+    return args.func(args)
+  except (ValueError, FileNotFoundError) as e:
+    # Bad input from the command line: one line, no traceback.
+    print(f"jaxlstm {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  except CheckpointError as e:
+    print(f"jaxlstm {args.command}: error: {e}", file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print("interrupted; resume with --resume", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,195 @@
+"""A training run on a named task: config, metrics log, checkpoints, evaluation and sampling.
+
+A run lives in one directory::
+
+    out/config.json       the RunConfig, so that eval, sample and --resume rebuild the same model
+    out/metrics.jsonl     one JSON object per evaluation: step, metrics, and the task's baselines
+    out/checkpoints/      orbax checkpoints of the train state
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlstm.checkpoint import Checkpointer
+from jaxlstm.models import SequenceModel, model_apply, model_init, task_loss
+from jaxlstm.optim import make_optimizer, make_schedule
+from jaxlstm.train import evaluate, fit, init_train_state
+
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+PER_STEP_KINDS = ("seq_classify", "lm")
+
+
+@dataclasses.dataclass
+class RunConfig:
+  """Everything that defines a run; saved as ``config.json``."""
+  task: str = "adding"
+  task_options: dict = dataclasses.field(default_factory=dict)
+  cell: str = "lstm"
+  activation: str = "tanh"
+  hidden: int = 128
+  layers: int = 1
+  bidirectional: bool = False
+  forget_bias: float = 1.0
+  dropout: float = 0.0
+  optimizer: str = "adam"
+  lr: float = 1e-3
+  schedule: str = "constant"
+  warmup: int = 0
+  clip_norm: float | None = 1.0
+  batch_size: int = 64
+  steps: int = 2000
+  eval_every: int = 200
+  save_every: int | None = None
+  keep: int = 3
+  early_stopping: int | None = None
+  seed: int = 0
+  dtype: str = "float32"
+
+  def validate(self) -> None:
+    if self.dtype not in DTYPES:
+      raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
+    for name in ("hidden", "layers", "batch_size", "steps", "eval_every"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+    if self.lr <= 0:
+      raise ValueError(f"lr must be positive; got {self.lr}")
+
+
+def load_task(cfg: RunConfig):
+  from jaxlstm.tasks import make_task  # data code loads lazily: numpy, sklearn, statsmodels
+  return make_task(cfg.task, seed=cfg.seed, **cfg.task_options)
+
+
+def split_batch(split) -> dict:
+  """A task split as a dict of arrays, leaving out the absent ``lengths`` and ``mask``."""
+  batch = {"xs": split.xs, "ys": split.ys}
+  if split.lengths is not None:
+    batch["lengths"] = split.lengths
+  if split.mask is not None:
+    batch["mask"] = split.mask
+  return batch
+
+
+def make_loss(task, cfg: RunConfig, *, train: bool):
+  """``loss_fn(params, batch, key)`` of the task's kind, with dropout only when ``train``."""
+  per_step = task.kind in PER_STEP_KINDS
+  vocab = task.input_size if task.kind == "lm" else None
+
+  def loss_fn(params: SequenceModel, batch: dict, key):
+    out = model_apply(params, batch["xs"], per_step=per_step, lengths=batch.get("lengths"),
+                      mask=batch.get("mask"), dropout=cfg.dropout if train else 0.0, key=key,
+                      compute_dtype=DTYPES[cfg.dtype], activation=cfg.activation, vocab_size=vocab)
+    return task_loss(task.kind, out, batch)
+
+  return loss_fn
+
+
+def init_model(task, cfg: RunConfig) -> SequenceModel:
+  return model_init(jax.random.key(cfg.seed), task.input_size, task.num_outputs, hidden=cfg.hidden,
+                    layers=cfg.layers, cell=cfg.cell, bidirectional=cfg.bidirectional,
+                    forget_bias=cfg.forget_bias)
+
+
+def make_run_optimizer(cfg: RunConfig):
+  lr = make_schedule(cfg.lr, schedule=cfg.schedule, warmup_steps=cfg.warmup, total_steps=cfg.steps)
+  return make_optimizer(cfg.optimizer, lr, clip_norm=cfg.clip_norm)
+
+
+def derived_metrics(task, metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
+  """Adds RMSE (in the data's original units when the task says how) to a regression's metrics."""
+  out = dict(metrics)
+  mse = metrics.get(f"{prefix}mse")
+  if task.kind == "regress" and mse is not None:
+    scale = float(task.info.get("y_std", 1.0))
+    out[f"{prefix}rmse"] = math.sqrt(max(mse, 0.0)) * scale
+  return out
+
+
+def train_run(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool | None = None) -> list[dict]:
+  """Trains ``cfg`` and writes ``config.json``, ``metrics.jsonl`` and checkpoints under ``out``.
+
+  With ``resume``, the saved config is used (``cfg.steps`` may extend it) and
+  training continues from the latest checkpoint.
+
+  Returns:
+    The evaluation records, as written to ``metrics.jsonl``.
+  """
+  config_path = os.path.join(out, "config.json")
+  if resume:
+    if not os.path.exists(config_path):
+      raise FileNotFoundError(f"--resume needs a previous run in {out}, but {config_path} does not exist")
+    saved = read_config(out)
+    saved.steps = max(saved.steps, cfg.steps)
+    cfg = saved
+  cfg.validate()
+  task = load_task(cfg)
+  os.makedirs(out, exist_ok=True)
+  with open(config_path, "w") as f:
+    json.dump(dataclasses.asdict(cfg), f, indent=2)
+  metrics_path = os.path.join(out, "metrics.jsonl")
+  if not resume and os.path.exists(metrics_path):
+    os.remove(metrics_path)
+
+  def log(record: dict) -> None:
+    record = derived_metrics(task, record, "val_")
+    record = {**record, "baselines": task.baselines}
+    with open(metrics_path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+  records: list[dict] = []
+  params, history = fit(
+      init_model(task, cfg), make_loss(task, cfg, train=True), split_batch(task.train),
+      optimizer=make_run_optimizer(cfg), batch_size=min(cfg.batch_size, len(task.train.xs)), steps=cfg.steps,
+      validation_data=split_batch(task.test), eval_fn=make_loss(task, cfg, train=False),
+      eval_every=cfg.eval_every, early_stopping=cfg.early_stopping,
+      checkpoint_dir=os.path.join(out, "checkpoints"), save_every=cfg.save_every or cfg.eval_every,
+      keep=cfg.keep, resume=resume, seed=cfg.seed, progress=progress,
+      callbacks=[log, records.append])
+  del params, history
+  return records
+
+
+def read_config(out: str) -> RunConfig:
+  path = os.path.join(out, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no run in {out}: {path} does not exist")
+  with open(path) as f:
+    raw = json.load(f)
+  known = {f.name for f in dataclasses.fields(RunConfig)}
+  return RunConfig(**{k: v for k, v in raw.items() if k in known})
+
+
+def load_run(out: str):
+  """The config, task and trained params of the run in ``out`` (latest checkpoint)."""
+  cfg = read_config(out)
+  task = load_task(cfg)
+  like = init_train_state(init_model(task, cfg), make_run_optimizer(cfg), cfg.seed)
+  state = Checkpointer(os.path.join(out, "checkpoints")).restore(like)
+  return cfg, task, state.params, int(state.step)
+
+
+def eval_run(out: str) -> dict[str, Any]:
+  """Evaluates the latest checkpoint of a run on its task's test split."""
+  cfg, task, params, step = load_run(out)
+  metrics = evaluate(make_loss(task, cfg, train=False), params, split_batch(task.test),
+                     batch_size=cfg.batch_size)
+  return {"step": step, **derived_metrics(task, metrics), "baselines": task.baselines}
+
+
+def sample_run(out: str, prompt: str = "", *, length: int = 200, temperature: float = 1.0, seed: int = 0) -> str:
+  """Samples text from a trained character-level language model run."""
+  from jaxlstm.sample import sample_text
+  cfg, task, params, _ = load_run(out)
+  if task.kind != "lm":
+    raise ValueError(f"sample needs a language-model task such as 'text'; the run in {out} is {cfg.task!r}")
+  return sample_text(params, task.info["vocab"], prompt, length=length, temperature=temperature, seed=seed,
+                     compute_dtype=DTYPES[cfg.dtype], activation=cfg.activation)

@@ -1,0 +1,137 @@
+"""A recurrent stack with a dense head, and the losses of each task kind.
+
+This is the model behind the ``jaxlstm`` command: ``stack`` over the inputs,
+then a linear readout of the last valid step (one output per sequence) or of
+every step (one output per step).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlstm.initializers import glorot_uniform
+from jaxlstm.stack import Bidirectional, stack, stack_init
+
+# Cell names of the command line, mapped to stack_init options.
+CELLS = {
+    "lstm": {"cell": "lstm"},
+    "peephole": {"cell": "lstm", "peephole": True},
+    "layernorm": {"cell": "lstm", "layer_norm": True},
+    "gru": {"cell": "gru"},
+    "rnn": {"cell": "rnn"},
+}
+KINDS = ("classify", "regress", "seq_classify", "lm")
+
+
+class Dense(NamedTuple):
+  w: jax.Array  # (F, O)
+  b: jax.Array  # (O,)
+
+
+class SequenceModel(NamedTuple):
+  rnn: tuple  # stack params from stack_init
+  head: Dense
+
+
+def model_init(key: jax.Array, input_size: int, num_outputs: int, *, hidden: int = 128, layers: int = 1,
+               cell: str = "lstm", bidirectional: bool = False, forget_bias: float = 1.0) -> SequenceModel:
+  """Initializes a stack of ``layers`` recurrent layers and a dense head.
+
+  Args:
+    key: PRNG key.
+    input_size: ``I``.
+    num_outputs: ``O``, classes or regression outputs.
+    hidden: ``H`` of each layer.
+    layers: number of recurrent layers.
+    cell: one of ``lstm``, ``peephole``, ``layernorm``, ``gru``, ``rnn``.
+    bidirectional: bidirectional layers, merged by concatenation.
+    forget_bias: initial forget-gate bias of LSTM cells.
+
+  Returns:
+    :class:`SequenceModel` whose head is ``(H, O)`` (``(2H, O)`` if bidirectional).
+  """
+  if cell not in CELLS:
+    raise ValueError(f"cell must be one of {sorted(CELLS)}; got {cell!r}")
+  options = dict(CELLS[cell])
+  if options["cell"] == "lstm":
+    options["forget_bias"] = forget_bias
+  k_rnn, k_head = jax.random.split(key)
+  rnn = stack_init(k_rnn, input_size, hidden, layers, bidirectional=bidirectional, **options)
+  features = 2 * hidden if bidirectional else hidden
+  return SequenceModel(rnn, Dense(glorot_uniform(k_head, (features, num_outputs)), jnp.zeros((num_outputs,))))
+
+
+def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths=None, mask=None,
+                dropout: float = 0.0, key=None, compute_dtype=None, activation: str = "tanh",
+                vocab_size: int | None = None) -> jax.Array:
+  """Runs the model.
+
+  Args:
+    params: :class:`SequenceModel`.
+    xs: ``(B, T, I)`` floats, or ``(B, T)`` token ids when ``vocab_size`` is set.
+    per_step: return outputs for every step ``(B, T, O)``; else one per
+      sequence ``(B, O)``, read from the last layer's final state (the last
+      valid step under ``lengths`` or ``mask``).
+    lengths, mask: passed to :func:`jaxlstm.stack`.
+    dropout, key: dropout between recurrent layers.
+    compute_dtype: e.g. ``jnp.bfloat16``: params and inputs are cast to it for
+      the forward pass, the recurrent state stays float32, and the outputs are
+      float32. The master params keep their own dtype.
+    activation: for ``rnn`` cells.
+    vocab_size: one-hot the token ids of ``xs`` to this size.
+
+  Returns:
+    Outputs in float32.
+  """
+  if vocab_size is not None:
+    xs = jax.nn.one_hot(xs, vocab_size, dtype=jnp.float32)
+  rnn, head = params.rnn, params.head
+  if compute_dtype is not None:
+    rnn, head = jax.tree_util.tree_map(lambda a: a.astype(compute_dtype), (rnn, head))
+    xs = xs.astype(compute_dtype)
+  states, hs = stack(rnn, xs, lengths=lengths, mask=mask, dropout=dropout, key=key, activation=activation)
+  if per_step:
+    feats = hs
+  else:
+    last = states[-1]
+    # A backward direction ends at t = 0, so its final state is its output there.
+    feats = (jnp.concatenate([last.forward.h, last.backward.h], -1) if isinstance(last, Bidirectional) else last.h)
+  out = feats.astype(head.w.dtype) @ head.w + head.b
+  return out.astype(jnp.float32)
+
+
+def task_loss(kind: str, outputs: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
+  """Loss and metrics of a task kind.
+
+  ``classify``: softmax cross-entropy and accuracy of ``(B, O)`` logits against
+  ``ys (B,)``. ``regress``: mean squared error against ``ys (B, O)``.
+  ``seq_classify`` and ``lm``: per-step cross-entropy and accuracy of
+  ``(B, T, O)`` logits against ``ys (B, T)``, averaged over valid steps
+  (``batch["lengths"]`` when present); ``lm`` also reports bits per character.
+  """
+  ys = batch["ys"]
+  if kind == "regress":
+    mse = jnp.mean(jnp.square(outputs - ys))
+    return mse, {"mse": mse}
+  if kind == "classify":
+    xent = optax.softmax_cross_entropy_with_integer_labels(outputs, ys).mean()
+    acc = jnp.mean(jnp.argmax(outputs, -1) == ys)
+    return xent, {"accuracy": acc}
+  if kind in ("seq_classify", "lm"):
+    xent = optax.softmax_cross_entropy_with_integer_labels(outputs, ys)
+    hit = (jnp.argmax(outputs, -1) == ys).astype(jnp.float32)
+    if batch.get("lengths") is not None:
+      w = (jnp.arange(ys.shape[1])[None, :] < batch["lengths"][:, None]).astype(jnp.float32)
+    else:
+      w = jnp.ones(ys.shape, jnp.float32)
+    denom = jnp.maximum(jnp.sum(w), 1.0)
+    loss = jnp.sum(xent * w) / denom
+    metrics = {"accuracy": jnp.sum(hit * w) / denom}
+    if kind == "lm":
+      metrics["bits_per_char"] = loss / jnp.log(2.0)
+    return loss, metrics
+  raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")

@@ -1,0 +1,69 @@
+"""Sampling text from a character-level language model, one character at a time."""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxlstm.models import SequenceModel
+from jaxlstm.stack import stack
+
+
+def _logits(params: SequenceModel, states, ids: jax.Array, vocab_size: int, compute_dtype, activation):
+  """Feeds token ids ``(1, T)`` through the stack from ``states``; returns the new states and last logits."""
+  xs = jax.nn.one_hot(ids, vocab_size, dtype=jnp.float32)
+  rnn, head = params.rnn, params.head
+  if compute_dtype is not None:
+    rnn, head = jax.tree_util.tree_map(lambda a: a.astype(compute_dtype), (rnn, head))
+    xs = xs.astype(compute_dtype)
+  states, hs = stack(rnn, xs, states, activation=activation)
+  logits = hs[:, -1].astype(head.w.dtype) @ head.w + head.b
+  return states, logits[0].astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("length", "vocab_size", "compute_dtype", "activation"))
+def _generate(params, prompt_ids, key, temperature, *, length, vocab_size, compute_dtype, activation):
+  states, logits = _logits(params, None, prompt_ids, vocab_size, compute_dtype, activation)
+
+  def body(carry, key):
+    states, logits = carry
+    token = jax.random.categorical(key, logits / temperature)
+    states, logits = _logits(params, states, token[None, None], vocab_size, compute_dtype, activation)
+    return (states, logits), token
+
+  _, tokens = jax.lax.scan(body, (states, logits), jax.random.split(key, length))
+  return tokens
+
+
+def sample_text(params: SequenceModel, vocab: Sequence[str], prompt: str = "", *, length: int = 200,
+                temperature: float = 1.0, seed: int = 0, compute_dtype=None, activation: str = "tanh") -> str:
+  """Continues ``prompt`` by ``length`` characters sampled from the model.
+
+  Args:
+    params: a trained :class:`SequenceModel` whose inputs and outputs are the
+      ``len(vocab)`` characters.
+    vocab: the characters, indexed by token id.
+    prompt: text to condition on; every character must be in ``vocab``. An
+      empty prompt starts from a newline (or token 0 if there is none).
+    length: characters to generate.
+    temperature: softmax temperature; lower is more conservative.
+    seed: PRNG seed.
+
+  Returns:
+    The prompt followed by the generated characters.
+  """
+  if length < 1:
+    raise ValueError(f"length must be >= 1; got {length}")
+  if temperature <= 0:
+    raise ValueError(f"temperature must be positive; got {temperature}")
+  index = {c: i for i, c in enumerate(vocab)}
+  unknown = sorted({c for c in prompt if c not in index})
+  if unknown:
+    raise ValueError(f"prompt has characters that are not in the model's vocabulary: {unknown!r}")
+  ids = [index[c] for c in prompt] or [index.get("\n", 0)]
+  tokens = _generate(params, jnp.asarray([ids], jnp.int32), jax.random.key(seed), jnp.float32(temperature),
+                     length=length, vocab_size=len(vocab), compute_dtype=compute_dtype, activation=activation)
+  return prompt + "".join(vocab[int(t)] for t in tokens)

@@ -1,0 +1,147 @@
+"""Many models in one program: a vmapped ensemble over seeds and learning rates.
+
+For each hidden size, every (learning rate, seed) pair is one member of an
+ensemble whose params carry a leading member axis. One jitted, vmapped step
+trains all members on the same batch; the learning rate is a per-member
+hyperparameter inside the optimizer state (``optax.inject_hyperparams``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxlstm.experiment import RunConfig, derived_metrics, load_task, make_loss, split_batch
+from jaxlstm.models import model_init
+from jaxlstm.optim import OPTIMIZERS
+from jaxlstm.train import batch_indices, take
+
+
+def _ensemble_optimizer(cfg: RunConfig) -> optax.GradientTransformation:
+  opt = optax.inject_hyperparams(OPTIMIZERS[cfg.optimizer])(learning_rate=cfg.lr)
+  if cfg.clip_norm is not None:
+    opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
+  return opt
+
+
+def _set_lr(opt_state, lrs: jax.Array):
+  """Writes per-member learning rates ``(M,)`` into an ensemble's optimizer state."""
+  def fix(s):
+    if isinstance(s, optax.InjectHyperparamsState):
+      return s._replace(hyperparams={**s.hyperparams, "learning_rate": lrs.astype(jnp.float32)})
+    return s
+  return jax.tree_util.tree_map(fix, opt_state, is_leaf=lambda s: isinstance(s, optax.InjectHyperparamsState))
+
+
+def train_ensemble(task, cfg: RunConfig, lrs: Sequence[float], seeds: Sequence[int]) -> list[dict]:
+  """Trains ``len(lrs) * len(seeds)`` models of one hidden size at once.
+
+  Returns:
+    One dict per member: ``hidden``, ``lr``, ``seed`` and its test metrics.
+  """
+  members = list(itertools.product(lrs, seeds))
+  loss_fn = make_loss(task, cfg, train=True)
+  eval_fn = make_loss(task, cfg, train=False)
+  opt = _ensemble_optimizer(cfg)
+
+  keys = jnp.stack([jax.random.key(s) for _, s in members])
+  params = jax.vmap(lambda k: model_init(k, task.input_size, task.num_outputs, hidden=cfg.hidden,
+                                         layers=cfg.layers, cell=cfg.cell, bidirectional=cfg.bidirectional,
+                                         forget_bias=cfg.forget_bias))(keys)
+  opt_state = _set_lr(jax.vmap(opt.init)(params), jnp.asarray([lr for lr, _ in members]))
+
+  def one_step(p, s, batch, key):
+    loss, grads = jax.value_and_grad(lambda q: loss_fn(q, batch, key)[0])(p)
+    updates, s = opt.update(grads, s, p)
+    return optax.apply_updates(p, updates), s, loss
+
+  step = jax.jit(jax.vmap(one_step, in_axes=(0, 0, None, 0)))
+  evaluate = jax.jit(jax.vmap(lambda p, batch: eval_fn(p, batch, jax.random.key(0)), in_axes=(0, None)))
+  data = split_batch(task.train)
+  n = len(task.train.xs)
+  bs = min(cfg.batch_size, n)
+  key = jax.random.key(cfg.seed)
+  for i in range(cfg.steps):
+    key, sub = jax.random.split(key)
+    batch = take(data, batch_indices(n, bs, i, cfg.seed))
+    params, opt_state, _ = step(params, opt_state, batch, jax.random.split(sub, len(members)))
+  test = split_batch(task.test)
+  n_test = len(task.test.xs)
+  totals: dict[str, np.ndarray] = {}
+  for start in range(0, n_test, 256):
+    idx = np.arange(start, min(start + 256, n_test))
+    loss, metrics = evaluate(params, take(test, idx))
+    for name, value in {"loss": loss, **metrics}.items():
+      totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64) * len(idx)
+  rows = []
+  for m, (lr, seed) in enumerate(members):
+    metrics = {f"test_{k}": float(v[m] / n_test) for k, v in totals.items()}
+    rows.append({"hidden": cfg.hidden, "lr": lr, "seed": seed, **derived_metrics(task, metrics, "test_")})
+  return rows
+
+
+def run_sweep(cfg: RunConfig, hidden_sizes: Sequence[int], lrs: Sequence[float], seeds: Sequence[int],
+              progress=print) -> list[dict]:
+  """Loops over hidden sizes; each trains a vmapped ensemble over ``lrs`` × ``seeds``."""
+  task = load_task(cfg)
+  rows = []
+  for h in hidden_sizes:
+    t0 = time.perf_counter()
+    rows += train_ensemble(task, dataclasses.replace(cfg, hidden=h), lrs, seeds)
+    progress(f"hidden {h}: {len(lrs) * len(seeds)} models trained together in {time.perf_counter() - t0:.1f} s")
+  return rows
+
+
+def headline_metric(rows: list[dict]) -> tuple[str, str]:
+  """The metric to compare and whether higher is better."""
+  keys = rows[0].keys()
+  for name, mode in (("test_accuracy", "max"), ("test_rmse", "min"), ("test_mse", "min"), ("test_loss", "min")):
+    if name in keys:
+      return name, mode
+  return "test_loss", "min"
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+  """Mean and standard deviation over seeds for each (hidden, lr)."""
+  metric, _ = headline_metric(rows)
+  groups: dict[tuple, list[float]] = {}
+  for r in rows:
+    groups.setdefault((r["hidden"], r["lr"]), []).append(r[metric])
+  return [{"hidden": h, "lr": lr, "metric": metric, "mean": float(np.mean(v)), "std": float(np.std(v)),
+           "seeds": len(v)} for (h, lr), v in sorted(groups.items())]
+
+
+def format_table(summary: list[dict]) -> str:
+  metric = summary[0]["metric"]
+  lines = [f"| hidden | lr | {metric} (mean ± std over seeds) |", "|---:|---:|---|"]
+  for s in summary:
+    lines.append(f"| {s['hidden']} | {s['lr']:g} | {s['mean']:.4f} ± {s['std']:.4f} (n={s['seeds']}) |")
+  return "\n".join(lines)
+
+
+def plot_sweep(summary: list[dict], path: str, title: str = "") -> None:
+  """Test metric against hidden size, one line per learning rate, seeds as error bars."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for lr in sorted({s["lr"] for s in summary}):
+    pts = [s for s in summary if s["lr"] == lr]
+    ax.errorbar([s["hidden"] for s in pts], [s["mean"] for s in pts], yerr=[s["std"] for s in pts],
+                marker="o", capsize=3, label=f"lr = {lr:g}")
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("hidden units per layer")
+  ax.set_ylabel(summary[0]["metric"].replace("_", " "))
+  ax.set_title(title)
+  ax.legend()
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
