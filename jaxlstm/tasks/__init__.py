@@ -1,0 +1,100 @@
+"""Training tasks and their data, as plain NumPy (no JAX), with a registry.
+
+Every task is a function ``f(*, seed=0, **options) -> Task``; the same seed and
+options always give the same arrays. :func:`make_task` looks one up by name:
+
+  >>> task = make_task("adding", T=50, n_train=8, n_test=4)
+  >>> task.kind, task.train.xs.shape, task.train.ys.shape
+  ('regress', (8, 50, 2), (8, 1))
+
+Tasks (kind; ``xs`` / ``ys`` of each split):
+
+* ``keras-example`` (classify; ``(N, T, 10)`` noise / ``(N,)`` random labels)
+* ``adding``, ``adding-var`` (regress; ``(N, T, 2)`` / ``(N, 1)``)
+* ``copy`` (seq_classify; ``(N, T+20, 10)`` one-hot / ``(N, T+20)``)
+* ``digits`` (classify; ``(N, 8, 8)`` image rows / ``(N,)``)
+* ``sunspots`` (regress; ``(N, window, 1)`` / ``(N, 1)``, normalized)
+* ``text`` (lm; ``(N, T)`` char ids / ``(N, T)`` next ids)
+
+``digits`` and ``sunspots`` load data bundled with scikit-learn and
+statsmodels; those are imported only when the task is built.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from jaxlstm.tasks._base import KINDS, Split, Task, check_seed
+from jaxlstm.tasks._adding import adding, adding_var
+from jaxlstm.tasks._copy import copy_task
+from jaxlstm.tasks._digits import digits
+from jaxlstm.tasks._keras_example import keras_example
+from jaxlstm.tasks._sunspots import sunspots
+from jaxlstm.tasks._text import decode, encode, text
+
+TASKS: dict[str, Callable[..., Task]] = {
+    "keras-example": keras_example,
+    "adding": adding,
+    "adding-var": adding_var,
+    "copy": copy_task,
+    "digits": digits,
+    "sunspots": sunspots,
+    "text": text,
+}
+
+
+def options(name: str) -> dict[str, object]:
+  """The options of task ``name`` with their defaults (``seed`` excluded)."""
+  fn = _lookup(name)
+  return {p.name: p.default for p in inspect.signature(fn).parameters.values() if p.name != "seed"}
+
+
+def _lookup(name: str) -> Callable[..., Task]:
+  if name not in TASKS:
+    raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
+  return TASKS[name]
+
+
+def make_task(name: str, *, seed: int = 0, **opts) -> Task:
+  """Builds the task registered as ``name``.
+
+  Args:
+    name: a key of :data:`TASKS`.
+    seed: a non-negative int; the same seed and options give the same data.
+    **opts: the task's options (see :func:`options`), e.g. ``T=200``.
+
+  Returns:
+    The :class:`Task`.
+
+  Raises:
+    ValueError: for an unknown ``name``, or an option with a bad value.
+    TypeError: for an option the task does not have.
+    FileNotFoundError: for ``text`` with a ``path`` that does not exist.
+  """
+  fn = _lookup(name)
+  seed = check_seed(seed)
+  known = options(name)
+  unknown = sorted(set(opts) - set(known))
+  if unknown:
+    raise TypeError(f"task {name!r} has no option {unknown[0]!r}; its options are {sorted(known)}")
+  return fn(seed=seed, **opts)
+
+
+__all__ = [
+    "KINDS",
+    "Split",
+    "TASKS",
+    "Task",
+    "adding",
+    "adding_var",
+    "copy_task",
+    "decode",
+    "digits",
+    "encode",
+    "keras_example",
+    "make_task",
+    "options",
+    "sunspots",
+    "text",
+]

@@ -1,0 +1,127 @@
+"""``text``: a character-level language model on a text file.
+
+The default corpus is the documentation text that ships with Python
+(``pydoc_data.topics.topics``), so the task runs offline.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from jaxlstm.tasks._base import Split, Task, check_fraction, check_positive_int
+
+DEFAULT_CORPUS = "pydoc_data.topics.topics"
+
+
+def default_corpus() -> str:
+  """Python's bundled pydoc topics: the dict's values joined in sorted key order."""
+  from pydoc_data.topics import topics
+
+  return "".join(topics[key] for key in sorted(topics))
+
+
+def encode(text: str, vocab: str) -> np.ndarray:
+  """Character ids: ``encode(text, vocab)[i] == vocab.index(text[i])``.
+
+  Args:
+    text: the string to encode.
+    vocab: the vocabulary, one character per id (``task.info["vocab"]``).
+
+  Returns:
+    ``(len(text),)`` int32 ids.
+
+  Example:
+    >>> encode("abba", "ab")
+    array([0, 1, 1, 0], dtype=int32)
+  """
+  table = {ch: i for i, ch in enumerate(vocab)}
+  try:
+    return np.fromiter((table[ch] for ch in text), np.int32, count=len(text))
+  except KeyError as e:
+    raise ValueError(f"text must use only characters of vocab; got {e.args[0]!r}, not in vocab") from None
+
+
+def decode(ids, vocab: str) -> str:
+  """The string of character ids ``ids`` (any int array-like, flattened).
+
+  Example:
+    >>> decode([0, 1, 1, 0], "ab")
+    'abba'
+  """
+  ids = np.asarray(ids).reshape(-1)
+  if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= len(vocab)):
+    raise ValueError(f"ids must be integers in [0, {len(vocab)}); got dtype {ids.dtype}, "
+                     f"range [{ids.min()}, {ids.max()}]")
+  return "".join(vocab[i] for i in ids.tolist())
+
+
+def _windows(ids: np.ndarray, T: int) -> Split:
+  """Non-overlapping windows: ``xs = ids[k T : (k+1) T]``, ``ys`` the same shifted by one."""
+  n = (len(ids) - 1) // T
+  xs = ids[: n * T].reshape(n, T)  # (N, T)
+  ys = ids[1 : n * T + 1].reshape(n, T)  # (N, T): the next character of each input
+  return Split(xs, ys)
+
+
+def text(*, seed: int = 0, path: str | os.PathLike | None = None, max_chars: int = 300_000,
+         T: int = 100, test_fraction: float = 0.1) -> Task:
+  """Next-character prediction: ``xs (N, T)`` int32 ids, ``ys (N, T)`` the next ids.
+
+  The vocabulary is the sorted set of characters in the text used (the first
+  ``max_chars``), train and test together, so the test text has no unknown
+  characters. Ids index ``info["vocab"]`` directly; no id is reserved (every
+  window is full, so there is no padding). The last ``test_fraction`` of the
+  characters is the test text; each part is cut into non-overlapping windows
+  of ``T`` steps, and a trailing part shorter than a window is dropped.
+
+  Args:
+    seed: unused (the split is the text's tail), accepted for a uniform API.
+    path: a UTF-8 text file; None uses Python's bundled documentation text.
+    max_chars: keep only the first ``max_chars`` characters, to bound memory.
+    T: window length.
+    test_fraction: fraction of the text held out at its end, in ``(0, 1)``.
+
+  Returns:
+    An ``"lm"`` :class:`Task` with ``input_size = num_outputs = V`` (the
+    vocabulary size) and baselines in nats per character on the test
+    targets: ``uniform_xent = log(V)`` and ``unigram_xent`` (the training
+    text's character frequencies, add-one smoothed so that characters unseen
+    in training cost a finite amount).
+  """
+  del seed
+  max_chars = check_positive_int("max_chars", max_chars)
+  T = check_positive_int("T", T)
+  test_fraction = check_fraction("test_fraction", test_fraction, low_open=True)
+  if path is None:
+    corpus, source = default_corpus(), DEFAULT_CORPUS
+  else:
+    source = os.fspath(path)
+    if not os.path.isfile(source):
+      raise FileNotFoundError(f"path must name a text file; got {source!r}, which does not exist")
+    with open(source, encoding="utf-8") as f:
+      corpus = f.read(max_chars)
+  corpus = corpus[:max_chars]
+  n_test_chars = int(len(corpus) * test_fraction)
+  n_train_chars = len(corpus) - n_test_chars
+  # Each part needs T + 1 characters for one window (T inputs, T targets).
+  if min(n_train_chars, n_test_chars) < T + 1:
+    raise ValueError(f"the text must give at least T + 1 = {T + 1} characters to both train and test; "
+                     f"got {n_train_chars} and {n_test_chars} from {len(corpus)} characters of {source!r} "
+                     f"(max_chars={max_chars}, test_fraction={test_fraction})")
+
+  vocab = "".join(sorted(set(corpus)))
+  ids = encode(corpus, vocab)  # (n_chars,)
+  train_ids, test_ids = ids[:n_train_chars], ids[n_train_chars:]
+  train, test = _windows(train_ids, T), _windows(test_ids, T)
+
+  V = len(vocab)
+  counts = np.bincount(train_ids, minlength=V) + 1  # add-one smoothing
+  log_p = np.log(counts / counts.sum())  # (V,)
+  return Task(
+      name="text", kind="lm", input_size=V, num_outputs=V, train=train, test=test,
+      baselines={"unigram_xent": float(-np.mean(log_p[test.ys])), "uniform_xent": math.log(V)},
+      info={"vocab": vocab, "source": source, "n_chars": len(corpus), "train_chars": len(train_ids),
+            "test_chars": len(test_ids), "T": T})
