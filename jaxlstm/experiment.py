@@ -139,13 +139,14 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool 
   if not resume and os.path.exists(metrics_path):
     os.remove(metrics_path)
 
+  records: list[dict] = []
+
   def log(record: dict) -> None:
-    record = derived_metrics(task, record, "val_")
-    record = {**record, "baselines": task.baselines}
+    record = {**derived_metrics(task, record, "val_"), "baselines": task.baselines}
+    records.append(record)
     with open(metrics_path, "a") as f:
       f.write(json.dumps(record) + "\n")
 
-  records: list[dict] = []
   params, history = fit(
       init_model(task, cfg), make_loss(task, cfg, train=True), split_batch(task.train),
       optimizer=make_run_optimizer(cfg), batch_size=min(cfg.batch_size, len(task.train.xs)), steps=cfg.steps,
@@ -153,7 +154,7 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool 
       eval_every=cfg.eval_every, early_stopping=cfg.early_stopping,
       checkpoint_dir=os.path.join(out, "checkpoints"), save_every=cfg.save_every or cfg.eval_every,
       keep=cfg.keep, resume=resume, seed=cfg.seed, progress=progress,
-      callbacks=[log, records.append])
+      callbacks=[log])
   del params, history
   return records
 

@@ -33,11 +33,19 @@ def _ensemble_optimizer(cfg: RunConfig) -> optax.GradientTransformation:
 
 def _set_lr(opt_state, lrs: jax.Array):
   """Writes per-member learning rates ``(M,)`` into an ensemble's optimizer state."""
+  def injected(s):  # optax's inject_hyperparams states (their class names vary across versions)
+    return isinstance(getattr(s, "hyperparams", None), dict) and "learning_rate" in s.hyperparams
+
   def fix(s):
-    if isinstance(s, optax.InjectHyperparamsState):
+    if injected(s):
       return s._replace(hyperparams={**s.hyperparams, "learning_rate": lrs.astype(jnp.float32)})
     return s
-  return jax.tree_util.tree_map(fix, opt_state, is_leaf=lambda s: isinstance(s, optax.InjectHyperparamsState))
+
+  found = []
+  jax.tree_util.tree_map(lambda s: found.append(injected(s)), opt_state, is_leaf=injected)
+  if not any(found):
+    raise RuntimeError("the ensemble optimizer state holds no injected learning rate")
+  return jax.tree_util.tree_map(fix, opt_state, is_leaf=injected)
 
 
 def train_ensemble(task, cfg: RunConfig, lrs: Sequence[float], seeds: Sequence[int]) -> list[dict]:

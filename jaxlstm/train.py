@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxlstm import distributed
 from jaxlstm.checkpoint import Checkpointer
 
 # loss_fn(params, batch, key) -> loss, or (loss, {metric: value}).
@@ -46,7 +47,8 @@ def _with_metrics(loss_fn: LossFn) -> Callable:
   return wrapped
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, jit: bool = True):
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, jit: bool = True,
+                    mesh=None):
   """Builds ``train_step(state, batch) -> (state, metrics)``.
 
   One call computes ``jax.value_and_grad`` of ``loss_fn``, applies the optax
@@ -58,6 +60,10 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       key each step, for dropout.
     optimizer: an optax ``GradientTransformation``.
     jit: compile the step with ``jax.jit``.
+    mesh: a ``jax.sharding.Mesh`` with a ``batch`` axis (see
+      :mod:`jaxlstm.distributed`): the batch arrives split along its first
+      axis, the state stays replicated, and the compiler all-reduces the
+      gradients.
 
   Returns:
     ``train_step(state: TrainState, batch) -> (TrainState, metrics)``; the
@@ -73,7 +79,12 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
     return TrainState(state.step + 1, params, opt_state, jax.random.key_data(key)), metrics
 
-  return jax.jit(train_step) if jit else train_step
+  if not jit:
+    return train_step
+  if mesh is None:
+    return jax.jit(train_step)
+  rep, rows = distributed.replicated(mesh), distributed.batch_sharding(mesh)
+  return jax.jit(train_step, in_shardings=(rep, rows), out_shardings=(rep, rep))
 
 
 def num_examples(data: Any) -> int:
@@ -153,7 +164,8 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
         early_stopping: int | None = None, monitor: str = "val_loss", mode: str = "min",
         restore_best: bool = False, checkpoint_dir: str | None = None, save_every: int | None = None,
         keep: int = 3, resume: bool = False, seed: int = 0, progress: bool | None = None,
-        callbacks: list[Callable[[dict], None]] | None = None) -> tuple[Any, History]:
+        callbacks: list[Callable[[dict], None]] | None = None,
+        devices: str | int | None = None) -> tuple[Any, History]:
   """Trains ``params`` on ``train_data``, like Keras' ``Model.fit``.
 
   Args:
@@ -184,6 +196,12 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
     seed: seeds the batch order and the per-step PRNG keys.
     progress: show a tqdm bar; by default only when stdout is a terminal.
     callbacks: functions called with each evaluation record.
+    devices: data parallelism: ``"all"`` or a number of devices (of every
+      process, after :func:`jaxlstm.distributed.maybe_initialize`). The batch is
+      split across them, so ``batch_size`` must divide by their count. The
+      records then include ``examples_per_s_per_device`` (and peak memory
+      per device where the backend reports it). ``None`` uses the default
+      device.
 
   Returns:
     ``(params, history)``: the trained params and a :class:`History` of
@@ -203,16 +221,24 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
     raise ValueError(f"mode must be 'min' or 'max'; got {mode!r}")
   eval_every = eval_every or per_epoch
   optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
-  train_step = make_train_step(loss_fn, optimizer)
+  devs = distributed.resolve_devices(devices)
+  mesh = None if devs is None else distributed.make_mesh(devs)
+  if mesh is not None:
+    distributed.check_divisible(batch_size, mesh)
+  train_step = make_train_step(loss_fn, optimizer, mesh=mesh)
   eval_cache: dict = {}
   state = init_train_state(params, optimizer, seed)
   ckpt = None
   if checkpoint_dir is not None:
     ckpt = Checkpointer(checkpoint_dir, save_every=save_every or eval_every, keep=keep)
     if resume and ckpt.latest_step() is not None:
+      # Checkpoints hold host arrays, so a run may resume on another device count.
       state = ckpt.restore(state)
   elif resume:
     raise ValueError("resume=True needs checkpoint_dir")
+  if mesh is not None:
+    state = distributed.replicate(state, mesh)
+  n_dev = 1 if mesh is None else mesh.devices.size
 
   history = History()
   best, best_params, waited = None, None, 0
@@ -224,6 +250,8 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
   try:
     for step in range(start, total):
       batch = take(train_data, batch_indices(n, batch_size, step, seed))
+      if mesh is not None:
+        batch = distributed.shard_batch(batch, mesh)
       state, metrics = train_step(state, batch)
       for name, value in metrics.items():
         sums[name] = sums.get(name, 0.0) + float(value)
@@ -232,15 +260,18 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
       bar.update(1)
       if done % 10 == 0 or done == total:
         bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items() if k != "grad_norm"}, refresh=False)
-      if ckpt is not None:
-        ckpt.maybe_save(done, state)
+      if ckpt is not None and done % ckpt.save_every == 0:
+        ckpt.save(done, distributed.to_host(state))
       if done % eval_every and done != total:
         continue
       now = time.perf_counter()
+      steps_per_s = count / max(now - t_last, 1e-9)
       record = {"step": done, "epoch": done / per_epoch, **{k: v / count for k, v in sums.items()},
-                "steps_per_s": count / max(now - t_last, 1e-9)}
+                "steps_per_s": steps_per_s, "examples_per_s_per_device": steps_per_s * batch_size / n_dev,
+                **distributed.device_memory()}
       if validation_data is not None:
-        val = evaluate(eval_fn or loss_fn, state.params, validation_data, batch_size=eval_batch_size,
+        eval_params = state.params if mesh is None else distributed.to_host(state.params)
+        val = evaluate(eval_fn or loss_fn, eval_params, validation_data, batch_size=eval_batch_size,
                        _jitted=eval_cache)
         record.update({f"val_{k}": v for k, v in val.items()})
       history.append(record)
@@ -263,9 +294,11 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
     bar.close()
   if ckpt is not None:
     if ckpt.latest_step() != int(state.step):
-      ckpt.save(int(state.step), state)
+      ckpt.save(int(state.step), distributed.to_host(state))
     ckpt.close()
   params = best_params if (restore_best and best_params is not None) else state.params
+  if mesh is not None:
+    params = distributed.to_host(params)
   return params, history
 
 

@@ -1,0 +1,65 @@
+"""The jaxlstm command: bad input gets one line and exit code 2; a tiny run trains, resumes, evaluates."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxlstm.cli import main
+
+pytestmark = pytest.mark.standard_promotion
+
+
+def run_cli(*args):
+  proc = subprocess.run([sys.executable, "-m", "jaxlstm", *args], capture_output=True, text=True, timeout=300)
+  return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--out", "x", "--cell", "tcn"], "argument --cell: invalid choice: 'tcn'"),
+    (["train", "--out", "x", "--hidden", "0"], "argument --hidden: expected a positive integer; got '0'"),
+    (["train", "--out", "x", "--steps", "many"], "argument --steps: expected a positive integer; got 'many'"),
+    (["train"], "the following arguments are required: --out"),
+    (["fly"], "argument command: invalid choice: 'fly'"),
+])
+def test_bad_flags_one_line_exit_2(capsys, args, message):
+  with pytest.raises(SystemExit) as e:
+    main(args)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_task_and_missing_file(capsys, tmp_path):
+  assert main(["train", "--task", "chess", "--out", str(tmp_path / "a"), "--quiet"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "unknown task 'chess'" in err and len(err.splitlines()) == 1
+  assert main(["train", "--task", "text", "--text", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "b"),
+               "--quiet"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert "nope.txt" in err and len(err.splitlines()) == 1
+  assert main(["eval", "--out", str(tmp_path / "missing")]) == 2
+  assert "config.json does not exist" in capsys.readouterr().err
+
+
+def test_train_resume_eval_in_a_subprocess(tmp_path):
+  out = str(tmp_path / "run")
+  base = ["--task", "adding", "--seq-len", "8", "--n-train", "64", "--n-test", "32", "--hidden", "8",
+          "--batch-size", "16", "--eval-every", "4", "--out", out, "--quiet"]
+  code, stdout, stderr = run_cli("train", *base, "--steps", "4")
+  assert code == 0, stderr
+  code, stdout, stderr = run_cli("train", *base, "--steps", "8", "--resume")
+  assert code == 0, stderr
+  records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+  assert [r["step"] for r in records] == [4, 8]
+  assert {"val_mse", "val_rmse", "loss", "baselines"} <= set(records[-1])
+  assert abs(records[-1]["baselines"]["trivial_mse"] - 1 / 6) < 1e-9
+  cfg = json.load(open(os.path.join(out, "config.json")))
+  assert cfg["hidden"] == 8 and cfg["steps"] == 8
+  code, stdout, stderr = run_cli("eval", "--out", out, "--json")
+  assert code == 0, stderr
+  result = json.loads(stdout)
+  assert result["step"] == 8
+  assert abs(result["mse"] - records[-1]["val_mse"]) < 1e-6
