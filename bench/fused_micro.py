@@ -1,0 +1,123 @@
+"""Microbenchmark of the fused LSTM path against the reference scan, in one process.
+
+Times the median of ``--steps`` calls of one jitted Adam training step
+(stack -> Dense on every step -> MSE loss) or of the forward pass alone, for
+each implementation side by side, and prints the ratio. The machine may be
+shared, so compare the two columns of one run rather than absolute numbers.
+
+  python bench/fused_micro.py --configs S M L --mode train
+  python bench/fused_micro.py --configs S M --mode fwd
+  python bench/fused_micro.py --remat 100 --T 20000   # long sequence, memory: run under /usr/bin/time -v
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxlstm
+from jaxlstm import fused
+
+# name: (B, T, input size, H, layers, outputs)
+CONFIGS = {"S": (32, 100, 10, 128, 3, 10), "M": (64, 256, 64, 256, 2, 10), "L": (128, 512, 128, 512, 1, 10)}
+
+
+def make(cfg, seed=0):
+  B, T, I, H, L, O = cfg
+  params = jaxlstm.stack_init(jax.random.key(seed), I, H, L)
+  rng = np.random.default_rng(seed)
+  dense = (jnp.asarray(rng.standard_normal((H, O)) / H ** 0.5, jnp.float32), jnp.zeros((O,), jnp.float32))
+  xs = jnp.asarray(rng.standard_normal((B, T, I)), jnp.float32)
+  ys = jnp.asarray(rng.standard_normal((B, T, O)), jnp.float32)
+  return (params, dense), xs, ys
+
+
+def loss_fn(model, xs, ys, impl, unroll):
+  params, (w, b) = model
+  _, hs = jaxlstm.stack(params, xs, impl=impl, unroll=unroll)
+  return jnp.mean(jnp.square(hs @ w + b - ys))
+
+
+def median_time(fn, args, steps):
+  out = fn(*args)
+  jax.block_until_ready(out)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - t0)
+  return 1e3 * statistics.median(times)
+
+
+def bench(cfg_name, impl, mode, steps, unroll):
+  model, xs, ys = make(CONFIGS[cfg_name])
+  if mode == "train":
+    opt = optax.adam(1e-3)
+    opt_state = opt.init(model)
+
+    @jax.jit
+    def step(model, opt_state):
+      loss, grads = jax.value_and_grad(loss_fn)(model, xs, ys, impl, unroll)
+      updates, opt_state = opt.update(grads, opt_state, model)
+      return optax.apply_updates(model, updates), opt_state, loss
+
+    # Re-feeding the same params keeps every call identical.
+    return median_time(step, (model, opt_state), steps)
+  fwd = jax.jit(functools.partial(loss_fn, impl=impl, unroll=unroll))
+  return median_time(fwd, (model, xs, ys), steps)
+
+
+def remat_run(T, B, I, H, remat, steps):
+  """Training step time of one layer at a long ``T``; run in its own process to read max RSS."""
+  params = jaxlstm.lstm_init(jax.random.key(0), I, H)
+  rng = np.random.default_rng(0)
+  xs = jnp.asarray(rng.standard_normal((B, T, I)), jnp.float32)
+  state = jaxlstm.lstm_zero_state(params, (B,))
+
+  @jax.jit
+  def grad(params):
+    def loss(params):
+      _, hs = fused.lstm_fused(params, xs, state, remat=remat)
+      return jnp.mean(jnp.square(hs))
+    return jax.grad(loss)(params)
+
+  ms = median_time(grad, (params,), steps)
+  stats = jax.devices()[0].memory_stats() or {}
+  print(f"T={T} B={B} I={I} H={H} remat={remat}: {ms:.0f} ms/step; "
+        f"peak bytes in use {stats.get('peak_bytes_in_use', 'n/a')}")
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--configs", nargs="+", default=["S", "M"])
+  ap.add_argument("--impls", nargs="+", default=["fused", "reference"])
+  ap.add_argument("--mode", choices=["train", "fwd"], default="train")
+  ap.add_argument("--steps", type=int, default=10)
+  ap.add_argument("--unroll", type=int, default=1)
+  ap.add_argument("--remat", type=int, default=0, help="run the long-sequence test instead (0: no remat)")
+  ap.add_argument("--T", type=int, default=0, help="sequence length for the long-sequence test")
+  ap.add_argument("--B", type=int, default=8)
+  ap.add_argument("--H", type=int, default=128)
+  args = ap.parse_args()
+  if args.T:
+    remat_run(args.T, args.B, 16, args.H, args.remat or None, min(args.steps, 3))
+    return
+  for name in args.configs:
+    row = {impl: bench(name, impl, args.mode, args.steps, args.unroll) for impl in args.impls}
+    cells = "  ".join(f"{impl} {ms:8.1f} ms" for impl, ms in row.items())
+    ratio = ""
+    if "fused" in row and "reference" in row:
+      ratio = f"  speedup {row['reference'] / row['fused']:.2f}x"
+    print(f"{name} {args.mode} unroll={args.unroll}: {cells}{ratio}", flush=True)
+
+
+if __name__ == "__main__":
+  main()

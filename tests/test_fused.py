@@ -1,0 +1,189 @@
+"""The fused LSTM path against the reference scan: outputs, final states and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import jaxlstm
+from jaxlstm import fused
+from tests.helpers import normal, random_params, rel_err
+
+B, T, I, H = 3, 5, 2, 4
+LENGTHS = np.array([5, 2, 0])
+MASK = np.array([[1, 0, 1, 1, 0], [1, 1, 1, 0, 0], [0, 1, 0, 1, 1]], bool)
+TIGHT = {jnp.dtype(jnp.float32): 2e-5, jnp.dtype(jnp.float64): 1e-11}
+
+
+def setup(dtype, *, peephole=False, batch=(B,), t=T, i=I, h=H, seed=0):
+  params = random_params(jaxlstm.lstm_init, i, h, dtype=dtype, peephole=peephole, seed=seed)
+  xs = normal((*batch, t, i), dtype, seed=seed + 1)
+  state = jaxlstm.LSTMState(normal((*batch, h), dtype, seed=seed + 2, scale=0.5),
+                            normal((*batch, h), dtype, seed=seed + 3, scale=0.5))
+  return params, xs, state
+
+
+def weighted_loss(run):
+  """Loss with fixed random weights on every output, so each gradient entry is exercised."""
+
+  def loss(params, xs, state):
+    final, hs = run(params, xs, state)
+    out = (hs, final.h, final.c)
+    ws = [jnp.asarray(np.random.default_rng(10 + k).standard_normal(a.shape), a.dtype) for k, a in enumerate(out)]
+    return sum(jnp.sum(a * w) for a, w in zip(out, ws)), (final, hs)
+
+  return loss
+
+
+def _tree_close(name, a, b, tol):
+  leaves_a, tree_a = jax.tree_util.tree_flatten_with_path(a)
+  leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+  assert tree_a == tree_b, name
+  for (path, x), y in zip(leaves_a, leaves_b):
+    where = f"{name}{jax.tree_util.keystr(path)}"
+    assert x.dtype == y.dtype and x.shape == y.shape, where
+    assert rel_err(x, y) <= tol, f"{where}: {rel_err(x, y)}"
+
+
+def assert_same(cases, tol):
+  """For each ``(run_fast, run_ref, params, xs, state)``: outputs, final state and gradients agree.
+
+  All cases go through one jitted function per side: every compile costs
+  about a second on a small CPU, and one big compile is cheaper than many.
+  """
+  def all_grads(side):
+    def f(args):
+      return [jax.grad(weighted_loss(case[side]), argnums=(0, 1, 2), has_aux=True)(*a)
+              for case, a in zip(cases, args)]
+    return jax.jit(f)([case[2:] for case in cases])
+
+  for k, (got, want) in enumerate(zip(all_grads(0), all_grads(1))):
+    _tree_close(f"case {k}: gradients", got[0], want[0], tol)
+    _tree_close(f"case {k}: outputs", got[1], want[1], tol)
+
+
+def layer(impl, **kw):
+  return lambda p, x, s: jaxlstm.lstm(p, x, s, impl=impl, **kw)
+
+
+def both(**kw):
+  return layer("fused", **kw), layer("reference", **kw)
+
+
+CASES = {
+    "plain": {},
+    "lengths": {"lengths": LENGTHS},
+    "mask": {"mask": MASK},
+    "reverse": {"reverse": True},
+    "reverse_lengths": {"reverse": True, "lengths": LENGTHS},
+    "reverse_lengths_mask": {"reverse": True, "lengths": LENGTHS, "mask": MASK},
+    "time_major_mask": {"time_major": True, "mask": MASK.T},
+}
+
+
+@pytest.mark.parametrize("peephole", [False, True])
+def test_matches_reference_float64(peephole):
+  params, xs, state = setup(jnp.float64, peephole=peephole)
+  cases = []
+  for kw in CASES.values():
+    x = jnp.swapaxes(xs, 0, 1) if kw.get("time_major") else xs
+    cases.append((*both(**kw), params, x, state))
+  # Batch shapes () and (2, 3), flattened inside the fused path.
+  _, x0, s0 = setup(jnp.float64, peephole=peephole, batch=())
+  cases.append((*both(reverse=True), params, x0, s0))
+  _, x23, s23 = setup(jnp.float64, peephole=peephole, batch=(2, 3))
+  cases.append((*both(reverse=True, lengths=np.array([[5, 1, 0], [3, 4, 2]])), params, x23, s23))
+  assert_same(cases, TIGHT[jnp.dtype(jnp.float64)])
+
+
+def test_matches_reference_float32():
+  cases = []
+  for peephole in (False, True):
+    params, xs, state = setup(jnp.float32, peephole=peephole, t=12, h=16)
+    mask = np.tile(MASK, (1, 3))[:, :12]
+    cases.append((*both(), params, xs, state))
+    cases.append((*both(reverse=True, lengths=LENGTHS, mask=mask), params, xs, state))
+  assert_same(cases, TIGHT[jnp.dtype(jnp.float32)])
+
+
+def test_size_one():
+  cases = []
+  for b, t, h in [(1, 1, 1), (1, 3, 1), (2, 1, 3)]:
+    params, xs, state = setup(jnp.float64, batch=(b,), t=t, h=h, i=1)
+    cases.append((*both(lengths=np.full((b,), t)), params, xs, state))
+  assert_same(cases, TIGHT[jnp.dtype(jnp.float64)])
+
+
+def test_empty_sequence():
+  params, xs, state = setup(jnp.float32, t=0)
+  final, hs = jaxlstm.lstm(params, xs, state, impl="fused")
+  assert hs.shape == (B, 0, H) and hs.dtype == jnp.float32
+  np.testing.assert_array_equal(final.h, state.h)
+  np.testing.assert_array_equal(final.c, state.c)
+
+
+def test_fused_path_is_taken_only_where_supported():
+  p = random_params(jaxlstm.lstm_init, I, H, peephole=True)
+  assert fused.supports(p)
+  assert not fused.supports(p, resets=np.zeros((B, T), bool))
+  assert not fused.supports(random_params(jaxlstm.lstm_init, I, H, layer_norm=True))
+  assert not fused.supports(random_params(jaxlstm.lstm_init, I, H, proj_size=2))
+  assert not fused.supports(random_params(jaxlstm.gru_init, I, H))
+  assert not fused.supports(p, remat=0)
+  # The fused path keeps no gate-sized loop state outside its custom_vjp: one while loop each way.
+  params, xs, state = setup(jnp.float32)
+  hlo = jax.jit(jax.grad(lambda p: jnp.sum(jaxlstm.lstm(p, xs, state)[1]))).lower(params).as_text()
+  assert hlo.count("stablehlo.while") == 2
+
+
+def test_stack_matches_reference():
+  xs = normal((B, T, I), jnp.float64, seed=1)
+  cases = []
+  for bidirectional in (False, True):
+    params = random_params(jaxlstm.stack_init, I, H, 2, bidirectional=bidirectional, peephole=bidirectional,
+                           dtype=jnp.float64)
+
+    def run(impl, bidirectional=bidirectional):
+      def f(p, x, s):
+        states, hs = jaxlstm.stack(p, x, lengths=LENGTHS, impl=impl)
+        last = states[-1].backward if bidirectional else states[-1]
+        return last, hs
+      return f
+
+    # The stack starts from zero states; the state argument is there for the helper's signature.
+    cases.append((run("fused"), run("reference"), params, xs, jaxlstm.LSTMState(xs[:, 0], xs[:, 0])))
+  assert_same(cases, TIGHT[jnp.dtype(jnp.float64)])
+
+
+@pytest.mark.parametrize("peephole", [False, True])
+def test_check_grads_float64(peephole):
+  params, xs, state = setup(jnp.float64, peephole=peephole, t=4)
+  f = jax.jit(lambda p, x, s: jaxlstm.lstm(p, x, s, lengths=np.array([4, 2, 3]), reverse=True, impl="fused"))
+  check_grads(f, (params, xs, state), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
+def test_remat_matches_reference():
+  params, xs, state = setup(jnp.float64, peephole=True, t=7)
+  kw = {"lengths": np.array([7, 4, 0]), "reverse": True}
+  cases = [(lambda p, x, s, k=k: fused.lstm_fused(p, x, s, remat=k, **kw), layer("reference", **kw), params, xs,
+            state) for k in (1, 3, 7)]
+  assert_same(cases, TIGHT[jnp.dtype(jnp.float64)])
+
+
+def test_bfloat16_params_keep_a_float32_carry():
+  params, xs, _ = setup(jnp.bfloat16, t=6)
+  state = jaxlstm.lstm_zero_state(params, (B,))
+  assert state.c.dtype == jnp.float32
+
+  @jax.jit
+  def run(params):
+    fast = jaxlstm.lstm(params, xs, state, impl="fused")
+    ref = jaxlstm.lstm(params, xs, state, impl="reference")
+    g = jax.grad(lambda p: jnp.sum(jaxlstm.lstm(p, xs, state, impl="fused")[1].astype(jnp.float32)))(params)
+    return fast, ref, g
+
+  (f_final, f_hs), (r_final, r_hs), g = run(params)
+  assert f_hs.dtype == jnp.bfloat16 and f_final.c.dtype == jnp.float32
+  assert rel_err(f_hs, r_hs) < 3e-2 and rel_err(f_final.c, r_final.c) < 3e-2
+  assert g.w_h.dtype == jnp.bfloat16 and g.b.dtype == jnp.bfloat16
