@@ -1,0 +1,35 @@
+"""Weight converters between jaxlstm and PyTorch, Keras 3 and Flax.
+
+Each framework has its own module, imported lazily: importing
+:mod:`jaxlstm.interop` imports none of the peers.
+
+* :mod:`jaxlstm.interop.torch`: ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` and their
+  cells.
+* :mod:`jaxlstm.interop.keras`: ``LSTM``, ``GRU``, ``SimpleRNN``,
+  ``Bidirectional`` and their cells.
+* :mod:`jaxlstm.interop.flax`: Linen and NNX ``LSTMCell``,
+  ``OptimizedLSTMCell`` and ``GRUCell``.
+
+``from_*`` reads a peer's weights into jaxlstm params; ``to_*`` writes jaxlstm
+params into a peer. ``to_*`` then ``from_*`` gives the params back bit for bit.
+"""
+
+from jaxlstm.interop.flax import flax_options, from_flax, from_flax_carry, to_flax, to_flax_carry
+from jaxlstm.interop.keras import from_keras, keras_options, to_keras
+from jaxlstm.interop.torch import from_torch, from_torch_state, to_torch, to_torch_state, torch_options
+
+__all__ = [
+    "flax_options",
+    "from_flax",
+    "from_flax_carry",
+    "from_keras",
+    "from_torch",
+    "from_torch_state",
+    "keras_options",
+    "to_flax",
+    "to_flax_carry",
+    "to_keras",
+    "to_torch",
+    "to_torch_state",
+    "torch_options",
+]
