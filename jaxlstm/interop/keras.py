@@ -1,0 +1,338 @@
+r"""Weights to and from Keras 3: ``LSTM``, ``GRU``, ``SimpleRNN``, ``Bidirectional`` and their cells.
+
+Keras is imported only when a function here is called. With Keras 3, set
+``os.environ["KERAS_BACKEND"]`` (for example to ``"jax"``) before the first
+``import keras``.
+
+Layouts. Keras kernels are ``(in, out)`` like ours: ``kernel (I, G*H)``,
+``recurrent_kernel (H, G*H)``.
+
+* LSTM: gates **i, f, c, o**, our i, f, g, o; one bias ``(4H,)``, copied as it
+  is. ``unit_forget_bias`` only sets the initial value, so it needs nothing.
+* GRU with ``reset_after=True`` (the Keras 3 default): gates **z, r, h**,
+  reordered to our r, z, n. The bias is ``(2, 3H)``, an input row and a
+  recurrent row; the recurrent candidate bias sits inside the reset product,
+  ``hh = tanh(x W_h + b_ih + r * (h U_h + b_rh))``, which is PyTorch's and our
+  GRU: ``b = (b_ir + b_rr, b_iz + b_rz, b_ih)`` and ``b_hn = b_rh``.
+  Keras' update ``h' = z h + (1 - z) hh`` is ours.
+* GRU with ``reset_after=False`` applies the reset gate *before* the recurrent
+  matmul, ``(r * h) U_h``, where ours computes ``r * (h U_h)``. The two agree
+  for every ``r`` only when ``U_h`` is diagonal, so such a layer is refused
+  with a ValueError rather than converted wrongly.
+* SimpleRNN: ``activation`` ``"tanh"`` or ``"relu"``, reported by
+  :func:`keras_options`.
+* Bidirectional: a :class:`jaxlstm.Bidirectional` pair; ``merge_mode``
+  ``"concat"``, ``"sum"``, ``"ave"``, ``"mul"`` is our ``merge`` ``"concat"``,
+  ``"sum"``, ``"mean"``, ``"mul"``.
+
+A recurrent *layer* (or a list of them) converts to a stack tuple, so that
+``jaxlstm.stack(from_keras(layer), xs, **keras_options(layer))`` computes
+``layer(xs)`` (``return_sequences=True``; the last step, or the final state
+with a mask, gives the default output, and the states give
+``return_state``: Keras' ``[h, c]`` is our ``LSTMState(h, c)``). A *cell*
+converts to that cell's params. :func:`to_keras` writes ``b`` into the input
+bias and zeros into the recurrent one (``b_hn`` into the GRU's recurrent
+candidate bias), so ours → Keras → ours is exact.
+
+Masks. Keras' ``mask`` (or ``Masking``/``Embedding(mask_zero=True)``) has our
+``mask`` semantics for the state: a masked step keeps the previous state, so
+the final states agree, and right-padded masks equal our ``lengths``, also for
+``Bidirectional``. Outputs differ at masked steps only: Keras repeats the
+previous output there (zeros in ``Bidirectional``, or with
+``zero_output_for_mask=True``), where jaxlstm writes zeros.
+
+Dropout and ``recurrent_dropout`` act only with ``training=True``; conversions
+match the layer at inference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from jaxlstm.cells.gru import GRUParams
+from jaxlstm.cells.lstm import LSTMParams
+from jaxlstm.cells.rnn import RNNParams
+from jaxlstm.interop import _common
+from jaxlstm.stack import Bidirectional
+
+_MERGES = {"concat": "concat", "sum": "sum", "ave": "mean", "mul": "mul"}
+_SUPPORTED = ("keras.layers.LSTM, GRU, SimpleRNN, RNN (of one such cell), Bidirectional (of one such layer), "
+              "LSTMCell, GRUCell or SimpleRNNCell, or a list of layers")
+
+
+def _keras():
+  try:
+    import keras
+  except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("jaxlstm.interop.keras needs Keras 3: pip install keras") from e
+  return keras
+
+
+def _cell_kind(cell: Any, name: str) -> type | None:
+  layers = _keras().layers
+  for cls, params_cls in ((layers.LSTMCell, LSTMParams), (layers.GRUCell, GRUParams),
+                          (layers.SimpleRNNCell, RNNParams)):
+    if isinstance(cell, cls):
+      return params_cls
+  return None
+
+
+def _kind(layer: Any, name: str) -> tuple[str, type]:
+  """``("cell" | "layer" | "bidirectional", params class)``, or a TypeError."""
+  layers = _keras().layers
+  cls = _cell_kind(layer, name)
+  if cls is not None:
+    return "cell", cls
+  if isinstance(layer, layers.Bidirectional):
+    _, cls = _kind(layer.forward_layer, f"{name}.forward_layer")
+    return "bidirectional", cls
+  if isinstance(layer, layers.RNN):
+    cls = _cell_kind(layer.cell, f"{name}.cell")
+    if cls is not None:
+      return "layer", cls
+    raise TypeError(f"{name}.cell must be a keras LSTMCell, GRUCell or SimpleRNNCell; "
+                    f"got {type(layer.cell).__name__}")
+  raise TypeError(f"{name} must be a {_SUPPORTED}; got {type(layer).__module__}.{type(layer).__name__}")
+
+
+def _act_name(fn: Any) -> str:
+  return getattr(fn, "__name__", repr(fn))
+
+
+def _check_cell(cell: Any, cls: type, name: str) -> None:
+  """Refuses activations and variants that jaxlstm's cells do not compute."""
+  act = _act_name(cell.activation)
+  if cls is RNNParams:
+    if act not in ("tanh", "relu"):
+      raise ValueError(f"{name}.activation must be 'tanh' or 'relu'; got {act!r}")
+    return
+  if act != "tanh":
+    raise ValueError(f"{name}.activation must be 'tanh'; got {act!r}")
+  rec = _act_name(cell.recurrent_activation)
+  if rec != "sigmoid":
+    raise ValueError(f"{name}.recurrent_activation must be 'sigmoid'; got {rec!r}")
+  if cls is GRUParams and not cell.reset_after:
+    raise ValueError(f"{name}.reset_after must be True: with reset_after=False Keras computes (r * h) @ U_h, "
+                     "which jaxlstm's GRU, r * (h @ U_h + b_hn), cannot represent for a general U_h; "
+                     "got False")
+
+
+def _np(v: Any) -> np.ndarray:
+  return np.array(_keras().ops.convert_to_numpy(v), copy=True)
+
+
+def _read_cell(cell: Any, cls: type, name: str) -> Any:
+  _check_cell(cell, cls, name)
+  if not cell.built:
+    raise ValueError(f"{name} must be built before its weights can be read (call it on an input, or "
+                     f"build(input_shape)); got an unbuilt {type(cell).__name__}")
+  k, rk = _np(cell.kernel), _np(cell.recurrent_kernel)  # (I, G*H), (H, G*H)
+  H = rk.shape[0]
+  bias = _np(cell.bias) if cell.use_bias else None
+  if cls is LSTMParams:
+    return LSTMParams(k, rk, np.zeros((4 * H,), k.dtype) if bias is None else bias)
+  if cls is RNNParams:
+    return RNNParams(k, rk, np.zeros((H,), k.dtype) if bias is None else bias)
+  # Keras z, r, h -> our r, z, n.
+  perm = np.concatenate([np.arange(H, 2 * H), np.arange(H), np.arange(2 * H, 3 * H)])
+  if bias is None:
+    b_in, b_rec = np.zeros((2, 3 * H), k.dtype)
+  else:
+    b_in, b_rec = bias[0][perm], bias[1][perm]
+  b = np.concatenate([b_in[:2 * H] + b_rec[:2 * H], b_in[2 * H:]])
+  return GRUParams(k[:, perm], rk[:, perm], b, b_rec[2 * H:].copy())
+
+
+def _layers(layer: Any) -> tuple[list[tuple[str, Any]], bool]:
+  """``([(name, layer), ...], is_list)``: a list of layers, or one."""
+  if isinstance(layer, (list, tuple)):
+    if not layer:
+      raise ValueError("layer must be a non-empty list of Keras layers; got an empty list")
+    return [(f"layer[{i}]", l) for i, l in enumerate(layer)], True
+  return [("layer", layer)], False
+
+
+def from_keras(layer: Any) -> Any:
+  """Converts a Keras 3 recurrent layer's weights to jaxlstm params.
+
+  Args:
+    layer: a built ``keras.layers.LSTM``, ``GRU`` (``reset_after=True``),
+      ``SimpleRNN``, ``RNN`` of one such cell, or ``Bidirectional`` of one of
+      them; a list of such layers (a stack); or a built ``LSTMCell``,
+      ``GRUCell`` or ``SimpleRNNCell``.
+
+  Returns:
+    For a layer, a stack tuple with one entry (a :class:`jaxlstm.Bidirectional`
+    pair for ``Bidirectional``); for a list, one entry per layer; run it with
+    ``jaxlstm.stack(params, xs, **keras_options(layer))``. For a cell, that
+    cell's :class:`jaxlstm.LSTMParams` ``w_x (I, 4H)``, ``w_h (H, 4H)``,
+    ``b (4H,)``, :class:`jaxlstm.GRUParams` (with ``b_hn (H,)``) or
+    :class:`jaxlstm.RNNParams`. Arrays keep the layer's dtype.
+
+  Raises:
+    TypeError: for an unsupported layer.
+    ValueError: for an unbuilt layer, an activation other than tanh (relu too
+      for SimpleRNN) with a sigmoid recurrent activation, or
+      ``GRU(reset_after=False)``.
+
+  Example:
+    >>> layer = keras.layers.LSTM(4, return_sequences=True)
+    >>> _ = layer(np.zeros((2, 5, 3), "float32"))
+    >>> params = from_keras(layer)
+    >>> params[0].w_x.shape, params[0].w_h.shape
+    ((3, 16), (4, 16))
+  """
+  entries, is_list = _layers(layer)
+  out = []
+  for name, l in entries:
+    kind, cls = _kind(l, name)
+    if kind == "cell":
+      if is_list:
+        raise TypeError(f"{name} must be a recurrent layer in a list; got the cell {type(l).__name__} "
+                        f"(wrap it in keras.layers.RNN)")
+      return _common.to_jax(_read_cell(l, cls, name))
+    if kind == "bidirectional":
+      out.append(Bidirectional(_read_cell(l.forward_layer.cell, cls, f"{name}.forward_layer.cell"),
+                               _read_cell(l.backward_layer.cell, cls, f"{name}.backward_layer.cell")))
+    else:
+      out.append(_read_cell(l.cell, cls, f"{name}.cell"))
+  return _common.to_jax(tuple(out))
+
+
+def keras_options(layer: Any) -> dict[str, Any]:
+  """Keyword arguments for :func:`jaxlstm.stack` (or a step) that reproduce ``layer``'s computation.
+
+  Args:
+    layer: what :func:`from_keras` accepts.
+
+  Returns:
+    A dict with ``"activation"`` when there is a SimpleRNN, and ``"merge"``
+    when there is a ``Bidirectional``; empty otherwise. Keras is batch-major,
+    which is :func:`jaxlstm.stack`'s default.
+
+  Raises:
+    ValueError: when jaxlstm cannot run the layers as one stack: a
+      standalone layer with ``go_backwards=True`` (Keras returns its outputs
+      in reversed time order; run ``jaxlstm.lstm(..., reverse=True)`` and flip
+      the outputs instead), ``merge_mode=None``, or layers that disagree on the
+      activation or merge mode.
+  """
+  entries, _ = _layers(layer)
+  acts, merges = {}, {}
+  for name, l in entries:
+    kind, cls = _kind(l, name)
+    if kind == "cell":
+      cells = [(name, l)]
+    elif kind == "bidirectional":
+      if l.merge_mode not in _MERGES:
+        raise ValueError(f"{name}.merge_mode must be one of {sorted(_MERGES)} to run as jaxlstm.stack; got "
+                         f"{l.merge_mode!r} (run jaxlstm.lstm on each direction, the backward one with "
+                         f"reverse=True, to get both outputs)")
+      merges[name] = _MERGES[l.merge_mode]
+      cells = [(f"{name}.forward_layer.cell", l.forward_layer.cell)]
+    else:
+      if l.go_backwards:
+        raise ValueError(f"{name}.go_backwards must be False to run as jaxlstm.stack: Keras returns a "
+                         "go_backwards layer's outputs in reversed time order (run jaxlstm's layer with "
+                         "reverse=True and flip its outputs along time); got True")
+      cells = [(f"{name}.cell", l.cell)]
+    for cname, c in cells:
+      if cls is RNNParams:
+        _check_cell(c, cls, cname)
+        acts[cname] = _act_name(c.activation)
+  opts: dict[str, Any] = {}
+  for key, found in (("activation", acts), ("merge", merges)):
+    if len(set(found.values())) > 1:
+      raise ValueError(f"layer must use one {key} in all layers to run as one jaxlstm.stack; got {found}")
+    if found:
+      opts[key] = next(iter(found.values()))
+  return opts
+
+
+def _write_cell(cell: Any, p: Any, cls: type, name: str, cname: str) -> list[tuple[Any, np.ndarray]]:
+  """Checks one direction's params against a Keras cell; returns ``[(variable, value), ...]``."""
+  _check_cell(cell, cls, cname)
+  _common.check_cell_params(name, p, cls, f"Keras {type(cell).__name__}")
+  fields = {f: _common.np_array(v) for f, v in p._asdict().items() if v is not None}
+  G = _common.GATES[cls]
+  I, H = fields["w_x"].shape[0], fields["w_x"].shape[1] // G
+  if not cell.built:
+    cell.build((None, I))
+  if cell.units != H:
+    raise ValueError(f"{name}.w_x must have shape (I, {G * cell.units}) to match {cname}.units={cell.units}; "
+                     f"got {fields['w_x'].shape}")
+  dtype = np.dtype(cell.kernel.dtype)
+  for f, v in fields.items():
+    _common.check_dtype(f"{name}.{f}", v, dtype, cname)
+  _common.check_shape(f"{name}.w_x", fields["w_x"], tuple(cell.kernel.shape), f" (the shape of {cname}.kernel)")
+  _common.check_shape(f"{name}.w_h", fields["w_h"], tuple(cell.recurrent_kernel.shape),
+                      f" (the shape of {cname}.recurrent_kernel)")
+  _common.check_shape(f"{name}.b", fields["b"], (G * H,))
+  w_x, w_h, b = fields["w_x"], fields["w_h"], fields["b"]
+  bias = b
+  if cls is GRUParams:
+    _common.check_shape(f"{name}.b_hn", fields["b_hn"], (H,))
+    # Our r, z, n -> Keras z, r, h.
+    perm = np.concatenate([np.arange(H, 2 * H), np.arange(H), np.arange(2 * H, 3 * H)])
+    w_x, w_h, b = w_x[:, perm], w_h[:, perm], b[perm]
+    rec = np.zeros_like(b)
+    rec[2 * H:] = fields["b_hn"]
+    bias = np.stack([b, rec])
+  writes = [(cell.kernel, w_x), (cell.recurrent_kernel, w_h)]
+  if cell.use_bias:
+    writes.append((cell.bias, bias))
+  else:
+    _common.check_zero(f"{name}.b", fields["b"], f"{cname}.use_bias is False")
+    if cls is GRUParams:
+      _common.check_zero(f"{name}.b_hn", fields["b_hn"], f"{cname}.use_bias is False")
+  return writes
+
+
+def to_keras(params: Any, layer: Any) -> Any:
+  """Writes jaxlstm params into a Keras 3 layer or cell, in place.
+
+  An unbuilt layer is built for the params' input size first. Every check
+  runs before anything is written, so on an error the weights are unchanged.
+
+  Args:
+    params: a stack tuple with one entry per layer (a
+      :class:`jaxlstm.Bidirectional` pair for ``Bidirectional``) when ``layer``
+      is a layer or a list of them; one cell's params when it is a cell. LSTM
+      params must have no peepholes, layer norm or projection.
+    layer: what :func:`from_keras` accepts.
+
+  Returns:
+    ``layer``. A GRU's input bias row gets ``b`` and its recurrent row
+    ``(0, 0, b_hn)`` (in Keras' z, r, h order).
+
+  Raises:
+    TypeError: for an unsupported layer, a params type or structure that does
+      not match it, or a dtype mismatch.
+    ValueError: for a shape mismatch, an unsupported setting (see
+      :func:`from_keras`), or a nonzero bias for a layer with
+      ``use_bias=False`` (never dropped silently).
+  """
+  entries, is_list = _layers(layer)
+  kinds = [_kind(l, name) for name, l in entries]
+  writes = []
+  if not is_list and kinds[0][0] == "cell":
+    writes = _write_cell(layer, params, kinds[0][1], "params", "layer")
+  else:
+    _common.check_stack("params", params, len(entries), f"the {len(entries)} Keras layer(s)")
+    for k, ((name, l), (kind, cls), p) in enumerate(zip(entries, kinds, params)):
+      if kind == "cell":
+        raise TypeError(f"{name} must be a recurrent layer in a list; got the cell {type(l).__name__}")
+      dirs = _common.directions(f"params[{k}]", p, kind == "bidirectional", name)
+      cells = ([(l.forward_layer.cell, f"{name}.forward_layer.cell"),
+                (l.backward_layer.cell, f"{name}.backward_layer.cell")] if kind == "bidirectional"
+               else [(l.cell, f"{name}.cell")])
+      if not l.built:
+        _common.check_cell_params(dirs[0][0], dirs[0][1], cls, f"Keras {type(cells[0][0]).__name__}")
+        l.build((None, None, dirs[0][1].w_x.shape[0]))
+      for (cell, cname), (pname, pp) in zip(cells, dirs):
+        writes += _write_cell(cell, pp, cls, pname, cname)
+  for var, value in writes:
+    var.assign(value)
+  return layer
