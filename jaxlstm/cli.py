@@ -80,10 +80,14 @@ def _summary_line(record: dict) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+  from jaxlstm import distributed
   from jaxlstm.experiment import train_run
+  # Before anything touches a device, as jax.distributed requires.
+  multi = distributed.maybe_initialize(args.coordinator, args.num_processes, args.process_id)
   cfg = _config(args)
   progress = False if args.quiet else None
-  records = train_run(cfg, args.out, resume=args.resume, progress=progress)
+  records = train_run(cfg, args.out, resume=args.resume, progress=progress,
+                      devices=args.devices or ("all" if multi else None))
   if records:
     last = records[-1]
     print(f"step {last['step']}: " + _summary_line({k: v for k, v in last.items() if k.startswith("val_")}))
@@ -206,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
   train = sub.add_parser("train", help="train a model on a task")
   _add_run_flags(train)
   train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+  train.add_argument("--devices", default=None, help="data-parallel over 'all' devices or the first N")
+  train.add_argument("--coordinator", default=None,
+                     help="multi-host: coordinator HOST:PORT (or JAX_COORDINATOR_ADDRESS)")
+  train.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: process count")
+  train.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
   train.set_defaults(func=_train)
 
   ev = sub.add_parser("eval", help="evaluate a run's latest checkpoint on its test split")

@@ -114,11 +114,13 @@ def derived_metrics(task, metrics: dict[str, float], prefix: str = "") -> dict[s
   return out
 
 
-def train_run(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool | None = None) -> list[dict]:
+def train_run(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool | None = None,
+              devices: str | int | None = None) -> list[dict]:
   """Trains ``cfg`` and writes ``config.json``, ``metrics.jsonl`` and checkpoints under ``out``.
 
   With ``resume``, the saved config is used (``cfg.steps`` may extend it) and
-  training continues from the latest checkpoint.
+  training continues from the latest checkpoint. ``devices`` is passed to
+  :func:`jaxlstm.train.fit` for data parallelism.
 
   Returns:
     The evaluation records, as written to ``metrics.jsonl``.
@@ -132,20 +134,24 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool 
     cfg = saved
   cfg.validate()
   task = load_task(cfg)
+  # In a multi-host run every process trains; the first one writes the files.
+  writer = jax.process_index() == 0
   os.makedirs(out, exist_ok=True)
-  with open(config_path, "w") as f:
-    json.dump(dataclasses.asdict(cfg), f, indent=2)
   metrics_path = os.path.join(out, "metrics.jsonl")
-  if not resume and os.path.exists(metrics_path):
-    os.remove(metrics_path)
+  if writer:
+    with open(config_path, "w") as f:
+      json.dump(dataclasses.asdict(cfg), f, indent=2)
+    if not resume and os.path.exists(metrics_path):
+      os.remove(metrics_path)
 
   records: list[dict] = []
 
   def log(record: dict) -> None:
     record = {**derived_metrics(task, record, "val_"), "baselines": task.baselines}
     records.append(record)
-    with open(metrics_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    if writer:
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
   params, history = fit(
       init_model(task, cfg), make_loss(task, cfg, train=True), split_batch(task.train),
@@ -154,7 +160,7 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool 
       eval_every=cfg.eval_every, early_stopping=cfg.early_stopping,
       checkpoint_dir=os.path.join(out, "checkpoints"), save_every=cfg.save_every or cfg.eval_every,
       keep=cfg.keep, resume=resume, seed=cfg.seed, progress=progress,
-      callbacks=[log])
+      callbacks=[log], devices=devices)
   del params, history
   return records
 

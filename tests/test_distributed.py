@@ -81,18 +81,23 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_on_loopback_match_one_process():
-  """Multi-host: two processes with two simulated CPU devices each, joined by jax.distributed."""
+def test_two_processes_on_loopback_match_one_process(tmp_path):
+  """Multi-host: two processes with two simulated CPU devices each, joined by jax.distributed.
+
+  They checkpoint at step 8 into one shared directory, resume from it, and
+  must follow the single-process loss trajectory.
+  """
   body = """
     assert MULTI
     assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
-    _, loss, _ = run("all")
-    print(json.dumps({"loss": loss}))
+    _, loss, _ = run("all", steps=8, checkpoint_dir=sys.argv[1], save_every=4)
+    _, more, _ = run("all", checkpoint_dir=sys.argv[1], save_every=4, resume=True)
+    print(json.dumps({"loss": loss + more}))
   """
   port = _free_port()
   env = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2"}
   e = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", **env}
-  procs = [subprocess.Popen([sys.executable, "-c", COMMON + textwrap.dedent(body)],
+  procs = [subprocess.Popen([sys.executable, "-c", COMMON + textwrap.dedent(body), str(tmp_path)],
                             env={**e, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) for i in range(2)]
   outs = []
