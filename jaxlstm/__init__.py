@@ -10,11 +10,13 @@ from jaxlstm.cells.lstm import LayerNormParams, LSTMParams, LSTMState, lstm_init
 from jaxlstm.cells.rnn import RNNParams, RNNState, rnn_init, rnn_step, rnn_zero_state
 from jaxlstm.scan import scan
 from jaxlstm.stack import Bidirectional, stack, stack_init
+from jaxlstm.train import TrainState, evaluate, fit, init_train_state, make_train_step
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Bidirectional",
+    "TrainState",
     "GRUParams",
     "GRUState",
     "LSTMParams",
@@ -22,15 +24,19 @@ __all__ = [
     "LayerNormParams",
     "RNNParams",
     "RNNState",
+    "evaluate",
+    "fit",
     "glorot_uniform",
     "gru",
     "gru_init",
     "gru_step",
     "gru_zero_state",
+    "init_train_state",
     "lstm",
     "lstm_init",
     "lstm_step",
     "lstm_zero_state",
+    "make_train_step",
     "orthogonal_blocks",
     "rnn",
     "rnn_init",

@@ -19,7 +19,6 @@ import numpy as np
 import optax
 
 from jaxlstm import distributed
-from jaxlstm.checkpoint import Checkpointer
 
 # loss_fn(params, batch, key) -> loss, or (loss, {metric: value}).
 LossFn = Callable[[Any, Any, jax.Array], Any]
@@ -230,6 +229,7 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
   state = init_train_state(params, optimizer, seed)
   ckpt = None
   if checkpoint_dir is not None:
+    from jaxlstm.checkpoint import Checkpointer  # orbax loads only when checkpointing
     ckpt = Checkpointer(checkpoint_dir, save_every=save_every or eval_every, keep=keep)
     if resume and ckpt.latest_step() is not None:
       # Checkpoints hold host arrays, so a run may resume on another device count.
