@@ -120,7 +120,7 @@ def _check_cell(cell: Any, cls: type, name: str) -> None:
 
 
 def _np(v: Any) -> np.ndarray:
-  return np.array(_keras().ops.convert_to_numpy(v), copy=True)
+  return np.array(_keras().ops.convert_to_numpy(v.value), copy=True)
 
 
 def _read_cell(cell: Any, cls: type, name: str) -> Any:
