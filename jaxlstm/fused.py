@@ -137,37 +137,28 @@ def _recurrence_bwd(unroll, res, cts):
   c_prevs = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, B, H)
   pp = None if peep is None else peep.astype(sdt)
 
-  # Column block k of dz (B, 4, H) is gate k's factor times its derivative;
-  # building it with selects on k keeps the whole of dz one fusion, where a
-  # concatenate of four (B, H) pieces costs a kernel per piece on the CPU.
-  k = lax.broadcasted_iota(jnp.int32, (1, 4, 1), 1)
-
   def body(carry, inputs):
     dh, dc = carry
     a, c, c_prev, dy, v = inputs
-    B = a.shape[0]
     dh = dh + dy
     if v is not None:
       vv = v[:, None]
       dh_skip, dc_skip = jnp.where(vv, 0, dh), jnp.where(vv, 0, dc)
       dh, dc = jnp.where(vv, dh, 0), jnp.where(vv, dc, 0)
-    a4 = a.reshape(B, 4, H)
-    i, f, g, o = a4[:, 0], a4[:, 1], a4[:, 2], a4[:, 3]
+    i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
     tc = jnp.tanh(c)
+    dzo = dh * tc * o * (1 - o)
     dc = dc + dh * o * (1 - tc * tc)
     if pp is not None:
-      dc = dc + dh * tc * o * (1 - o) * pp[2]
-    # dz_i = dc g i(1-i), dz_f = dc c_prev f(1-f), dz_g = dc i (1-g^2), dz_o = dh tanh(c) o(1-o).
-    partner = jnp.where(k == 0, g[:, None], jnp.where(k == 1, c_prev[:, None], jnp.where(k == 2, i[:, None],
-                                                                                           tc[:, None])))
-    d_out = jnp.where(k == 3, dh[:, None], dc[:, None])
-    deriv = jnp.where(k == 2, 1 - a4 * a4, a4 * (1 - a4))
-    dz4 = partner * d_out * deriv  # (B, 4, H)
-    dz = dz4.reshape(B, 4 * H)
+      dc = dc + dzo * pp[2]
+    dzi = dc * g * i * (1 - i)
+    dzf = dc * c_prev * f * (1 - f)
+    dzg = dc * i * (1 - g * g)
+    dz = jnp.concatenate([dzi, dzf, dzg, dzo], axis=-1)  # (B, 4H)
     dh_prev = (dz.astype(cdt) @ w_hT).astype(sdt)
     dc_prev = dc * f
     if pp is not None:
-      dc_prev = dc_prev + dz4[:, 0] * pp[0] + dz4[:, 1] * pp[1]
+      dc_prev = dc_prev + dzi * pp[0] + dzf * pp[1]
     if v is not None:
       dh_prev, dc_prev = dh_prev + dh_skip, dc_prev + dc_skip
     return (dh_prev, dc_prev), dz
