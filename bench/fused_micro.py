@@ -45,19 +45,24 @@ def loss_fn(model, xs, ys, impl, unroll):
   return jnp.mean(jnp.square(hs @ w + b - ys))
 
 
-def median_time(fn, args, steps):
-  out = fn(*args)
-  jax.block_until_ready(out)
-  times = []
+def median_times(calls, steps):
+  """Median ms of each ``(fn, args)``, calling them in turn so that load changes hit all alike."""
+  for fn, args in calls:
+    jax.block_until_ready(fn(*args))
+  times = [[] for _ in calls]
   for _ in range(steps):
-    t0 = time.perf_counter()
-    out = fn(*args)
-    jax.block_until_ready(out)
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times)
+    for (fn, args), ts in zip(calls, times):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      ts.append(time.perf_counter() - t0)
+  return [1e3 * statistics.median(ts) for ts in times]
 
 
-def bench(cfg_name, impl, mode, steps, unroll):
+def median_time(fn, args, steps):
+  return median_times([(fn, args)], steps)[0]
+
+
+def make_call(cfg_name, impl, mode, unroll):
   model, xs, ys = make(CONFIGS[cfg_name])
   if mode == "train":
     opt = optax.adam(1e-3)
@@ -70,9 +75,9 @@ def bench(cfg_name, impl, mode, steps, unroll):
       return optax.apply_updates(model, updates), opt_state, loss
 
     # Re-feeding the same params keeps every call identical.
-    return median_time(step, (model, opt_state), steps)
+    return step, (model, opt_state)
   fwd = jax.jit(functools.partial(loss_fn, impl=impl, unroll=unroll))
-  return median_time(fwd, (model, xs, ys), steps)
+  return fwd, (model, xs, ys)
 
 
 def remat_run(T, B, I, H, remat, steps):
@@ -90,9 +95,8 @@ def remat_run(T, B, I, H, remat, steps):
     return jax.grad(loss)(params)
 
   ms = median_time(grad, (params,), steps)
-  stats = jax.devices()[0].memory_stats() or {}
-  print(f"T={T} B={B} I={I} H={H} remat={remat}: {ms:.0f} ms/step; "
-        f"peak bytes in use {stats.get('peak_bytes_in_use', 'n/a')}")
+  # The CPU backend keeps no memory stats: read the peak from `/usr/bin/time -v` (max RSS).
+  print(f"T={T} B={B} I={I} H={H} remat={remat}: {ms:.0f} ms/step")
 
 
 def main():
@@ -111,7 +115,8 @@ def main():
     remat_run(args.T, args.B, 16, args.H, args.remat or None, min(args.steps, 3))
     return
   for name in args.configs:
-    row = {impl: bench(name, impl, args.mode, args.steps, args.unroll) for impl in args.impls}
+    ms = median_times([make_call(name, impl, args.mode, args.unroll) for impl in args.impls], args.steps)
+    row = dict(zip(args.impls, ms))
     cells = "  ".join(f"{impl} {ms:8.1f} ms" for impl, ms in row.items())
     ratio = ""
     if "fused" in row and "reference" in row:
