@@ -136,10 +136,11 @@ def format_table(summary: list[dict]) -> str:
 
 def plot_sweep(summary: list[dict], path: str, title: str = "") -> None:
   """Test metric against hidden size, one line per learning rate, seeds as error bars."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4))
+  # A bare Figure renders without pyplot, so it leaves the caller's backend
+  # (for example Jupyter's inline one) alone.
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
   for lr in sorted({s["lr"] for s in summary}):
     pts = [s for s in summary if s["lr"] == lr]
     ax.errorbar([s["hidden"] for s in pts], [s["mean"] for s in pts], yerr=[s["std"] for s in pts],
@@ -152,4 +153,3 @@ def plot_sweep(summary: list[dict], path: str, title: str = "") -> None:
   ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)

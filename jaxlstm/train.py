@@ -150,11 +150,29 @@ class History(list):
     return (min if mode == "min" else max)(rows, key=lambda r: r[monitor])
 
 
+class _NoBar:
+  """Stands in for a tqdm bar when progress is off."""
+
+  def update(self, n=1):
+    pass
+
+  def set_postfix(self, *args, **kwargs):
+    pass
+
+  def write(self, text):
+    print(text)
+
+  def close(self):
+    pass
+
+
 def _progress(total: int, initial: int, enabled: bool | None):
-  from tqdm.auto import tqdm
   if enabled is None:
     enabled = sys.stdout.isatty()
-  return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, leave=True)
+  if not enabled:
+    return _NoBar()
+  from tqdm.auto import tqdm
+  return tqdm(total=total, initial=initial, dynamic_ncols=True, leave=True)
 
 
 def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.GradientTransformation | None = None,
