@@ -21,6 +21,9 @@ from jaxlstm.interop.torch import (from_torch, from_torch_state, to_torch, to_to
                                    torch_options)
 from tests.helpers import random_params, rel_err  # noqa: E402
 
+# PyTorch's own notice that it runs proj_size without oneDNN.
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+
 B, T, I, H = 3, 5, 3, 4
 TOL = 1e-5
 LENGTHS = np.array([5, 2, 4])

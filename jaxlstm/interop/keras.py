@@ -87,6 +87,13 @@ def _kind(layer: Any, name: str) -> tuple[str, type]:
     return "cell", cls
   if isinstance(layer, layers.Bidirectional):
     _, cls = _kind(layer.forward_layer, f"{name}.forward_layer")
+    _, bcls = _kind(layer.backward_layer, f"{name}.backward_layer")
+    if bcls is not cls:
+      raise TypeError(f"{name}.backward_layer must hold the same kind of cell as {name}.forward_layer "
+                      f"({cls.__name__}); got {bcls.__name__}")
+    if layer.forward_layer.go_backwards or not layer.backward_layer.go_backwards:
+      raise ValueError(f"{name}.forward_layer.go_backwards must be False and {name}.backward_layer.go_backwards "
+                       f"True; got {layer.forward_layer.go_backwards} and {layer.backward_layer.go_backwards}")
     return "bidirectional", cls
   if isinstance(layer, layers.RNN):
     cls = _cell_kind(layer.cell, f"{name}.cell")

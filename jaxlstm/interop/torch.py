@@ -166,15 +166,14 @@ def torch_options(module: Any) -> dict[str, Any]:
   return opts
 
 
-def _expected(module: Any, cls: type, sfx: str) -> dict[str, tuple[tuple[int, ...], Any]]:
-  return {f: (tuple(getattr(module, n + sfx).shape), getattr(module, n + sfx).dtype)
-          for f, n in (("w_x", "weight_ih"), ("w_h", "weight_hh"), ("w_proj", "weight_hr"))
-          if hasattr(module, n + sfx)}
+_TORCH_NAMES = {"w_x": "weight_ih", "w_h": "weight_hh", "w_proj": "weight_hr"}
 
 
-def _torch_dtype_name(dtype: Any) -> np.dtype:
+def _numpy_dtype(dtype: Any) -> np.dtype:
+  """NumPy's name for a torch dtype; bfloat16 is ml_dtypes' (JAX's) bfloat16."""
   import jax.numpy as jnp
-  return np.dtype(jnp.bfloat16) if str(dtype) == "torch.bfloat16" else np.dtype(str(dtype).replace("torch.", ""))
+  name = str(dtype).replace("torch.", "")
+  return np.dtype(jnp.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
 def _writes(module: Any, cls: type, sfx: str, name: str, p: Any, peer: str) -> list[tuple[str, np.ndarray]]:
@@ -182,18 +181,21 @@ def _writes(module: Any, cls: type, sfx: str, name: str, p: Any, peer: str) -> l
   proj = bool(getattr(module, "proj_size", 0))
   _common.check_cell_params(name, p, cls, peer, allow_proj=proj)
   if cls is LSTMParams and proj and p.w_proj is None:
-    raise ValueError(f"{name}.w_proj must be an array of shape (H, P) = {tuple(getattr(module, 'weight_hr' + sfx).T.shape)} "
-                     f"since module.proj_size={module.proj_size}; got None")
-  dtype = _torch_dtype_name(getattr(module, "weight_ih" + sfx).dtype)
+    shape = tuple(getattr(module, "weight_hr" + sfx).T.shape)
+    raise ValueError(f"{name}.w_proj must be an array of shape (H, P) = {shape} since "
+                     f"module.proj_size={module.proj_size}; got None")
+  dtype = _numpy_dtype(getattr(module, "weight_ih" + sfx).dtype)
   fields = {f: _common.np_array(v) for f, v in p._asdict().items() if v is not None}
   for f, v in fields.items():
     _common.check_dtype(f"{name}.{f}", v, dtype, peer)
   writes = []
-  for f, (shape, _) in _expected(module, cls, sfx).items():
-    torch_name = {"w_x": "weight_ih", "w_h": "weight_hh", "w_proj": "weight_hr"}[f] + sfx
-    v = fields[f]
-    _common.check_shape(f"{name}.{f}", v, shape[::-1], f" (the transpose of module.{torch_name}, {shape})")
-    writes.append((torch_name, v.T))
+  for f, torch_name in _TORCH_NAMES.items():
+    torch_name += sfx
+    if not hasattr(module, torch_name):  # weight_hr exists only with proj_size
+      continue
+    shape = tuple(getattr(module, torch_name).shape)
+    _common.check_shape(f"{name}.{f}", fields[f], shape[::-1], f" (the transpose of module.{torch_name}, {shape})")
+    writes.append((torch_name, fields[f].T))
   H = fields["w_x"].shape[1] // _common.GATES[cls]
   b = fields["b"]
   _common.check_shape(f"{name}.b", b, (_common.GATES[cls] * H,))
