@@ -10,6 +10,7 @@ from jaxlstm.cells.lstm import LayerNormParams, LSTMParams, LSTMState, lstm_init
 from jaxlstm.cells.rnn import RNNParams, RNNState, rnn_init, rnn_step, rnn_zero_state
 from jaxlstm.scan import scan
 from jaxlstm.stack import Bidirectional, stack, stack_init
+from jaxlstm.interop import from_flax, from_keras, from_torch, to_flax, to_keras, to_torch
 from jaxlstm.train import TrainState, evaluate, fit, init_train_state, make_train_step
 
 __version__ = "0.1.0"
@@ -26,6 +27,9 @@ __all__ = [
     "RNNState",
     "evaluate",
     "fit",
+    "from_flax",
+    "from_keras",
+    "from_torch",
     "glorot_uniform",
     "gru",
     "gru_init",
@@ -45,5 +49,8 @@ __all__ = [
     "scan",
     "stack",
     "stack_init",
+    "to_flax",
+    "to_keras",
+    "to_torch",
     "zero_state",
 ]
