@@ -65,16 +65,23 @@ IMPLS = ("fused", "reference")
 
 
 def _layer(params, xs, state, *, lengths, mask, resets, reverse, time_major, unroll, activation="tanh",
-           impl="fused", state_name="state"):
+           impl="fused", remat=None, state_name="state"):
   """Checks one layer call, then runs it on the fused path if it applies, else on the reference scan."""
   if impl not in IMPLS:
     raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
+  if remat is not None:
+    if isinstance(remat, bool) or not isinstance(remat, int) or remat < 1:
+      raise ValueError(f"remat must be a positive int or None; got {remat!r}")
+    if impl != "fused" or not fused.supports(params, resets=resets, remat=remat):
+      raise ValueError(f"remat needs impl='fused' and a plain or peephole LSTM without resets, layer_norm or "
+                       f"proj_size; got impl={impl!r}, {type(params).__name__}, resets "
+                       f"{'given' if resets is not None else 'None'}")
   step = cell_step(params, activation=activation)
   xs, state, lengths, mask, resets = prepare(params, xs, state, lengths, mask, resets, time_major=time_major,
                                              state_name=state_name)
   if impl == "fused" and fused.supports(params, resets=resets):
     final, hs = fused.lstm_fused(params, xs, state, lengths=lengths, mask=mask, reverse=reverse,
-                                 time_major=time_major, unroll=unroll)
+                                 time_major=time_major, unroll=unroll, remat=remat)
   else:
     final, hs = _scan(step, params, xs, state, lengths, mask, resets, reverse, time_major, unroll)
   return final, hs.astype(xs.dtype)
@@ -111,16 +118,21 @@ _SEQ_DOC = """
 
 
 def lstm(params: LSTMParams, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None,
-         reverse: bool = False, time_major: bool = False, unroll: int | bool = 1, impl: str = "fused"):
+         reverse: bool = False, time_major: bool = False, unroll: int | bool = 1, impl: str = "fused",
+         remat: int | None = None):
   """Runs one LSTM layer (:func:`jaxlstm.lstm_step`) over a sequence.
 
   ``impl="fused"`` (the default) uses the fast path of :mod:`jaxlstm.fused`
-  where it applies and the reference scan elsewhere; ``impl="reference"``
-  always unrolls :func:`jaxlstm.lstm_step` with :func:`jaxlstm.scan`.
+  where it applies (plain and peephole LSTMs without ``resets``) and the
+  reference scan elsewhere; ``impl="reference"`` always unrolls
+  :func:`jaxlstm.lstm_step` with :func:`jaxlstm.scan`. ``remat=k`` (fused
+  path only) checkpoints every ``k`` steps, so that training memory grows
+  with ``T / k`` chunk states instead of every step's gates: for very long
+  sequences.
   """
   _check_params("params", params, LSTMParams)
   return _layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-                time_major=time_major, unroll=unroll, impl=impl)
+                time_major=time_major, unroll=unroll, impl=impl, remat=remat)
 
 
 def gru(params: GRUParams, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None,

@@ -122,7 +122,8 @@ def _check_stack(params: Any, merge: str) -> None:
 
 def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = None, *, lengths=None, mask=None,
           resets=None, dropout: float = 0.0, key: jax.Array | None = None, merge: str = "concat",
-          activation: str = "tanh", time_major: bool = False, unroll: int | bool = 1, impl: str = "fused"):
+          activation: str = "tanh", time_major: bool = False, unroll: int | bool = 1, impl: str = "fused",
+          remat: int | None = None):
   """Runs a stack of recurrent layers over a sequence.
 
   Each layer's output sequence is the next layer's input. ``lengths``, ``mask``
@@ -147,6 +148,7 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
     time_major: whether time is the leading axis.
     unroll: ``lax.scan`` unroll factor.
     impl: ``"fused"`` or ``"reference"``, for LSTM layers (see :func:`jaxlstm.lstm`).
+    remat: checkpoint every ``remat`` steps in each layer (see :func:`jaxlstm.lstm`).
 
   Returns:
     ``(states, hs)``: ``states`` is a tuple with every layer's final state, and
@@ -172,7 +174,7 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
     raise ValueError("key must be a PRNG key when dropout > 0; pass dropout=0.0 for evaluation")
   keys = jax.random.split(key, len(params)) if dropout > 0.0 else [None] * len(params)
   kw = dict(lengths=lengths, mask=mask, resets=resets, time_major=time_major, unroll=unroll, activation=activation,
-            impl=impl)
+            impl=impl, remat=remat)
   h = xs
   finals = []
   for i, layer in enumerate(params):

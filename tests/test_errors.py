@@ -96,6 +96,12 @@ def test_lengths_mask_resets_errors(p, xs):
 def test_option_errors(p, xs):
   with pytest.raises(ValueError, match=r"impl must be one of \('fused', 'reference'\); got 'cuda'"):
     jaxlstm.lstm(p, xs, impl="cuda")
+  with pytest.raises(ValueError, match=r"remat must be a positive int or None; got 0"):
+    jaxlstm.lstm(p, xs, remat=0)
+  with pytest.raises(ValueError, match=r"remat needs impl='fused' .*got impl='reference', LSTMParams, resets None"):
+    jaxlstm.lstm(p, xs, remat=2, impl="reference")
+  with pytest.raises(ValueError, match=r"remat needs impl='fused' .*got impl='fused', GRUParams"):
+    jaxlstm.stack((random_params(jaxlstm.gru_init, I, H),), xs, remat=2)
   r = random_params(jaxlstm.rnn_init, I, H)
   with pytest.raises(ValueError, match=r"activation must be one of \['relu', 'tanh'\]; got 'gelu'"):
     jaxlstm.rnn(r, xs, activation="gelu")

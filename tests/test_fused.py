@@ -168,6 +168,8 @@ def test_remat_matches_reference():
   kw = {"lengths": np.array([7, 4, 0]), "reverse": True}
   cases = [(lambda p, x, s, k=k: fused.lstm_fused(p, x, s, remat=k, **kw), layer("reference", **kw), params, xs,
             state) for k in (1, 3, 7)]
+  # And through the public entry point.
+  cases.append((lambda p, x, s: jaxlstm.lstm(p, x, s, remat=2, **kw), layer("reference", **kw), params, xs, state))
   assert_same(cases, TIGHT[jnp.dtype(jnp.float64)])
 
 

@@ -160,7 +160,7 @@ def test_mismatched_and_corrupt_checkpoints(tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import sys, numpy as np
     from jaxlstm.checkpoint import Checkpointer
-    ckpt = Checkpointer(sys.argv[1], save_every=1, keep=5)
+    ckpt = Checkpointer(sys.argv[1], save_every=1, keep=1000)
     ckpt.save(1, {"w": np.ones((4,), np.float32)})
     print("saved 1", flush=True)
     step = 2
