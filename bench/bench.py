@@ -50,7 +50,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 RESULT_TAG = "BENCH_RESULT "
 NUM_CLASSES = 10

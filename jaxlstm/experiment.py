@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxlstm.checkpoint import Checkpointer
 from jaxlstm.models import SequenceModel, model_apply, model_init, task_loss

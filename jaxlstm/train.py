@@ -8,7 +8,6 @@ resumed from a checkpoint continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from typing import Any, Callable, NamedTuple
@@ -319,6 +318,3 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
     params = distributed.to_host(params)
   return params, history
 
-
-def steps_for(n: int, batch_size: int, epochs: float) -> int:
-  return max(1, math.ceil(epochs * (n // batch_size)))

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 COMMON = textwrap.dedent("""
     import json, os, sys
