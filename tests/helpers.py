@@ -30,3 +30,15 @@ def rel_err(a, b):
 
 
 TOL = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.float64): 1e-6}
+
+
+def assert_trees_equal(a, b):
+  """Same pytree structure and bitwise-equal leaves."""
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def assert_trees_close(a, b):
+  """Same pytree structure and leaves equal to float32 rounding."""
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)

@@ -13,7 +13,7 @@ from flax import nnx
 
 import jaxlstm
 import jaxlstm.nn as jnn
-from tests.helpers import normal, random_params
+from tests.helpers import assert_trees_close, assert_trees_equal, normal, random_params
 
 B, T, I, H = 3, 5, 2, 3
 LENGTHS = jnp.asarray([5, 2, 0])
@@ -27,16 +27,6 @@ LAYERS = {
     "gru": (jnn.GRU, jnn.GRUCell, jaxlstm.gru, jaxlstm.gru_init, {}, {}),
     "rnn_relu": (jnn.RNN, jnn.RNNCell, jaxlstm.rnn, jaxlstm.rnn_init, {}, {"activation": "relu"}),
 }
-
-
-def assert_trees_equal(a, b):
-  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-  jax.tree.map(np.testing.assert_array_equal, a, b)
-
-
-def assert_trees_close(a, b):
-  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
