@@ -107,3 +107,15 @@ def check_flags(name: str, flags: Any, T: int, batch_shape: tuple[int, ...], *, 
     raise ValueError(f"{name} must have shape {layout} = {expected}, like xs without its feature axis; "
                      f"got {tuple(flags.shape)}")
   return flags.astype(bool)
+
+
+def check_missing_data(lengths: Any, mask: Any, resets: Any, T: int, batch_shape: tuple[int, ...], *,
+                       time_major: bool) -> tuple[Any, Any, Any]:
+  """Checks the optional ``lengths``, ``mask`` and ``resets`` of a sequence call; ``None`` passes through."""
+  if lengths is not None:
+    lengths = check_lengths(lengths, batch_shape)
+  if mask is not None:
+    mask = check_flags("mask", mask, T, batch_shape, time_major=time_major)
+  if resets is not None:
+    resets = check_flags("resets", resets, T, batch_shape, time_major=time_major)
+  return lengths, mask, resets

@@ -52,12 +52,7 @@ def prepare(params: Any, xs: Any, state: Any, lengths: Any, mask: Any, resets: A
     state = expected
   else:
     _checks.check_state(state_name, state, expected)
-  if lengths is not None:
-    lengths = _checks.check_lengths(lengths, batch_shape)
-  if mask is not None:
-    mask = _checks.check_flags("mask", mask, T, batch_shape, time_major=time_major)
-  if resets is not None:
-    resets = _checks.check_flags("resets", resets, T, batch_shape, time_major=time_major)
+  lengths, mask, resets = _checks.check_missing_data(lengths, mask, resets, T, batch_shape, time_major=time_major)
   return xs, state, lengths, mask, resets
 
 

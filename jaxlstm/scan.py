@@ -101,12 +101,7 @@ def scan(step: Step, params: Any, xs: jax.Array, state: Any, *, lengths: jax.Arr
     T, batch_shape = xs.shape[0], tuple(xs.shape[1:-1])
   else:
     T, batch_shape = xs.shape[-2], tuple(xs.shape[:-2])
-  if lengths is not None:
-    lengths = _checks.check_lengths(lengths, batch_shape)
-  if mask is not None:
-    mask = _checks.check_flags("mask", mask, T, batch_shape, time_major=time_major)
-  if resets is not None:
-    resets = _checks.check_flags("resets", resets, T, batch_shape, time_major=time_major)
+  lengths, mask, resets = _checks.check_missing_data(lengths, mask, resets, T, batch_shape, time_major=time_major)
   return _scan(step, params, xs, state, lengths, mask, resets, reverse, time_major, unroll)
 
 
