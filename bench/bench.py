@@ -1,4 +1,4 @@
-"""Side-by-side LSTM benchmark: jaxlstm (fused and reference) against Flax, Keras 3 and PyTorch.
+"""Side-by-side LSTM benchmark: jaxlstm (fused, reference, cuDNN) against Flax, Keras 3, cuDNN and PyTorch.
 
   python bench/bench.py                          # full run: train S, M, L; inference S, M
   python bench/bench.py --quick                  # tiny smoke run: 1-2 minutes, mostly imports and compiles
@@ -6,6 +6,7 @@
   python bench/bench.py --steps S=10,M=4,L=2 --rounds S=2,M=2,L=1 --warmup 0   # on a busy machine
   python bench/bench.py --peers jaxlstm-fused,torch --out /tmp/results.md
   python bench/bench.py --render bench/results.json   # rewrite results.md from a saved run
+  python bench/bench.py --device gpu --out bench/results_gpu.md   # on a CUDA GPU, with the cuDNN peers
 
 Every peer trains the same model: a stack of LSTM layers, a Dense(10) head on
 the last time step's output, softmax cross-entropy against random integer
@@ -34,7 +35,9 @@ Peers (``--peers``):
                  / ``model.predict_on_batch`` (Keras compiles these with ``jax.jit``)
   keras-jit      the same Keras model through a hand-written jitted stateless step
                  (``stateless_call`` + ``optimizer.stateless_apply``); not run by default
-  torch          ``torch.nn.LSTM(num_layers=L)`` + ``Linear``, ``torch.optim.Adam``, 2 threads
+  torch          ``torch.nn.LSTM(num_layers=L)`` + ``Linear``, ``torch.optim.Adam``, 2 threads (or CUDA)
+  jaxlstm-cudnn  ``jaxlstm.stack(..., impl="cudnn")`` (GPU only)
+  jax-cudnn      ``jax.experimental.rnn.lstm``, all layers in one cuDNN call (GPU only)
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -58,12 +62,15 @@ LEARNING_RATE = 1e-3
 ADAM_EPS = 1e-8
 TORCH_THREADS = 2
 CEILING_N = 2048
+GPU_CEILING_N = 8192
 REFERENCE_PEER = "jaxlstm-fused"
-ALL_PEERS = ("jaxlstm-fused", "jaxlstm-ref", "flax", "keras", "keras-jit", "torch")
+ALL_PEERS = ("jaxlstm-fused", "jaxlstm-ref", "jaxlstm-cudnn", "jax-cudnn", "flax", "keras", "keras-jit", "torch")
 DEFAULT_PEERS = ("jaxlstm-fused", "jaxlstm-ref", "flax", "keras", "torch")
+DEFAULT_GPU_PEERS = ("jaxlstm-fused", "jaxlstm-ref", "jaxlstm-cudnn", "jax-cudnn", "flax", "torch")
 # Library each peer imports: if it is missing the peer is skipped.
-PEER_LIBRARY = {"jaxlstm-fused": "jaxlstm", "jaxlstm-ref": "jaxlstm", "flax": "flax", "keras": "keras",
-                "keras-jit": "keras", "torch": "torch"}
+PEER_LIBRARY = {"jaxlstm-fused": "jaxlstm", "jaxlstm-ref": "jaxlstm", "jaxlstm-cudnn": "jaxlstm",
+                "jax-cudnn": "jax.experimental.rnn", "flax": "flax", "keras": "keras", "keras-jit": "keras",
+                "torch": "torch"}
 
 
 class Config(NamedTuple):
@@ -79,11 +86,14 @@ CONFIGS = {
     "S": Config(B=32, T=100, I=10, H=128, layers=3),
     "M": Config(B=64, T=256, I=64, H=256, layers=2),
     "L": Config(B=128, T=512, I=128, H=512, layers=1),
+    "XL": Config(B=256, T=512, I=512, H=1024, layers=2),  # for GPUs
     "Q": Config(B=4, T=8, I=3, H=8, layers=2),  # --quick
 }
 # Timed steps per peer per config, pooled over the rounds, when --steps does not say (L steps take seconds).
-DEFAULT_STEPS = {"S": 20, "M": 12, "L": 10, "Q": 2}
-DEFAULT_ROUNDS = {"S": 2, "M": 2, "L": 2, "Q": 1}
+DEFAULT_STEPS = {"S": 20, "M": 12, "L": 10, "XL": 10, "Q": 2}
+DEFAULT_ROUNDS = {"S": 2, "M": 2, "L": 2, "XL": 1, "Q": 1}
+GPU_STEPS = {"S": 30, "M": 20, "L": 20, "XL": 10, "Q": 2}
+GPU_ROUNDS = {"S": 1, "M": 1, "L": 1, "XL": 1, "Q": 1}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,6 +227,29 @@ def build_jaxlstm(cfg: Config, mode: str, impl: str):
   return jax_runner(init_fn, apply_fn, cfg, mode)
 
 
+def build_jax_cudnn(cfg: Config, mode: str):
+  """``jax.experimental.rnn.lstm``: all layers in one cuDNN call on its flat weights, then a Dense head."""
+  import jax
+  import jax.numpy as jnp
+  from jax.experimental import rnn
+
+  def init_fn(key, xs):
+    k_rnn, k_head = jax.random.split(key)
+    w = jax.random.normal(k_head, (cfg.H, NUM_CLASSES), jnp.float32) / cfg.H ** 0.5
+    # cuDNN keeps two bias vectors per layer (b_ih, b_hh), like PyTorch: +4H params per layer.
+    return {"rnn": rnn.init_lstm_weight(k_rnn, cfg.I, cfg.H, cfg.layers, False),
+            "head": {"w": w, "b": jnp.zeros((NUM_CLASSES,), jnp.float32)}}
+
+  def apply_fn(params, xs):
+    h0 = jnp.zeros((cfg.layers, cfg.B, cfg.H), jnp.float32)
+    seq = jnp.full((cfg.B,), cfg.T, jnp.int32)
+    hs, _, _ = rnn.lstm(xs, h0, h0, params["rnn"], seq, input_size=cfg.I, hidden_size=cfg.H,
+                        num_layers=cfg.layers, dropout=0.0, bidirectional=False)
+    return hs[:, -1] @ params["head"]["w"] + params["head"]["b"]
+
+  return jax_runner(init_fn, apply_fn, cfg, mode)
+
+
 def build_flax(cfg: Config, mode: str):
   """Flax Linen: ``nn.RNN(nn.OptimizedLSTMCell(H))`` per layer, then ``nn.Dense(10)``."""
   import flax.linen as nn
@@ -294,15 +327,18 @@ def build_keras_jit(cfg: Config, mode: str):
   return call, n_params
 
 
-def build_torch(cfg: Config, mode: str):
-  """PyTorch on CPU: ``nn.LSTM(num_layers=L, batch_first=True)`` + ``nn.Linear``, Adam, 2 threads."""
+def build_torch(cfg: Config, mode: str, device: str = "cpu"):
+  """PyTorch: ``nn.LSTM(num_layers=L, batch_first=True)`` + ``nn.Linear``, Adam; on CPU with 2 threads, or CUDA."""
   import torch
   torch.set_num_threads(TORCH_THREADS)
   torch.manual_seed(0)
+  dev = torch.device("cuda" if device == "gpu" else "cpu")
+  # Each timed call must wait for the GPU, as block_until_ready does for JAX.
+  sync = torch.cuda.synchronize if device == "gpu" else (lambda: None)
   xs_np, labels_np = make_data(cfg)
-  xs, labels = torch.from_numpy(xs_np), torch.from_numpy(labels_np).long()
-  lstm = torch.nn.LSTM(cfg.I, cfg.H, num_layers=cfg.layers, batch_first=True)
-  head = torch.nn.Linear(cfg.H, NUM_CLASSES)
+  xs, labels = torch.from_numpy(xs_np).to(dev), torch.from_numpy(labels_np).long().to(dev)
+  lstm = torch.nn.LSTM(cfg.I, cfg.H, num_layers=cfg.layers, batch_first=True).to(dev)
+  head = torch.nn.Linear(cfg.H, NUM_CLASSES).to(dev)
   modules = torch.nn.ModuleList([lstm, head])
   n_params = sum(p.numel() for p in modules.parameters())
 
@@ -314,6 +350,7 @@ def build_torch(cfg: Config, mode: str):
     def infer():
       with torch.inference_mode():
         forward()
+      sync()
     return infer, n_params
 
   optimizer = torch.optim.Adam(modules.parameters(), lr=LEARNING_RATE, eps=ADAM_EPS)
@@ -324,16 +361,21 @@ def build_torch(cfg: Config, mode: str):
     loss = loss_fn(forward(), labels)
     loss.backward()
     optimizer.step()
+    sync()
 
   return call, n_params
 
 
-def build_peer(peer: str, cfg: Config, mode: str):
+def build_peer(peer: str, cfg: Config, mode: str, device: str = "cpu"):
   """``(call, n_params)`` for one peer."""
   if peer == "jaxlstm-fused":
     return build_jaxlstm(cfg, mode, "fused")
   if peer == "jaxlstm-ref":
     return build_jaxlstm(cfg, mode, "reference")
+  if peer == "jaxlstm-cudnn":
+    return build_jaxlstm(cfg, mode, "cudnn")
+  if peer == "jax-cudnn":
+    return build_jax_cudnn(cfg, mode)
   if peer == "flax":
     return build_flax(cfg, mode)
   if peer == "keras":
@@ -341,13 +383,16 @@ def build_peer(peer: str, cfg: Config, mode: str):
   if peer == "keras-jit":
     return build_keras_jit(cfg, mode)
   if peer == "torch":
-    return build_torch(cfg, mode)
+    return build_torch(cfg, mode, device)
   raise ValueError(f"unknown peer {peer!r}")
 
 
-def measure_ceiling(kind: str, steps: int) -> list:
-  """GFLOP/s samples of a ``CEILING_N``-square float32 matmul: jitted in JAX, or in PyTorch (2 threads)."""
-  n = CEILING_N
+def measure_ceiling(kind: str, steps: int, device: str = "cpu") -> list:
+  """GFLOP/s samples of a square float32 matmul at default precision: jitted in JAX, or in PyTorch.
+
+  ``CEILING_N`` on CPU (PyTorch with 2 threads), ``GPU_CEILING_N`` on a GPU.
+  """
+  n = GPU_CEILING_N if device == "gpu" else CEILING_N
   flops = 2.0 * n ** 3
   if kind == "jax":
     import jax
@@ -359,8 +404,13 @@ def measure_ceiling(kind: str, steps: int) -> list:
   else:
     import torch
     torch.set_num_threads(TORCH_THREADS)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    call = lambda: torch.matmul(a, b)
+    dev = "cuda" if device == "gpu" else "cpu"
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    sync = torch.cuda.synchronize if device == "gpu" else (lambda: None)
+
+    def call():
+      torch.matmul(a, b)
+      sync()
   timing = time_calls(call, steps, warmup=2)
   return [flops / t / 1e9 for t in timing["times_s"]]
 
@@ -372,22 +422,30 @@ def run_worker(spec: dict) -> dict:
   config; the ``ceiling`` worker times the JAX matmul, then the PyTorch one.
   """
   if spec["peer"] == "ceiling":
-    out = {"status": "ok", "jax": measure_ceiling("jax", spec["steps"])}
+    device = spec.get("device", "cpu")
+    out = {"status": "ok", "jax": measure_ceiling("jax", spec["steps"], device)}
     try:
-      out["torch"] = measure_ceiling("torch", spec["steps"])
+      out["torch"] = measure_ceiling("torch", spec["steps"], device)
     except ImportError:
       pass
     return out
   cfg = Config(*spec["config"])
   try:
     __import__(PEER_LIBRARY[spec["peer"]])
+    if spec["peer"] in ("jaxlstm-cudnn", "jax-cudnn") and not _cudnn_available():
+      return {"status": "missing", "error": "needs a CUDA GPU (run with --device gpu)"}
   except ImportError as e:
     return {"status": "missing", "error": f"{PEER_LIBRARY[spec['peer']]} not installed ({e})"}
   out = {"status": "ok"}
   for mode in spec["modes"]:
-    call, n_params = build_peer(spec["peer"], cfg, mode)
+    call, n_params = build_peer(spec["peer"], cfg, mode, spec.get("device", "cpu"))
     out[mode] = {"params": n_params, **time_calls(call, spec["steps"], spec["warmup"])}
   return out
+
+
+def _cudnn_available() -> bool:
+  from jaxlstm import cudnn
+  return cudnn.available()
 
 
 def worker_main(spec_json: str) -> None:
@@ -400,8 +458,8 @@ def worker_main(spec_json: str) -> None:
 # Driver: subprocesses, rounds, pooling.
 
 
-def worker_env(omp_passive: bool) -> dict:
-  """Environment of a worker: Keras on JAX, JAX on CPU, quieter logs.
+def worker_env(omp_passive: bool, device: str = "cpu") -> dict:
+  """Environment of a worker: Keras on JAX, JAX on CPU (or the GPU), quieter logs.
 
   With ``omp_passive``, ``OMP_WAIT_POLICY=PASSIVE``: PyTorch's OpenMP threads
   sleep instead of spinning at each barrier. On a machine shared with other
@@ -410,7 +468,12 @@ def worker_env(omp_passive: bool) -> dict:
   """
   env = dict(os.environ)
   env["KERAS_BACKEND"] = "jax"
-  env.setdefault("JAX_PLATFORMS", "cpu")
+  if device == "gpu":
+    env.setdefault("JAX_PLATFORMS", "cuda")
+    # JAX would take 75% of the GPU's memory up front; workers run one at a time, but stay lean.
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  else:
+    env.setdefault("JAX_PLATFORMS", "cpu")
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if omp_passive:
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -421,14 +484,18 @@ def spawn(spec: dict, timeout: float, omp_passive: bool = True) -> dict:
   """Runs one worker subprocess; a crash, a timeout or a missing result line becomes an error result."""
   cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
   try:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=worker_env(omp_passive))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=worker_env(omp_passive, spec.get("device", "cpu")))
   except subprocess.TimeoutExpired:
     return {"status": "error", "error": f"timed out after {timeout:.0f} s"}
   for line in reversed(proc.stdout.splitlines()):
     if line.startswith(RESULT_TAG):
       return json.loads(line[len(RESULT_TAG):])
-  tail = [l for l in proc.stderr.strip().splitlines() if l.strip()][-1:] or ["no output"]
-  return {"status": "error", "error": f"exit code {proc.returncode}: {tail[0][:200]}"}
+  lines = [l.strip() for l in proc.stderr.splitlines() if l.strip()]
+  # The exception's own line, rather than a framework's closing remark after it.
+  errors = [l for l in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", l)]
+  tail = (errors or lines or ["no output"])[-1]
+  return {"status": "error", "error": f"exit code {proc.returncode}: {tail[:300]}"}
 
 
 def rotated(items: list, r: int) -> list:
@@ -453,7 +520,8 @@ def run_rounds(name: str, cfg: Config, modes: list, peers: list, args, log) -> d
       entry = pooled[peer]
       if entry["status"] != "ok":
         continue  # missing or crashed in an earlier round: don't retry
-      spec = {"peer": peer, "config": list(cfg), "modes": modes, "steps": steps_per_round, "warmup": args.warmup}
+      spec = {"peer": peer, "config": list(cfg), "modes": modes, "steps": steps_per_round, "warmup": args.warmup,
+              "device": args.device}
       t0 = time.perf_counter()
       res = spawn(spec, args.timeout, omp_passive=not args.omp_spin)
       tag = f"  [{name} round {r + 1}/{rounds}] {peer:14s}"
@@ -496,7 +564,7 @@ def fmt_ms(seconds: float) -> str:
   return f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
 
 
-def job_table(name: str, cfg: Config, mode: str, pooled: dict, peers: list, rounds: int) -> list:
+def job_table(name: str, cfg: Config, mode: str, pooled: dict, peers: list, rounds: int, device: str = "cpu") -> list:
   """Markdown lines of one config's table for one mode."""
   ceiling = statistics.median(pooled["ceiling"]["jax"] or [float("nan")])
   torch_ceiling = pooled["ceiling"]["torch"]
@@ -510,8 +578,10 @@ def job_table(name: str, cfg: Config, mode: str, pooled: dict, peers: list, roun
       f"### {name} {mode}: {title} — B={cfg.B}, T={cfg.T}, in={cfg.I}, H={cfg.H}, layers={cfg.layers}, Dense({NUM_CLASSES})",
       "",
       f"Model: {expected:,d} parameters; {flops / 1e9:.2f} GFLOP per step; {rounds} round(s). "
-      f"Matmul ceiling (jitted JAX {CEILING_N}² f32): **{ceiling:.1f} GFLOP/s**"
-      + (f" (PyTorch, {TORCH_THREADS} threads: {statistics.median(torch_ceiling):.1f} GFLOP/s)" if torch_ceiling
+      f"Matmul ceiling (jitted JAX {GPU_CEILING_N if device == 'gpu' else CEILING_N}² f32): "
+      f"**{ceiling:.1f} GFLOP/s**"
+      + (f" (PyTorch{'' if device == 'gpu' else f', {TORCH_THREADS} threads'}: "
+         f"{statistics.median(torch_ceiling):.1f} GFLOP/s)" if torch_ceiling
          else "") + ".",
       "",
       "| peer | params | first step (s) | median (ms) | IQR (ms) | min–max (ms) | n | GFLOP/s | % of ceiling "
@@ -536,8 +606,18 @@ def job_table(name: str, cfg: Config, mode: str, pooled: dict, peers: list, roun
   return lines + [""]
 
 
-def machine_lines() -> list:
-  """Date, CPU, cores, load and library versions."""
+def gpu_name() -> str:
+  """The GPU's name, memory and driver from ``nvidia-smi``, or why they are unknown."""
+  try:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True, timeout=60).stdout.strip()
+  except (OSError, subprocess.TimeoutExpired) as e:
+    return f"unknown ({e})"
+  return out.replace("\n", "; ") or "unknown (nvidia-smi printed nothing)"
+
+
+def machine_lines(device: str = "cpu") -> list:
+  """Date, CPU (and GPU), cores, load and library versions."""
   cpu = platform.processor() or "unknown"
   try:
     with open("/proc/cpuinfo") as f:
@@ -554,6 +634,7 @@ def machine_lines() -> list:
   load = " ".join(f"{x:.2f}" for x in os.getloadavg())
   return [
       f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+      *([f"- GPU: {gpu_name()}"] if device == "gpu" else []),
       f"- Machine: {cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, "
       f"load average at start {load}",
       f"- Versions: {', '.join(versions)}",
@@ -587,6 +668,15 @@ def summary_table(jobs: list) -> list:
   return lines + [""]
 
 
+GPU_NOTE = ("GPU run: every peer on the one GPU, each framework at its default float32 matmul precision "
+            "(JAX's default lets XLA and cuDNN use TF32 on Ampere and newer cards; PyTorch's default keeps "
+            "full float32 in matmuls). `jaxlstm-cudnn` is `jaxlstm.stack(..., impl=\"cudnn\")`, one cuDNN call "
+            "per layer; `jax-cudnn` is `jax.experimental.rnn.lstm` with all layers in one call; both, like "
+            "PyTorch, carry a second bias vector per layer in cuDNN's layout (zero and frozen in jaxlstm's "
+            "case, trained in the others). Timed calls wait for the GPU (`block_until_ready`, "
+            "`torch.cuda.synchronize`).")
+
+
 def report(run: dict) -> str:
   """The whole Markdown report of a run (see :func:`main` for its fields)."""
   lines = ["# jaxlstm side-by-side benchmark", "", *run["header"],
@@ -604,10 +694,11 @@ def report(run: dict) -> str:
            "shared model's; PyTorch's LSTM has two bias vectors (`b_ih`, `b_hh`) where the others have one, "
            "hence its +4H per layer.",
            "",
-           "PyTorch runs with `torch.set_num_threads(2)` and "
-           + ("`OMP_WAIT_POLICY` left alone (threads spin)." if run["omp_spin"] else
-              "`OMP_WAIT_POLICY=PASSIVE` (on a loaded machine spinning OpenMP threads made small PyTorch steps "
-              "10–100× slower; `--omp-spin` turns this off).") + " JAX uses XLA's default CPU thread pool.",
+           (GPU_NOTE if run.get("device") == "gpu" else
+            "PyTorch runs with `torch.set_num_threads(2)` and "
+            + ("`OMP_WAIT_POLICY` left alone (threads spin)." if run["omp_spin"] else
+               "`OMP_WAIT_POLICY=PASSIVE` (on a loaded machine spinning OpenMP threads made small PyTorch steps "
+               "10–100× slower; `--omp-spin` turns this off).") + " JAX uses XLA's default CPU thread pool."),
            "",
            "Keras peer: `model.train_on_batch` / `model.predict_on_batch`, which Keras 3 compiles with "
            "`jax.jit` (the train function donates its state). `keras-jit`, if listed, is the same model "
@@ -616,7 +707,8 @@ def report(run: dict) -> str:
   lines += summary_table(run["jobs"])
   for job in run["jobs"]:
     for mode in job["modes"]:
-      lines += job_table(job["name"], Config(*job["config"]), mode, job["pooled"], job["peers"], job["rounds"])
+      lines += job_table(job["name"], Config(*job["config"]), mode, job["pooled"], job["peers"], job["rounds"],
+                         run.get("device", "cpu"))
   return "\n".join(lines)
 
 
@@ -637,9 +729,13 @@ def write_report(run: dict, out: str) -> None:
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--configs", default="S,M,L", help="training configs, from S, M, L (default S,M,L); '' for none")
-  p.add_argument("--infer-configs", default="S,M", help="inference configs (default S,M); '' for none")
-  p.add_argument("--peers", default=",".join(DEFAULT_PEERS), help=f"comma list from {', '.join(ALL_PEERS)}")
+  p.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
+                 help="cpu (default), or gpu: JAX on CUDA, PyTorch on CUDA, cuDNN peers, more steps, config XL")
+  p.add_argument("--configs", default=None, help="training configs, from S, M, L, XL (default S,M,L; GPU "
+                 "S,M,L,XL); '' for none")
+  p.add_argument("--infer-configs", default=None, help="inference configs (default S,M; GPU S,M,L,XL); '' for none")
+  p.add_argument("--peers", default=None, help=f"comma list from {', '.join(ALL_PEERS)} (default "
+                 f"{','.join(DEFAULT_PEERS)}; GPU {','.join(DEFAULT_GPU_PEERS)})")
   p.add_argument("--steps", default="", help="timed steps per peer, pooled over the rounds: N for every config "
                  "or per config, e.g. S=20,L=6 (default " + per_config_text(DEFAULT_STEPS) + ")")
   p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first, in each round")
@@ -654,11 +750,18 @@ def parse_args(argv=None):
   p.add_argument("--render", metavar="JSON", help="rewrite the report of a saved run (its .json) to --out")
   p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  gpu = args.device == "gpu"
+  if args.configs is None:
+    args.configs = "S,M,L,XL" if gpu else "S,M,L"
+  if args.infer_configs is None:
+    args.infer_configs = "S,M,L,XL" if gpu else "S,M"
+  if args.peers is None:
+    args.peers = ",".join(DEFAULT_GPU_PEERS if gpu else DEFAULT_PEERS)
   if args.quick:
     args.configs, args.infer_configs = "Q", "Q"
     args.warmup = 0
-  args.steps = per_config(args.steps, DEFAULT_STEPS)
-  args.rounds = per_config(args.rounds, DEFAULT_ROUNDS)
+  args.steps = per_config(args.steps, GPU_STEPS if gpu else DEFAULT_STEPS)
+  args.rounds = per_config(args.rounds, GPU_ROUNDS if gpu else DEFAULT_ROUNDS)
   return args
 
 
@@ -701,7 +804,7 @@ def main(argv=None) -> None:
   train, infer = split_list(args.configs, CONFIGS), split_list(args.infer_configs, CONFIGS)
   # One job per config; a peer's worker runs its training and inference measurements in turn.
   jobs = [(c, [m for m, cs in (("train", train), ("infer", infer)) if c in cs]) for c in CONFIGS if c in train + infer]
-  header = machine_lines()
+  header = machine_lines(args.device)
   print("\n".join(header), flush=True)
   log = lambda msg: print(msg, flush=True)
   results = []
@@ -710,7 +813,7 @@ def main(argv=None) -> None:
     log(f"{name} ({'+'.join(modes)}): {cfg} — {param_count(cfg):,d} params")
     results.append({"name": name, "config": list(cfg), "modes": modes, "peers": peers, "rounds": args.rounds[name],
                     "pooled": run_rounds(name, cfg, modes, peers, args, log)})
-    run = {"header": header, "command": command, "wall_min": (time.perf_counter() - started) / 60,
+    run = {"header": header, "command": command, "device": args.device, "wall_min": (time.perf_counter() - started) / 60,
            "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
            "warmup": args.warmup, "omp_spin": args.omp_spin, "jobs": results}
     if args.out:  # the configs so far, in case the run is cut short (render it with --render)

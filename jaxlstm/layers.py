@@ -11,7 +11,7 @@ from typing import Any
 
 import jax
 
-from jaxlstm import _checks, fused
+from jaxlstm import _checks, cudnn, fused
 from jaxlstm.cells.gru import GRUParams, gru_step, gru_zero_state
 from jaxlstm.cells.lstm import LSTMParams, lstm_step, lstm_zero_state
 from jaxlstm.cells.rnn import RNNParams, check_activation, rnn_step, rnn_zero_state
@@ -56,7 +56,7 @@ def prepare(params: Any, xs: Any, state: Any, lengths: Any, mask: Any, resets: A
   return xs, state, lengths, mask, resets
 
 
-IMPLS = ("fused", "reference")
+IMPLS = ("fused", "reference", "cudnn")
 
 
 def _layer(params, xs, state, *, lengths, mask, resets, reverse, time_major, unroll, activation="tanh",
@@ -72,9 +72,15 @@ def _layer(params, xs, state, *, lengths, mask, resets, reverse, time_major, unr
                        f"proj_size; got impl={impl!r}, {type(params).__name__}, resets "
                        f"{'given' if resets is not None else 'None'}")
   step = cell_step(params, activation=activation)
+  if impl == "cudnn":
+    why = cudnn.unsupported(params, mask=mask, resets=resets, remat=remat)
+    if why is not None:
+      raise ValueError(f"impl='cudnn' cannot run this layer: {why}")
   xs, state, lengths, mask, resets = prepare(params, xs, state, lengths, mask, resets, time_major=time_major,
                                              state_name=state_name)
-  if impl == "fused" and fused.supports(params, resets=resets):
+  if impl == "cudnn":
+    final, hs = cudnn.lstm_cudnn(params, xs, state, lengths=lengths, reverse=reverse, time_major=time_major)
+  elif impl == "fused" and fused.supports(params, resets=resets):
     final, hs = fused.lstm_fused(params, xs, state, lengths=lengths, mask=mask, reverse=reverse,
                                  time_major=time_major, unroll=unroll, remat=remat)
   else:
@@ -120,7 +126,9 @@ def lstm(params: LSTMParams, xs: jax.Array, state=None, *, lengths=None, mask=No
   ``impl="fused"`` (the default) uses the fast path of :mod:`jaxlstm.fused`
   where it applies (plain and peephole LSTMs without ``resets``) and the
   reference scan elsewhere; ``impl="reference"`` always unrolls
-  :func:`jaxlstm.lstm_step` with :func:`jaxlstm.scan`. ``remat=k`` (fused
+  :func:`jaxlstm.lstm_step` with :func:`jaxlstm.scan`; ``impl="cudnn"`` runs
+  a plain float32 LSTM as one cuDNN call on a CUDA GPU (see
+  :mod:`jaxlstm.cudnn`; ``lengths`` but no ``mask`` or ``resets``). ``remat=k`` (fused
   path only) checkpoints every ``k`` steps, so that training memory grows
   with ``T / k`` chunk states instead of every step's gates: for very long
   sequences.

@@ -106,7 +106,7 @@ class LSTM(_Base):
     hidden_size: ``H``.
     peephole, layer_norm, proj_size, forget_bias, dtype: as
       :func:`jaxlstm.lstm_init`.
-    impl: ``"fused"`` or ``"reference"``.
+    impl: ``"fused"``, ``"reference"`` or ``"cudnn"``.
     reverse: process the sequence from the end (outputs keep their order).""" + _LAYER_ATTRS_DOC + """
 
   Example:
@@ -228,7 +228,7 @@ class Stack(_Base):
     activation: ``"tanh"`` or ``"relu"``, for ``cell="rnn"``.
     peephole, layer_norm, proj_size, forget_bias: LSTM options.
     dtype: parameter dtype.
-    impl: ``"fused"`` or ``"reference"``, for LSTM layers.""" + _LAYER_ATTRS_DOC.replace(
+    impl: ``"fused"``, ``"reference"`` or ``"cudnn"``, for LSTM layers.""" + _LAYER_ATTRS_DOC.replace(
       "``module(xs, initial_state=None,", "``module(xs, initial_states=None,").replace(
       "resets=None,\n", "resets=None, deterministic=None,\n") + """
     ``initial_states`` has one state per layer; ``state`` is then the tuple

@@ -200,7 +200,7 @@ class LSTM(_Layer):
     hidden_size: ``H``.
     peephole, layer_norm, proj_size, forget_bias, dtype: as
       :func:`jaxlstm.lstm_init`.
-    impl: ``"fused"`` or ``"reference"``, as :func:`jaxlstm.lstm`.""" + _LAYER_ARGS_DOC + """
+    impl: ``"fused"``, ``"reference"`` or ``"cudnn"``, as :func:`jaxlstm.lstm`.""" + _LAYER_ARGS_DOC + """
 
   Example:
     >>> layer = jaxlstm.nn.LSTM(3, 4, rngs=nnx.Rngs(0))
@@ -319,7 +319,7 @@ class Stack(_Weights):
     peephole, layer_norm, proj_size, forget_bias: LSTM options, as
       :func:`jaxlstm.lstm_init`.
     dtype: parameter dtype.
-    impl: ``"fused"`` or ``"reference"``, for LSTM layers.""" + _LAYER_ARGS_DOC.replace(
+    impl: ``"fused"``, ``"reference"`` or ``"cudnn"``, for LSTM layers.""" + _LAYER_ARGS_DOC.replace(
       "    reverse: process the sequence from the end (outputs keep their order).\n", "").replace(
       "initializes the params;", "initializes the params and whose\n      ``dropout`` stream (or default) draws the dropout masks;") + """
 

@@ -147,7 +147,7 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
     activation: ``"tanh"`` or ``"relu"``, for ``rnn`` layers.
     time_major: whether time is the leading axis.
     unroll: ``lax.scan`` unroll factor.
-    impl: ``"fused"`` or ``"reference"``, for LSTM layers (see :func:`jaxlstm.lstm`).
+    impl: ``"fused"``, ``"reference"`` or ``"cudnn"``, for LSTM layers (see :func:`jaxlstm.lstm`).
     remat: checkpoint every ``remat`` steps in each layer (see :func:`jaxlstm.lstm`).
 
   Returns:

@@ -11,6 +11,8 @@ import pytest
 # float64 is needed for the reference comparisons and check_grads; every test
 # states its dtypes explicitly, so enabling it changes no float32 test.
 jax.config.update("jax_enable_x64", True)
+# On GPUs float32 matmuls default to TF32; the oracle comparisons need full precision (a no-op on CPU).
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def pytest_configure(config):

@@ -1,0 +1,117 @@
+"""The cuDNN LSTM layer: jaxlstm params through ``jax.experimental.rnn`` on CUDA GPUs.
+
+``impl="cudnn"`` runs a plain LSTM layer as one cuDNN call (forward and
+backward), with the same contract as the other paths: outputs zero past a
+row's length, final state at each row's last valid step, ``reverse`` within
+each row's length, any leading batch axes, time-major or not.
+
+cuDNN's flat weight layout is PyTorch's: for each layer ``W_ih (4H, I)``,
+``W_hh (4H, H)``, then the biases ``b_ih (4H,)`` and ``b_hh (4H,)``, gates in
+the order i, f, g, o, which is also jaxlstm's order. jaxlstm's single bias goes
+into ``b_ih``; ``b_hh`` is zero. :func:`pack_weights` builds the flat vector
+inside the jitted function, so gradients flow back to the usual
+:class:`~jaxlstm.LSTMParams`.
+
+Limits: only on a CUDA GPU backend; plain LSTMs (no peepholes, layer norm or
+projection) in float32; ``lengths`` but not ``mask`` or ``resets``; no
+``vmap`` (the cuDNN primitive has no batching rule). cuDNN follows JAX's
+matmul precision: under the default it may use TF32 on Ampere and newer GPUs,
+as XLA's own GEMMs do; ``jax.default_matmul_precision("highest")`` turns that
+off.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxlstm.cells.lstm import LSTMParams, LSTMState
+from jaxlstm.scan import _reorder, from_time_major, reverse_index, to_time_major
+
+
+def available() -> bool:
+  """Whether cuDNN LSTMs can run here: a CUDA backend and jaxlib's GPU RNN kernels."""
+  try:
+    from jax.experimental import rnn
+  except ImportError:
+    return False
+  return getattr(rnn, "gpu_rnn", None) is not None and jax.default_backend() == "gpu"
+
+
+def unsupported(params, *, mask=None, resets=None, remat=None) -> str | None:
+  """Why ``impl="cudnn"`` cannot run this layer call, or ``None`` if it can."""
+  if not isinstance(params, LSTMParams):
+    return f"it runs LSTM layers only, not {type(params).__name__}"
+  if params.peephole is not None or params.layer_norm is not None or params.w_proj is not None:
+    return "it runs plain LSTMs only (no peephole, layer_norm or proj_size)"
+  if params.w_x.dtype != jnp.float32:
+    return f"it runs float32 params only; got {params.w_x.dtype}"
+  if mask is not None or resets is not None:
+    return "it takes lengths but not mask or resets"
+  if remat is not None:
+    return "remat applies to impl='fused' only"
+  if not available():
+    return f"it needs a CUDA GPU backend; JAX's default backend is {jax.default_backend()!r}"
+  return None
+
+
+def pack_weights(params: LSTMParams) -> jax.Array:
+  """cuDNN's flat weights ``(4H*I + 4H*H + 8H,)`` of one unidirectional layer."""
+  H4 = params.b.shape[-1]
+  return jnp.concatenate([params.w_x.T.reshape(-1), params.w_h.T.reshape(-1), params.b,
+                          jnp.zeros((H4,), params.b.dtype)])
+
+
+def lstm_cudnn(params: LSTMParams, xs: jax.Array, state: LSTMState, *, lengths=None, reverse: bool = False,
+               time_major: bool = False) -> tuple[LSTMState, jax.Array]:
+  """Runs one plain LSTM layer with cuDNN; same contract as :func:`jaxlstm.lstm`.
+
+  Arguments arrive already checked (see :func:`jaxlstm.layers.prepare`), and
+  :func:`unsupported` must return ``None``.
+
+  Args:
+    params: float32 :class:`~jaxlstm.LSTMParams` without peepholes, layer norm
+      or projection.
+    xs: inputs ``(*batch, T, I)``, or ``(T, *batch, I)`` if ``time_major``.
+    state: :class:`~jaxlstm.LSTMState` with leaves ``(*batch, H)``.
+    lengths: optional ``(*batch,)`` integer lengths.
+    reverse: run backwards in time, each row within its own length.
+    time_major: whether the time axis comes first.
+
+  Returns:
+    ``(final_state, hs)`` with ``hs`` ``(*batch, T, H)`` (time-major
+    ``(T, *batch, H)``), zero at padded steps.
+  """
+  from jax.experimental import rnn
+
+  xs_t = to_time_major(xs, time_major=time_major, feature_axis=True)  # (T, *batch, I)
+  T, batch_shape = xs_t.shape[0], tuple(xs_t.shape[1:-1])
+  if T == 0:
+    return state, from_time_major(jnp.zeros((0, *batch_shape, params.hidden_size), xs.dtype), time_major=time_major)
+  idx = None
+  if reverse:
+    idx = reverse_index(lengths, T, batch_shape)
+    xs_t = _reorder(xs_t, idx)
+  B = 1
+  for d in batch_shape:
+    B *= d
+  I, H = params.input_size, params.hidden_size
+  x_bf = jnp.swapaxes(xs_t.reshape(T, B, I), 0, 1)  # cuDNN takes batch-first (B, T, I)
+  h0, c0 = state.h.reshape(1, B, H), state.c.reshape(1, B, H)
+  if lengths is None:
+    seq = jnp.full((B,), T, jnp.int32)
+  else:
+    seq = jnp.clip(lengths.reshape(B).astype(jnp.int32), 0, T)
+  # cuDNN needs lengths >= 1: run empty rows for one step, then give them back their initial state.
+  empty = seq == 0
+  y, h, c = rnn.lstm(x_bf, h0, c0, pack_weights(params), jnp.maximum(seq, 1), input_size=I, hidden_size=H,
+                     num_layers=1, dropout=0.0, bidirectional=False)
+  valid = jnp.arange(T)[None, :] < seq[:, None]  # (B, T)
+  hs = jnp.where(valid[..., None], y, 0).swapaxes(0, 1)  # (T, B, H)
+  h = jnp.where(empty[:, None], h0[0], h[0])
+  c = jnp.where(empty[:, None], c0[0], c[0])
+  hs = hs.reshape(T, *batch_shape, H)
+  if reverse:
+    hs = _reorder(hs, idx)
+  final = LSTMState(h.reshape(state.h.shape), c.reshape(state.c.shape))
+  return final, from_time_major(hs, time_major=time_major)
