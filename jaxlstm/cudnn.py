@@ -106,7 +106,7 @@ def lstm_cudnn(params: LSTMParams, xs: jax.Array, state: LSTMState, *, lengths=N
   empty = seq == 0
   y, h, c = rnn.lstm(x_bf, h0, c0, pack_weights(params), jnp.maximum(seq, 1), input_size=I, hidden_size=H,
                      num_layers=1, dropout=0.0, bidirectional=False)
-  valid = jnp.arange(T)[None, :] < seq[:, None]  # (B, T)
+  valid = jnp.arange(T, dtype=jnp.int32)[None, :] < seq[:, None]  # (B, T)
   hs = jnp.where(valid[..., None], y, 0).swapaxes(0, 1)  # (T, B, H)
   h = jnp.where(empty[:, None], h0[0], h[0])
   c = jnp.where(empty[:, None], c0[0], c[0])

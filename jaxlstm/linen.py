@@ -88,7 +88,7 @@ _LAYER_ATTRS_DOC = """
       (the default); if ``False``, only the last valid output ``(*batch, F)``.
     return_state: also return the final state, as ``(state, output)``.
     time_major: inputs are ``(T, *batch, I)`` instead of ``(*batch, T, I)``.
-    unroll: ``lax.scan`` unroll factor.
+    unroll: ``lax.scan`` unroll factor; ``None`` lets the path choose (see :func:`jaxlstm.lstm`).
 
   Call:
     ``module(xs, initial_state=None, *, lengths=None, mask=None, resets=None,
@@ -126,7 +126,7 @@ class LSTM(_Base):
   return_sequences: bool = True
   return_state: bool = False
   time_major: bool = False
-  unroll: int | bool = 1
+  unroll: int | bool | None = None
 
   @classmethod
   def from_params(cls, params: LSTMParams, **attrs) -> tuple[LSTM, dict]:
@@ -258,7 +258,7 @@ class Stack(_Base):
   return_sequences: bool = True
   return_state: bool = False
   time_major: bool = False
-  unroll: int | bool = 1
+  unroll: int | bool | None = None
 
   @classmethod
   def from_params(cls, params: Any, *, merge: str = "concat", **attrs) -> tuple[Stack, dict]:

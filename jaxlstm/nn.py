@@ -169,7 +169,7 @@ _LAYER_ARGS_DOC = """
     return_state: also return the final state, as ``(state, output)``.
     reverse: process the sequence from the end (outputs keep their order).
     time_major: inputs are ``(T, *batch, I)`` instead of ``(*batch, T, I)``.
-    unroll: ``lax.scan`` unroll factor.
+    unroll: ``lax.scan`` unroll factor; ``None`` lets the path choose (see :func:`jaxlstm.lstm`).
     rngs: ``nnx.Rngs`` whose ``params`` stream initializes the params; not
       needed with ``params``.
     params: existing functional params to wrap instead of initializing them;
@@ -211,7 +211,7 @@ class LSTM(_Layer):
   def __init__(self, input_size: int, hidden_size: int, *, peephole: bool = False, layer_norm: bool = False,
                proj_size: int | None = None, forget_bias: float = 1.0, dtype=jnp.float32,
                return_sequences: bool = True, return_state: bool = False, reverse: bool = False,
-               time_major: bool = False, unroll: int | bool = 1, impl: str = "fused",
+               time_major: bool = False, unroll: int | bool | None = None, impl: str = "fused",
                rngs: nnx.Rngs | None = None, params: LSTMParams | None = None):
     self._set_weights(jaxlstm.lstm_init, (input_size, hidden_size),
                       dict(_lstm_options(peephole, layer_norm, proj_size, forget_bias), dtype=dtype), rngs, params)
@@ -334,7 +334,8 @@ class Stack(_Weights):
                deterministic: bool = False, activation: str = "tanh", peephole: bool = False,
                layer_norm: bool = False, proj_size: int | None = None, forget_bias: float = 1.0, dtype=jnp.float32,
                return_sequences: bool = True, return_state: bool = False, time_major: bool = False,
-               unroll: int | bool = 1, impl: str = "fused", rngs: nnx.Rngs | None = None, params: Any = None):
+               unroll: int | bool | None = None, impl: str = "fused", rngs: nnx.Rngs | None = None,
+               params: Any = None):
     options = dict(cell=cell, bidirectional=bidirectional, merge=merge, dtype=dtype,
                    **_stack_cell_options(cell, **_lstm_options(peephole, layer_norm, proj_size, forget_bias)))
     self._set_weights(jaxlstm.stack_init, (input_size, hidden_size, num_layers), options, rngs,

@@ -122,7 +122,7 @@ def _check_stack(params: Any, merge: str) -> None:
 
 def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = None, *, lengths=None, mask=None,
           resets=None, dropout: float = 0.0, key: jax.Array | None = None, merge: str = "concat",
-          activation: str = "tanh", time_major: bool = False, unroll: int | bool = 1, impl: str = "fused",
+          activation: str = "tanh", time_major: bool = False, unroll: int | bool | None = None, impl: str = "fused",
           remat: int | None = None):
   """Runs a stack of recurrent layers over a sequence.
 
@@ -146,7 +146,7 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
     merge: how bidirectional outputs are joined; must match :func:`stack_init`.
     activation: ``"tanh"`` or ``"relu"``, for ``rnn`` layers.
     time_major: whether time is the leading axis.
-    unroll: ``lax.scan`` unroll factor.
+    unroll: ``lax.scan`` unroll factor; ``None`` (the default) lets the path choose: 8 on the fused path on a GPU, else 1.
     impl: ``"fused"``, ``"reference"`` or ``"cudnn"``, for LSTM layers (see :func:`jaxlstm.lstm`).
     remat: checkpoint every ``remat`` steps in each layer (see :func:`jaxlstm.lstm`).
 
