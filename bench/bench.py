@@ -212,6 +212,7 @@ def build_jaxlstm(cfg: Config, mode: str, impl: str):
   """jaxlstm's stack with a Dense head, on the given ``impl``."""
   import jax
   import jax.numpy as jnp
+
   import jaxlstm
 
   def init_fn(key, xs):

@@ -13,8 +13,19 @@ inside the jitted function, so gradients flow back to the usual
 :class:`~jaxlstm.LSTMParams`.
 
 Limits: only on a CUDA GPU backend; plain LSTMs (no peepholes, layer norm or
-projection) in float32; ``lengths`` but not ``mask`` or ``resets``; no
-``vmap`` (the cuDNN primitive has no batching rule). cuDNN follows JAX's
+projection) in float32; ``lengths`` but not ``mask`` or ``resets``;
+batch-major and forward in time only, so no bidirectional stacks (see below);
+no ``vmap`` (the cuDNN primitive has no batching rule).
+
+Why no ``reverse`` or ``time_major``: on an H200 with jax 0.11.2, those calls
+(which transpose or flip the input before the kernel) gave wrong outputs and
+gradients, while batch-major forward calls matched the reference scan to
+float32 rounding, lengths included. jaxlib's cuDNN custom call states no
+operand layouts, so XLA may hand it a transposed array as a mere relabelled
+layout. The arrays around the call are now pinned to row-major layouts
+(:func:`jax.experimental.layout.with_layout_constraint`), which should cure
+that, but until a GPU run of ``tests/test_cudnn.py`` confirms it these calls
+are refused rather than risked. cuDNN follows JAX's
 matmul precision: under the default it may use TF32 on Ampere and newer GPUs,
 as XLA's own GEMMs do; ``jax.default_matmul_precision("highest")`` turns that
 off.
@@ -38,7 +49,7 @@ def available() -> bool:
   return getattr(rnn, "gpu_rnn", None) is not None and jax.default_backend() == "gpu"
 
 
-def unsupported(params, *, mask=None, resets=None, remat=None) -> str | None:
+def unsupported(params, *, mask=None, resets=None, remat=None, reverse=False, time_major=False) -> str | None:
   """Why ``impl="cudnn"`` cannot run this layer call, or ``None`` if it can."""
   if not isinstance(params, LSTMParams):
     return f"it runs LSTM layers only, not {type(params).__name__}"
@@ -50,6 +61,9 @@ def unsupported(params, *, mask=None, resets=None, remat=None) -> str | None:
     return "it takes lengths but not mask or resets"
   if remat is not None:
     return "remat applies to impl='fused' only"
+  if reverse or time_major:
+    return ("it runs batch-major layers forward in time only (not reverse, time_major or bidirectional "
+            "stacks), see jaxlstm.cudnn; use impl='fused'")
   if not available():
     return f"it needs a CUDA GPU backend; JAX's default backend is {jax.default_backend()!r}"
   return None
@@ -83,6 +97,10 @@ def lstm_cudnn(params: LSTMParams, xs: jax.Array, state: LSTMState, *, lengths=N
     ``(T, *batch, H)``), zero at padded steps.
   """
   from jax.experimental import rnn
+  from jax.experimental.layout import Layout, with_layout_constraint
+
+  def row_major(x):  # see the module docstring: the custom call states no layouts of its own
+    return with_layout_constraint(x, Layout(tuple(range(x.ndim))))
 
   xs_t = to_time_major(xs, time_major=time_major, feature_axis=True)  # (T, *batch, I)
   T, batch_shape = xs_t.shape[0], tuple(xs_t.shape[1:-1])
@@ -96,8 +114,8 @@ def lstm_cudnn(params: LSTMParams, xs: jax.Array, state: LSTMState, *, lengths=N
   for d in batch_shape:
     B *= d
   I, H = params.input_size, params.hidden_size
-  x_bf = jnp.swapaxes(xs_t.reshape(T, B, I), 0, 1)  # cuDNN takes batch-first (B, T, I)
-  h0, c0 = state.h.reshape(1, B, H), state.c.reshape(1, B, H)
+  x_bf = row_major(jnp.swapaxes(xs_t.reshape(T, B, I), 0, 1))  # cuDNN takes batch-first (B, T, I)
+  h0, c0 = row_major(state.h.reshape(1, B, H)), row_major(state.c.reshape(1, B, H))
   if lengths is None:
     seq = jnp.full((B,), T, jnp.int32)
   else:
@@ -106,6 +124,8 @@ def lstm_cudnn(params: LSTMParams, xs: jax.Array, state: LSTMState, *, lengths=N
   empty = seq == 0
   y, h, c = rnn.lstm(x_bf, h0, c0, pack_weights(params), jnp.maximum(seq, 1), input_size=I, hidden_size=H,
                      num_layers=1, dropout=0.0, bidirectional=False)
+  # Pinning the outputs pins their cotangents too, which the backward custom call reads.
+  y, h, c = row_major(y), row_major(h), row_major(c)
   valid = jnp.arange(T, dtype=jnp.int32)[None, :] < seq[:, None]  # (B, T)
   hs = jnp.where(valid[..., None], y, 0).swapaxes(0, 1)  # (T, B, H)
   h = jnp.where(empty[:, None], h0[0], h[0])

@@ -73,7 +73,7 @@ def _layer(params, xs, state, *, lengths, mask, resets, reverse, time_major, unr
                        f"{'given' if resets is not None else 'None'}")
   step = cell_step(params, activation=activation)
   if impl == "cudnn":
-    why = cudnn.unsupported(params, mask=mask, resets=resets, remat=remat)
+    why = cudnn.unsupported(params, mask=mask, resets=resets, remat=remat, reverse=reverse, time_major=time_major)
     if why is not None:
       raise ValueError(f"impl='cudnn' cannot run this layer: {why}")
   xs, state, lengths, mask, resets = prepare(params, xs, state, lengths, mask, resets, time_major=time_major,
@@ -130,7 +130,8 @@ def lstm(params: LSTMParams, xs: jax.Array, state=None, *, lengths=None, mask=No
   reference scan elsewhere; ``impl="reference"`` always unrolls
   :func:`jaxlstm.lstm_step` with :func:`jaxlstm.scan`; ``impl="cudnn"`` runs
   a plain float32 LSTM as one cuDNN call on a CUDA GPU (see
-  :mod:`jaxlstm.cudnn`; ``lengths`` but no ``mask`` or ``resets``). ``remat=k`` (fused
+  :mod:`jaxlstm.cudnn`; ``lengths`` but no ``mask``, ``resets``, ``reverse``
+  or ``time_major``). ``remat=k`` (fused
   path only) checkpoints every ``k`` steps, so that training memory grows
   with ``T / k`` chunk states instead of every step's gates: for very long
   sequences.
