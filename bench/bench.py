@@ -332,6 +332,9 @@ def build_torch(cfg: Config, mode: str, device: str = "cpu"):
   """PyTorch: ``nn.LSTM(num_layers=L, batch_first=True)`` + ``nn.Linear``, Adam; on CPU with 2 threads, or CUDA."""
   import torch
   torch.set_num_threads(TORCH_THREADS)
+  # XLA's CPU backend flushes denormals to zero; PyTorch does not by default, and at M the gradients that
+  # decay through 256 steps turn denormal and make its steps ~15x slower. Compare like with like.
+  torch.set_flush_denormal(os.environ.get("BENCH_TORCH_DENORMALS") != "1")
   torch.manual_seed(0)
   dev = torch.device("cuda" if device == "gpu" else "cpu")
   # Each timed call must wait for the GPU, as block_until_ready does for JAX.
@@ -459,7 +462,7 @@ def worker_main(spec_json: str) -> None:
 # Driver: subprocesses, rounds, pooling.
 
 
-def worker_env(omp_passive: bool, device: str = "cpu") -> dict:
+def worker_env(omp_passive: bool, device: str = "cpu", keep_denormals: bool = False) -> dict:
   """Environment of a worker: Keras on JAX, JAX on CPU (or the GPU), quieter logs.
 
   With ``omp_passive``, ``OMP_WAIT_POLICY=PASSIVE``: PyTorch's OpenMP threads
@@ -478,15 +481,17 @@ def worker_env(omp_passive: bool, device: str = "cpu") -> dict:
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if omp_passive:
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+  if keep_denormals:
+    env["BENCH_TORCH_DENORMALS"] = "1"
   return env
 
 
-def spawn(spec: dict, timeout: float, omp_passive: bool = True) -> dict:
+def spawn(spec: dict, timeout: float, omp_passive: bool = True, keep_denormals: bool = False) -> dict:
   """Runs one worker subprocess; a crash, a timeout or a missing result line becomes an error result."""
   cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=worker_env(omp_passive, spec.get("device", "cpu")))
+                          env=worker_env(omp_passive, spec.get("device", "cpu"), keep_denormals))
   except subprocess.TimeoutExpired:
     return {"status": "error", "error": f"timed out after {timeout:.0f} s"}
   for line in reversed(proc.stdout.splitlines()):
@@ -524,7 +529,7 @@ def run_rounds(name: str, cfg: Config, modes: list, peers: list, args, log) -> d
       spec = {"peer": peer, "config": list(cfg), "modes": modes, "steps": steps_per_round, "warmup": args.warmup,
               "device": args.device}
       t0 = time.perf_counter()
-      res = spawn(spec, args.timeout, omp_passive=not args.omp_spin)
+      res = spawn(spec, args.timeout, omp_passive=not args.omp_spin, keep_denormals=args.torch_denormals)
       tag = f"  [{name} round {r + 1}/{rounds}] {peer:14s}"
       if res["status"] != "ok":
         entry.update(status=res["status"], error=res["error"])
@@ -699,7 +704,11 @@ def report(run: dict) -> str:
             "PyTorch runs with `torch.set_num_threads(2)` and "
             + ("`OMP_WAIT_POLICY` left alone (threads spin)." if run["omp_spin"] else
                "`OMP_WAIT_POLICY=PASSIVE` (on a loaded machine spinning OpenMP threads made small PyTorch steps "
-               "10–100× slower; `--omp-spin` turns this off).") + " JAX uses XLA's default CPU thread pool."),
+               "10–100× slower; `--omp-spin` turns this off).") + " JAX uses XLA's default CPU thread pool. "
+            + ("PyTorch keeps its default denormal handling (`--torch-denormals`)." if run.get("torch_denormals") else
+               "PyTorch runs with `torch.set_flush_denormal(True)`, as XLA flushes denormals on CPU: without it, "
+               "the gradients that decay through M's 256 steps turn denormal and its training step is ~15× "
+               "slower (`--torch-denormals` keeps PyTorch's default).")),
            "",
            "Keras peer: `model.train_on_batch` / `model.predict_on_batch`, which Keras 3 compiles with "
            "`jax.jit` (the train function donates its state). `keras-jit`, if listed, is the same model "
@@ -743,6 +752,8 @@ def parse_args(argv=None):
   p.add_argument("--rounds", default="", help="rounds of the whole peer list: N, or per config as for "
                  "--steps (default " + per_config_text(DEFAULT_ROUNDS) + ")")
   p.add_argument("--timeout", type=float, default=900, help="seconds before a worker is killed")
+  p.add_argument("--torch-denormals", action="store_true",
+                 help="leave PyTorch's denormal handling alone (by default it flushes them to zero, as XLA does)")
   p.add_argument("--omp-spin", action="store_true",
                  help="leave OMP_WAIT_POLICY alone (by default workers get PASSIVE, see worker_env)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md"),
@@ -816,7 +827,8 @@ def main(argv=None) -> None:
                     "pooled": run_rounds(name, cfg, modes, peers, args, log)})
     run = {"header": header, "command": command, "device": args.device, "wall_min": (time.perf_counter() - started) / 60,
            "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-           "warmup": args.warmup, "omp_spin": args.omp_spin, "jobs": results}
+           "warmup": args.warmup, "omp_spin": args.omp_spin, "torch_denormals": args.torch_denormals,
+           "jobs": results}
     if args.out:  # the configs so far, in case the run is cut short (render it with --render)
       with open(os.path.splitext(args.out)[0] + ".partial.json", "w") as f:
         json.dump(run, f)

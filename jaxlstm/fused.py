@@ -13,8 +13,11 @@ fusion and per small GEMM on every step:
    ``sigmoid(z) = 0.5 * tanh(z / 2) + 0.5``, so a single ``tanh`` runs over the
    whole ``(B, 4H)`` block, with the ``i, f, o`` columns pre-scaled by 0.5.
 3. The recurrence is a :func:`jax.custom_vjp`. The forward loop saves the
-   activated gates and the cell states; the backward loop carries only the
-   ``(dh, dc)`` recursion and emits ``dz``, the gradient of the gate
+   activated gates and the cell states. Everything of the backward step that
+   does not depend on the ``(dh, dc)`` recursion (activation derivatives,
+   ``tanh(c)``, peephole terms) is computed for all ``T`` steps at once before
+   the backward loop, which then carries only the recursion: two small
+   fusions and one GEMM per step, emitting ``dz``, the gradient of the gate
    pre-activations ``(T, B, 4H)``. After it, ``dW_h = sum_t h_{t-1}^T dz_t``
    is one GEMM, and ``dW_x``, ``db`` and ``dxs`` come from differentiating the
    input GEMM (three more big GEMMs) instead of ``T`` small accumulations.
@@ -146,34 +149,38 @@ def _recurrence_bwd(unroll, res, cts):
   w_hT = w_h.T  # (4H, H), transposed once outside the loop
   c_prevs = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, B, H)
   pp = None if peep is None else peep.astype(sdt)
+  # Everything of the backward step that does not depend on the (dh, dc) recursion, for all T steps at
+  # once: big vectorized passes outside the loop, so that the loop body is two small fusions and a GEMM.
+  #   dz = P * [dc, dc, dc, dh]   (gate blocks i, f, g, o)
+  #   dc = dc_in + dh * Q         dc_prev = dc * F
+  i, f, g, o = (gates[..., k * H:(k + 1) * H] for k in range(4))
+  tc = jnp.tanh(cs)
+  d_i, d_f, d_o = i * (1 - i), f * (1 - f), o * (1 - o)
+  P = jnp.concatenate([g * d_i, c_prevs * d_f, i * (1 - g * g), tc * d_o], axis=-1)  # (T, B, 4H)
+  Q = o * (1 - tc * tc)
+  F = f
+  if pp is not None:
+    # Peepholes: dc also feeds the output gate through p_o, and c_prev the input and forget gates.
+    Q = Q + tc * d_o * pp[2]
+    F = F + g * d_i * pp[0] + c_prevs * d_f * pp[1]
 
   def body(carry, inputs):
     dh, dc = carry
-    a, c, c_prev, dy, v = inputs
+    p, q, f_, dy, v = inputs
     dh = dh + dy
     if v is not None:
       vv = v[:, None]
       dh_skip, dc_skip = jnp.where(vv, 0, dh), jnp.where(vv, 0, dc)
       dh, dc = jnp.where(vv, dh, 0), jnp.where(vv, dc, 0)
-    i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-    tc = jnp.tanh(c)
-    dzo = dh * tc * o * (1 - o)
-    dc = dc + dh * o * (1 - tc * tc)
-    if pp is not None:
-      dc = dc + dzo * pp[2]
-    dzi = dc * g * i * (1 - i)
-    dzf = dc * c_prev * f * (1 - f)
-    dzg = dc * i * (1 - g * g)
-    dz = jnp.concatenate([dzi, dzf, dzg, dzo], axis=-1)  # (B, 4H)
+    dc = dc + dh * q
+    dz = p * jnp.concatenate([dc, dc, dc, dh], axis=-1)  # (B, 4H)
     dh_prev = (dz.astype(cdt) @ w_hT).astype(sdt)
-    dc_prev = dc * f
-    if pp is not None:
-      dc_prev = dc_prev + dzi * pp[0] + dzf * pp[1]
+    dc_prev = dc * f_
     if v is not None:
       dh_prev, dc_prev = dh_prev + dh_skip, dc_prev + dc_skip
     return (dh_prev, dc_prev), dz
 
-  (dh0, dc0), dz = lax.scan(body, (d_hT, d_cT), (gates, cs, c_prevs, d_hs, valid), reverse=True, unroll=unroll)
+  (dh0, dc0), dz = lax.scan(body, (d_hT, d_cT), (P, Q, F, d_hs, valid), reverse=True, unroll=unroll)
   h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
   # One GEMM over all steps instead of T small accumulations in the loop.
   dw_h = jnp.einsum("tbh,tbg->hg", h_prevs.astype(cdt), dz.astype(cdt), preferred_element_type=sdt).astype(cdt)
