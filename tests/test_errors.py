@@ -94,7 +94,7 @@ def test_lengths_mask_resets_errors(p, xs):
 
 
 def test_option_errors(p, xs):
-  with pytest.raises(ValueError, match=r"impl must be one of \('fused', 'reference'\); got 'cuda'"):
+  with pytest.raises(ValueError, match=r"impl must be one of \('fused', 'reference', 'cudnn'\); got 'cuda'"):
     jaxlstm.lstm(p, xs, impl="cuda")
   with pytest.raises(ValueError, match=r"remat must be a positive int or None; got 0"):
     jaxlstm.lstm(p, xs, remat=0)
