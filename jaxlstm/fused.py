@@ -7,20 +7,20 @@ on XLA's CPU backend, where a ``while`` loop pays several microseconds per
 fusion and per small GEMM on every step:
 
 1. The input projection of all ``T`` steps is one big GEMM before the loop,
-   ``zx = xs @ w_x + b`` of shape ``(T, B, 4H)``. Only ``h @ w_h`` stays in
-   the loop.
+   ``zx = xs @ w_x`` of shape ``(T, B, 4H)``. Only ``h @ w_h`` and the bias
+   (which fuses into the gates) stay in the loop.
 2. The four gates share one transcendental:
    ``sigmoid(z) = 0.5 * tanh(z / 2) + 0.5``, so a single ``tanh`` runs over the
    whole ``(B, 4H)`` block, with the ``i, f, o`` columns pre-scaled by 0.5.
-3. The recurrence is a :func:`jax.custom_vjp`. The forward loop saves the
+3. The layer is a :func:`jax.custom_vjp`. The forward loop saves the
    activated gates and the cell states. Everything of the backward step that
    does not depend on the ``(dh, dc)`` recursion (activation derivatives,
    ``tanh(c)``, peephole terms) is computed for all ``T`` steps at once before
    the backward loop, which then carries only the recursion: two small
    fusions and one GEMM per step, emitting ``dz``, the gradient of the gate
-   pre-activations ``(T, B, 4H)``. After it, ``dW_h = sum_t h_{t-1}^T dz_t``
-   is one GEMM, and ``dW_x``, ``db`` and ``dxs`` come from differentiating the
-   input GEMM (three more big GEMMs) instead of ``T`` small accumulations.
+   pre-activations ``(T, B, 4H)``. After it, ``dW_h = sum_t h_{t-1}^T dz_t``,
+   ``dW_x`` and ``dxs`` are one big GEMM each over all ``T * B`` rows, instead
+   of ``T`` small accumulations.
 4. ``remat=k`` (optional) runs the sequence in chunks of ``k`` steps under
    :func:`jax.checkpoint`: training keeps only the chunk-boundary states and
    recomputes each chunk's gates during the backward pass, so memory no longer
@@ -80,7 +80,9 @@ def _gate_consts(H: int, dtype):
 
 
 class _Residuals(NamedTuple):
-  """What the backward pass of the recurrence reads (time-major)."""
+  """What the backward pass of the layer reads (time-major)."""
+  w_x: jax.Array  # (I, 4H)
+  xs: jax.Array  # (T, B, I)
   w_h: jax.Array  # (H, 4H)
   peep: jax.Array | None  # (3, H)
   valid: jax.Array | None  # (T, B) bool
@@ -91,14 +93,15 @@ class _Residuals(NamedTuple):
   cs: jax.Array  # (T, B, H) carried c after each step
 
 
-def _step(w_h, peep, consts, carry, inputs, *, keep_gates):
+def _step(w_h, b, peep, consts, carry, inputs, *, keep_gates):
   """One step of the recurrence on precomputed ``zx``; returns the new carry and saved values."""
   h, c_prev = carry
   zx, v = inputs
   scale, mul, add = consts
   H = c_prev.shape[-1]
   cdt = w_h.dtype
-  z = zx + (h.astype(cdt) @ w_h).astype(zx.dtype)  # (B, 4H)
+  # The bias is added here, where it fuses into the gate nonlinearity, not in a pass over all of zx.
+  z = zx + b + (h.astype(cdt) @ w_h).astype(zx.dtype)  # (B, 4H)
   if peep is None:
     # One tanh for all four gates; the slices below fuse into the cell update.
     a = jnp.tanh(z * scale) * mul + add
@@ -120,30 +123,35 @@ def _step(w_h, peep, consts, carry, inputs, *, keep_gates):
   return (h_new, c), ((a, h_new, c) if keep_gates else h_new)
 
 
-def _forward(w_h, peep, zx, valid, h0, c0, unroll, keep_gates):
-  consts = _gate_consts(c0.shape[-1], zx.dtype)
+def _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, keep_gates):
+  sdt = c0.dtype
+  T, B, _ = xs.shape
+  # All T input projections in one GEMM, outside the loop.
+  zx = (xs.reshape(T * B, -1) @ w_x).astype(sdt).reshape(T, B, -1)
+  consts = _gate_consts(c0.shape[-1], sdt)
   if peep is not None:
-    peep = peep.astype(zx.dtype)
-  body = functools.partial(_step, w_h, peep, consts, keep_gates=keep_gates)
+    peep = peep.astype(sdt)
+  body = functools.partial(_step, w_h, b.astype(sdt), peep, consts, keep_gates=keep_gates)
   return lax.scan(body, (h0, c0), (zx, valid), unroll=unroll)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _recurrence(w_h, peep, zx, valid, h0, c0, unroll):
-  """``(hs (T, B, H), h_T, c_T)`` of the recurrence on ``zx (T, B, 4H)``; ``hs`` is the carried ``h``."""
-  (h, c), hs = _forward(w_h, peep, zx, valid, h0, c0, unroll, keep_gates=False)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _layer(w_x, b, w_h, peep, xs, valid, h0, c0, unroll):
+  """``(hs (T, B, H), h_T, c_T)`` of the layer on time-major ``xs (T, B, I)``; ``hs`` is the carried ``h``."""
+  (h, c), hs = _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, keep_gates=False)
   return hs, h, c
 
 
-def _recurrence_fwd(w_h, peep, zx, valid, h0, c0, unroll):
-  (h, c), (gates, hs, cs) = _forward(w_h, peep, zx, valid, h0, c0, unroll, keep_gates=True)
-  return (hs, h, c), _Residuals(w_h, peep, valid, h0, c0, gates, hs, cs)
+def _layer_fwd(w_x, b, w_h, peep, xs, valid, h0, c0, unroll):
+  (h, c), (gates, hs, cs) = _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, keep_gates=True)
+  return (hs, h, c), _Residuals(w_x, xs, w_h, peep, valid, h0, c0, gates, hs, cs)
 
 
-def _recurrence_bwd(unroll, res, cts):
+def _layer_bwd(unroll, res, cts):
   d_hs, d_hT, d_cT = cts  # (T, B, H), (B, H), (B, H)
-  w_h, peep, valid, h0, c0, gates, hs, cs = res
+  w_x, xs, w_h, peep, valid, h0, c0, gates, hs, cs = res
   H = c0.shape[-1]
+  T, B, _ = xs.shape
   sdt = c0.dtype
   cdt = w_h.dtype
   w_hT = w_h.T  # (4H, H), transposed once outside the loop
@@ -182,26 +190,28 @@ def _recurrence_bwd(unroll, res, cts):
 
   (dh0, dc0), dz = lax.scan(body, (d_hT, d_cT), (P, Q, F, d_hs, valid), reverse=True, unroll=unroll)
   h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
-  # One GEMM over all steps instead of T small accumulations in the loop.
-  dw_h = jnp.einsum("tbh,tbg->hg", h_prevs.astype(cdt), dz.astype(cdt), preferred_element_type=sdt).astype(cdt)
+  # The weight and input gradients as a few big GEMMs over all T * B rows, written as plain
+  # (K, N) x (N, 4H) products, which XLA's CPU backend runs on its fast GEMM kernels.
+  dz2 = dz.reshape(T * B, 4 * H).astype(cdt)
+  mm = functools.partial(jnp.matmul, preferred_element_type=sdt)  # float32 sums under 16-bit params
+  dw_h = mm(h_prevs.reshape(T * B, H).astype(cdt).T, dz2).astype(cdt)
+  dw_x = mm(xs.reshape(T * B, -1).T, dz2).astype(cdt)
+  dxs = mm(dz2, w_x.T).astype(xs.dtype).reshape(xs.shape)
+  db = jnp.sum(dz, axis=(0, 1)).astype(cdt)
   dpeep = None
   if peep is not None:
     dpeep = jnp.stack([jnp.sum(dz[..., :H] * c_prevs, axis=(0, 1)), jnp.sum(dz[..., H:2 * H] * c_prevs, axis=(0, 1)),
                        jnp.sum(dz[..., 3 * H:] * cs, axis=(0, 1))]).astype(peep.dtype)
-  return dw_h, dpeep, dz, None, dh0, dc0
+  return dw_x, db, dw_h, dpeep, dxs, None, dh0, dc0
 
 
-_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+_layer.defvjp(_layer_fwd, _layer_bwd)
 
 
 def _run(params, xs, valid, h0, c0, unroll):
   """The layer on time-major ``xs (T, B, I)``; returns ``(hs (T, B, H), h_T, c_T)``, ``hs`` unmasked."""
-  sdt = c0.dtype
-  cdt = params.w_x.dtype
-  T, B, _ = xs.shape
-  # All T input projections in one GEMM, outside the loop.
-  zx = (xs.astype(cdt).reshape(T * B, -1) @ params.w_x + params.b).astype(sdt).reshape(T, B, -1)
-  return _recurrence(params.w_h, params.peephole, zx, valid, h0, c0, unroll)
+  return _layer(params.w_x, params.b, params.w_h, params.peephole, xs.astype(params.w_x.dtype), valid, h0, c0,
+                unroll)
 
 
 def _run_remat(params, xs, valid, h0, c0, unroll, k):
