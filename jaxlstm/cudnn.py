@@ -33,6 +33,8 @@ off.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -110,9 +112,7 @@ def lstm_cudnn(params: LSTMParams, xs: jax.Array, state: LSTMState, *, lengths=N
   if reverse:
     idx = reverse_index(lengths, T, batch_shape)
     xs_t = _reorder(xs_t, idx)
-  B = 1
-  for d in batch_shape:
-    B *= d
+  B = math.prod(batch_shape)
   I, H = params.input_size, params.hidden_size
   x_bf = row_major(jnp.swapaxes(xs_t.reshape(T, B, I), 0, 1))  # cuDNN takes batch-first (B, T, I)
   h0, c0 = row_major(state.h.reshape(1, B, H)), row_major(state.c.reshape(1, B, H))

@@ -33,6 +33,7 @@ into one.
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -277,9 +278,7 @@ def lstm_fused(params: LSTMParams, xs: jax.Array, state: LSTMState, *, lengths=N
     xs_t = _reorder(xs_t, idx)
     valid = None if valid is None else _reorder(valid, idx)
   # Flatten the batch axes into one: the loop works on 2-D (B, F) blocks.
-  B = 1
-  for d in batch_shape:
-    B *= d
+  B = math.prod(batch_shape)
   xs_f = xs_t.reshape(T, B, xs_t.shape[-1])
   valid_f = None if valid is None else valid.reshape(T, B)
   h0, c0 = state.h.reshape(B, -1), state.c.reshape(B, -1)
