@@ -127,13 +127,27 @@ def _step(w_h, b, peep, consts, carry, inputs, *, keep_gates):
 def _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, keep_gates):
   sdt = c0.dtype
   T, B, _ = xs.shape
+  H = c0.shape[-1]
   # All T input projections in one GEMM, outside the loop.
   zx = (xs.reshape(T * B, -1) @ w_x).astype(sdt).reshape(T, B, -1)
-  consts = _gate_consts(c0.shape[-1], sdt)
+  consts = _gate_consts(H, sdt)
   if peep is not None:
     peep = peep.astype(sdt)
-  body = functools.partial(_step, w_h, b.astype(sdt), peep, consts, keep_gates=keep_gates)
-  return lax.scan(body, (h0, c0), (zx, valid), unroll=unroll)
+  step = functools.partial(_step, w_h, b.astype(sdt), peep, consts, keep_gates=keep_gates)
+  if not keep_gates:
+    return lax.scan(step, (h0, c0), (zx, valid), unroll=unroll)
+
+  # Training keeps the activated gates of step t, written over zx[t] in place: zx is read only there,
+  # and a fresh (T, B, 4H) output buffer would cost a pass over new memory.
+  def body(t, carry):
+    h, c, buf, hs, cs = carry
+    (h, c), (a, h_out, c_out) = step((h, c), (buf[t], None if valid is None else valid[t]))
+    put = functools.partial(lax.dynamic_update_index_in_dim, index=t, axis=0)
+    return h, c, put(buf, a), put(hs, h_out), put(cs, c_out)
+
+  zeros = jnp.zeros((T, B, H), sdt)
+  h, c, gates, hs, cs = lax.fori_loop(0, T, body, (h0, c0, zx, zeros, zeros), unroll=unroll)
+  return (h, c), (gates, hs, cs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
@@ -173,9 +187,11 @@ def _layer_bwd(unroll, res, cts):
     Q = Q + tc * d_o * pp[2]
     F = F + g * d_i * pp[0] + c_prevs * d_f * pp[1]
 
-  def body(carry, inputs):
-    dh, dc = carry
-    p, q, f_, dy, v = inputs
+  def body(k, carry):
+    dh, dc, buf = carry
+    t = T - 1 - k
+    p, q, f_, dy = buf[t], Q[t], F[t], d_hs[t]
+    v = None if valid is None else valid[t]
     dh = dh + dy
     if v is not None:
       vv = v[:, None]
@@ -187,9 +203,10 @@ def _layer_bwd(unroll, res, cts):
     dc_prev = dc * f_
     if v is not None:
       dh_prev, dc_prev = dh_prev + dh_skip, dc_prev + dc_skip
-    return (dh_prev, dc_prev), dz
+    # dz[t] overwrites P[t], its only reader, so the loop needs no new (T, B, 4H) buffer.
+    return dh_prev, dc_prev, lax.dynamic_update_index_in_dim(buf, dz, t, 0)
 
-  (dh0, dc0), dz = lax.scan(body, (d_hT, d_cT), (P, Q, F, d_hs, valid), reverse=True, unroll=unroll)
+  dh0, dc0, dz = lax.fori_loop(0, T, body, (d_hT, d_cT, P), unroll=unroll)
   h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
   # The weight and input gradients as a few big GEMMs over all T * B rows, written as plain
   # (K, N) x (N, 4H) products, which XLA's CPU backend runs on its fast GEMM kernels.
