@@ -12,16 +12,20 @@ fusion and per small GEMM on every step:
 2. The four gates share one transcendental:
    ``sigmoid(z) = 0.5 * tanh(z / 2) + 0.5``, so a single ``tanh`` runs over the
    whole ``(B, 4H)`` block, with the ``i, f, o`` columns pre-scaled by 0.5.
-3. The layer is a :func:`jax.custom_vjp`. The forward loop saves the
-   activated gates and the cell states. Everything of the backward step that
-   does not depend on the ``(dh, dc)`` recursion (activation derivatives,
-   ``tanh(c)``, peephole terms) is computed for all ``T`` steps at once before
-   the backward loop, which then carries only the recursion: two small
+3. The layer is a :func:`jax.custom_vjp`. While the forward loop has a
+   step's gates at hand, it also computes the parts of that step's backward
+   pass that do not depend on the ``(dh, dc)`` recursion (activation
+   derivatives, ``tanh(c)``, peephole terms) and saves those instead of the
+   gates. The backward loop then carries only the recursion: two small
    fusions and one GEMM per step, emitting ``dz``, the gradient of the gate
    pre-activations ``(T, B, 4H)``. After it, ``dW_h = sum_t h_{t-1}^T dz_t``,
    ``dW_x`` and ``dxs`` are one big GEMM each over all ``T * B`` rows, instead
    of ``T`` small accumulations.
-4. ``remat=k`` (optional) runs the sequence in chunks of ``k`` steps under
+4. No ``(T, B, 4H)`` array is allocated after ``zx``: the forward loop writes
+   each step's saved factors over ``zx[t]``, and the backward loop writes
+   ``dz[t]`` over them. Fresh memory is costly on CPU (page faults on first
+   touch), and these arrays are the largest of the layer.
+5. ``remat=k`` (optional) runs the sequence in chunks of ``k`` steps under
    :func:`jax.checkpoint`: training keeps only the chunk-boundary states and
    recomputes each chunk's gates during the backward pass, so memory no longer
    grows with ``T * 4H`` (long sequences, e.g. ``T = 100000``).
@@ -89,13 +93,38 @@ class _Residuals(NamedTuple):
   valid: jax.Array | None  # (T, B) bool
   h0: jax.Array  # (B, H)
   c0: jax.Array  # (B, H)
-  gates: jax.Array  # (T, B, 4H) activated i, f, g, o
+  P: jax.Array  # (T, B, 4H) backward factors, see _backward_factors
+  Q: jax.Array  # (T, B, H)
+  F: jax.Array  # (T, B, H)
   hs: jax.Array  # (T, B, H) carried h after each step (frozen where invalid)
-  cs: jax.Array  # (T, B, H) carried c after each step
+  cs: jax.Array | None  # (T, B, H) carried c after each step; kept for the peephole gradient only
 
 
-def _step(w_h, b, peep, consts, carry, inputs, *, keep_gates):
-  """One step of the recurrence on precomputed ``zx``; returns the new carry and saved values."""
+def _backward_factors(i, f, g, o, c_prev, tc, peep):
+  """The parts of a step's backward pass that do not depend on the incoming gradient.
+
+  With ``dh``, ``dc`` the gradients reaching the step's ``h`` and ``c``, the
+  backward step is ``dc' = dc + dh * Q``, ``dz = P * [dc', dc', dc', dh]``
+  (gate blocks ``i, f, g, o``) and ``dc_prev = dc' * F``. ``Q`` and ``F`` are
+  ``(B, H)``; ``P`` is the tuple of its four ``(B, H)`` gate blocks.
+  """
+  d_i, d_f, d_o = i * (1 - i), f * (1 - f), o * (1 - o)
+  P = (g * d_i, c_prev * d_f, i * (1 - g * g), tc * d_o)
+  Q = o * (1 - tc * tc)
+  F = f
+  if peep is not None:
+    # Peepholes: dc also feeds the output gate through p_o, and c_prev the input and forget gates.
+    Q = Q + tc * d_o * peep[2]
+    F = F + g * d_i * peep[0] + c_prev * d_f * peep[1]
+  return P, Q, F
+
+
+def _step(w_h, b, peep, consts, carry, inputs, *, save):
+  """One step of the recurrence on precomputed ``zx``.
+
+  Returns the new carry and ``h``, or with ``save`` the new carry and
+  ``((P, Q, F), h, c)`` for the backward pass.
+  """
   h, c_prev = carry
   zx, v = inputs
   scale, mul, add = consts
@@ -115,16 +144,18 @@ def _step(w_h, b, peep, consts, carry, inputs, *, keep_gates):
     i, f, g = a3[:, :H], a3[:, H:2 * H], a3[:, 2 * H:]
     c = f * c_prev + i * g
     o = 0.5 * jnp.tanh(0.5 * (z[:, 3 * H:] + peep[2] * c)) + 0.5
-    a = jnp.concatenate([a3, o], axis=-1) if keep_gates else None
-  h_new = o * jnp.tanh(c)
+  tc = jnp.tanh(c)
+  h_new = o * tc
+  # Factors at invalid steps are never used: the backward pass zeroes the gradient there.
+  factors = _backward_factors(i, f, g, o, c_prev, tc, peep) if save else None
   if v is not None:
     vv = v[:, None]
     h_new = jnp.where(vv, h_new, h)
     c = jnp.where(vv, c, c_prev)
-  return (h_new, c), ((a, h_new, c) if keep_gates else h_new)
+  return (h_new, c), ((factors, h_new, c) if save else h_new)
 
 
-def _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, keep_gates):
+def _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, save):
   sdt = c0.dtype
   T, B, _ = xs.shape
   H = c0.shape[-1]
@@ -133,60 +164,53 @@ def _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, keep_gates):
   consts = _gate_consts(H, sdt)
   if peep is not None:
     peep = peep.astype(sdt)
-  step = functools.partial(_step, w_h, b.astype(sdt), peep, consts, keep_gates=keep_gates)
-  if not keep_gates:
+  step = functools.partial(_step, w_h, b.astype(sdt), peep, consts, save=save)
+  if not save:
     return lax.scan(step, (h0, c0), (zx, valid), unroll=unroll)
 
-  # Training keeps the activated gates of step t, written over zx[t] in place: zx is read only there,
-  # and a fresh (T, B, 4H) output buffer would cost a pass over new memory.
+  # Training saves each step's backward factors, computed while its gates are at hand; P of step t
+  # is written over zx[t] in place (its only reader), since a fresh (T, B, 4H) buffer would cost a
+  # pass over new memory. The backward pass then reads only what its loop needs.
   def body(t, carry):
-    h, c, buf, hs, cs = carry
-    (h, c), (a, h_out, c_out) = step((h, c), (buf[t], None if valid is None else valid[t]))
+    h, c, P, Q, F, hs, cs = carry
+    (h, c), ((p, q, f), h_out, c_out) = step((h, c), (P[t], None if valid is None else valid[t]))
     put = functools.partial(lax.dynamic_update_index_in_dim, index=t, axis=0)
-    return h, c, put(buf, a), put(hs, h_out), put(cs, c_out)
+    cs = None if cs is None else put(cs, c_out)
+    # P's gate blocks go straight into their columns: four small in-place writes run faster on
+    # XLA's CPU backend than building the (B, 4H) row first (a concatenate, or a sum of pads).
+    zero = jnp.zeros((), t.dtype)
+    for k, block in enumerate(p):
+      P = lax.dynamic_update_slice(P, block[None], (t, zero, zero + k * H))
+    return h, c, P, put(Q, q), put(F, f), put(hs, h_out), cs
 
   zeros = jnp.zeros((T, B, H), sdt)
-  h, c, gates, hs, cs = lax.fori_loop(0, T, body, (h0, c0, zx, zeros, zeros), unroll=unroll)
-  return (h, c), (gates, hs, cs)
+  cs = None if peep is None else zeros  # the peephole gradient reads c
+  h, c, P, Q, F, hs, cs = lax.fori_loop(0, T, body, (h0, c0, zx, zeros, zeros, zeros, cs), unroll=unroll)
+  return (h, c), (P, Q, F, hs, cs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
 def _layer(w_x, b, w_h, peep, xs, valid, h0, c0, unroll):
   """``(hs (T, B, H), h_T, c_T)`` of the layer on time-major ``xs (T, B, I)``; ``hs`` is the carried ``h``."""
-  (h, c), hs = _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, keep_gates=False)
+  (h, c), hs = _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, save=False)
   return hs, h, c
 
 
 def _layer_fwd(w_x, b, w_h, peep, xs, valid, h0, c0, unroll):
-  (h, c), (gates, hs, cs) = _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, keep_gates=True)
-  return (hs, h, c), _Residuals(w_x, xs, w_h, peep, valid, h0, c0, gates, hs, cs)
+  (h, c), (P, Q, F, hs, cs) = _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, save=True)
+  return (hs, h, c), _Residuals(w_x, xs, w_h, peep, valid, h0, c0, P, Q, F, hs, cs)
 
 
 def _layer_bwd(unroll, res, cts):
   d_hs, d_hT, d_cT = cts  # (T, B, H), (B, H), (B, H)
-  w_x, xs, w_h, peep, valid, h0, c0, gates, hs, cs = res
+  w_x, xs, w_h, peep, valid, h0, c0, P, Q, F, hs, cs = res
   H = c0.shape[-1]
   T, B, _ = xs.shape
   sdt = c0.dtype
   cdt = w_h.dtype
   w_hT = w_h.T  # (4H, H), transposed once outside the loop
-  c_prevs = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, B, H)
-  pp = None if peep is None else peep.astype(sdt)
-  # Everything of the backward step that does not depend on the (dh, dc) recursion, for all T steps at
-  # once: big vectorized passes outside the loop, so that the loop body is two small fusions and a GEMM.
-  #   dz = P * [dc, dc, dc, dh]   (gate blocks i, f, g, o)
-  #   dc = dc_in + dh * Q         dc_prev = dc * F
-  i, f, g, o = (gates[..., k * H:(k + 1) * H] for k in range(4))
-  tc = jnp.tanh(cs)
-  d_i, d_f, d_o = i * (1 - i), f * (1 - f), o * (1 - o)
-  P = jnp.concatenate([g * d_i, c_prevs * d_f, i * (1 - g * g), tc * d_o], axis=-1)  # (T, B, 4H)
-  Q = o * (1 - tc * tc)
-  F = f
-  if pp is not None:
-    # Peepholes: dc also feeds the output gate through p_o, and c_prev the input and forget gates.
-    Q = Q + tc * d_o * pp[2]
-    F = F + g * d_i * pp[0] + c_prevs * d_f * pp[1]
 
+  # The loop carries only the (dh, dc) recursion: two small fusions and a GEMM per step.
   def body(k, carry):
     dh, dc, buf = carry
     t = T - 1 - k
@@ -218,6 +242,7 @@ def _layer_bwd(unroll, res, cts):
   db = jnp.sum(dz, axis=(0, 1)).astype(cdt)
   dpeep = None
   if peep is not None:
+    c_prevs = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, B, H)
     dpeep = jnp.stack([jnp.sum(dz[..., :H] * c_prevs, axis=(0, 1)), jnp.sum(dz[..., H:2 * H] * c_prevs, axis=(0, 1)),
                        jnp.sum(dz[..., 3 * H:] * cs, axis=(0, 1))]).astype(peep.dtype)
   return dw_x, db, dw_h, dpeep, dxs, None, dh0, dc0
