@@ -178,9 +178,8 @@ def _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, save):
     cs = None if cs is None else put(cs, c_out)
     # P's gate blocks go straight into their columns: four small in-place writes run faster on
     # XLA's CPU backend than building the (B, 4H) row first (a concatenate, or a sum of pads).
-    zero = jnp.zeros((), t.dtype)
     for k, block in enumerate(p):
-      P = lax.dynamic_update_slice(P, block[None], (t, zero, zero + k * H))
+      P = lax.dynamic_update_slice(P, block[None], (t, 0, k * H))
     return h, c, P, put(Q, q), put(F, f), put(hs, h_out), cs
 
   zeros = jnp.zeros((T, B, H), sdt)
