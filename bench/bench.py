@@ -49,6 +49,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import statistics
 import subprocess
@@ -146,8 +147,10 @@ def make_data(cfg: Config, seed: int = 0):
 def time_calls(call, steps: int, warmup: int) -> dict:
   """Times ``call()`` (which must block until its result is ready).
 
-  Returns the first call's time (compile + first step), and the times of
-  ``steps`` calls after ``warmup`` further untimed ones.
+  Returns the first call's time (compile + first step), the times of
+  ``steps`` calls after ``warmup`` further untimed ones, and the process's
+  minor page faults per timed call: each page of memory that a step touches
+  for the first time costs one, a large part of a CPU step (see README).
   """
   t0 = time.perf_counter()
   call()
@@ -155,11 +158,13 @@ def time_calls(call, steps: int, warmup: int) -> dict:
   for _ in range(warmup):
     call()
   times = []
+  faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(steps):
     t0 = time.perf_counter()
     call()
     times.append(time.perf_counter() - t0)
-  return {"first_s": first, "times_s": times}
+  faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / steps
+  return {"first_s": first, "times_s": times, "faults": faults}
 
 
 def count_leaves(tree) -> int:
@@ -518,7 +523,7 @@ def run_rounds(name: str, cfg: Config, modes: list, peers: list, args, log) -> d
   """
   rounds = args.rounds[name]
   steps_per_round = max(1, -(-args.steps[name] // rounds))
-  pooled = {p: {"status": "ok", "error": None, **{m: {"times_s": [], "first_s": [], "params": None} for m in modes}}
+  pooled = {p: {"status": "ok", "error": None, **{m: {"times_s": [], "first_s": [], "faults": [], "params": None} for m in modes}}
             for p in peers}
   pooled["ceiling"] = {"status": "ok", "error": None, "jax": [], "torch": []}
   for r in range(rounds):
@@ -546,6 +551,7 @@ def run_rounds(name: str, cfg: Config, modes: list, peers: list, args, log) -> d
         m = res[mode]
         entry[mode]["times_s"] += m["times_s"]
         entry[mode]["first_s"].append(m["first_s"])
+        entry[mode]["faults"].append(m["faults"])
         entry[mode]["params"] = m["params"]
         parts.append(f"{mode}: first {m['first_s']:.2f} s, median {1e3 * statistics.median(m['times_s']):.2f} ms")
       log(f"{tag} params {res[modes[0]]['params']:>9,d}; " + "; ".join(parts)
@@ -591,13 +597,13 @@ def job_table(name: str, cfg: Config, mode: str, pooled: dict, peers: list, roun
          else "") + ".",
       "",
       "| peer | params | first step (s) | median (ms) | IQR (ms) | min–max (ms) | n | GFLOP/s | % of ceiling "
-      f"| × {REFERENCE_PEER} time |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+      f"| page faults / step | × {REFERENCE_PEER} time |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for peer in peers:
     if pooled[peer]["status"] != "ok":
       word = "skipped" if pooled[peer]["status"] == "missing" else "FAILED"
-      lines.append(f"| {peer} | {word}: {pooled[peer]['error']} | | | | | | | | |")
+      lines.append(f"| {peer} | {word}: {pooled[peer]['error']} | | | | | | | | | |")
       continue
     e = pooled[peer][mode]
     q1, med, q3 = quartiles(e["times_s"])
@@ -606,9 +612,10 @@ def job_table(name: str, cfg: Config, mode: str, pooled: dict, peers: list, roun
     params = f"{e['params']:,d}" + (" ✓" if diff == 0 else f" ({diff:+,d})")
     firsts = "/".join(f"{f:.2f}" for f in e["first_s"])
     ratio = f"{med / ref_median:.2f}" if ref_median else "—"
+    faults = f"{statistics.median(e['faults']):,.0f}" if e.get("faults") else "—"  # runs saved before the column
     lines.append(f"| {peer} | {params} | {firsts} | {fmt_ms(med)} | {fmt_ms(q1)}–{fmt_ms(q3)} | "
                  f"{fmt_ms(min(e['times_s']))}–{fmt_ms(max(e['times_s']))} | {len(e['times_s'])} | "
-                 f"{gflops:.1f} | {100 * gflops / ceiling:.1f}% | {ratio} |")
+                 f"{gflops:.1f} | {100 * gflops / ceiling:.1f}% | {faults} | {ratio} |")
   return lines + [""]
 
 
@@ -695,7 +702,9 @@ def report(run: dict) -> str:
            "**first step** is each round's first call: tracing and XLA compilation for the JAX peers. "
            "GFLOP/s counts the LSTM work (gate GEMMs `2·B·T·(I+H)·4H` per layer plus elementwise; "
            "training = 3× forward), and **% of ceiling** compares it with the jitted JAX matmul measured "
-           f"in the same rounds. **× {REFERENCE_PEER} time** is a peer's median over jaxlstm-fused's: "
+           "in the same rounds. **page faults / step** is the worker process's minor page faults per timed "
+           "step (median over rounds): memory touched for the first time in that step. "
+           f"**× {REFERENCE_PEER} time** is a peer's median over jaxlstm-fused's: "
            "above 1 means jaxlstm-fused is faster. `params` ✓ means the peer's parameter count equals the "
            "shared model's; PyTorch's LSTM has two bias vectors (`b_ih`, `b_hh`) where the others have one, "
            "hence its +4H per layer.",
