@@ -8,6 +8,7 @@ resumed from a checkpoint continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from typing import Any, Callable, NamedTuple
@@ -174,6 +175,111 @@ def _progress(total: int, initial: int, enabled: bool | None):
   return tqdm(total=total, initial=initial, dynamic_ncols=True, leave=True)
 
 
+class _Meter:
+  """Training metrics summed over the steps since the last record, and how long those steps took."""
+
+  def __init__(self):
+    self.reset()
+
+  def reset(self) -> None:
+    self.sums: dict[str, float] = {}
+    self.count = 0
+    self.since = time.perf_counter()
+
+  def add(self, metrics: dict) -> None:
+    for name, value in metrics.items():
+      self.sums[name] = self.sums.get(name, 0.0) + float(value)
+    self.count += 1
+
+  def means(self) -> dict[str, float]:
+    return {name: total / self.count for name, total in self.sums.items()}
+
+  def summary(self, batch_size: int, n_dev: int) -> dict[str, float]:
+    """The means and the throughput since the last :meth:`reset`."""
+    steps_per_s = self.count / max(time.perf_counter() - self.since, 1e-9)
+    return {**self.means(), "steps_per_s": steps_per_s,
+            "examples_per_s_per_device": steps_per_s * batch_size / n_dev}
+
+
+class _Best:
+  """The best ``monitor`` value so far, the params that reached it, and the evaluations since.
+
+  Only a strict improvement counts, so of equal values the first stays the best, as in
+  :meth:`History.best`; records without ``monitor`` are ignored.
+  """
+
+  def __init__(self, monitor: str, mode: str, patience: int | None, keep_params: bool):
+    self.monitor, self.mode, self.patience, self.keep_params = monitor, mode, patience, keep_params
+    self.value = None
+    self.params = None  # kept only with keep_params, as holding them keeps a second set of params alive
+    self.waited = 0
+
+  def update(self, record: dict, params: Any) -> bool:
+    """Takes an evaluation record and the params it evaluated; returns whether to stop early."""
+    if self.monitor not in record:
+      return False
+    value = record[self.monitor]
+    if self.value is None or (value < self.value if self.mode == "min" else value > self.value):
+      self.value, self.waited = value, 0
+      if self.keep_params:
+        self.params = params
+      return False
+    self.waited += 1
+    return self.patience is not None and self.waited >= self.patience
+
+
+def _open_checkpoints(directory: str | None, save_every: int, keep: int, resume: bool, state: TrainState):
+  """The run's ``Checkpointer`` (``None`` without ``directory``) and its state, restored when resuming."""
+  if directory is None:
+    if resume:
+      raise ValueError("resume=True needs checkpoint_dir")
+    return None, state
+  from jaxlstm.checkpoint import Checkpointer  # orbax loads only when checkpointing
+  ckpt = Checkpointer(directory, save_every=save_every, keep=keep)
+  if resume and ckpt.latest_step() is not None:
+    # Checkpoints hold host arrays, so a run may resume on another device count.
+    state = ckpt.restore(state)
+  return ckpt, state
+
+
+def _this_process(tree: Any) -> Any:
+  """``tree`` with every array that spans several processes narrowed to this process's replica.
+
+  ``Checkpointer.save`` copies the arrays to the host itself, and only on the
+  steps it saves; this narrowing is the part of :func:`distributed.to_host`
+  that it lacks, and it copies nothing, so it can run on every step.
+  """
+  if jax.process_count() == 1:  # then every array is fully addressable
+    return tree
+
+  def local(a):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+      return a.addressable_data(0)
+    return a
+  return jax.tree_util.tree_map(local, tree)
+
+
+def _train_batch(data: Any, n: int, batch_size: int, step: int, seed: int, mesh) -> Any:
+  batch = take(data, batch_indices(n, batch_size, step, seed))
+  return batch if mesh is None else distributed.shard_batch(batch, mesh)
+
+
+def _show_progress(bar, meter: _Meter, done: int, total: int) -> None:
+  bar.update(1)
+  if done % 10 == 0 or done == total:
+    bar.set_postfix({k: f"{v:.4g}" for k, v in meter.means().items() if k != "grad_norm"}, refresh=False)
+
+
+def _validate(eval_fn: LossFn, data: Any, params: Any, *, batch_size: int, mesh, cache: dict) -> dict[str, float]:
+  """The ``val_``-prefixed evaluation record of ``params`` on ``data``; empty without ``data``."""
+  if data is None:
+    return {}
+  if mesh is not None:
+    params = distributed.to_host(params)
+  val = evaluate(eval_fn, params, data, batch_size=batch_size, _jitted=cache)
+  return {f"val_{k}": v for k, v in val.items()}
+
+
 def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.GradientTransformation | None = None,
         batch_size: int = 32, epochs: int | None = None, steps: int | None = None, validation_data: Any = None,
         eval_fn: LossFn | None = None, eval_every: int | None = None, eval_batch_size: int = 256,
@@ -204,7 +310,8 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
       ``monitor`` (Keras' ``patience``).
     monitor: the record key that early stopping watches, e.g. ``"val_loss"``.
     mode: ``"min"`` or ``"max"`` for ``monitor``.
-    restore_best: return the params of the best evaluation instead of the last.
+    restore_best: return the params of the best evaluation, the record
+      ``history.best(monitor, mode)``, instead of the last.
     checkpoint_dir: save the train state there every ``save_every`` steps
       (default: at each evaluation) and at the end, keeping the last ``keep``.
     keep: checkpoints to keep.
@@ -242,79 +349,45 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
   if mesh is not None:
     distributed.check_divisible(batch_size, mesh)
   train_step = make_train_step(loss_fn, optimizer, mesh=mesh)
-  eval_cache: dict = {}
+  validate = functools.partial(_validate, eval_fn or loss_fn, validation_data, batch_size=eval_batch_size,
+                               mesh=mesh, cache={})
   state = init_train_state(params, optimizer, seed)
-  ckpt = None
-  if checkpoint_dir is not None:
-    from jaxlstm.checkpoint import Checkpointer  # orbax loads only when checkpointing
-    ckpt = Checkpointer(checkpoint_dir, save_every=save_every or eval_every, keep=keep)
-    if resume and ckpt.latest_step() is not None:
-      # Checkpoints hold host arrays, so a run may resume on another device count.
-      state = ckpt.restore(state)
-  elif resume:
-    raise ValueError("resume=True needs checkpoint_dir")
+  ckpt, state = _open_checkpoints(checkpoint_dir, save_every or eval_every, keep, resume, state)
   if mesh is not None:
     state = distributed.replicate(state, mesh)
   n_dev = 1 if mesh is None else mesh.devices.size
 
   history = History()
-  best, best_params, waited = None, None, 0
-  sums: dict[str, float] = {}
-  count = 0
-  t_last = time.perf_counter()
+  best = _Best(monitor, mode, early_stopping, keep_params=restore_best)
+  meter = _Meter()
   start = int(state.step)
   bar = _progress(total, start, progress)
   try:
     for step in range(start, total):
-      batch = take(train_data, batch_indices(n, batch_size, step, seed))
-      if mesh is not None:
-        batch = distributed.shard_batch(batch, mesh)
-      state, metrics = train_step(state, batch)
-      for name, value in metrics.items():
-        sums[name] = sums.get(name, 0.0) + float(value)
-      count += 1
       done = step + 1
-      bar.update(1)
-      if done % 10 == 0 or done == total:
-        bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items() if k != "grad_norm"}, refresh=False)
-      if ckpt is not None and done % ckpt.save_every == 0:
-        ckpt.save(done, distributed.to_host(state))
+      state, metrics = train_step(state, _train_batch(train_data, n, batch_size, step, seed, mesh))
+      meter.add(metrics)
+      _show_progress(bar, meter, done, total)
+      if ckpt is not None:
+        ckpt.maybe_save(done, _this_process(state))
       if done % eval_every and done != total:
         continue
-      now = time.perf_counter()
-      steps_per_s = count / max(now - t_last, 1e-9)
-      record = {"step": done, "epoch": done / per_epoch, **{k: v / count for k, v in sums.items()},
-                "steps_per_s": steps_per_s, "examples_per_s_per_device": steps_per_s * batch_size / n_dev,
-                **distributed.device_memory()}
-      if validation_data is not None:
-        eval_params = state.params if mesh is None else distributed.to_host(state.params)
-        val = evaluate(eval_fn or loss_fn, eval_params, validation_data, batch_size=eval_batch_size,
-                       _jitted=eval_cache)
-        record.update({f"val_{k}": v for k, v in val.items()})
+      record = {"step": done, "epoch": done / per_epoch, **meter.summary(batch_size, n_dev),
+                **distributed.device_memory(), **validate(state.params)}
       history.append(record)
       for cb in callbacks or ():
         cb(record)
-      sums, count, t_last = {}, 0, time.perf_counter()
-      if monitor in record:
-        value = record[monitor]
-        better = best is None or (value < best if mode == "min" else value > best)
-        if better:
-          best, waited = value, 0
-          if restore_best:
-            best_params = state.params
-        else:
-          waited += 1
-          if early_stopping is not None and waited >= early_stopping:
-            bar.write(f"early stopping at step {done}: {monitor} has not improved for {waited} evaluations")
-            break
+      meter.reset()  # after the evaluation and the callbacks, so that their time is not counted as training
+      if best.update(record, state.params):
+        bar.write(f"early stopping at step {done}: {monitor} has not improved for {best.waited} evaluations")
+        break
   finally:
     bar.close()
   if ckpt is not None:
     if ckpt.latest_step() != int(state.step):
       ckpt.save(int(state.step), distributed.to_host(state))
     ckpt.close()
-  params = best_params if (restore_best and best_params is not None) else state.params
+  params = best.params if best.params is not None else state.params
   if mesh is not None:
     params = distributed.to_host(params)
   return params, history
-
