@@ -23,7 +23,6 @@ import numpy as np
 import optax
 
 import jaxlstm
-from jaxlstm import fused
 
 # name: (B, T, input size, H, layers, outputs)
 CONFIGS = {"S": (32, 100, 10, 128, 3, 10), "M": (64, 256, 64, 256, 2, 10), "L": (128, 512, 128, 512, 1, 10)}
@@ -90,7 +89,7 @@ def remat_run(T, B, I, H, remat, steps):
   @jax.jit
   def grad(params):
     def loss(params):
-      _, hs = fused.lstm_fused(params, xs, state, remat=remat)
+      _, hs = jaxlstm.lstm(params, xs, state, impl="fused", remat=remat)
       return jnp.mean(jnp.square(hs))
     return jax.grad(loss)(params)
 

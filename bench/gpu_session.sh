@@ -13,7 +13,7 @@ PY=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $PY -c "import jax, torch, flax, optax; print('jax', jax.__version__, jax.devices(), '| torch', torch.__version__, \
 torch.cuda.is_available(), '| flax', flax.__version__, '| optax', optax.__version__)"
-$PY -c "import jaxlstm; from jaxlstm import cudnn; print('jaxlstm imports; cudnn.available():', cudnn.available())"
+$PY -c "import jaxlstm; from jaxlstm.kernels import cudnn; print('jaxlstm imports; cudnn.available():', cudnn.available())"
 timeout "${TEST_TIMEOUT:-150}" $PY -m pytest -q -n 4 -p no:cacheprovider tests/test_cudnn.py tests/test_fused.py \
   2>&1 | tee "$OUT/pytest_gpu.log" | tail -n 15
 timeout "${BENCH_TIMEOUT:-300}" $PY bench/bench.py --device gpu ${PEERS:+--peers "$PEERS"} \

@@ -261,7 +261,7 @@ def build_torch(cfg: Config, mode: str, device: str = "cpu"):
 
 def cudnn_available() -> bool:
   """Whether the cuDNN peers can run here: a CUDA backend with jaxlib's GPU RNN kernels."""
-  from jaxlstm import cudnn
+  from jaxlstm.kernels import cudnn
   return cudnn.available()
 
 

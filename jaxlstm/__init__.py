@@ -3,9 +3,11 @@
 Gate layouts: LSTM ``i, f, g, o``; GRU ``r, z, n``. Weights are ``(in, out)``.
 """
 
+from jaxlstm.cells import Cell, cell_names, get_cell, register_cell, static_fields
 from jaxlstm.cells.gru import GRUParams, GRUState, gru_init, gru_step, gru_zero_state
 from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
-from jaxlstm.layers import gru, lstm, rnn, zero_state
+from jaxlstm.kernels import Kernel, KernelChoice, LayerCall, kernel_names, register_kernel
+from jaxlstm.layers import explain, gru, layer, lstm, rnn, zero_state
 from jaxlstm.cells.lstm import LayerNormParams, LSTMParams, LSTMState, lstm_init, lstm_step, lstm_zero_state
 from jaxlstm.cells.rnn import RNNParams, RNNState, rnn_init, rnn_step, rnn_zero_state
 from jaxlstm.scan import scan
@@ -17,6 +19,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Bidirectional",
+    "Cell",
+    "Kernel",
+    "KernelChoice",
+    "LayerCall",
+    "cell_names",
+    "explain",
+    "get_cell",
+    "kernel_names",
+    "layer",
+    "register_cell",
+    "register_kernel",
+    "static_fields",
     "TrainState",
     "GRUParams",
     "GRUState",

@@ -160,9 +160,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_run_flags(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
-  from jaxlstm.models import CELLS
+  from jaxlstm.models import cell_presets
   p.add_argument("--task", default="adding", help="keras-example, adding, copy, digits, sunspots, text, ...")
-  p.add_argument("--cell", default="lstm", choices=sorted(CELLS) + ["rnn-relu"])
+  p.add_argument("--cell", default="lstm", choices=sorted(cell_presets()))
   if not sweep:
     p.add_argument("--hidden", type=_positive_int, default=128, help="hidden units per layer")
   p.add_argument("--layers", type=_positive_int, default=1)

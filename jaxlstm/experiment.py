@@ -86,7 +86,7 @@ def make_loss(task, cfg: RunConfig, *, train: bool):
   def loss_fn(params: SequenceModel, batch: dict, key):
     out = model_apply(params, batch["xs"], per_step=per_step, lengths=batch.get("lengths"),
                       mask=batch.get("mask"), dropout=cfg.dropout if train else 0.0, key=key,
-                      compute_dtype=DTYPES[cfg.dtype], activation=cfg.activation, vocab_size=vocab)
+                      compute_dtype=DTYPES[cfg.dtype], vocab_size=vocab)
     return task_loss(task.kind, out, batch)
 
   return loss_fn
@@ -95,7 +95,7 @@ def make_loss(task, cfg: RunConfig, *, train: bool):
 def init_model(task, cfg: RunConfig) -> SequenceModel:
   return model_init(jax.random.key(cfg.seed), task.input_size, task.num_outputs, hidden=cfg.hidden,
                     layers=cfg.layers, cell=cfg.cell, bidirectional=cfg.bidirectional,
-                    forget_bias=cfg.forget_bias)
+                    forget_bias=cfg.forget_bias, activation=cfg.activation if cfg.cell == "rnn" else None)
 
 
 def make_run_optimizer(cfg: RunConfig):
@@ -198,4 +198,4 @@ def sample_run(out: str, prompt: str = "", *, length: int = 200, temperature: fl
   if task.kind != "lm":
     raise ValueError(f"sample needs a language-model task such as 'text'; the run in {out} is {cfg.task!r}")
   return sample_text(params, task.info["vocab"], prompt, length=length, temperature=temperature, seed=seed,
-                     compute_dtype=DTYPES[cfg.dtype], activation=cfg.activation)
+                     compute_dtype=DTYPES[cfg.dtype])

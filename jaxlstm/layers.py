@@ -1,97 +1,118 @@
-"""One recurrent layer over a sequence: ``lstm``, ``gru`` and ``rnn``.
+"""One recurrent layer over a sequence: :func:`layer` for any registered cell, and ``lstm``, ``gru``, ``rnn``.
 
-Each checks its arguments against the params, then unrolls its cell with
-:func:`jaxlstm.scan`. Outputs come back in the dtype of ``xs``.
+Each call is checked once here, at the entry point; then the kernel registry
+picks the kernel (``impl="auto"``: the fastest that can run the call), and
+the layer shell (:mod:`jaxlstm.shell`) runs it. :func:`explain` says which
+kernel a call runs on and why the others do not.
 """
 
 from __future__ import annotations
 
-import functools
+import logging
 from typing import Any
 
 import jax
 
-from jaxlstm import _checks, cudnn, fused
-from jaxlstm.cells.gru import GRUParams, gru_step, gru_zero_state
-from jaxlstm.cells.lstm import LSTMParams, lstm_step, lstm_zero_state
-from jaxlstm.cells.rnn import RNNParams, check_activation, rnn_step, rnn_zero_state
-from jaxlstm.scan import _scan
+from jaxlstm import _checks, kernels, shell
+from jaxlstm.cells.gru import GRUParams
+from jaxlstm.cells.lstm import LSTMParams
+from jaxlstm.cells.registry import cell_of
+from jaxlstm.cells.rnn import RNNParams, check_call_activation
 
-_ZERO_STATE = {LSTMParams: lstm_zero_state, GRUParams: gru_zero_state, RNNParams: rnn_zero_state}
-_NAMES = {LSTMParams: "lstm", GRUParams: "gru", RNNParams: "rnn"}
-
-
-def zero_state(params: LSTMParams | GRUParams | RNNParams, batch_shape: tuple[int, ...] = (),
-               dtype=None) -> Any:
-  """The all-zero initial state of any cell, with leaves ``(*batch_shape, F)``."""
-  try:
-    fn = _ZERO_STATE[type(params)]
-  except KeyError:
-    raise TypeError(f"params must be LSTMParams, GRUParams or RNNParams; got {type(params).__name__}") from None
-  return fn(params, batch_shape, dtype)
+logger = logging.getLogger("jaxlstm")
 
 
-def _check_params(name: str, params: Any, cls: type) -> None:
-  if not isinstance(params, cls):
+def zero_state(params: Any, batch_shape: tuple[int, ...] = (), dtype=None) -> Any:
+  """The all-zero initial state of any registered cell, with leaves ``(*batch_shape, F)``.
+
+  Example:
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, proj_size=2)
+    >>> state = jaxlstm.zero_state(params, (4,))
+    >>> state.h.shape, state.c.shape
+    ((4, 2), (4, 5))
+  """
+  return cell_of(params).zero_state(params, tuple(batch_shape), dtype)
+
+
+def check_params(name: str, params: Any, cls: type | None = None) -> None:
+  """Checks one layer's params: a registered cell (``cls`` if given) whose arrays share one float dtype."""
+  if cls is not None and not isinstance(params, cls):
     raise TypeError(f"{name} must be {cls.__name__}; got {type(params).__name__}")
-  _checks.check_float(f"{name}.w_x", params.w_x)
-  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-    if leaf.dtype != params.w_x.dtype:
-      raise TypeError(f"{name}{jax.tree_util.keystr(path)} has dtype {leaf.dtype} but {name}.w_x has "
-                      f"{params.w_x.dtype}; all params must share one dtype")
+  cell_of(params, name)
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  if not leaves:
+    raise ValueError(f"{name} holds no arrays")
+  path0, first = leaves[0]
+  _checks.check_float(f"{name}{jax.tree_util.keystr(path0)}", first)
+  for path, leaf in leaves:
+    if leaf.dtype != first.dtype:
+      raise TypeError(f"{name}{jax.tree_util.keystr(path)} has dtype {leaf.dtype} but "
+                      f"{name}{jax.tree_util.keystr(path0)} has {first.dtype}; all params must share one dtype")
 
 
-def prepare(params: Any, xs: Any, state: Any, lengths: Any, mask: Any, resets: Any, *,
-            time_major: bool, state_name: str = "state", xs_name: str = "xs"):
-  """Checks a layer call against already-checked params and fills in the default state."""
+def check_options(*, impl: Any, remat: Any) -> None:
+  """Checks the kernel options of a call: ``impl`` and ``remat``."""
+  kernels.check_impl(impl)
+  if remat is not None and (isinstance(remat, bool) or not isinstance(remat, int) or remat < 1):
+    raise ValueError(f"remat must be a positive int or None; got {remat!r}")
+
+
+def check_sequence(params: Any, xs: Any, lengths: Any, mask: Any, resets: Any, *, time_major: bool,
+                   xs_name: str = "xs"):
+  """Checks ``xs`` and the missing-data arrays against a layer's params; returns them as arrays."""
   xs = _checks.as_array(xs_name, xs)
   T, batch_shape = _checks.check_sequence(xs_name, xs, params.input_size, time_major=time_major)
   _checks.check_dtype_match(xs_name, xs, params.dtype)
+  lengths, mask, resets = _checks.check_missing_data(lengths, mask, resets, T, batch_shape, time_major=time_major)
+  return xs, lengths, mask, resets
+
+
+def check_state(name: str, params: Any, state: Any, batch_shape: tuple[int, ...]) -> Any:
+  """The initial state: zeros when ``state`` is ``None``, else ``state`` once checked against the params."""
   expected = zero_state(params, batch_shape)
   if state is None:
-    state = expected
-  else:
-    _checks.check_state(state_name, state, expected)
-  lengths, mask, resets = _checks.check_missing_data(lengths, mask, resets, T, batch_shape, time_major=time_major)
-  return xs, state, lengths, mask, resets
+    return expected
+  _checks.check_state(name, state, expected)
+  return state
 
 
-IMPLS = ("fused", "reference", "cudnn")
+def batch_shape_of(xs: jax.Array, *, time_major: bool) -> tuple[int, ...]:
+  return tuple(xs.shape[1:-1]) if time_major else tuple(xs.shape[:-2])
 
 
-def _layer(params, xs, state, *, lengths, mask, resets, reverse, time_major, unroll, activation="tanh",
-           impl="fused", remat=None, state_name="state"):
-  """Checks one layer call, then runs it on the fused path if it applies, else on the reference scan."""
-  if impl not in IMPLS:
-    raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
-  if remat is not None:
-    if isinstance(remat, bool) or not isinstance(remat, int) or remat < 1:
-      raise ValueError(f"remat must be a positive int or None; got {remat!r}")
-    if impl != "fused" or not fused.supports(params, resets=resets, remat=remat):
-      raise ValueError(f"remat needs impl='fused' and a plain or peephole LSTM without resets, layer_norm or "
-                       f"proj_size; got impl={impl!r}, {type(params).__name__}, resets "
-                       f"{'given' if resets is not None else 'None'}")
-  step = cell_step(params, activation=activation)
-  if impl == "cudnn":
-    why = cudnn.unsupported(params, mask=mask, resets=resets, remat=remat, reverse=reverse, time_major=time_major)
-    if why is not None:
-      raise ValueError(f"impl='cudnn' cannot run this layer: {why}")
-  xs, state, lengths, mask, resets = prepare(params, xs, state, lengths, mask, resets, time_major=time_major,
-                                             state_name=state_name)
-  if impl == "cudnn":
-    final, hs = cudnn.lstm_cudnn(params, xs, state, lengths=lengths, reverse=reverse, time_major=time_major)
-  elif impl == "fused" and fused.supports(params, resets=resets):
-    final, hs = fused.lstm_fused(params, xs, state, lengths=lengths, mask=mask, reverse=reverse,
-                                 time_major=time_major, unroll=unroll, remat=remat)
-  else:
-    final, hs = _scan(step, params, xs, state, lengths, mask, resets, reverse, time_major,
-                      1 if unroll is None else unroll)
+def layer_call(params: Any, *, lengths, mask, resets, reverse, time_major, remat) -> kernels.LayerCall:
+  """The static description of a call that the kernels' ``why_not`` read."""
+  return kernels.LayerCall(cell=cell_of(params), params=params, lengths=lengths is not None,
+                           mask=mask is not None, resets=resets is not None, reverse=bool(reverse),
+                           time_major=bool(time_major), remat=remat)
+
+
+def run_checked(params: Any, xs: jax.Array, state: Any, *, lengths, mask, resets, reverse: bool,
+                time_major: bool, unroll, impl: str, remat, name: str = "params"):
+  """Runs one layer whose arguments are already checked: picks the kernel, runs the shell, casts ``hs``."""
+  call = layer_call(params, lengths=lengths, mask=mask, resets=resets, reverse=reverse, time_major=time_major,
+                    remat=remat)
+  kernel = kernels.select(call, impl)
+  logger.debug("%s: %s layer runs on the %r kernel (impl=%r)", name, call.cell.name, kernel.name, impl)
+  final, hs = shell.run(kernel.run, params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
+                        time_major=time_major, unroll=unroll, remat=remat)
   return final, hs.astype(xs.dtype)
 
 
-_SEQ_DOC = """
+def layer(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None, reverse: bool = False,
+          time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto",
+          remat: int | None = None):
+  """Runs one recurrent layer of any registered cell over a sequence.
+
+  ``impl="auto"`` (the default) runs the call on the fastest kernel that can
+  run it: the fused kernel for plain and peephole LSTMs, the reference scan
+  for everything else. ``impl="fused"``, ``"cudnn"`` or ``"reference"``
+  asks for one kernel, and raises with the reason if that kernel cannot run
+  the call; nothing falls back silently. :func:`jaxlstm.explain` tells
+  which kernel a call runs on.
+
   Args:
-    params: the layer's params.
+    params: one layer's params, of any registered cell.
     xs: inputs ``(*batch, T, I)``, or ``(T, *batch, I)`` if ``time_major``,
       in the params' dtype. ``batch`` may be empty or have several axes.
     state: initial state; zeros when ``None``.
@@ -105,73 +126,141 @@ _SEQ_DOC = """
     reverse: process from the end; outputs keep the original order, and with
       ``lengths`` each row is reversed within its own length.
     time_major: whether time is the leading axis.
-    unroll: ``lax.scan`` unroll factor; ``None`` lets the path choose: 8 on
-      the fused path on a GPU, else 1.
+    unroll: the loops' unroll factor; ``None`` lets the kernel choose (8 on
+      the fused kernel on a GPU, else 1).
+    impl: ``"auto"`` or a kernel's name (see :func:`jaxlstm.kernel_names`).
+    remat: checkpoint every ``remat`` steps (fused kernel), so that training
+      memory grows with ``T / remat`` chunk states instead of every step's
+      gates: for very long sequences.
 
   Returns:
-    ``(final_state, hs)``; ``hs`` is ``(*batch, T, {out})`` (time-major:
-    ``(T, *batch, {out})``) in the dtype of ``xs``. ``T = 0`` returns the initial
-    state and an empty ``hs``.
+    ``(final_state, hs)``; ``hs`` is ``(*batch, T, F)`` (time-major
+    ``(T, *batch, F)``) in the dtype of ``xs``, ``F`` the cell's output size.
+    ``T = 0`` returns the initial state and an empty ``hs``.
 
   Raises:
     ValueError, TypeError: with the argument's name, when a shape or dtype does
-    not match the params. See :func:`jaxlstm.scan` for the exact semantics of
-    ``lengths``, ``mask`` and ``resets``.
-"""
+      not match the params, or when ``impl`` cannot run the call. See
+      :func:`jaxlstm.scan` for the exact semantics of ``lengths``, ``mask``
+      and ``resets``.
+
+  Example:
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> state, hs = jaxlstm.layer(params, jnp.ones((2, 7, 3)), lengths=jnp.array([7, 4]))
+    >>> hs.shape, state.h.shape, bool((hs[1, 4:] == 0).all())
+    ((2, 7, 5), (2, 5), True)
+  """
+  check_params("params", params)
+  check_options(impl=impl, remat=remat)
+  xs, lengths, mask, resets = check_sequence(params, xs, lengths, mask, resets, time_major=time_major)
+  state = check_state("state", params, state, batch_shape_of(xs, time_major=time_major))
+  return run_checked(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
+                     time_major=time_major, unroll=unroll, impl=impl, remat=remat)
 
 
 def lstm(params: LSTMParams, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None,
-         reverse: bool = False, time_major: bool = False, unroll: int | bool | None = None, impl: str = "fused",
+         reverse: bool = False, time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto",
          remat: int | None = None):
-  """Runs one LSTM layer (:func:`jaxlstm.lstm_step`) over a sequence.
+  """Runs one LSTM layer (:func:`jaxlstm.lstm_step`) over a sequence: :func:`jaxlstm.layer` for LSTMs.
 
-  ``impl="fused"`` (the default) uses the fast path of :mod:`jaxlstm.fused`
-  where it applies (plain and peephole LSTMs without ``resets``) and the
-  reference scan elsewhere; ``impl="reference"`` always unrolls
-  :func:`jaxlstm.lstm_step` with :func:`jaxlstm.scan`; ``impl="cudnn"`` runs
-  a plain float32 LSTM as one cuDNN call on a CUDA GPU (see
-  :mod:`jaxlstm.cudnn`; ``lengths`` but no ``mask``, ``resets``, ``reverse``
-  or ``time_major``). ``remat=k`` (fused
-  path only) checkpoints every ``k`` steps, so that training memory grows
-  with ``T / k`` chunk states instead of every step's gates: for very long
-  sequences.
+  The default ``impl="auto"`` runs plain and peephole LSTMs on the fused
+  kernel (:mod:`jaxlstm.kernels.fused`) and layer-norm, projection and
+  ``resets`` calls on the reference scan. ``impl="cudnn"`` runs a plain
+  float32 LSTM as one cuDNN call on a CUDA GPU (``lengths`` but no ``mask``,
+  ``resets``, ``reverse`` or ``time_major``). Arguments and returns as
+  :func:`jaxlstm.layer`; ``hs`` is ``(*batch, T, P)``.
+
+  Example:
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> state, hs = jaxlstm.lstm(params, jnp.ones((2, 7, 3)))
+    >>> hs.shape, state.c.shape
+    ((2, 7, 5), (2, 5))
   """
-  _check_params("params", params, LSTMParams)
-  return _layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-                time_major=time_major, unroll=unroll, impl=impl, remat=remat)
+  check_params("params", params, LSTMParams)
+  return layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
+               time_major=time_major, unroll=unroll, impl=impl, remat=remat)
 
 
 def gru(params: GRUParams, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None,
-        reverse: bool = False, time_major: bool = False, unroll: int | bool | None = None):
-  """Runs one GRU layer (:func:`jaxlstm.gru_step`) over a sequence."""
-  _check_params("params", params, GRUParams)
-  return _layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-                time_major=time_major, unroll=unroll, impl="reference")
+        reverse: bool = False, time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto"):
+  """Runs one GRU layer (:func:`jaxlstm.gru_step`) over a sequence: :func:`jaxlstm.layer` for GRUs.
 
+  Arguments and returns as :func:`jaxlstm.layer`; ``hs`` is ``(*batch, T, H)``.
 
-def rnn(params: RNNParams, xs: jax.Array, state=None, *, activation: str = "tanh", lengths=None, mask=None,
-        resets=None, reverse: bool = False, time_major: bool = False, unroll: int | bool | None = None):
-  """Runs one Elman RNN layer (:func:`jaxlstm.rnn_step`) over a sequence.
-
-  ``activation`` is ``"tanh"`` or ``"relu"``.
+  Example:
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> jaxlstm.gru(params, jnp.ones((2, 7, 3)))[1].shape
+    (2, 7, 5)
   """
-  _check_params("params", params, RNNParams)
-  return _layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-                time_major=time_major, unroll=unroll, activation=activation, impl="reference")
+  check_params("params", params, GRUParams)
+  return layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
+               time_major=time_major, unroll=unroll, impl=impl)
 
 
-lstm.__doc__ += _SEQ_DOC.format(out="P")
-gru.__doc__ += _SEQ_DOC.format(out="H")
-rnn.__doc__ += _SEQ_DOC.format(out="H")
+def rnn(params: RNNParams, xs: jax.Array, state=None, *, activation: str | None = None, lengths=None, mask=None,
+        resets=None, reverse: bool = False, time_major: bool = False, unroll: int | bool | None = None,
+        impl: str = "auto"):
+  """Runs one Elman RNN layer (:func:`jaxlstm.rnn_step`) over a sequence: :func:`jaxlstm.layer` for RNNs.
+
+  The activation is ``params.activation`` (set by :func:`jaxlstm.rnn_init` or
+  a converter); ``activation`` may restate it, and a different value raises.
+  Other arguments and returns as :func:`jaxlstm.layer`.
+
+  Example:
+    >>> params = jaxlstm.rnn_init(jax.random.key(0), 3, 5, activation="relu")
+    >>> state, hs = jaxlstm.rnn(params, jnp.ones((2, 7, 3)))
+    >>> hs.shape, bool((hs >= 0).all())
+    ((2, 7, 5), True)
+  """
+  check_params("params", params, RNNParams)
+  check_call_activation(params, activation)
+  return layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
+               time_major=time_major, unroll=unroll, impl=impl)
 
 
-def cell_step(params: Any, *, activation: str = "tanh"):
-  """The step function for a params type."""
-  if isinstance(params, LSTMParams):
-    return lstm_step
-  if isinstance(params, GRUParams):
-    return gru_step
-  if isinstance(params, RNNParams):
-    check_activation(activation)
-    return functools.partial(rnn_step, activation=activation)
-  raise TypeError(f"params must be LSTMParams, GRUParams or RNNParams; got {type(params).__name__}")
+def explain(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None, reverse: bool = False,
+            time_major: bool = False, impl: str = "auto", remat: int | None = None, unroll=None):
+  """Which kernel a call of :func:`jaxlstm.layer` (or :func:`jaxlstm.stack`) would run on, and why.
+
+  Takes the same arguments as the call (``state`` and ``unroll`` are
+  accepted and ignored) and runs nothing.
+
+  Args:
+    params: one layer's params, or a stack's tuple from :func:`jaxlstm.stack_init`.
+    xs, lengths, mask, resets, reverse, time_major, impl, remat: as the call.
+
+  Returns:
+    A :class:`jaxlstm.KernelChoice` (``.kernel``, ``.reasons``; ``print`` it
+    for a summary), or for a stack a tuple with one per layer and direction.
+
+  Raises:
+    ValueError: as the call would, for example when ``impl`` cannot run it.
+
+  Example:
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, layer_norm=True)
+    >>> choice = jaxlstm.explain(params, jnp.ones((2, 7, 3)))
+    >>> choice.kernel
+    'reference'
+    >>> choice.reasons["fused"]
+    "it runs plain and peephole LSTMs only, not layer_norm or proj_size; use impl='reference'"
+  """
+  del state, unroll
+  from jaxlstm.stack import Bidirectional, check_stack  # stack builds on this module
+
+  check_options(impl=impl, remat=remat)
+  if isinstance(params, (tuple, list)) and not hasattr(params, "_fields"):
+    check_stack(params, None)
+    layers = []
+    for i, lay in enumerate(params):
+      dirs = [(f"params[{i}].forward", lay.forward, reverse), (f"params[{i}].backward", lay.backward, True)] if (
+          isinstance(lay, Bidirectional)) else [(f"params[{i}]", lay, reverse)]
+      layers.extend(dirs)
+  else:
+    check_params("params", params)
+    layers = [("params", params, reverse)]
+  check_sequence(layers[0][1], xs, lengths, mask, resets, time_major=time_major)
+  out = []
+  for name, p, rev in layers:
+    call = layer_call(p, lengths=lengths, mask=mask, resets=resets, reverse=rev, time_major=time_major, remat=remat)
+    out.append(kernels.KernelChoice(name, kernels.select(call, impl).name, kernels.reasons(call)))
+  return out[0] if len(out) == 1 and layers[0][0] == "params" else tuple(out)

@@ -13,16 +13,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlstm.cells.registry import cell_names
 from jaxlstm.initializers import glorot_uniform
 from jaxlstm.stack import Bidirectional, stack, stack_init
 
-# Cell names of the command line, mapped to stack_init options.
-CELLS = {
-    "lstm": {"cell": "lstm"},
+# Named variants of the command line's --cell beyond the registered cells' own names.
+VARIANTS = {
     "peephole": {"cell": "lstm", "peephole": True},
     "layernorm": {"cell": "lstm", "layer_norm": True},
-    "gru": {"cell": "gru"},
-    "rnn": {"cell": "rnn"},
+    "rnn-relu": {"cell": "rnn", "activation": "relu"},
 }
 KINDS = ("classify", "regress", "seq_classify", "lm")
 
@@ -37,8 +36,17 @@ class SequenceModel(NamedTuple):
   head: Dense
 
 
+def cell_presets() -> dict[str, dict]:
+  """The command line's cell names, each mapped to its :func:`jaxlstm.stack_init` options.
+
+  Every registered cell under its own name, plus the :data:`VARIANTS`.
+  """
+  return {**{name: {"cell": name} for name in cell_names()}, **VARIANTS}
+
+
 def model_init(key: jax.Array, input_size: int, num_outputs: int, *, hidden: int = 128, layers: int = 1,
-               cell: str = "lstm", bidirectional: bool = False, forget_bias: float = 1.0) -> SequenceModel:
+               cell: str = "lstm", bidirectional: bool = False, forget_bias: float = 1.0,
+               activation: str | None = None) -> SequenceModel:
   """Initializes a stack of ``layers`` recurrent layers and a dense head.
 
   Args:
@@ -47,18 +55,27 @@ def model_init(key: jax.Array, input_size: int, num_outputs: int, *, hidden: int
     num_outputs: ``O``, classes or regression outputs.
     hidden: ``H`` of each layer.
     layers: number of recurrent layers.
-    cell: one of ``lstm``, ``peephole``, ``layernorm``, ``gru``, ``rnn``.
+    cell: a name from :func:`cell_presets`: a registered cell (``lstm``,
+      ``gru``, ``rnn``, ...) or a variant (``peephole``, ``layernorm``,
+      ``rnn-relu``).
     bidirectional: bidirectional layers, merged by concatenation.
     forget_bias: initial forget-gate bias of LSTM cells.
+    activation: for ``rnn`` cells, ``"tanh"`` or ``"relu"``; stored in the params.
 
   Returns:
     :class:`SequenceModel` whose head is ``(H, O)`` (``(2H, O)`` if bidirectional).
   """
-  if cell not in CELLS:
-    raise ValueError(f"cell must be one of {sorted(CELLS)}; got {cell!r}")
-  options = dict(CELLS[cell])
+  presets = cell_presets()
+  if cell not in presets:
+    raise ValueError(f"cell must be one of {sorted(presets)}; got {cell!r}")
+  options = dict(presets[cell])
   if options["cell"] == "lstm":
     options["forget_bias"] = forget_bias
+  if activation is not None:
+    if options["cell"] != "rnn":
+      raise ValueError(f"activation applies to rnn cells only; got activation={activation!r} with cell={cell!r}")
+    if options.setdefault("activation", activation) != activation:
+      raise ValueError(f"cell={cell!r} has activation {options['activation']!r}; got activation={activation!r}")
   k_rnn, k_head = jax.random.split(key)
   rnn = stack_init(k_rnn, input_size, hidden, layers, bidirectional=bidirectional, **options)
   features = 2 * hidden if bidirectional else hidden
@@ -66,7 +83,7 @@ def model_init(key: jax.Array, input_size: int, num_outputs: int, *, hidden: int
 
 
 def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths=None, mask=None,
-                dropout: float = 0.0, key=None, compute_dtype=None, activation: str = "tanh",
+                dropout: float = 0.0, key=None, compute_dtype=None,
                 vocab_size: int | None = None) -> jax.Array:
   """Runs the model.
 
@@ -81,7 +98,6 @@ def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths
     compute_dtype: e.g. ``jnp.bfloat16``: params and inputs are cast to it for
       the forward pass, the recurrent state stays float32, and the outputs are
       float32. The master params keep their own dtype.
-    activation: for ``rnn`` cells.
     vocab_size: one-hot the token ids of ``xs`` to this size.
 
   Returns:
@@ -93,7 +109,7 @@ def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths
   if compute_dtype is not None:
     rnn, head = jax.tree_util.tree_map(lambda a: a.astype(compute_dtype), (rnn, head))
     xs = xs.astype(compute_dtype)
-  states, hs = stack(rnn, xs, lengths=lengths, mask=mask, dropout=dropout, key=key, activation=activation)
+  states, hs = stack(rnn, xs, lengths=lengths, mask=mask, dropout=dropout, key=key)
   if per_step:
     feats = hs
   else:

@@ -12,26 +12,26 @@ from jaxlstm.models import SequenceModel
 from jaxlstm.stack import stack
 
 
-def _logits(params: SequenceModel, states, ids: jax.Array, vocab_size: int, compute_dtype, activation):
+def _logits(params: SequenceModel, states, ids: jax.Array, vocab_size: int, compute_dtype):
   """Feeds token ids ``(1, T)`` through the stack from ``states``; returns the new states and last logits."""
   xs = jax.nn.one_hot(ids, vocab_size, dtype=jnp.float32)
   rnn, head = params.rnn, params.head
   if compute_dtype is not None:
     rnn, head = jax.tree_util.tree_map(lambda a: a.astype(compute_dtype), (rnn, head))
     xs = xs.astype(compute_dtype)
-  states, hs = stack(rnn, xs, states, activation=activation)
+  states, hs = stack(rnn, xs, states)
   logits = hs[:, -1].astype(head.w.dtype) @ head.w + head.b
   return states, logits[0].astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("length", "vocab_size", "compute_dtype", "activation"))
-def _generate(params, prompt_ids, key, temperature, *, length, vocab_size, compute_dtype, activation):
-  states, logits = _logits(params, None, prompt_ids, vocab_size, compute_dtype, activation)
+@functools.partial(jax.jit, static_argnames=("length", "vocab_size", "compute_dtype"))
+def _generate(params, prompt_ids, key, temperature, *, length, vocab_size, compute_dtype):
+  states, logits = _logits(params, None, prompt_ids, vocab_size, compute_dtype)
 
   def body(carry, key):
     states, logits = carry
     token = jax.random.categorical(key, logits / temperature)
-    states, logits = _logits(params, states, token[None, None], vocab_size, compute_dtype, activation)
+    states, logits = _logits(params, states, token[None, None], vocab_size, compute_dtype)
     return (states, logits), token
 
   _, tokens = jax.lax.scan(body, (states, logits), jax.random.split(key, length))
@@ -39,7 +39,7 @@ def _generate(params, prompt_ids, key, temperature, *, length, vocab_size, compu
 
 
 def sample_text(params: SequenceModel, vocab: Sequence[str], prompt: str = "", *, length: int = 200,
-                temperature: float = 1.0, seed: int = 0, compute_dtype=None, activation: str = "tanh") -> str:
+                temperature: float = 1.0, seed: int = 0, compute_dtype=None) -> str:
   """Continues ``prompt`` by ``length`` characters sampled from the model.
 
   Args:
@@ -65,5 +65,5 @@ def sample_text(params: SequenceModel, vocab: Sequence[str], prompt: str = "", *
     raise ValueError(f"prompt has characters that are not in the model's vocabulary: {unknown!r}")
   ids = [index[c] for c in prompt] or [index.get("\n", 0)]
   tokens = _generate(params, jnp.asarray([ids], jnp.int32), jax.random.key(seed), jnp.float32(temperature),
-                     length=length, vocab_size=len(vocab), compute_dtype=compute_dtype, activation=activation)
+                     length=length, vocab_size=len(vocab), compute_dtype=compute_dtype)
   return prompt + "".join(vocab[int(t)] for t in tokens)

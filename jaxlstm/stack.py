@@ -8,12 +8,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm import _checks
-from jaxlstm.cells.gru import GRUParams, gru_init
-from jaxlstm.layers import _check_params, _layer
-from jaxlstm.cells.lstm import LSTMParams, lstm_init
-from jaxlstm.cells.rnn import RNNParams, rnn_init
+from jaxlstm.cells.registry import get_cell, is_cell_params
+from jaxlstm.cells.rnn import check_call_activation
+from jaxlstm.layers import (batch_shape_of, check_options, check_params, check_sequence, check_state,
+                            run_checked)
 
-CELLS = {"lstm": lstm_init, "gru": gru_init, "rnn": rnn_init}
 MERGES = ("concat", "sum", "mean", "mul")
 
 
@@ -33,15 +32,18 @@ def stack_init(key: jax.Array, input_size: int, hidden_size: int, num_layers: in
     input_size: ``I``, the input size of the first layer.
     hidden_size: ``H`` of every layer.
     num_layers: number of layers.
-    cell: ``"lstm"``, ``"gru"`` or ``"rnn"``. A peephole LSTM is
-      ``cell="lstm", peephole=True``.
+    cell: the name of a registered cell: ``"lstm"``, ``"gru"``, ``"rnn"``
+      or one added with :func:`jaxlstm.register_cell`. A peephole LSTM is
+      ``cell="lstm", peephole=True``; a relu RNN ``cell="rnn",
+      activation="relu"``.
     bidirectional: give each layer a forward and a backward direction.
     merge: how a bidirectional layer joins its two outputs: ``"concat"``
       (features ``2 * out``), ``"sum"``, ``"mean"`` or ``"mul"``. It fixes the
       next layer's input size, so pass the same value to :func:`stack`.
     dtype: parameter dtype.
     **cell_options: passed to the cell's init, for example ``peephole``,
-      ``layer_norm``, ``proj_size`` or ``forget_bias`` for an LSTM.
+      ``layer_norm``, ``proj_size`` or ``forget_bias`` for an LSTM, and
+      ``activation`` for an RNN.
 
   Returns:
     A tuple with one entry per layer: the cell's params, or a
@@ -52,11 +54,9 @@ def stack_init(key: jax.Array, input_size: int, hidden_size: int, num_layers: in
     >>> [p.w_x.shape for p in params]
     [(10, 128), (32, 128), (32, 128)]
   """
-  if cell not in CELLS:
-    raise ValueError(f"cell must be one of {sorted(CELLS)}; got {cell!r}")
+  init = get_cell(cell).init
   _checks.check_positive_int("num_layers", num_layers)
-  _check_merge(merge)
-  init = CELLS[cell]
+  check_merge(merge)
   layers = []
   size = input_size
   for k in jax.random.split(key, num_layers):
@@ -71,19 +71,21 @@ def stack_init(key: jax.Array, input_size: int, hidden_size: int, num_layers: in
   return tuple(layers)
 
 
-def _check_merge(merge: str) -> None:
+def check_merge(merge: str) -> None:
+  """Raises ``ValueError`` unless ``merge`` is one of :data:`MERGES`."""
   if merge not in MERGES:
     raise ValueError(f"merge must be one of {MERGES}; got {merge!r}")
 
 
-def _output_size(layer: Any, merge: str) -> int:
+def _output_size(layer: Any, merge: str | None) -> int:
   if isinstance(layer, Bidirectional):
     out = layer.forward.output_size
     return 2 * out if merge == "concat" else out
   return layer.output_size
 
 
-def _merge(fw: jax.Array, bw: jax.Array, merge: str) -> jax.Array:
+def merge_outputs(fw: jax.Array, bw: jax.Array, merge: str) -> jax.Array:
+  """Joins the two directions' outputs (or final ``h``) of a bidirectional layer."""
   if merge == "concat":
     return jnp.concatenate([fw, bw], axis=-1)
   if merge == "sum":
@@ -93,21 +95,26 @@ def _merge(fw: jax.Array, bw: jax.Array, merge: str) -> jax.Array:
   return fw * bw
 
 
-def _check_stack(params: Any, merge: str) -> None:
-  if isinstance(params, (LSTMParams, GRUParams, RNNParams, Bidirectional)):
+def check_stack(params: Any, merge: str | None) -> None:
+  """Checks a stack's params: a non-empty tuple of registered cells' params or pairs of them, whose sizes chain.
+
+  With ``merge=None`` the sizes are not chained (the caller does not know the merge).
+  """
+  if is_cell_params(params) or isinstance(params, Bidirectional):
     raise TypeError(f"params must be a tuple of layer params from stack_init; got a single "
                     f"{type(params).__name__} (wrap it in a tuple)")
   if not isinstance(params, (tuple, list)) or not params:
     raise TypeError(f"params must be a non-empty tuple of layer params from stack_init; got {type(params).__name__}")
-  size = None
+  size, dtype = None, None
   for i, layer in enumerate(params):
     dirs = (("forward", layer.forward), ("backward", layer.backward)) if isinstance(layer, Bidirectional) else (
         ("", layer),)
     for d, p in dirs:
       name = f"params[{i}]" + (f".{d}" if d else "")
-      if not isinstance(p, (LSTMParams, GRUParams, RNNParams)):
-        raise TypeError(f"{name} must be LSTMParams, GRUParams or RNNParams; got {type(p).__name__}")
-      _check_params(name, p, type(p))
+      check_params(name, p)
+      if dtype is not None and p.dtype != dtype:
+        raise TypeError(f"{name} has dtype {p.dtype} but params[0] has {dtype}; every layer must share one dtype")
+      dtype = p.dtype
       if size is not None and p.input_size != size:
         raise ValueError(f"{name} has input size {p.input_size}, but layer {i - 1} outputs {size} features "
                          f"with merge={merge!r}")
@@ -117,13 +124,13 @@ def _check_stack(params: Any, merge: str) -> None:
         raise ValueError(f"params[{i}].forward and .backward must be the same kind of cell with the same "
                          f"output size; got {type(f).__name__}({f.output_size}) and "
                          f"{type(b).__name__}({b.output_size})")
-    size = _output_size(layer, merge)
+    size = None if merge is None else _output_size(layer, merge)
 
 
 def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = None, *, lengths=None, mask=None,
           resets=None, dropout: float = 0.0, key: jax.Array | None = None, merge: str = "concat",
-          activation: str = "tanh", time_major: bool = False, unroll: int | bool | None = None, impl: str = "fused",
-          remat: int | None = None):
+          activation: str | None = None, time_major: bool = False, unroll: int | bool | None = None,
+          impl: str = "auto", remat: int | None = None):
   """Runs a stack of recurrent layers over a sequence.
 
   Each layer's output sequence is the next layer's input. ``lengths``, ``mask``
@@ -144,10 +151,13 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
       evaluate.
     key: PRNG key for dropout.
     merge: how bidirectional outputs are joined; must match :func:`stack_init`.
-    activation: ``"tanh"`` or ``"relu"``, for ``rnn`` layers.
+    activation: may restate the activation of ``rnn`` layers, which their
+      params carry; a different value raises.
     time_major: whether time is the leading axis.
-    unroll: ``lax.scan`` unroll factor; ``None`` (the default) lets the path choose: 8 on the fused path on a GPU, else 1.
-    impl: ``"fused"``, ``"reference"`` or ``"cudnn"``, for LSTM layers (see :func:`jaxlstm.lstm`).
+    unroll: loop unroll factor; ``None`` (the default) lets the kernel choose: 8 on the fused kernel on a GPU,
+      else 1.
+    impl: ``"auto"`` (the fastest kernel that can run each layer) or a
+      kernel's name, for every layer (see :func:`jaxlstm.layer`).
     remat: checkpoint every ``remat`` steps in each layer (see :func:`jaxlstm.lstm`).
 
   Returns:
@@ -163,8 +173,20 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
     >>> hs.shape, states[-1].forward.h.shape
     ((4, 7, 64), (4, 32))
   """
-  _check_merge(merge)
-  _check_stack(params, merge)
+  check_merge(merge)
+  check_stack(params, merge)
+  check_options(impl=impl, remat=remat)
+  first = params[0].forward if isinstance(params[0], Bidirectional) else params[0]
+  # Checked once for the whole stack: every layer sees the same lengths, mask and resets.
+  xs, lengths, mask, resets = check_sequence(first, xs, lengths, mask, resets, time_major=time_major)
+  batch_shape = batch_shape_of(xs, time_major=time_major)
+  if activation is not None:
+    for i, layer in enumerate(params):
+      for p in (layer if isinstance(layer, Bidirectional) else (layer,)):
+        if "activation" not in getattr(type(p), "static_fields", ()):
+          raise ValueError(f"activation={activation!r} was given, but params[{i}] is a {type(p).__name__}, "
+                           f"which has no activation to choose; drop the argument")
+        check_call_activation(p, activation)
   if states is not None and (not isinstance(states, (tuple, list)) or len(states) != len(params)):
     got = len(states) if isinstance(states, (tuple, list)) else type(states).__name__
     raise ValueError(f"states must be a sequence of {len(params)} layer states (one per layer); got {got}")
@@ -173,8 +195,7 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
   if dropout > 0.0 and key is None:
     raise ValueError("key must be a PRNG key when dropout > 0; pass dropout=0.0 for evaluation")
   keys = jax.random.split(key, len(params)) if dropout > 0.0 else [None] * len(params)
-  kw = dict(lengths=lengths, mask=mask, resets=resets, time_major=time_major, unroll=unroll, activation=activation,
-            impl=impl, remat=remat)
+  kw = dict(lengths=lengths, mask=mask, resets=resets, time_major=time_major, unroll=unroll, impl=impl, remat=remat)
   h = xs
   finals = []
   for i, layer in enumerate(params):
@@ -186,11 +207,14 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
       elif not (isinstance(s, Bidirectional) or (type(s) in (tuple, list) and len(s) == 2)):
         raise ValueError(f"{name} must be a Bidirectional(forward, backward) pair of states; "
                          f"got {type(s).__name__}")
-      fw_state, fw = _layer(layer.forward, h, s[0], reverse=False, state_name=f"{name}.forward", **kw)
-      bw_state, bw = _layer(layer.backward, h, s[1], reverse=True, state_name=f"{name}.backward", **kw)
-      final, h = Bidirectional(fw_state, bw_state), _merge(fw, bw, merge)
+      s_fw = check_state(f"{name}.forward", layer.forward, s[0], batch_shape)
+      s_bw = check_state(f"{name}.backward", layer.backward, s[1], batch_shape)
+      fw_state, fw = run_checked(layer.forward, h, s_fw, reverse=False, name=f"params[{i}].forward", **kw)
+      bw_state, bw = run_checked(layer.backward, h, s_bw, reverse=True, name=f"params[{i}].backward", **kw)
+      final, h = Bidirectional(fw_state, bw_state), merge_outputs(fw, bw, merge)
     else:
-      final, h = _layer(layer, h, s, reverse=False, state_name=name, **kw)
+      s = check_state(name, layer, s, batch_shape)
+      final, h = run_checked(layer, h, s, reverse=False, name=f"params[{i}]", **kw)
     finals.append(final)
     if keys[i] is not None and i < len(params) - 1:
       keep = jax.random.bernoulli(keys[i], 1.0 - dropout, h.shape)

@@ -19,10 +19,10 @@ def layer_norm(v, gain, bias=0.0, eps=1e-5):
 
 
 def to_numpy(params):
-  """NamedTuple params -> dict of float64 arrays (None fields dropped)."""
+  """NamedTuple params -> dict of float64 arrays (None fields and static settings such as ``activation`` dropped)."""
   out = {}
   for name, value in params._asdict().items():
-    if value is None:
+    if value is None or name in getattr(type(params), "static_fields", ()):
       continue
     if hasattr(value, "_asdict"):
       for sub, v in value._asdict().items():

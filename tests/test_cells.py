@@ -62,11 +62,10 @@ def test_gru_step_matches_pytorch_semantics(dtype, H):
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_rnn_step_matches_reference(activation, dtype):
-  params = random_params(jaxlstm.rnn_init, 3, 5, dtype=dtype, scale=1.0)
+  params = random_params(jaxlstm.rnn_init, 3, 5, dtype=dtype, scale=1.0, activation=activation)
   x = normal((4, 3), dtype, seed=1)
   h = normal((4, 5), dtype, seed=2)
-  step = jax.jit(jaxlstm.rnn_step, static_argnames="activation")
-  new, _ = step(params, jaxlstm.RNNState(h), x, activation=activation)
+  new, _ = jax.jit(jaxlstm.rnn_step)(params, jaxlstm.RNNState(h), x)
   p = ref.to_numpy(params)
   for b in range(4):
     (h_ref,), _ = ref.rnn_cell(p, np.asarray(h[b], np.float64), np.asarray(x[b], np.float64), activation)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import jaxlstm
-from jaxlstm import cudnn
+from jaxlstm import shell
+from jaxlstm.kernels import cudnn
 from tests.helpers import normal, random_params, rel_err
 from tests.test_fused import assert_same, layer, setup
 
@@ -82,8 +83,8 @@ def swap_outputs(run):
 
 
 def direct(**kw):
-  """:func:`jaxlstm.cudnn.lstm_cudnn` past the layer's refusal of ``reverse`` and ``time_major``."""
-  return lambda p, x, s: cudnn.lstm_cudnn(p, x, s, **kw)
+  """The cuDNN kernel in the layer shell, past the kernel's refusal of ``reverse`` and ``time_major``."""
+  return lambda p, x, s: shell.run(cudnn.run, p, x, s, **kw)
 
 
 @gpu

@@ -94,13 +94,14 @@ def test_lengths_mask_resets_errors(p, xs):
 
 
 def test_option_errors(p, xs):
-  with pytest.raises(ValueError, match=r"impl must be one of \('fused', 'reference', 'cudnn'\); got 'cuda'"):
+  with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'fused', 'cudnn', 'reference'\); got 'cuda'"):
     jaxlstm.lstm(p, xs, impl="cuda")
   with pytest.raises(ValueError, match=r"remat must be a positive int or None; got 0"):
     jaxlstm.lstm(p, xs, remat=0)
-  with pytest.raises(ValueError, match=r"remat needs impl='fused' .*got impl='reference', LSTMParams, resets None"):
+  with pytest.raises(ValueError, match=r"impl='reference' cannot run this layer: remat is implemented by the fused kernel only"):
     jaxlstm.lstm(p, xs, remat=2, impl="reference")
-  with pytest.raises(ValueError, match=r"remat needs impl='fused' .*got impl='fused', GRUParams"):
+  with pytest.raises(ValueError, match=r"no kernel can run this gru layer: fused: it runs LSTM layers only, not gru; .*"
+                                       r"reference: remat is implemented by the fused kernel only"):
     jaxlstm.stack((random_params(jaxlstm.gru_init, I, H),), xs, remat=2)
   r = random_params(jaxlstm.rnn_init, I, H)
   with pytest.raises(ValueError, match=r"activation must be one of \['relu', 'tanh'\]; got 'gelu'"):
@@ -130,5 +131,5 @@ def test_stack_errors(p, xs):
     jaxlstm.stack(params, xs, dropout=0.5)
   with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\); got 1.0"):
     jaxlstm.stack(params, xs, dropout=1.0, key=jax.random.key(0))
-  with pytest.raises(TypeError, match=r"params\[0\] must be LSTMParams, GRUParams or RNNParams; got dict"):
+  with pytest.raises(TypeError, match=r"params\[0\] must be the params of a registered cell \(LSTMParams, GRUParams, RNNParams\); got dict"):
     jaxlstm.stack(({},), xs)

@@ -7,7 +7,6 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxlstm
-from jaxlstm import fused
 from tests.helpers import normal, random_params, rel_err
 
 B, T, I, H = 3, 5, 2, 4
@@ -127,12 +126,15 @@ def test_empty_sequence():
 
 def test_fused_path_is_taken_only_where_supported():
   p = random_params(jaxlstm.lstm_init, I, H, peephole=True)
-  assert fused.supports(p)
-  assert not fused.supports(p, resets=np.zeros((B, T), bool))
-  assert not fused.supports(random_params(jaxlstm.lstm_init, I, H, layer_norm=True))
-  assert not fused.supports(random_params(jaxlstm.lstm_init, I, H, proj_size=2))
-  assert not fused.supports(random_params(jaxlstm.gru_init, I, H))
-  assert not fused.supports(p, remat=0)
+  xs = normal((B, T, I), jnp.float32)
+  kernel = lambda p, **kw: jaxlstm.explain(p, xs, **kw).kernel  # noqa: E731
+  assert kernel(p) == "fused"
+  assert kernel(p, resets=np.zeros((B, T), bool)) == "reference"
+  assert kernel(random_params(jaxlstm.lstm_init, I, H, layer_norm=True)) == "reference"
+  assert kernel(random_params(jaxlstm.lstm_init, I, H, proj_size=2)) == "reference"
+  assert kernel(random_params(jaxlstm.gru_init, I, H)) == "reference"
+  with pytest.raises(ValueError, match="remat must be a positive int"):
+    kernel(p, remat=0)
   # The fused path keeps no gate-sized loop state outside its custom_vjp: one while loop each way.
   params, xs, state = setup(jnp.float32)
   hlo = jax.jit(jax.grad(lambda p: jnp.sum(jaxlstm.lstm(p, xs, state, unroll=1)[1]))).lower(params).as_text()
@@ -181,8 +183,8 @@ def test_check_grads_float64(peephole):
 def test_remat_matches_reference():
   params, xs, state = setup(jnp.float64, peephole=True, t=7)
   kw = {"lengths": np.array([7, 4, 0]), "reverse": True}
-  cases = [(lambda p, x, s, k=k: fused.lstm_fused(p, x, s, remat=k, **kw), layer("reference", **kw), params, xs,
-            state) for k in (1, 3, 7)]
+  cases = [(lambda p, x, s, k=k: jaxlstm.lstm(p, x, s, remat=k, impl="fused", **kw), layer("reference", **kw),
+            params, xs, state) for k in (1, 3, 7)]
   # And through the public entry point.
   cases.append((lambda p, x, s: jaxlstm.lstm(p, x, s, remat=2, **kw), layer("reference", **kw), params, xs, state))
   assert_same(cases, TIGHT[jnp.dtype(jnp.float64)])

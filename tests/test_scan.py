@@ -19,7 +19,7 @@ CELLS = {
     "peephole": (jaxlstm.lstm_init, {"peephole": True}, jaxlstm.lstm, ref.lstm_cell),
     "ln_proj": (jaxlstm.lstm_init, {"layer_norm": True, "proj_size": 2}, jaxlstm.lstm, ref.lstm_cell),
     "gru": (jaxlstm.gru_init, {}, jaxlstm.gru, ref.gru_cell),
-    "rnn_relu": (jaxlstm.rnn_init, {}, functools.partial(jaxlstm.rnn, activation="relu"),
+    "rnn_relu": (jaxlstm.rnn_init, {"activation": "relu"}, jaxlstm.rnn,
                  functools.partial(ref.rnn_cell, activation="relu")),
 }
 

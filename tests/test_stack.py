@@ -68,9 +68,14 @@ def test_stack_initial_states_and_projection():
 
 
 def test_rnn_stack_activation():
-  params = stack_params(2, cell="rnn")
+  params = stack_params(2, cell="rnn", activation="relu")
   xs = normal((B, T, I))
   _, hs = jaxlstm.stack(params, xs, activation="relu")
+  # The activation travels with the params: the stack computes relu without being told.
+  np.testing.assert_array_equal(jaxlstm.stack(params, xs)[1], hs)
+  with pytest.raises(ValueError, match=r"activation='tanh' conflicts with the params, which were built with "
+                                       r"activation='relu'"):
+    jaxlstm.stack(params, xs, activation="tanh")
   _, h0 = jaxlstm.rnn(params[0], xs, activation="relu")
   _, h1 = jaxlstm.rnn(params[1], h0, activation="relu")
   np.testing.assert_array_equal(hs, h1)
@@ -98,10 +103,10 @@ def test_dropout_rate_and_scaling():
   # Layer 2 is an identity RNN (w_x = I, w_h = 0, b = 0) under relu, so its
   # output is the dropped-out output of layer 1: about a quarter of the
   # positive values become zero, and the rest are scaled by 1 / (1 - 0.25).
-  params = random_params(jaxlstm.stack_init, I, 64, 2, cell="rnn")
+  params = random_params(jaxlstm.stack_init, I, 64, 2, cell="rnn", activation="relu")
   xs = normal((8, 4, I))
   ident = jaxlstm.RNNParams(jnp.eye(64, dtype=jnp.float32), jnp.zeros((64, 64), jnp.float32),
-                            jnp.zeros((64,), jnp.float32))
+                            jnp.zeros((64,), jnp.float32), activation="relu")
   _, out = jaxlstm.stack((params[0], ident), xs, dropout=0.25, key=jax.random.key(0), activation="relu")
   _, first = jaxlstm.stack((params[0],), xs, activation="relu")
   kept = np.asarray(first) > 1e-6

@@ -1,1 +1,15 @@
-"""Cell step functions: one concept (one cell) per module."""
+"""The cells, one file each, and the registry that the rest of the library reads.
+
+A new cell is one module that builds a :class:`~jaxlstm.Cell` record plus one
+:func:`~jaxlstm.register_cell` line here (or in the user's own code).
+"""
+
+from jaxlstm.cells import gru, lstm, rnn
+from jaxlstm.cells.registry import (Cell, cell_names, cell_of, get_cell, is_cell_params, register_cell,
+                                    static_fields)
+
+register_cell(lstm.CELL)
+register_cell(gru.CELL)
+register_cell(rnn.CELL)
+
+__all__ = ["Cell", "cell_names", "cell_of", "get_cell", "is_cell_params", "register_cell", "static_fields"]

@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm import _checks
-from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
 from jaxlstm.cells.lstm import state_dtype
+from jaxlstm.cells.registry import Cell
+from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
 
 
 class GRUParams(NamedTuple):
@@ -110,3 +111,8 @@ def gru_step(params: GRUParams, state: GRUState, x: jax.Array) -> tuple[GRUState
   n = jnp.tanh(xn + r * (hn + params.b_hn.astype(h.dtype)))
   h_new = (1.0 - z) * n + z * h
   return GRUState(h_new), h_new
+
+
+CELL = Cell(name="gru", params_type=GRUParams, state_type=GRUState, init=gru_init, step=gru_step,
+            zero_state=gru_zero_state, options_of=lambda p: {"dtype": p.dtype}, gates=3,
+            peers={"torch": "GRU", "keras": "GRU", "flax": "GRUCell"})

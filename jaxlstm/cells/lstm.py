@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm import _checks
+from jaxlstm.cells.registry import Cell
 from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
 
 # Added to the variance in layer normalization, as in ``torch.nn.LayerNorm``.
@@ -213,3 +214,16 @@ def lstm_step(params: LSTMParams, state: LSTMState, x: jax.Array) -> tuple[LSTMS
   if params.w_proj is not None:
     h = (h.astype(cdt) @ params.w_proj).astype(c.dtype)
   return LSTMState(h, c), h
+
+
+def lstm_options(params: LSTMParams) -> dict:
+  """The :func:`lstm_init` options that give ``params``' layout (``forget_bias`` is a value, not a layout)."""
+  return {"dtype": params.dtype, "peephole": params.peephole is not None,
+          "layer_norm": params.layer_norm is not None,
+          "proj_size": None if params.w_proj is None else params.output_size}
+
+
+CELL = Cell(name="lstm", params_type=LSTMParams, state_type=LSTMState, init=lstm_init, step=lstm_step,
+            zero_state=lstm_zero_state, options_of=lstm_options, gates=4,
+            options=("peephole", "layer_norm", "proj_size", "forget_bias"),
+            peers={"torch": "LSTM", "keras": "LSTM", "flax": "OptimizedLSTMCell"})

@@ -8,17 +8,26 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm import _checks
-from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
 from jaxlstm.cells.lstm import state_dtype
+from jaxlstm.cells.registry import Cell, static_fields
+from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
 
+@static_fields("activation")
 class RNNParams(NamedTuple):
-  """Parameters of one Elman RNN layer."""
+  """Parameters of one Elman RNN layer.
+
+  ``activation`` is part of the model, not of a call: it is a static field
+  (in the pytree structure, not a leaf), so it survives ``jit``, optax
+  updates, the Flax modules and checkpoints, and a converted PyTorch
+  ``nn.RNN(nonlinearity="relu")`` computes relu wherever it is run.
+  """
   w_x: jax.Array  # (I, H)
   w_h: jax.Array  # (H, H)
   b: jax.Array  # (H,)
+  activation: str = "tanh"  # "tanh" or "relu"; static
 
   @property
   def input_size(self) -> int:
@@ -42,12 +51,28 @@ class RNNState(NamedTuple):
   h: jax.Array  # (..., H)
 
 
-def rnn_init(key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32) -> RNNParams:
+def rnn_init(key: jax.Array, input_size: int, hidden_size: int, *, activation: str = "tanh",
+             dtype=jnp.float32) -> RNNParams:
   """Initializes an Elman RNN layer: Glorot-uniform ``w_x``, orthogonal ``w_h``, zero ``b``.
 
+  Args:
+    key: PRNG key.
+    input_size: ``I``.
+    hidden_size: ``H``.
+    activation: ``"tanh"`` or ``"relu"`` (PyTorch's ``nonlinearity``); stored
+      in the params.
+    dtype: dtype of every parameter.
+
   Returns:
-    :class:`RNNParams` with ``w_x (I, H)``, ``w_h (H, H)``, ``b (H,)``.
+    :class:`RNNParams` with ``w_x (I, H)``, ``w_h (H, H)``, ``b (H,)`` and
+    ``activation``.
+
+  Example:
+    >>> params = jaxlstm.rnn_init(jax.random.key(0), 3, 5, activation="relu")
+    >>> params.w_x.shape, params.w_h.shape, params.activation
+    ((3, 5), (5, 5), 'relu')
   """
+  check_activation(activation)
   _checks.check_positive_int("input_size", input_size)
   _checks.check_positive_int("hidden_size", hidden_size)
   if not _checks.is_float(dtype):
@@ -55,7 +80,7 @@ def rnn_init(key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.flo
   k_x, k_h = jax.random.split(key)
   return RNNParams(w_x=glorot_uniform(k_x, (input_size, hidden_size), dtype),
                    w_h=orthogonal_blocks(k_h, hidden_size, 1, hidden_size, dtype),
-                   b=jnp.zeros((hidden_size,), dtype))
+                   b=jnp.zeros((hidden_size,), dtype), activation=activation)
 
 
 def rnn_zero_state(params: RNNParams, batch_shape: tuple[int, ...] = (), dtype=None) -> RNNState:
@@ -64,27 +89,54 @@ def rnn_zero_state(params: RNNParams, batch_shape: tuple[int, ...] = (), dtype=N
   return RNNState(jnp.zeros((*tuple(batch_shape), params.hidden_size), dtype))
 
 
-def check_activation(activation: str) -> None:
-  if activation not in ACTIVATIONS:
-    raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
+def check_activation(activation: str, name: str = "activation") -> None:
+  """Raises ``ValueError`` unless ``activation`` is one of :data:`ACTIVATIONS`."""
+  if not isinstance(activation, str) or activation not in ACTIVATIONS:
+    raise ValueError(f"{name} must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
+
+
+def check_call_activation(params: RNNParams, activation: str | None) -> None:
+  """Refuses a call-time ``activation`` that contradicts the one stored in the params.
+
+  The activation belongs to the model; a call may restate it, but a
+  different value would silently compute another function.
+  """
+  if activation is None:
+    return
+  check_activation(activation)
+  if activation != params.activation:
+    raise ValueError(f"activation={activation!r} conflicts with the params, which were built with "
+                     f"activation={params.activation!r}; the activation is part of the model (see "
+                     f"rnn_init), so drop the argument, or build params with "
+                     f"params._replace(activation={activation!r})")
 
 
 def rnn_step(params: RNNParams, state: RNNState, x: jax.Array, *,
-             activation: str = "tanh") -> tuple[RNNState, jax.Array]:
+             activation: str | None = None) -> tuple[RNNState, jax.Array]:
   r"""One Elman RNN step, :math:`h' = \mathrm{act}(x W_x + h W_h + b)`.
 
   Args:
-    params: :class:`RNNParams`.
+    params: :class:`RNNParams`; ``params.activation`` is the ``act``.
     state: :class:`RNNState` with ``h (..., H)``.
     x: input ``(..., I)``.
-    activation: ``"tanh"`` or ``"relu"``, as PyTorch's ``nonlinearity``. Bind it
-      with ``functools.partial`` to get a ``step(params, state, x)``.
+    activation: may restate ``params.activation``; a different value raises.
 
   Returns:
     ``(new_state, h')`` with ``h' (..., H)``.
+
+  Example:
+    >>> params = jaxlstm.rnn_init(jax.random.key(0), 3, 5, activation="relu")
+    >>> state, h = jaxlstm.rnn_step(params, jaxlstm.rnn_zero_state(params, (2,)), jnp.ones((2, 3)))
+    >>> h.shape, bool((h >= 0).all())
+    ((2, 5), True)
   """
-  check_activation(activation)
+  check_call_activation(params, activation)
   cdt = params.w_x.dtype
   z = x.astype(cdt) @ params.w_x + state.h.astype(cdt) @ params.w_h + params.b
-  h = ACTIVATIONS[activation](z.astype(state.h.dtype))
+  h = ACTIVATIONS[params.activation](z.astype(state.h.dtype))
   return RNNState(h), h
+
+
+CELL = Cell(name="rnn", params_type=RNNParams, state_type=RNNState, init=rnn_init, step=rnn_step,
+            zero_state=rnn_zero_state, options_of=lambda p: {"dtype": p.dtype, "activation": p.activation},
+            gates=1, options=("activation",), peers={"torch": "RNN", "keras": "SimpleRNN"})

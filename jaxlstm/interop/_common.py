@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlstm.cells.gru import GRUParams
 from jaxlstm.cells.lstm import LSTMParams
-from jaxlstm.cells.rnn import RNNParams
+from jaxlstm.cells.registry import cell_of_type, is_cell_params
 from jaxlstm.stack import Bidirectional
 
-CELL_PARAMS = (LSTMParams, GRUParams, RNNParams)
-GATES = {LSTMParams: 4, GRUParams: 3, RNNParams: 1}
+
+def gates(cls: type) -> int:
+  """The number of gate blocks along the weights' output axis of a params type, from the cell registry."""
+  return cell_of_type(cls).gates
 
 
 def np_array(x: Any) -> np.ndarray:
@@ -26,15 +28,27 @@ def np_array(x: Any) -> np.ndarray:
   return np.array(x, copy=True)
 
 
+def array_fields(params: Any) -> dict[str, np.ndarray]:
+  """NumPy copies of one layer's array fields, by name; ``None`` fields and static fields (``activation``) left out."""
+  static = getattr(type(params), "static_fields", ())
+  return {f: np_array(v) for f, v in params._asdict().items() if v is not None and f not in static}
+
+
+def check_activation(name: str, params: Any, peer_activation: str, peer: str, setting: str) -> None:
+  """Refuses to write params into a peer that computes another activation.
+
+  The activation is part of the model, like the weights: writing relu weights
+  into a tanh module would give it another function without an error.
+  """
+  if params.activation != peer_activation:
+    raise ValueError(f"{name}.activation is {params.activation!r} but {peer} has {setting}={peer_activation!r}; "
+                     f"build the peer with {setting}={params.activation!r} (weights trained with one activation do not "
+                     f"compute the same function with the other)")
+
+
 def to_jax(tree: Any) -> Any:
-  """Turns the NumPy leaves of a params tuple into ``jax.Array``, keeping ``None``."""
-  if tree is None:
-    return None
-  if isinstance(tree, np.ndarray):
-    return jnp.asarray(tree)
-  if type(tree) in (tuple, list):
-    return type(tree)(to_jax(t) for t in tree)
-  return type(tree)(*(to_jax(t) for t in tree))  # a NamedTuple
+  """Turns the NumPy leaves of a params tuple into ``jax.Array``, keeping ``None`` and static fields."""
+  return jax.tree.map(jnp.asarray, tree)
 
 
 def check_cell_params(name: str, params: Any, cls: type, peer: str, *, allow_proj: bool = False) -> None:
@@ -42,7 +56,7 @@ def check_cell_params(name: str, params: Any, cls: type, peer: str, *, allow_pro
   if not isinstance(params, cls):
     got = type(params).__name__
     hint = " (a stack tuple was given where one layer's params were expected)" if isinstance(
-        params, (tuple, list)) and not isinstance(params, CELL_PARAMS + (Bidirectional,)) else ""
+        params, (tuple, list)) and not (is_cell_params(params) or isinstance(params, Bidirectional)) else ""
     raise TypeError(f"{name} must be {cls.__name__} for this {peer}; got {got}{hint}")
   if isinstance(params, LSTMParams):
     if params.peephole is not None:
@@ -75,7 +89,7 @@ def check_zero(name: str, value: np.ndarray, why: str) -> None:
 
 def check_stack(name: str, params: Any, num_layers: int, peer: str) -> None:
   """Checks that ``params`` is a tuple with one entry per layer."""
-  if isinstance(params, CELL_PARAMS + (Bidirectional,)):
+  if is_cell_params(params) or isinstance(params, Bidirectional):
     raise TypeError(f"{name} must be a tuple of layer params (as from stack_init) for {peer}; got a single "
                     f"{type(params).__name__} (wrap it in a tuple)")
   if not isinstance(params, (tuple, list)):

@@ -33,13 +33,11 @@ off.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
 from jaxlstm.cells.lstm import LSTMParams, LSTMState
-from jaxlstm.scan import _reorder, from_time_major, reverse_index, to_time_major
+from jaxlstm.kernels.registry import Kernel, LayerCall
 
 
 def available() -> bool:
@@ -51,21 +49,22 @@ def available() -> bool:
   return getattr(rnn, "gpu_rnn", None) is not None and jax.default_backend() == "gpu"
 
 
-def unsupported(params, *, mask=None, resets=None, remat=None, reverse=False, time_major=False) -> str | None:
-  """Why ``impl="cudnn"`` cannot run this layer call, or ``None`` if it can."""
-  if not isinstance(params, LSTMParams):
-    return f"it runs LSTM layers only, not {type(params).__name__}"
+def why_not(call: LayerCall) -> str | None:
+  """Why ``impl="cudnn"`` cannot run ``call``, or ``None`` if it can."""
+  if call.cell.name != "lstm":
+    return f"it runs LSTM layers only, not {call.cell.name}"
+  params = call.params
   if params.peephole is not None or params.layer_norm is not None or params.w_proj is not None:
     return "it runs plain LSTMs only (no peephole, layer_norm or proj_size)"
   if params.w_x.dtype != jnp.float32:
     return f"it runs float32 params only; got {params.w_x.dtype}"
-  if mask is not None or resets is not None:
+  if call.mask or call.resets:
     return "it takes lengths but not mask or resets"
-  if remat is not None:
+  if call.remat is not None:
     return "remat applies to impl='fused' only"
-  if reverse or time_major:
+  if call.reverse or call.time_major:
     return ("it runs batch-major layers forward in time only (not reverse, time_major or bidirectional "
-            "stacks), see jaxlstm.cudnn; use impl='fused'")
+            "stacks), see jaxlstm.kernels.cudnn; use impl='fused'")
   if not available():
     return f"it needs a CUDA GPU backend; JAX's default backend is {jax.default_backend()!r}"
   return None
@@ -78,60 +77,43 @@ def pack_weights(params: LSTMParams) -> jax.Array:
                           jnp.zeros((H4,), params.b.dtype)])
 
 
-def lstm_cudnn(params: LSTMParams, xs: jax.Array, state: LSTMState, *, lengths=None, reverse: bool = False,
-               time_major: bool = False) -> tuple[LSTMState, jax.Array]:
-  """Runs one plain LSTM layer with cuDNN; same contract as :func:`jaxlstm.lstm`.
-
-  Arguments arrive already checked (see :func:`jaxlstm.layers.prepare`), and
-  :func:`unsupported` must return ``None``.
+def run(params: LSTMParams, xs: jax.Array, state: LSTMState, valid=None, resets=None, *, lengths=None,
+        unroll=None, remat=None) -> tuple[LSTMState, jax.Array]:
+  """The kernel's core: one plain LSTM layer as one cuDNN call, on time-major ``xs (T, B, I)``.
 
   Args:
     params: float32 :class:`~jaxlstm.LSTMParams` without peepholes, layer norm
       or projection.
-    xs: inputs ``(*batch, T, I)``, or ``(T, *batch, I)`` if ``time_major``.
-    state: :class:`~jaxlstm.LSTMState` with leaves ``(*batch, H)``.
-    lengths: optional ``(*batch,)`` integer lengths.
-    reverse: run backwards in time, each row within its own length.
-    time_major: whether the time axis comes first.
+    xs: inputs ``(T, B, I)``.
+    state: :class:`~jaxlstm.LSTMState` with leaves ``(B, H)``.
+    valid: unused; cuDNN takes the lengths.
+    resets, unroll, remat: unused (see :func:`why_not`).
+    lengths: ``(B,)`` int32 lengths in ``[0, T]``, or ``None`` for full rows.
 
   Returns:
-    ``(final_state, hs)`` with ``hs`` ``(*batch, T, H)`` (time-major
-    ``(T, *batch, H)``), zero at padded steps.
+    ``(final_state, hs)`` with ``hs (T, B, H)``.
   """
+  del valid, resets, unroll, remat
   from jax.experimental import rnn
   from jax.experimental.layout import Layout, with_layout_constraint
 
   def row_major(x):  # see the module docstring: the custom call states no layouts of its own
     return with_layout_constraint(x, Layout(tuple(range(x.ndim))))
 
-  xs_t = to_time_major(xs, time_major=time_major, feature_axis=True)  # (T, *batch, I)
-  T, batch_shape = xs_t.shape[0], tuple(xs_t.shape[1:-1])
-  if T == 0:
-    return state, from_time_major(jnp.zeros((0, *batch_shape, params.hidden_size), xs.dtype), time_major=time_major)
-  idx = None
-  if reverse:
-    idx = reverse_index(lengths, T, batch_shape)
-    xs_t = _reorder(xs_t, idx)
-  B = math.prod(batch_shape)
-  I, H = params.input_size, params.hidden_size
-  x_bf = row_major(jnp.swapaxes(xs_t.reshape(T, B, I), 0, 1))  # cuDNN takes batch-first (B, T, I)
-  h0, c0 = row_major(state.h.reshape(1, B, H)), row_major(state.c.reshape(1, B, H))
-  if lengths is None:
-    seq = jnp.full((B,), T, jnp.int32)
-  else:
-    seq = jnp.clip(lengths.reshape(B).astype(jnp.int32), 0, T)
+  T, B, I = xs.shape
+  H = params.hidden_size
+  x_bf = row_major(jnp.swapaxes(xs, 0, 1))  # cuDNN takes batch-first (B, T, I)
+  h0, c0 = row_major(state.h[None]), row_major(state.c[None])
+  seq = jnp.full((B,), T, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
   # cuDNN needs lengths >= 1: run empty rows for one step, then give them back their initial state.
   empty = seq == 0
   y, h, c = rnn.lstm(x_bf, h0, c0, pack_weights(params), jnp.maximum(seq, 1), input_size=I, hidden_size=H,
                      num_layers=1, dropout=0.0, bidirectional=False)
   # Pinning the outputs pins their cotangents too, which the backward custom call reads.
   y, h, c = row_major(y), row_major(h), row_major(c)
-  valid = jnp.arange(T, dtype=jnp.int32)[None, :] < seq[:, None]  # (B, T)
-  hs = jnp.where(valid[..., None], y, 0).swapaxes(0, 1)  # (T, B, H)
-  h = jnp.where(empty[:, None], h0[0], h[0])
-  c = jnp.where(empty[:, None], c0[0], c[0])
-  hs = hs.reshape(T, *batch_shape, H)
-  if reverse:
-    hs = _reorder(hs, idx)
-  final = LSTMState(h.reshape(state.h.shape), c.reshape(state.c.shape))
-  return final, from_time_major(hs, time_major=time_major)
+  h = jnp.where(empty[:, None], state.h, h[0])
+  c = jnp.where(empty[:, None], state.c, c[0])
+  return LSTMState(h, c), y.swapaxes(0, 1)
+
+
+KERNEL = Kernel(name="cudnn", why_not=why_not, run=run, rank=50)

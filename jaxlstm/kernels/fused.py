@@ -30,14 +30,14 @@ fusion and per small GEMM on every step:
    recomputes each chunk's gates during the backward pass, so memory no longer
    grows with ``T * 4H`` (long sequences, e.g. ``T = 100000``).
 
-Time-major ``(T, B, F)`` layout is used inside, with all batch axes flattened
-into one.
+The layer shell (:mod:`jaxlstm.shell`) hands it time-major ``(T, B, F)``
+arrays, with all batch axes flattened into one and a backward pass already
+reversed.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -45,22 +45,24 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxlstm.cells.lstm import LSTMParams, LSTMState
-from jaxlstm.scan import _reorder, from_time_major, reverse_index, to_time_major, valid_steps
+from jaxlstm.kernels.registry import Kernel, LayerCall
 
 
-def supports(params, *, resets=None, remat=None) -> bool:
-  """Whether the fused path handles this layer call.
+def why_not(call: LayerCall) -> str | None:
+  """Why the fused kernel cannot run ``call``, or ``None``.
 
-  It handles :class:`~jaxlstm.LSTMParams` without layer normalization or
+  It runs :class:`~jaxlstm.LSTMParams` without layer normalization or
   projection (with or without peepholes), in any floating dtype, with
-  ``lengths``, ``mask`` and ``reverse``. ``resets`` go to the reference scan.
-  ``remat`` must be ``None`` or a positive int.
+  ``lengths``, ``mask``, ``reverse`` and ``remat``, but not ``resets``.
   """
-  if not isinstance(params, LSTMParams) or resets is not None:
-    return False
-  if remat is not None and (not isinstance(remat, int) or isinstance(remat, bool) or remat < 1):
-    return False
-  return params.layer_norm is None and params.w_proj is None
+  if call.cell.name != "lstm":
+    return f"it runs LSTM layers only, not {call.cell.name}"
+  p = call.params
+  if p.layer_norm is not None or p.w_proj is not None:
+    return "it runs plain and peephole LSTMs only, not layer_norm or proj_size; use impl='reference'"
+  if call.resets:
+    return "it does not take resets; use impl='reference'"
+  return None
 
 
 def default_unroll() -> int:
@@ -278,59 +280,36 @@ def _run_remat(params, xs, valid, h0, c0, unroll, k):
   return hs.reshape(n * k, *hs.shape[2:])[:T], h, c
 
 
-def lstm_fused(params: LSTMParams, xs: jax.Array, state: LSTMState, *, lengths=None, mask=None,
-               reverse: bool = False, time_major: bool = False, unroll: int | bool | None = None,
-               remat: int | None = None) -> tuple[LSTMState, jax.Array]:
-  """Runs one LSTM layer over a sequence on the fast path; same contract as :func:`jaxlstm.lstm`.
-
-  Arguments arrive already checked (see :func:`jaxlstm.layers.prepare`), and
-  :func:`supports` must hold.
+def run(params: LSTMParams, xs: jax.Array, state: LSTMState, valid, resets=None, *, lengths=None,
+        unroll: int | bool | None = None, remat: int | None = None) -> tuple[LSTMState, jax.Array]:
+  """The kernel's core: one LSTM layer on time-major ``xs (T, B, I)``, state leaves ``(B, H)``.
 
   Args:
     params: :class:`~jaxlstm.LSTMParams` without layer norm or projection.
-    xs: inputs ``(*batch, T, I)``, or ``(T, *batch, I)`` if ``time_major``.
-    state: :class:`~jaxlstm.LSTMState` with leaves ``(*batch, H)``, in the
-      carry dtype (float32 under 16-bit params).
-    lengths: optional ``(*batch,)`` integer lengths.
-    mask: optional ``(*batch, T)`` (time-major ``(T, *batch)``) bool validity.
-    reverse: run backwards in time, each row within its own length.
-    time_major: whether the time axis comes first.
-    unroll: ``lax.scan`` unroll factor of the forward and backward loops;
-      ``None`` picks :func:`default_unroll`.
+    xs: inputs ``(T, B, I)`` in processing order.
+    state: :class:`~jaxlstm.LSTMState` with leaves ``(B, H)``, in the carry
+      dtype (float32 under 16-bit params).
+    valid: ``(T, B)`` bool validity, or ``None``.
+    resets: must be ``None`` (see :func:`why_not`).
+    lengths: unused; validity arrives in ``valid``.
+    unroll: unroll factor of the forward and backward loops; ``None`` picks
+      :func:`default_unroll`.
     remat: if set, checkpoint every ``remat`` steps: the backward pass
       recomputes each chunk's gates, trading about one extra forward pass for
       memory that no longer holds ``(T, B, 4H)`` gate arrays.
 
   Returns:
-    ``(final_state, hs)``; ``hs`` is ``(*batch, T, H)`` (time-major
-    ``(T, *batch, H)``) in the carry dtype, zero at invalid steps.
+    ``(final_state, hs)``; ``hs (T, B, H)`` in the carry dtype (the carried
+    ``h``, which the shell zeroes at invalid steps).
   """
+  del lengths, resets
   if unroll is None:
     unroll = default_unroll()
-  xs_t = to_time_major(xs, time_major=time_major, feature_axis=True)  # (T, *batch, I)
-  T, batch_shape = xs_t.shape[0], tuple(xs_t.shape[1:-1])
-  if T == 0:
-    hs = jnp.zeros((0, *batch_shape, params.hidden_size), state.h.dtype)
-    return state, from_time_major(hs, time_major=time_major)
-  valid = valid_steps(lengths, to_time_major(mask, time_major=time_major, feature_axis=False), T)
-  idx = None
-  if reverse:
-    idx = reverse_index(lengths, T, batch_shape)
-    xs_t = _reorder(xs_t, idx)
-    valid = None if valid is None else _reorder(valid, idx)
-  # Flatten the batch axes into one: the loop works on 2-D (B, F) blocks.
-  B = math.prod(batch_shape)
-  xs_f = xs_t.reshape(T, B, xs_t.shape[-1])
-  valid_f = None if valid is None else valid.reshape(T, B)
-  h0, c0 = state.h.reshape(B, -1), state.c.reshape(B, -1)
   if remat is None:
-    hs, h, c = _run(params, xs_f, valid_f, h0, c0, unroll)
+    hs, h, c = _run(params, xs, valid, state.h, state.c, unroll)
   else:
-    hs, h, c = _run_remat(params, xs_f, valid_f, h0, c0, unroll, remat)
-  if valid_f is not None:
-    hs = jnp.where(valid_f[..., None], hs, jnp.zeros_like(hs))
-  hs = hs.reshape(T, *batch_shape, hs.shape[-1])
-  if reverse:
-    hs = _reorder(hs, idx)
-  final = LSTMState(h.reshape(state.h.shape), c.reshape(state.c.shape))
-  return final, from_time_major(hs, time_major=time_major)
+    hs, h, c = _run_remat(params, xs, valid, state.h, state.c, unroll, remat)
+  return LSTMState(h, c), hs
+
+
+KERNEL = Kernel(name="fused", why_not=why_not, run=run, rank=10)

@@ -1,0 +1,169 @@
+"""The cell record and the registry: everything the library needs to know about a cell, in one place.
+
+A cell is a :class:`Cell`, a NamedTuple of pure functions and metadata, in
+the way optax's ``GradientTransformation`` is a NamedTuple of ``init`` and
+``update``. The registry maps each cell's params type (and its name) to its
+record; layers, stacks, the Flax modules, the command line, the converters
+and checkpoints ask it instead of switching on types. Adding a cell is one
+file that builds a :class:`Cell` plus one :func:`register_cell` call.
+
+Settings that change a cell's maths but are not arrays (the Elman RNN's
+``activation``) are *static fields* of its params: they live in the params'
+pytree structure rather than in its leaves, so they travel with the model
+through ``jit``, ``vmap``, optax, the Flax modules and checkpoints, and a
+call cannot forget them. :func:`static_fields` declares them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+
+
+class Cell(NamedTuple):
+  """The record of one recurrent cell.
+
+  Attributes:
+    name: the cell's name in :func:`jaxlstm.stack_init`, the Flax modules and
+      the command line, e.g. ``"lstm"``.
+    params_type: the NamedTuple class of its params; the registry's key.
+    state_type: the NamedTuple class of its state.
+    init: ``init(key, input_size, hidden_size, *, dtype, **options) -> params``.
+    step: ``step(params, state, x) -> (state, y)``, the scan body, with any
+      leading batch axes on ``state`` and ``x``.
+    zero_state: ``zero_state(params, batch_shape=(), dtype=None) -> state``.
+    options_of: ``options_of(params) -> dict``, the init options (dtype
+      included) that give ``params``' layout: ``init(key, I, H,
+      **options_of(params))`` has the same structure, shapes and dtypes.
+    gates: gate blocks along the output axis of the weights (LSTM 4, GRU 3,
+      RNN 1), as the converters need.
+    options: names of ``init``'s keyword options besides ``dtype``.
+    peers: the peer classes it maps to, e.g. ``{"torch": "LSTM"}``; for
+      messages and converters.
+  """
+  name: str
+  params_type: type
+  state_type: type
+  init: Callable[..., Any]
+  step: Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]]
+  zero_state: Callable[..., Any]
+  options_of: Callable[[Any], dict]
+  gates: int
+  options: tuple[str, ...] = ()
+  peers: Mapping[str, str] = {}
+
+
+_BY_TYPE: dict[type, Cell] = {}
+_BY_NAME: dict[str, Cell] = {}
+
+
+def register_cell(cell: Cell) -> Cell:
+  """Adds ``cell`` to the registry, keyed by its params type and its name; returns it.
+
+  Raises:
+    TypeError: ``cell`` is not a :class:`Cell`.
+    ValueError: another cell already has its name or params type.
+  """
+  if not isinstance(cell, Cell):
+    raise TypeError(f"cell must be a jaxlstm.Cell record; got {type(cell).__name__}")
+  for key, table, what in ((cell.params_type, _BY_TYPE, "params type"), (cell.name, _BY_NAME, "name")):
+    old = table.get(key)
+    if old is not None and old != cell:
+      raise ValueError(f"a cell with {what} {getattr(key, '__name__', key)!r} is already registered "
+                       f"({old.name!r})")
+  _BY_TYPE[cell.params_type] = cell
+  _BY_NAME[cell.name] = cell
+  return cell
+
+
+def cell_names() -> tuple[str, ...]:
+  """The names of every registered cell, sorted."""
+  return tuple(sorted(_BY_NAME))
+
+
+def is_cell_params(params: Any) -> bool:
+  """Whether ``params`` is one layer's params of a registered cell."""
+  return type(params) in _BY_TYPE
+
+
+def cell_of(params: Any, name: str = "params") -> Cell:
+  """The record of the cell whose params ``params`` are.
+
+  Raises:
+    TypeError: naming ``name``, when ``params`` is not the params of a
+      registered cell.
+  """
+  cell = _BY_TYPE.get(type(params))
+  if cell is None:
+    kinds = ", ".join(c.params_type.__name__ for c in _BY_TYPE.values())
+    hint = " (a stack's tuple was given where one layer's params were expected)" if isinstance(
+        params, (tuple, list)) and not hasattr(params, "_fields") else ""
+    raise TypeError(f"{name} must be the params of a registered cell ({kinds}); got "
+                    f"{type(params).__name__}{hint}")
+  return cell
+
+
+def cell_of_type(params_type: type) -> Cell:
+  """The record of the cell whose params type is ``params_type``.
+
+  Raises:
+    TypeError: no registered cell has that params type.
+  """
+  cell = _BY_TYPE.get(params_type)
+  if cell is None:
+    raise TypeError(f"{getattr(params_type, '__name__', params_type)} is not the params type of a registered cell")
+  return cell
+
+
+def get_cell(name: str) -> Cell:
+  """The registered cell called ``name``.
+
+  Raises:
+    ValueError: no cell has that name.
+  """
+  try:
+    return _BY_NAME[name]
+  except (KeyError, TypeError):
+    raise ValueError(f"cell must be one of {list(cell_names())}; got {name!r}") from None
+
+
+def static_fields(*names: str) -> Callable[[type], type]:
+  """Class decorator: registers a params NamedTuple as a pytree whose ``names`` fields are static.
+
+  Static fields are kept in the pytree's structure (its aux data), not in its
+  leaves: ``jax.tree.map``, ``jit``, ``grad`` and optax pass them through
+  untouched, and two params that differ in one have different tree
+  structures (so a checkpoint cannot be restored into the wrong one). Their
+  values must be hashable. The other fields stay ordinary children, with
+  their names as key paths.
+
+  Example:
+    >>> @static_fields("activation")
+    ... class MyParams(NamedTuple):
+    ...   w: jax.Array
+    ...   activation: str = "tanh"
+    >>> jax.tree_util.tree_structure(MyParams(jnp.ones(2), "relu"))
+    PyTreeDef(CustomNode(MyParams[('relu',)], [*]))
+  """
+  def register(cls: type) -> type:
+    fields = cls._fields
+    unknown = [n for n in names if n not in fields]
+    if unknown:
+      raise ValueError(f"{cls.__name__} has no fields {unknown}")
+    children = tuple(f for f in fields if f not in names)
+    keys = tuple(jax.tree_util.GetAttrKey(f) for f in children)
+
+    def flatten_with_keys(p):
+      return tuple(zip(keys, (getattr(p, f) for f in children))), tuple(getattr(p, n) for n in names)
+
+    def flatten(p):
+      return tuple(getattr(p, f) for f in children), tuple(getattr(p, n) for n in names)
+
+    def unflatten(aux, leaves):
+      return cls(**dict(zip(children, leaves)), **dict(zip(names, aux)))
+
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+    cls.static_fields = tuple(names)
+    return cls
+  return register

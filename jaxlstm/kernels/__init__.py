@@ -1,0 +1,23 @@
+"""The kernels, one file each, and the registry that ``impl`` reads.
+
+* :mod:`~jaxlstm.kernels.fused`: plain and peephole LSTMs, with a hand-written
+  backward pass; the default wherever it applies.
+* :mod:`~jaxlstm.kernels.cudnn`: plain float32 LSTMs as one cuDNN call (CUDA
+  GPUs only).
+* :mod:`~jaxlstm.kernels.reference`: ``lax.scan`` over the cell's step; every
+  cell and option, and the oracle of the others.
+
+A new kernel is one module that builds a :class:`~jaxlstm.Kernel` record plus
+one :func:`~jaxlstm.register_kernel` line here.
+"""
+
+from jaxlstm.kernels import cudnn, fused, reference
+from jaxlstm.kernels.registry import (Kernel, KernelChoice, LayerCall, check_impl, impls, kernel_names, reasons,
+                                      register_kernel, select)
+
+register_kernel(fused.KERNEL)
+register_kernel(cudnn.KERNEL)
+register_kernel(reference.KERNEL)
+
+__all__ = ["Kernel", "KernelChoice", "LayerCall", "check_impl", "impls", "kernel_names", "reasons",
+           "register_kernel", "select"]

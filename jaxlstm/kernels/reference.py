@@ -1,0 +1,64 @@
+"""The reference kernel: ``lax.scan`` over the cell's own step function.
+
+It runs every registered cell with every option (``lengths``, ``mask``,
+``resets``, reverse), and it is the oracle that the faster kernels are held
+to in the tests. It differentiates and batches with JAX's own rules, so
+``grad``, ``jvp``, ``vmap`` and ``hessian`` all work through it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxlstm.cells.registry import cell_of
+from jaxlstm.kernels.registry import Kernel, LayerCall
+
+
+def _expand(flags: jax.Array, leaf: jax.Array) -> jax.Array:
+  """Adds trailing axes so that ``(B,)`` flags broadcast against ``(B, ...)``."""
+  return flags.reshape(flags.shape + (1,) * (leaf.ndim - flags.ndim))
+
+
+def _select(flags: jax.Array, on_true: Any, on_false: Any) -> Any:
+  return jax.tree.map(lambda a, b: jnp.where(_expand(flags, a), a, b), on_true, on_false)
+
+
+def scan_core(step: Callable, params: Any, xs: jax.Array, state: Any, valid: jax.Array | None,
+              resets: jax.Array | None, *, lengths=None, unroll=None, remat=None) -> tuple[Any, jax.Array]:
+  """``step`` unrolled with ``lax.scan`` on time-major ``xs (T, B, I)``; the kernel contract.
+
+  A reset step starts from the initial ``state``; an invalid step keeps the
+  carry (its output is left for the shell to zero).
+  """
+  del lengths, remat  # validity arrives in ``valid``; remat is refused by why_not
+
+  def body(carry, inputs):
+    x, v, r = inputs
+    if r is not None:
+      carry = _select(r, state, carry)
+    new, y = step(params, carry, x)
+    if v is not None:
+      new = _select(v, new, carry)
+    return new, y
+
+  return lax.scan(body, state, (xs, valid, resets), unroll=1 if unroll is None else unroll)
+
+
+def why_not(call: LayerCall) -> str | None:
+  if call.remat is not None:
+    return ("remat is implemented by the fused kernel only (plain and peephole LSTMs without resets); "
+            "the reference kernel keeps every step")
+  return None
+
+
+def run(params: Any, xs: jax.Array, state: Any, valid, resets, *, lengths=None, unroll=None, remat=None):
+  """The kernel's core: :func:`scan_core` over the params' registered cell step."""
+  return scan_core(cell_of(params).step, params, xs, state, valid, resets, lengths=lengths, unroll=unroll,
+                   remat=remat)
+
+
+KERNEL = Kernel(name="reference", why_not=why_not, run=run, rank=100)

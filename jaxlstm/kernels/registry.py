@@ -1,0 +1,133 @@
+"""The kernel record, the registry, and how ``impl`` picks a kernel.
+
+A kernel runs the time-major, flattened core of one layer; the layer shell
+(:mod:`jaxlstm.shell`) does everything around it. A kernel is a
+:class:`Kernel` record: a name, ``why_not(call)``, which says why it cannot
+run a call (``None`` when it can), and ``run``. ``impl="auto"`` takes the
+first kernel, in ``rank`` order, that can run the call; an explicit ``impl``
+that cannot raises with its reason. Nothing falls back silently.
+
+The contract of ``run``::
+
+  run(params, xs, state, valid, resets, *, lengths, unroll, remat) -> (final_state, ys)
+
+  xs:      (T, B, I) time-major inputs, T >= 1, already in processing order
+           (reversed by the shell for a backward pass), in the params' dtype
+  state:   the cell's state with leaves (B, F)
+  valid:   (T, B) bool or None; an invalid step leaves the state unchanged
+  resets:  (T, B) bool or None; True sets the state back to ``state`` before that step
+  lengths: (B,) int32 or None; given when ``valid`` is exactly ``t < lengths``
+           (no mask), for kernels that take lengths rather than a mask
+  ys:      (T, B, F_out); its values at invalid steps are ignored (the shell zeroes them)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from jaxlstm.cells.registry import Cell
+
+
+class LayerCall(NamedTuple):
+  """The static facts about one layer call that decide which kernels can run it."""
+  cell: Cell
+  params: Any  # the layer's params (for its options and dtype); never traced values
+  lengths: bool  # lengths given
+  mask: bool  # mask given
+  resets: bool  # resets given
+  reverse: bool
+  time_major: bool
+  remat: int | None
+
+
+class Kernel(NamedTuple):
+  """The record of one kernel.
+
+  Attributes:
+    name: the ``impl`` value that selects it.
+    why_not: ``why_not(call: LayerCall) -> str | None``: why it cannot run the
+      call, in words that complete "impl=... cannot run this layer: ...", or
+      ``None``.
+    run: the core, with the contract in this module's docstring.
+    rank: ``impl="auto"`` tries kernels from the lowest rank up: the fastest
+      general kernel should have the lowest.
+  """
+  name: str
+  why_not: Callable[[LayerCall], str | None]
+  run: Callable[..., tuple[Any, Any]]
+  rank: int
+
+
+_KERNELS: dict[str, Kernel] = {}
+
+
+def register_kernel(kernel: Kernel) -> Kernel:
+  """Adds ``kernel`` to the registry under its name; returns it.
+
+  Raises:
+    ValueError: the name is ``"auto"`` or already taken by another kernel.
+  """
+  if not isinstance(kernel, Kernel):
+    raise TypeError(f"kernel must be a jaxlstm.Kernel record; got {type(kernel).__name__}")
+  if kernel.name == "auto":
+    raise ValueError("'auto' is not a kernel name: it asks for the fastest kernel that can run the call")
+  old = _KERNELS.get(kernel.name)
+  if old is not None and old != kernel:
+    raise ValueError(f"a kernel named {kernel.name!r} is already registered")
+  _KERNELS[kernel.name] = kernel
+  return kernel
+
+
+def kernel_names() -> tuple[str, ...]:
+  """Every registered kernel's name, in ``impl="auto"`` order."""
+  return tuple(k.name for k in sorted(_KERNELS.values(), key=lambda k: k.rank))
+
+
+def impls() -> tuple[str, ...]:
+  """The accepted values of ``impl``: ``"auto"`` and every kernel's name."""
+  return ("auto", *kernel_names())
+
+
+def check_impl(impl: Any) -> None:
+  if not isinstance(impl, str) or (impl != "auto" and impl not in _KERNELS):
+    raise ValueError(f"impl must be one of {impls()}; got {impl!r}")
+
+
+def reasons(call: LayerCall) -> dict[str, str | None]:
+  """``{kernel name: why it cannot run the call, or None}``, in ``impl="auto"`` order."""
+  return {name: _KERNELS[name].why_not(call) for name in kernel_names()}
+
+
+def select(call: LayerCall, impl: str) -> Kernel:
+  """The kernel that runs ``call`` under ``impl``.
+
+  Raises:
+    ValueError: ``impl`` names a kernel that cannot run the call (with its
+      reason), or no kernel can (with every kernel's reason).
+  """
+  check_impl(impl)
+  if impl != "auto":
+    why = _KERNELS[impl].why_not(call)
+    if why is not None:
+      raise ValueError(f"impl={impl!r} cannot run this layer: {why}")
+    return _KERNELS[impl]
+  why = reasons(call)
+  for name, reason in why.items():
+    if reason is None:
+      return _KERNELS[name]
+  detail = "; ".join(f"{name}: {reason}" for name, reason in why.items())
+  raise ValueError(f"no kernel can run this {call.cell.name} layer: {detail}")
+
+
+class KernelChoice(NamedTuple):
+  """Which kernel a layer call runs on, and why each other kernel does not."""
+  layer: str  # e.g. "params" or "params[1].backward"
+  kernel: str  # the kernel that runs it
+  reasons: dict  # {kernel name: None if it can run the call, else why not}
+
+  def __str__(self) -> str:
+    lines = [f"{self.layer}: runs on {self.kernel!r}"]
+    for name, why in self.reasons.items():
+      mark = "chosen" if name == self.kernel else ("can run it" if why is None else why)
+      lines.append(f"  {name}: {mark}")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""The layer shell: the layout work around every kernel, written once.
+
+Every layer call, whichever kernel runs it, goes through :func:`run`:
+
+1. time to the front: ``(*batch, T, I)`` becomes ``(T, *batch, I)``;
+2. all batch axes flattened into one, ``(T, B, I)``, state leaves ``(B, F)``;
+3. ``lengths`` and ``mask`` joined into one validity array ``(T, B)``;
+4. for a backward pass, each row reversed within its own length, and
+   ``resets`` moved to the backward pass's reset points;
+5. ``T = 0`` answered without running a kernel;
+
+then the kernel's core runs (see :mod:`jaxlstm.kernels.registry`), and the
+outputs are zeroed at invalid steps, put back in time order, unflattened
+and moved back to the caller's layout.
+
+The arguments arrive checked (:mod:`jaxlstm.layers` and :func:`jaxlstm.scan`
+check them at the public entry points).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def to_time_major(a: jax.Array | None, *, time_major: bool, feature_axis: bool) -> jax.Array | None:
+  """Moves the time axis of a batch-major array to the front."""
+  if a is None or time_major:
+    return a
+  return jnp.moveaxis(a, -2 if feature_axis else -1, 0)
+
+
+def from_time_major(a: jax.Array, *, time_major: bool) -> jax.Array:
+  """Moves the time axis of ``(T, *batch, F)`` back to where the caller has it."""
+  return a if time_major else jnp.moveaxis(a, 0, -2)
+
+
+def valid_steps(lengths: jax.Array | None, mask: jax.Array | None, T: int) -> jax.Array | None:
+  """Time-major ``(T, *batch)`` validity from lengths and a time-major mask."""
+  valid = mask
+  if lengths is not None:
+    t = lax.broadcasted_iota(jnp.int32, (T, *lengths.shape), 0)
+    in_len = t < lengths.astype(jnp.int32)
+    valid = in_len if valid is None else valid & in_len
+  return valid
+
+
+def reverse_index(lengths: jax.Array | None, T: int, batch_shape: tuple[int, ...]) -> jax.Array | None:
+  """Time index ``(T, *batch)`` that reverses each row within its own length.
+
+  Row ``b`` maps step ``t < L_b`` to ``L_b - 1 - t`` and leaves the padding in
+  place. The map is its own inverse. Returns ``None`` without lengths (a plain
+  flip then does the job).
+  """
+  if lengths is None:
+    return None
+  t = lax.broadcasted_iota(jnp.int32, (T, *batch_shape), 0)
+  L = jnp.clip(lengths, 0, T).astype(jnp.int32)
+  return jnp.where(t < L, L - 1 - t, t)
+
+
+def reorder(x: jax.Array, idx: jax.Array | None) -> jax.Array:
+  """Reverses time-major ``x`` along axis 0, per row when ``idx`` (from :func:`reverse_index`) is given."""
+  if idx is None:
+    return jnp.flip(x, axis=0)
+  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - idx.ndim)), axis=0)
+
+
+def reverse_resets(resets: jax.Array) -> jax.Array:
+  """Turns time-major segment starts into the backward pass's reset points (before ``t`` when ``t + 1`` starts)."""
+  return jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])], axis=0)
+
+
+Core = Callable[..., tuple[Any, jax.Array]]
+
+
+def run(core: Core, params: Any, xs: jax.Array, state: Any, *, lengths=None, mask=None, resets=None,
+        reverse: bool = False, time_major: bool = False, unroll=None, remat=None) -> tuple[Any, jax.Array]:
+  """Runs ``core`` (a kernel's ``run``) over a sequence in the caller's layout.
+
+  Args:
+    core: ``core(params, xs (T, B, I), state (B, ...), valid, resets, *,
+      lengths, unroll, remat) -> (final_state, ys (T, B, ...))``.
+    params: passed through to ``core``.
+    xs: ``(*batch, T, I)``, or ``(T, *batch, I)`` if ``time_major``.
+    state: the initial state, leaves ``(*batch, F)``.
+    lengths: ``(*batch,)`` ints or ``None``.
+    mask, resets: ``(*batch, T)`` (time-major ``(T, *batch)``) bools or ``None``.
+    reverse: process from the last valid step of each row to the first.
+    time_major: the layout of ``xs``, ``mask``, ``resets`` and the outputs.
+    unroll, remat: passed through to ``core``.
+
+  Returns:
+    ``(final_state, ys)``: ``ys`` ``(*batch, T, F_out)`` (time-major
+    ``(T, *batch, F_out)``), zero at invalid steps, in the dtype ``core`` gives.
+  """
+  xs_t = to_time_major(xs, time_major=time_major, feature_axis=True)  # (T, *batch, I)
+  T, batch_shape = xs_t.shape[0], tuple(xs_t.shape[1:-1])
+  B = math.prod(batch_shape)
+  nb = len(batch_shape)
+  flat_state = jax.tree.map(lambda a: a.reshape(B, *a.shape[nb:]), state)
+  kw = dict(lengths=None, unroll=unroll, remat=remat)
+  if T == 0:
+    # No step runs: the initial state, and empty outputs of the shape one step would give.
+    probe = jax.ShapeDtypeStruct((1, B, xs_t.shape[-1]), xs.dtype)
+    ys = jax.eval_shape(lambda x: core(params, x, flat_state, None, None, **kw)[1], probe)
+    return state, from_time_major(jnp.zeros((0, *batch_shape, *ys.shape[2:]), ys.dtype), time_major=time_major)
+  valid = valid_steps(lengths, to_time_major(mask, time_major=time_major, feature_axis=False), T)
+  rs = to_time_major(resets, time_major=time_major, feature_axis=False)
+  idx = None
+  if reverse:
+    if rs is not None:
+      rs = reverse_resets(rs)
+    idx = reverse_index(lengths, T, batch_shape)
+    xs_t = reorder(xs_t, idx)
+    valid = None if valid is None else reorder(valid, idx)
+    rs = None if rs is None else reorder(rs, idx)
+  flat = lambda a: None if a is None else a.reshape(T, B, *a.shape[1 + nb:])  # noqa: E731
+  if lengths is not None and mask is None:
+    # Reversal within lengths keeps the valid steps a prefix, so the lengths still describe them.
+    kw["lengths"] = jnp.clip(lengths.reshape(B).astype(jnp.int32), 0, T)
+  final, ys = core(params, flat(xs_t), flat_state, flat(valid), flat(rs), **kw)
+  if valid is not None:
+    ys = jnp.where(flat(valid).reshape(T, B, *(1,) * (ys.ndim - 2)), ys, jnp.zeros_like(ys))
+  ys = ys.reshape(T, *batch_shape, *ys.shape[2:])
+  if reverse:
+    ys = reorder(ys, idx)
+  final = jax.tree.map(lambda f, s: f.reshape(s.shape), final, state)
+  return final, from_time_major(ys, time_major=time_major)
