@@ -3,10 +3,10 @@
 Gate layouts: LSTM ``i, f, g, o``; GRU ``r, z, n``. Weights are ``(in, out)``.
 """
 
-from jaxlstm.cells import Cell, cell_names, get_cell, register_cell, static_fields
+from jaxlstm.cells import Cell, cell_names, get_cell, register_cell, static_fields, unregister_cell
 from jaxlstm.cells.gru import GRUParams, GRUState, gru_init, gru_step, gru_zero_state
 from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
-from jaxlstm.kernels import Kernel, KernelChoice, LayerCall, kernel_names, register_kernel
+from jaxlstm.kernels import Kernel, KernelChoice, LayerCall, kernel_names, register_kernel, unregister_kernel
 from jaxlstm.layers import explain, gru, layer, lstm, rnn, zero_state
 from jaxlstm.cells.lstm import LayerNormParams, LSTMParams, LSTMState, lstm_init, lstm_step, lstm_zero_state
 from jaxlstm.cells.rnn import RNNParams, RNNState, rnn_init, rnn_step, rnn_zero_state
@@ -31,6 +31,8 @@ __all__ = [
     "register_cell",
     "register_kernel",
     "static_fields",
+    "unregister_cell",
+    "unregister_kernel",
     "TrainState",
     "GRUParams",
     "GRUState",

@@ -4,6 +4,12 @@ Orbax writes each checkpoint into a temporary directory and renames it into
 place only when it is complete, so a process killed during a save leaves the
 previous checkpoint as the latest loadable one. This module adds the policy
 (save every N steps, keep the last K) and errors that name the path.
+
+Each checkpoint also records its pytree structure, which holds what is not
+an array: the NamedTuple types and the params' static fields (an RNN's
+``activation``). :meth:`Checkpointer.restore` refuses to load a checkpoint
+into a model of another structure, so a relu RNN is never read back into a
+tanh one with every array matching.
 """
 
 from __future__ import annotations
@@ -14,6 +20,10 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+
+# Key of the saved pytree structure in each checkpoint's custom metadata.
+STRUCTURE_KEY = "jaxlstm_tree_structure"
 
 
 class CheckpointError(RuntimeError):
@@ -59,8 +69,10 @@ class Checkpointer:
     step = int(step)
     if step in self.all_steps():
       self._manager.delete(step)
+    structure = str(jax.tree_util.tree_structure(state))
     state = jax.tree_util.tree_map(np.asarray, state)
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+    self._manager.save(step, args=ocp.args.StandardSave(state), force=True,
+                       custom_metadata={STRUCTURE_KEY: structure})
     self._manager.wait_until_finished()
 
   def maybe_save(self, step: int, state: Any) -> bool:
@@ -95,6 +107,7 @@ class Checkpointer:
     path = self.path(step)
     if not os.path.isdir(path):
       raise CheckpointError(f"no checkpoint for step {step}: {path} does not exist")
+    _check_structure(self._manager, step, like, path)
     _check_matches(self._manager, step, like, path)
     abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), like)
     try:
@@ -111,6 +124,19 @@ class Checkpointer:
 def _first_line(e: Exception) -> str:
   text = str(e).strip()
   return text.splitlines()[0] if text else ""
+
+
+def _check_structure(manager, step: int, like: Any, path: str) -> None:
+  """Compares the saved pytree structure (types and static fields) with ``like``'s, where it was recorded."""
+  try:
+    saved = (manager.metadata(step).custom_metadata or {}).get(STRUCTURE_KEY)
+  except Exception:  # checkpoints written before the structure was recorded have no such metadata
+    return
+  want = str(jax.tree_util.tree_structure(like))
+  if saved is not None and saved != want:
+    raise CheckpointError(f"checkpoint {path} was saved from a model of another structure (its types or "
+                          f"static settings such as an RNN's activation differ): saved {saved}, the model is "
+                          f"{want}")
 
 
 def _check_matches(manager, step: int, like: Any, path: str) -> None:

@@ -77,6 +77,13 @@ def register_cell(cell: Cell) -> Cell:
   return cell
 
 
+def unregister_cell(name: str) -> Cell:
+  """Removes the cell called ``name`` from the registry and returns its record (for plugins and tests)."""
+  cell = get_cell(name)
+  del _BY_NAME[name], _BY_TYPE[cell.params_type]
+  return cell
+
+
 def cell_names() -> tuple[str, ...]:
   """The names of every registered cell, sorted."""
   return tuple(sorted(_BY_NAME))

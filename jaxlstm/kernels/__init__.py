@@ -13,11 +13,11 @@ one :func:`~jaxlstm.register_kernel` line here.
 
 from jaxlstm.kernels import cudnn, fused, reference
 from jaxlstm.kernels.registry import (Kernel, KernelChoice, LayerCall, check_impl, impls, kernel_names, reasons,
-                                      register_kernel, select)
+                                      register_kernel, select, unregister_kernel)
 
 register_kernel(fused.KERNEL)
 register_kernel(cudnn.KERNEL)
 register_kernel(reference.KERNEL)
 
 __all__ = ["Kernel", "KernelChoice", "LayerCall", "check_impl", "impls", "kernel_names", "reasons",
-           "register_kernel", "select"]
+           "register_kernel", "select", "unregister_kernel"]

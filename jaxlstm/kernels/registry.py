@@ -78,6 +78,12 @@ def register_kernel(kernel: Kernel) -> Kernel:
   return kernel
 
 
+def unregister_kernel(name: str) -> Kernel:
+  """Removes the kernel called ``name`` from the registry and returns its record (for plugins and tests)."""
+  check_impl(name)
+  return _KERNELS.pop(name)
+
+
 def kernel_names() -> tuple[str, ...]:
   """Every registered kernel's name, in ``impl="auto"`` order."""
   return tuple(k.name for k in sorted(_KERNELS.values(), key=lambda k: k.rank))

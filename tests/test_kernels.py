@@ -1,0 +1,110 @@
+"""Every (cell, kernel) pair that the registries say can run, against the shared Python-loop oracle.
+
+For each registered cell variant and each case of missing data and direction,
+:func:`jaxlstm.explain` lists the kernels that can run the call; each of them
+must match :func:`tests.oracle.python_unroll` in outputs and final state, and
+``impl="auto"`` must pick the first of them.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlstm
+from tests.helpers import normal, random_params, rel_err
+from tests.oracle import python_unroll
+
+B, T, I, H = 3, 5, 2, 4
+LENGTHS = np.array([5, 2, 0])
+MASK = np.array([[1, 0, 1, 1, 0], [1, 1, 1, 0, 0], [0, 1, 0, 1, 1]], bool)
+RESETS = np.array([[0, 0, 1, 0, 0], [1, 0, 0, 1, 0], [0, 1, 1, 0, 0]], bool)
+
+VARIANTS = {
+    "lstm": ("lstm", {}),
+    "lstm_peephole": ("lstm", {"peephole": True}),
+    "lstm_ln_proj": ("lstm", {"layer_norm": True, "proj_size": 3}),
+    "gru": ("gru", {}),
+    "rnn_tanh": ("rnn", {}),
+    "rnn_relu": ("rnn", {"activation": "relu"}),
+}
+CASES = {
+    "plain": {},
+    "lengths": {"lengths": LENGTHS},
+    "mask_resets": {"mask": MASK, "resets": RESETS},
+    "reverse_lengths_mask": {"reverse": True, "lengths": LENGTHS, "mask": MASK},
+    "reverse_lengths_resets": {"reverse": True, "lengths": LENGTHS, "resets": RESETS},
+    "batch2d_time_major": {"time_major": True, "lengths": np.array([[4, 1], [0, 5]])},
+}
+
+
+def test_variants_cover_every_registered_cell():
+  assert {cell for cell, _ in VARIANTS.values()} == set(jaxlstm.cell_names())
+
+
+def setup(variant, case):
+  cell, opts = VARIANTS[variant]
+  params = random_params(jaxlstm.get_cell(cell).init, I, H, dtype=jnp.float64, **opts)
+  kw = dict(CASES[case])
+  batch = (2, 2) if case == "batch2d_time_major" else (B,)
+  xs = normal((*batch, T, I), jnp.float64, seed=1)
+  state = jax.tree.map(lambda z: normal(z.shape, jnp.float64, seed=2, scale=0.5), jaxlstm.zero_state(params, batch))
+  if kw.get("time_major"):
+    xs = jnp.moveaxis(xs, -2, 0)
+  return params, xs, state, kw
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_runnable_kernel_matches_the_loop(variant, case):
+  params, xs, state, kw = setup(variant, case)
+  choice = jaxlstm.explain(params, xs, **kw)
+  runnable = [name for name, why in choice.reasons.items() if why is None]
+  assert runnable and choice.kernel == runnable[0]
+  want_final, want_hs = python_unroll(jaxlstm.get_cell(VARIANTS[variant][0]).step, params, xs, state, **kw)
+  for impl in runnable:
+    final, hs = jaxlstm.layer(params, xs, state, impl=impl, **kw)
+    assert hs.shape == want_hs.shape and hs.dtype == want_hs.dtype, impl
+    assert rel_err(hs, want_hs) < 1e-12, (impl, rel_err(hs, want_hs))
+    for got, want in zip(jax.tree.leaves(final), jax.tree.leaves(want_final)):
+      assert rel_err(got, want) < 1e-12, impl
+
+
+@pytest.mark.parametrize("variant", ["lstm_peephole", "gru"])
+def test_every_runnable_kernel_matches_the_loop_in_gradients(variant):
+  params, xs, state, kw = setup(variant, "reverse_lengths_mask")
+  step = jaxlstm.get_cell(VARIANTS[variant][0]).step
+  w = jnp.asarray(np.random.default_rng(5).standard_normal((B, T, H)), jnp.float64)
+
+  def loss(run):
+    return lambda p, x: jnp.sum(run(p, x)[1] * w)
+
+  want = jax.grad(loss(lambda p, x: python_unroll(step, p, x, state, **kw)), argnums=(0, 1))(params, xs)
+  reasons = jaxlstm.explain(params, xs, **kw).reasons
+  for impl in [name for name, why in reasons.items() if why is None]:
+    got = jax.grad(loss(lambda p, x: jaxlstm.layer(p, x, state, impl=impl, **kw)), argnums=(0, 1))(params, xs)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert rel_err(a, b) < 1e-11, impl
+
+
+def test_explicit_impl_that_cannot_run_raises_and_never_falls_back():
+  params, xs, _, _ = setup("gru", "plain")
+  with pytest.raises(ValueError, match=r"impl='fused' cannot run this layer: it runs LSTM layers only, not gru"):
+    jaxlstm.layer(params, xs, impl="fused")
+  lstm, xs, _, _ = setup("lstm", "plain")
+  with pytest.raises(ValueError, match=r"impl='fused' cannot run this layer: it does not take resets"):
+    jaxlstm.lstm(lstm, xs, resets=RESETS, impl="fused")
+  with pytest.raises(ValueError, match=r"impl='fused' cannot run this layer: it runs plain and peephole LSTMs only"):
+    jaxlstm.stack((setup("lstm_ln_proj", "plain")[0],), xs, impl="fused")
+
+
+def test_explain_describes_a_stack_layer_by_layer():
+  params = jaxlstm.stack_init(jax.random.key(0), I, H, 2, bidirectional=True)
+  xs = normal((B, T, I))
+  choices = jaxlstm.explain(params, xs, resets=RESETS)
+  assert [c.layer for c in choices] == ["params[0].forward", "params[0].backward", "params[1].forward",
+                                        "params[1].backward"]
+  assert {c.kernel for c in choices} == {"reference"}
+  assert choices[0].reasons["fused"] == "it does not take resets; use impl='reference'"
+  assert "runs on 'reference'" in str(choices[0]) and "fused: it does not take resets" in str(choices[0])
+  assert {c.kernel for c in jaxlstm.explain(params, xs)} == {"fused"}
