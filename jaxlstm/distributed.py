@@ -99,13 +99,25 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
       lambda a: jax.make_array_from_callback(np.shape(a), sharding, lambda idx: np.asarray(a)[idx]), tree)
 
 
+def local_replica(tree: Any) -> Any:
+  """``tree`` with every replicated array that spans several processes narrowed to this process's copy.
+
+  It copies nothing, so it is cheap enough for every step; with one process
+  it returns ``tree`` itself.
+  """
+  if jax.process_count() == 1:  # then every array is fully addressable
+    return tree
+
+  def local(a):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+      return a.addressable_data(0)
+    return a
+  return jax.tree_util.tree_map(local, tree)
+
+
 def to_host(tree: Any) -> Any:
   """NumPy copies of (replicated) arrays, also when they span several processes."""
-  def get(a):
-    if isinstance(a, jax.Array) and not a.is_fully_addressable:
-      return np.asarray(a.addressable_data(0))
-    return np.asarray(a)
-  return jax.tree_util.tree_map(get, tree)
+  return jax.tree_util.tree_map(np.asarray, local_replica(tree))
 
 
 def device_memory() -> dict[str, float]:

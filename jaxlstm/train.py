@@ -242,23 +242,6 @@ def _open_checkpoints(directory: str | None, save_every: int, keep: int, resume:
   return ckpt, state
 
 
-def _this_process(tree: Any) -> Any:
-  """``tree`` with every array that spans several processes narrowed to this process's replica.
-
-  ``Checkpointer.save`` copies the arrays to the host itself, and only on the
-  steps it saves; this narrowing is the part of :func:`distributed.to_host`
-  that it lacks, and it copies nothing, so it can run on every step.
-  """
-  if jax.process_count() == 1:  # then every array is fully addressable
-    return tree
-
-  def local(a):
-    if isinstance(a, jax.Array) and not a.is_fully_addressable:
-      return a.addressable_data(0)
-    return a
-  return jax.tree_util.tree_map(local, tree)
-
-
 def _train_batch(data: Any, n: int, batch_size: int, step: int, seed: int, mesh) -> Any:
   batch = take(data, batch_indices(n, batch_size, step, seed))
   return batch if mesh is None else distributed.shard_batch(batch, mesh)
@@ -369,7 +352,7 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
       meter.add(metrics)
       _show_progress(bar, meter, done, total)
       if ckpt is not None:
-        ckpt.maybe_save(done, _this_process(state))
+        ckpt.maybe_save(done, distributed.local_replica(state))
       if done % eval_every and done != total:
         continue
       record = {"step": done, "epoch": done / per_epoch, **meter.summary(batch_size, n_dev),
