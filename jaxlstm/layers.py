@@ -150,7 +150,13 @@ def layer(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, re
     >>> hs.shape, state.h.shape, bool((hs[1, 4:] == 0).all())
     ((2, 7, 5), (2, 5), True)
   """
-  check_params("params", params)
+  return _layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
+                time_major=time_major, unroll=unroll, impl=impl, remat=remat)
+
+
+def _layer(params, xs, state, *, cls=None, lengths, mask, resets, reverse, time_major, unroll, impl, remat=None):
+  """:func:`layer` with every argument checked once (``params`` against ``cls`` when given)."""
+  check_params("params", params, cls)
   check_options(impl=impl, remat=remat)
   xs, lengths, mask, resets = check_sequence(params, xs, lengths, mask, resets, time_major=time_major)
   state = check_state("state", params, state, batch_shape_of(xs, time_major=time_major))
@@ -176,9 +182,8 @@ def lstm(params: LSTMParams, xs: jax.Array, state=None, *, lengths=None, mask=No
     >>> hs.shape, state.c.shape
     ((2, 7, 5), (2, 5))
   """
-  check_params("params", params, LSTMParams)
-  return layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-               time_major=time_major, unroll=unroll, impl=impl, remat=remat)
+  return _layer(params, xs, state, cls=LSTMParams, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
+                time_major=time_major, unroll=unroll, impl=impl, remat=remat)
 
 
 def gru(params: GRUParams, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None,
@@ -192,9 +197,8 @@ def gru(params: GRUParams, xs: jax.Array, state=None, *, lengths=None, mask=None
     >>> jaxlstm.gru(params, jnp.ones((2, 7, 3)))[1].shape
     (2, 7, 5)
   """
-  check_params("params", params, GRUParams)
-  return layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-               time_major=time_major, unroll=unroll, impl=impl)
+  return _layer(params, xs, state, cls=GRUParams, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
+                time_major=time_major, unroll=unroll, impl=impl)
 
 
 def rnn(params: RNNParams, xs: jax.Array, state=None, *, activation: str | None = None, lengths=None, mask=None,
@@ -212,10 +216,10 @@ def rnn(params: RNNParams, xs: jax.Array, state=None, *, activation: str | None 
     >>> hs.shape, bool((hs >= 0).all())
     ((2, 7, 5), True)
   """
-  check_params("params", params, RNNParams)
-  check_call_activation(params, activation)
-  return layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-               time_major=time_major, unroll=unroll, impl=impl)
+  if isinstance(params, RNNParams):
+    check_call_activation(params, activation)
+  return _layer(params, xs, state, cls=RNNParams, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
+                time_major=time_major, unroll=unroll, impl=impl)
 
 
 def explain(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None, reverse: bool = False,
