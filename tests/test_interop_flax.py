@@ -34,6 +34,7 @@ NNX = {
     "nnx-optimized-lstm": lambda: nnx.OptimizedLSTMCell(I, H, rngs=nnx.Rngs(0), **ZEROS),
     "nnx-gru": lambda: nnx.GRUCell(I, H, rngs=nnx.Rngs(0), **ZEROS),
     "nnx-simple": lambda: nnx.SimpleCell(I, H, rngs=nnx.Rngs(0), **ZEROS),
+    "nnx-simple-relu": lambda: nnx.SimpleCell(I, H, activation_fn=jax.nn.relu, rngs=nnx.Rngs(0), **ZEROS),
 }
 STEPS = {jaxlstm.LSTMParams: jaxlstm.lstm_step, jaxlstm.GRUParams: jaxlstm.gru_step,
          jaxlstm.RNNParams: jaxlstm.rnn_step}
@@ -75,12 +76,14 @@ def grads_to_ours(cell, variables, grads):
 
 
 @functools.lru_cache(maxsize=None)
-def our_grad(step, activation):
-  """One jitted gradient per step function, shared by the Linen and NNX cells of each kind."""
-  kw = {} if activation is None else {"activation": activation}
+def our_grad(step):
+  """One jitted gradient per step function, shared by the Linen and NNX cells of each kind.
+
+  The step gets no activation: a SimpleCell's is in its converted params.
+  """
 
   def loss(params, state, x, s, r):
-    new, y = step(params, state, x, **kw)
+    new, y = step(params, state, x)
     return sum(jnp.sum(a * b) for a, b in zip(new, s)) + jnp.sum(y * r), (new, y)
 
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
@@ -118,7 +121,8 @@ def test_cell_parity(name):
   (f_gw, f_gc, f_gx), (f_new, f_y) = jax.jit(jax.grad(flax_loss, argnums=(0, 1, 2), has_aux=True))(
       weights, carry, x)
   step = STEPS[type(params)]
-  (o_gp, o_gs, o_gx), (o_new, o_y) = our_grad(step, flax_options(cell).get("activation"))(params, state, x, s, r)
+  assert flax_options(cell) == {}
+  (o_gp, o_gs, o_gx), (o_new, o_y) = our_grad(step)(params, state, x, s, r)
   assert_close(o_new, f_new, "new state")
   assert_close(o_y, f_y, "output")
   assert_close(o_gx, f_gx, "d/dx")
@@ -140,6 +144,41 @@ def test_rnn_over_a_sequence_with_lengths():
   valid = (np.arange(5)[None, :] < lengths[:, None])[..., None]
   assert_close(hs * valid, ys * valid, "outputs at valid steps")
   assert_close(final, from_flax_carry(carry, rnn), "final carry")
+
+
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_relu_simple_cell_over_a_sequence(api):
+  """A converted relu SimpleCell computes relu in a plain jaxlstm.rnn, as Flax's RNN over the cell does."""
+  xs = jnp.asarray(np.random.default_rng(6).standard_normal((B, 5, I)), jnp.float32)
+  if api == "linen":
+    cell, variables = make("linen-simple-relu", seed=7)
+    rnn = nn.RNN(cell, return_carry=True)
+    variables = {"params": {"cell": variables["params"]}}
+    carry, ys = jax.jit(rnn.apply)(variables, xs)
+    params = from_flax(rnn, variables)
+  else:
+    cell, _ = make("nnx-simple-relu", seed=7)
+    carry, ys = nnx.RNN(cell, return_carry=True)(xs)
+    params = from_flax(cell)
+  final, hs = jaxlstm.rnn(params, xs)
+  assert_close(hs, ys, "outputs")
+  assert_close(final, from_flax_carry(carry, cell), "final carry")
+
+
+def test_to_flax_refuses_the_other_activation():
+  """relu weights are never written into a tanh SimpleCell, nor tanh into relu; NNX cells are left unchanged."""
+  relu = random_params(jaxlstm.rnn_init, I, H, activation="relu")
+  with pytest.raises(ValueError, match=r"params\.activation is 'relu' but flax SimpleCell has activation_fn='tanh'; "
+                                       r"build the peer with activation_fn='relu'"):
+    to_flax(relu, nn.SimpleCell(H))
+  with pytest.raises(ValueError, match=r"params\.activation is 'tanh' but flax SimpleCell has activation_fn='relu'"):
+    to_flax(relu._replace(activation="tanh"), nn.RNN(nn.SimpleCell(H, activation_fn=jax.nn.relu)))
+  cell, _ = make("nnx-simple")
+  before = from_flax(cell)  # copies of the weights
+  with pytest.raises(ValueError, match=r"params\.activation is 'relu' but flax SimpleCell has activation_fn='tanh'"):
+    to_flax(relu, cell)
+  assert_bitwise(from_flax(cell), before)
+  assert from_flax(to_flax(relu, make("nnx-simple-relu")[0])).activation == "relu"  # the same one is written
 
 
 def assert_bitwise(a, b):
@@ -178,7 +217,10 @@ def test_layout():
   state = from_flax_carry((c, h), cell)
   assert isinstance(state, jaxlstm.LSTMState) and state.h is h and state.c is c
   assert to_flax_carry(state) == (c, h)
-  assert flax_options(make("linen-simple-relu")[0]) == {"activation": "relu"}
+  relu, relu_vars = make("linen-simple-relu")
+  assert flax_options(relu) == {}  # the activation travels in the params
+  assert from_flax(relu, relu_vars).activation == "relu" and from_flax(make("nnx-simple")[0]).activation == "tanh"
+  assert from_flax(make("nnx-simple-relu")[0]).activation == "relu"
   assert flax_options(cell) == {}
 
 

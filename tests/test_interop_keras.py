@@ -138,7 +138,7 @@ def test_gru_then_bidirectional_relu_rnn_with_a_mask_with_gaps():
            built(layers.Bidirectional(layers.SimpleRNN(H, activation="relu", use_bias=False, return_sequences=True,
                                                        return_state=True, **ZEROS), merge_mode="mul"), H, seed=1)]
   assert stack[0].cell.reset_after
-  assert keras_options(stack) == {"activation": "relu", "merge": "mul"}
+  assert keras_options(stack) == {"merge": "mul"}  # the activation travels in the params
   mask = np.array([[1, 1, 0, 1, 1], [1, 0, 0, 1, 1], [1, 1, 1, 1, 0]], bool)
   run_parity(stack, mask=mask)
 
@@ -147,7 +147,8 @@ def test_gru_then_bidirectional_relu_rnn_with_a_mask_with_gaps():
     (lambda: layers.LSTMCell(H, use_bias=False, **ZEROS), jaxlstm.lstm_step),
     (lambda: layers.GRUCell(H, **ZEROS), jaxlstm.gru_step),
     (lambda: layers.SimpleRNNCell(H, **ZEROS), jaxlstm.rnn_step),
-], ids=["lstm-no-bias", "gru", "rnn"])
+    (lambda: layers.SimpleRNNCell(H, activation="relu", **ZEROS), jaxlstm.rnn_step),
+], ids=["lstm-no-bias", "gru", "rnn", "rnn-relu"])
 def test_cell_parity(make, step):
   cell = built(make())
   params = from_keras(cell)
@@ -158,9 +159,60 @@ def test_cell_parity(make, step):
   is_lstm = isinstance(params, jaxlstm.LSTMParams)
   out, new = cell(x, [h, c] if is_lstm else [h])
   state = jaxlstm.LSTMState(h, c) if is_lstm else type(jaxlstm.zero_state(params))(h)
-  new_state, y = step(params, state, x, **keras_options(cell))
+  assert keras_options(cell) == {}
+  new_state, y = step(params, state, x)
   assert_close(y, out, "output")
   assert_close(list(new_state), new, "new state")
+
+
+RELU_LAYERS = {
+    "relu": lambda: built(layers.SimpleRNN(H, activation="relu", return_sequences=True, return_state=True, **ZEROS)),
+    "bi-relu": lambda: built(layers.Bidirectional(layers.SimpleRNN(H, activation="relu", return_sequences=True,
+                                                                   return_state=True, **ZEROS))),
+    # Each layer keeps its own activation, so a list that mixes them is one stack.
+    "relu-then-tanh": lambda: [
+        built(layers.SimpleRNN(H, activation="relu", return_sequences=True, return_state=True, **ZEROS), seed=1),
+        built(layers.SimpleRNN(H, return_sequences=True, return_state=True, **ZEROS), H, seed=2)],
+}
+
+
+@pytest.mark.parametrize("name", RELU_LAYERS)
+def test_relu_simple_rnn_runs_as_a_plain_stack(name):
+  """A converted SimpleRNN(activation="relu") computes relu in jaxlstm.stack without any extra argument."""
+  layer = RELU_LAYERS[name]()
+  layer_list = layer if isinstance(layer, list) else [layer]
+  params = from_keras(layer)
+  # Nothing to pass: Bidirectional's default merge_mode, "concat", is jaxlstm.stack's default merge.
+  assert keras_options(layer) == ({"merge": "concat"} if name == "bi-relu" else {})
+  xs = np.random.default_rng(5).standard_normal((B, T, I)).astype(np.float32)
+  h, states = xs, []
+  for l in layer_list:  # Keras' own forward pass is the oracle
+    h, *st = l(h)
+    states += st
+  finals, hs = jaxlstm.stack(params, jnp.asarray(xs))
+  assert_close(hs, h, "outputs")
+  assert_close(jax.tree_util.tree_leaves(finals), states, "final states")
+
+
+def test_to_keras_refuses_the_other_activation():
+  """relu weights are never written into a tanh SimpleRNN, nor tanh into relu; nothing is written on error."""
+  relu = from_keras(RELU_LAYERS["bi-relu"]())
+  target = built(layers.Bidirectional(layers.SimpleRNN(H, **ZEROS)), seed=3)
+  before = [np.asarray(v) for v in target.weights]
+  with pytest.raises(ValueError, match=r"params\[0\]\.forward\.activation is 'relu' but "
+                                       r"layer\.forward_layer\.cell has activation='tanh'; build the peer with "
+                                       r"activation='relu'"):
+    to_keras(relu, target)
+  assert all((a == np.asarray(v)).all() for a, v in zip(before, target.weights)), "nothing written on error"
+  unbuilt = layers.SimpleRNN(H, activation="relu", **ZEROS)
+  tanh = (relu[0].forward._replace(activation="tanh"),)
+  with pytest.raises(ValueError, match=r"params\[0\]\.activation is 'tanh' but layer\.cell has "
+                                       r"activation='relu'"):
+    to_keras(tanh, unbuilt)
+  assert not unbuilt.built, "a refused layer is left unbuilt"
+  with pytest.raises(ValueError, match=r"params\.activation is 'relu' but layer has activation='tanh'"):
+    to_keras(relu[0].forward, layers.SimpleRNNCell(H, **ZEROS))
+  assert from_keras(to_keras(tanh, layers.SimpleRNN(H, **ZEROS)))[0].activation == "tanh"  # the same one is written
 
 
 ROUND_TRIP_LAYERS = {
@@ -231,9 +283,10 @@ def test_errors():
     keras_options(built(layers.Bidirectional(layers.LSTM(H, return_sequences=True, **ZEROS), merge_mode=None)))
   with pytest.raises(ValueError, match=r"layer\.go_backwards must be False to run as jaxlstm\.stack"):
     keras_options(layers.LSTM(H, go_backwards=True, **ZEROS))
-  with pytest.raises(ValueError, match=r"layer must use one activation in all layers .*got \{'layer\[0\]\.cell': "
-                                       r"'tanh', 'layer\[1\]\.cell': 'relu'\}"):
-    keras_options([layers.SimpleRNN(H, **ZEROS), layers.SimpleRNN(H, activation="relu", **ZEROS)])
+  with pytest.raises(ValueError, match=r"layer must use one merge in all layers .*got \{'layer\[0\]': 'sum', "
+                                       r"'layer\[1\]': 'mul'\}"):
+    keras_options([layers.Bidirectional(layers.SimpleRNN(H, **ZEROS), merge_mode="sum"),
+                   layers.Bidirectional(layers.SimpleRNN(H, **ZEROS), merge_mode="mul")])
 
   p = random_params(jaxlstm.lstm_init, I, H)
   with pytest.raises(TypeError, match=r"params must be a tuple of layer params .* got a single LSTMParams "

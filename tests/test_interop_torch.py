@@ -178,6 +178,7 @@ CELLS = {
     "lstm-cell": (torch.nn.LSTMCell, {}, jaxlstm.lstm_step),
     "gru-cell": (torch.nn.GRUCell, {}, jaxlstm.gru_step),
     "rnn-cell-tanh": (torch.nn.RNNCell, {}, jaxlstm.rnn_step),
+    "rnn-cell-relu": (torch.nn.RNNCell, dict(nonlinearity="relu"), jaxlstm.rnn_step),
 }
 
 
@@ -186,7 +187,7 @@ def test_cell_parity(config):
   cls, kwargs, step = CELLS[config]
   module = make(cls, **kwargs)
   params = from_torch(module)
-  step = functools.partial(step, **torch_options(module))
+  assert torch_options(module) == {}  # a relu RNNCell's nonlinearity is in the params
   rng = np.random.default_rng(2)
   x = t(rng.standard_normal((B, I))).requires_grad_()
   h = t(rng.standard_normal((B, H))).requires_grad_()
@@ -247,8 +248,54 @@ def test_layout():
   target = to_torch((g,), make(torch.nn.GRU, seed=1))
   np.testing.assert_array_equal(target.bias_hh_l0.detach().numpy(), np.concatenate([np.zeros(2 * H), g.b_hn]))
   np.testing.assert_array_equal(to_torch((p,), make(torch.nn.LSTM, seed=1)).bias_hh_l0.detach().numpy(), 0)
-  assert torch_options(make(torch.nn.RNN, nonlinearity="relu")) == {"time_major": True, "activation": "relu"}
+  relu = make(torch.nn.RNN, nonlinearity="relu")
+  assert torch_options(relu) == {"time_major": True}  # the nonlinearity travels in the params
+  assert from_torch(relu)[0].activation == "relu" and from_torch(make(torch.nn.RNN))[0].activation == "tanh"
+  assert from_torch(make(torch.nn.RNNCell, nonlinearity="relu")).activation == "relu"
   assert torch_options(make(torch.nn.GRUCell)) == {}
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_relu_rnn_runs_as_a_plain_stack(bidirectional):
+  """A converted nn.RNN(nonlinearity="relu") computes relu in jaxlstm.stack without any extra argument.
+
+  Before the activation was part of the params this silently computed tanh;
+  relu's outputs are never negative, so tanh could not pass.
+  """
+  module = make(torch.nn.RNN, seed=6, num_layers=2, bidirectional=bidirectional, nonlinearity="relu",
+                batch_first=True)  # batch-major, jaxlstm.stack's default
+  params = from_torch(module)
+  xs = np.random.default_rng(7).standard_normal((B, T, I)).astype(np.float32)
+  with torch.no_grad():
+    out, h_n = module(t(xs))
+  finals, hs = jaxlstm.stack(params, jnp.asarray(xs))
+  assert_close(hs, out, "outputs")
+  assert_close(to_torch_state(finals, module), h_n, "final state")
+
+
+def test_to_torch_refuses_the_other_nonlinearity():
+  """relu weights are never written into a tanh module, nor tanh into relu; nothing is written on error."""
+  relu = from_torch(make(torch.nn.RNN, seed=1, num_layers=2, bidirectional=True, nonlinearity="relu"))
+  target = make(torch.nn.RNN, num_layers=2, bidirectional=True)
+  before = [p.clone() for p in target.parameters()]
+  with pytest.raises(ValueError, match=r"params\[0\]\.forward\.activation is 'relu' but module \(RNN\) has "
+                                       r"nonlinearity='tanh'; build the peer with nonlinearity='relu'"):
+    to_torch(relu, target)
+  assert all(torch.equal(a, b) for a, b in zip(before, target.parameters())), "nothing may be written on error"
+  # Only the second layer disagrees: the first layer must not be written either.
+  mixed = (relu[0], jaxlstm.Bidirectional(*(p._replace(activation="tanh") for p in relu[1])))
+  target = make(torch.nn.RNN, num_layers=2, bidirectional=True, nonlinearity="relu")
+  before = [p.clone() for p in target.parameters()]
+  with pytest.raises(ValueError, match=r"params\[1\]\.forward\.activation is 'tanh' but module \(RNN\) has "
+                                       r"nonlinearity='relu'"):
+    to_torch(mixed, target)
+  assert all(torch.equal(a, b) for a, b in zip(before, target.parameters())), "nothing may be written on error"
+  cell = from_torch(make(torch.nn.RNNCell))
+  with pytest.raises(ValueError, match=r"params\.activation is 'tanh' but module \(RNNCell\) has "
+                                       r"nonlinearity='relu'"):
+    to_torch(cell, make(torch.nn.RNNCell, nonlinearity="relu"))
+  to_torch(relu, target)  # the same activation is written
+  assert all(p.activation == "relu" for layer in from_torch(target) for p in layer)
 
 
 def test_state_converters():

@@ -12,6 +12,10 @@ Each framework has its own module, imported lazily: importing
 
 ``from_*`` reads a peer's weights into jaxlstm params; ``to_*`` writes jaxlstm
 params into a peer. ``to_*`` then ``from_*`` gives the params back bit for bit.
+What a layer computes travels in its params, the Elman RNN's activation
+included (PyTorch's ``nonlinearity``, Keras' and Flax's activation): ``to_*``
+refuses a peer that computes another one. ``*_options`` gives only the call
+settings that the params do not carry, such as ``time_major`` and ``merge``.
 """
 
 from jaxlstm.interop.flax import flax_options, from_flax, from_flax_carry, to_flax, to_flax_carry

@@ -27,8 +27,11 @@ Layouts, as Flax 0.12 defines them:
   W_hn))``: our GRU with ``b_hn = 0``. :func:`to_flax` therefore refuses params
   with a nonzero ``b_hn`` for it: no NNX ``GRUCell`` computes that function.
 * ``SimpleCell``: ``i`` (NNX ``dense_i``) with bias and ``h`` (``dense_h``)
-  without: ``RNNParams``; ``activation_fn`` ``tanh`` or ``relu`` (see
-  :func:`flax_options`), ``residual=False`` only.
+  without: ``RNNParams``; ``residual=False`` only. Its ``activation_fn``,
+  ``tanh`` or ``relu``, is stored as :attr:`jaxlstm.RNNParams.activation`:
+  it is part of the model, so it travels with the params, and
+  :func:`to_flax` refuses to write params into a cell of the other
+  activation.
 
 Carries. Flax's LSTM carry is ``(c, h)``, ours is ``LSTMState(h, c)``; convert
 with :func:`from_flax_carry` and :func:`to_flax_carry`. Both libraries update
@@ -98,6 +101,11 @@ def _unwrap(cell: Any) -> Any:
   return cell.cell if isinstance(cell, linen.RNN) else cell
 
 
+def _activation(cell: Any) -> str:
+  """A ``SimpleCell``'s ``activation_fn`` by name, ``"tanh"`` or ``"relu"`` (checked by :func:`_kind`)."""
+  return _fn_name(_unwrap(cell).activation_fn)
+
+
 def _linen_tree(variables: Any, cell: Any) -> dict:
   """The cell's own params dict out of what ``init`` returned."""
   linen, _ = _flax()
@@ -136,9 +144,10 @@ def from_flax(cell: Any, variables: Any = None) -> Any:
   Returns:
     :class:`jaxlstm.LSTMParams` ``w_x (I, 4H)``, ``w_h (H, 4H)``, ``b (4H,)``;
     :class:`jaxlstm.GRUParams` ``w_x (I, 3H)``, ``w_h (H, 3H)``, ``b (3H,)``,
-    ``b_hn (H,)`` (zeros for NNX's ``GRUCell``); or :class:`jaxlstm.RNNParams`.
-    Run them with :func:`jaxlstm.lstm_step` and friends, or over a sequence
-    with :func:`jaxlstm.lstm` (what ``nn.RNN(cell)`` computes).
+    ``b_hn (H,)`` (zeros for NNX's ``GRUCell``); or :class:`jaxlstm.RNNParams`
+    with ``activation``, the ``SimpleCell``'s ``activation_fn``. Run them with
+    :func:`jaxlstm.lstm_step` and friends, or over a sequence with
+    :func:`jaxlstm.lstm` (what ``nn.RNN(cell)`` computes).
 
   Raises:
     TypeError: for an unsupported cell.
@@ -146,10 +155,21 @@ def from_flax(cell: Any, variables: Any = None) -> Any:
       without the cell's params.
 
   Example:
+    >>> from flax import linen, nnx
+    >>> from jaxlstm.interop import from_flax
     >>> cell = nnx.OptimizedLSTMCell(3, 4, rngs=nnx.Rngs(0))
     >>> p = from_flax(cell)
     >>> p.w_x.shape, p.w_h.shape, p.b.shape
     ((3, 16), (4, 16), (16,))
+    >>> simple = linen.SimpleCell(4, activation_fn=jax.nn.relu)
+    >>> x, h0 = jnp.ones((2, 3), jnp.float32), jnp.zeros((2, 4), jnp.float32)
+    >>> variables = simple.init(jax.random.key(0), h0, x)
+    >>> p = from_flax(simple, variables)
+    >>> p.activation
+    'relu'
+    >>> _, h = jaxlstm.rnn_step(p, jaxlstm.RNNState(h0), x)
+    >>> bool(jnp.allclose(h, simple.apply(variables, h0, x)[1]))
+    True
   """
   api, layout, cls = _kind(cell)
   if api == "linen":
@@ -165,7 +185,8 @@ def from_flax(cell: Any, variables: Any = None) -> Any:
       b = np.concatenate([_get(tree, "i" + g, "bias") for g in "rzn"])
       out = GRUParams(w_x, w_h, b, _get(tree, "hn", "bias"))
     else:
-      out = RNNParams(_get(tree, "i", "kernel"), _get(tree, "h", "kernel"), _get(tree, "i", "bias"))
+      out = RNNParams(_get(tree, "i", "kernel"), _get(tree, "h", "kernel"), _get(tree, "i", "bias"),
+                      activation=_activation(cell))
     return _common.to_jax(out)
   if layout == "lstm":
     gates = [("ii", "hi"), ("if_", "hf"), ("ig", "hg"), ("io", "ho")]
@@ -178,14 +199,39 @@ def from_flax(cell: Any, variables: Any = None) -> Any:
     b = _val(cell.dense_i.bias)
     out = GRUParams(_val(cell.dense_i.kernel), _val(cell.dense_h.kernel), b, np.zeros((b.shape[0] // 3,), b.dtype))
   else:
-    out = RNNParams(_val(cell.dense_i.kernel), _val(cell.dense_h.kernel), _val(cell.dense_i.bias))
+    out = RNNParams(_val(cell.dense_i.kernel), _val(cell.dense_h.kernel), _val(cell.dense_i.bias),
+                    activation=_activation(cell))
   return _common.to_jax(out)
 
 
 def flax_options(cell: Any) -> dict[str, Any]:
-  """``{"activation": "tanh" | "relu"}`` for a ``SimpleCell``, for :func:`jaxlstm.rnn`; ``{}`` for the others."""
-  _, _, cls = _kind(cell)
-  return {"activation": _fn_name(_unwrap(cell).activation_fn)} if cls is RNNParams else {}
+  """Keyword arguments for jaxlstm's steps and layers that run ``cell``'s params as Flax runs them.
+
+  What a cell computes, a ``SimpleCell``'s ``activation_fn`` included, is in
+  the params from :func:`from_flax`, so there is nothing to add for any
+  supported cell; the function is kept so that every peer has the same
+  ``*_options`` entry point. A Linen ``nn.RNN``'s own settings
+  (``time_major``, ``reverse``) are not read: pass the matching arguments to
+  :func:`jaxlstm.lstm` and friends.
+
+  Args:
+    cell: a cell that :func:`from_flax` accepts.
+
+  Returns:
+    ``{}``.
+
+  Raises:
+    TypeError: for an unsupported cell.
+    ValueError: for a cell whose activations jaxlstm does not compute.
+
+  Example:
+    >>> from flax import linen
+    >>> from jaxlstm.interop import flax_options
+    >>> flax_options(linen.SimpleCell(4, activation_fn=jax.nn.relu))
+    {}
+  """
+  _kind(cell)
+  return {}
 
 
 def _hidden_size(cell: Any, api: str) -> int:
@@ -199,7 +245,8 @@ def to_flax(params: Any, cell: Any) -> Any:
     params: :class:`jaxlstm.LSTMParams` (no peepholes, layer norm or
       projection), :class:`jaxlstm.GRUParams` or :class:`jaxlstm.RNNParams`,
       matching the cell's kind, sizes and ``param_dtype``. For NNX's
-      ``GRUCell``, ``b_hn`` must be zero (see the module docstring).
+      ``GRUCell``, ``b_hn`` must be zero (see the module docstring); for a
+      ``SimpleCell``, ``activation`` must be its ``activation_fn``.
     cell: a cell that :func:`from_flax` accepts.
 
   Returns:
@@ -210,15 +257,33 @@ def to_flax(params: Any, cell: Any) -> Any:
   Raises:
     TypeError: for an unsupported cell, the wrong params type, or a dtype
       mismatch.
-    ValueError: for a shape mismatch, or features the cell cannot hold.
+    ValueError: for a shape mismatch, an RNN activation other than the
+      ``SimpleCell``'s, or features the cell cannot hold.
+
+  Example:
+    >>> from flax import linen, nnx
+    >>> from jaxlstm.interop import to_flax
+    >>> params = jaxlstm.rnn_init(jax.random.key(0), 3, 4, activation="relu")
+    >>> variables = to_flax(params, linen.SimpleCell(4, activation_fn=jax.nn.relu))
+    >>> np.array_equal(variables["params"]["h"]["kernel"], params.w_h)
+    True
+    >>> cell = to_flax(params, nnx.SimpleCell(3, 4, activation_fn=jax.nn.relu, rngs=nnx.Rngs(0)))
+    >>> np.array_equal(cell.dense_i.kernel[...], params.w_x)
+    True
+    >>> to_flax(params, linen.SimpleCell(4))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: params.activation is 'relu' but flax SimpleCell has activation_fn='tanh'; ...
   """
   import jax.numpy as jnp
   api, layout, cls = _kind(cell)
   inner = _unwrap(cell)
   peer = f"flax {type(inner).__name__}"
   _common.check_cell_params("params", params, cls, peer)
-  f = {k: _common.np_array(v) for k, v in params._asdict().items() if v is not None}
-  G = _common.GATES[cls]
+  if cls is RNNParams:
+    _common.check_activation("params", params, _activation(cell), peer, "activation_fn")
+  f = _common.array_fields(params)
+  G = _common.gates(cls)
   H = _hidden_size(inner, api)
   I = f["w_x"].shape[0]
   if api == "nnx" and inner.in_features != I:
@@ -284,6 +349,18 @@ def from_flax_carry(carry: Any, cell: Any) -> Any:
   Returns:
     :class:`jaxlstm.LSTMState` ``(h, c)``, :class:`jaxlstm.GRUState` or
     :class:`jaxlstm.RNNState`.
+
+  Raises:
+    TypeError: for an unsupported cell, or a carry that is not ``(c, h)`` for
+      an LSTM cell and not one array for the others.
+
+  Example:
+    >>> from flax import linen
+    >>> from jaxlstm.interop import from_flax_carry
+    >>> c, h = jnp.zeros((2, 4), jnp.float32), jnp.ones((2, 4), jnp.float32)
+    >>> state = from_flax_carry((c, h), linen.LSTMCell(4))
+    >>> type(state).__name__, bool((state.h == 1).all())
+    ('LSTMState', True)
   """
   _, _, cls = _kind(cell)
   if cls is LSTMParams:
@@ -297,7 +374,24 @@ def from_flax_carry(carry: Any, cell: Any) -> Any:
 
 
 def to_flax_carry(state: Any) -> Any:
-  """Converts a jaxlstm state to a Flax carry: ``LSTMState(h, c)`` to ``(c, h)``, else ``state.h``."""
+  """Converts a jaxlstm state to a Flax carry; the inverse of :func:`from_flax_carry`.
+
+  Args:
+    state: :class:`jaxlstm.LSTMState`, :class:`jaxlstm.GRUState` or
+      :class:`jaxlstm.RNNState`.
+
+  Returns:
+    ``(c, h)`` for an ``LSTMState(h, c)``, else ``state.h``.
+
+  Raises:
+    TypeError: for anything else.
+
+  Example:
+    >>> from jaxlstm.interop import to_flax_carry
+    >>> c, h = to_flax_carry(jaxlstm.LSTMState(jnp.ones((2, 4), jnp.float32), jnp.zeros((2, 4), jnp.float32)))
+    >>> float(c.sum()), float(h.sum())
+    (0.0, 8.0)
+  """
   if isinstance(state, LSTMState):
     return (state.c, state.h)
   if isinstance(state, (GRUState, RNNState)):

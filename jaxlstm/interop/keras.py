@@ -19,8 +19,10 @@ Layouts. Keras kernels are ``(in, out)`` like ours: ``kernel (I, G*H)``,
   matmul, ``(r * h) U_h``, where ours computes ``r * (h U_h)``. The two agree
   for every ``r`` only when ``U_h`` is diagonal, so such a layer is refused
   with a ValueError rather than converted wrongly.
-* SimpleRNN: ``activation`` ``"tanh"`` or ``"relu"``, reported by
-  :func:`keras_options`.
+* SimpleRNN: ``activation`` ``"tanh"`` or ``"relu"``, stored as
+  :attr:`jaxlstm.RNNParams.activation`. It is part of the model, so it travels
+  with the params (each layer of a list keeps its own), and :func:`to_keras`
+  refuses to write params into a layer of the other activation.
 * Bidirectional: a :class:`jaxlstm.Bidirectional` pair; ``merge_mode``
   ``"concat"``, ``"sum"``, ``"ave"``, ``"mul"`` is our ``merge`` ``"concat"``,
   ``"sum"``, ``"mean"``, ``"mul"``.
@@ -29,8 +31,10 @@ A recurrent *layer* (or a list of them) converts to a stack tuple, so that
 ``jaxlstm.stack(from_keras(layer), xs, **keras_options(layer))`` computes
 ``layer(xs)`` (``return_sequences=True``; the last step, or the final state
 with a mask, gives the default output, and the states give
-``return_state``: Keras' ``[h, c]`` is our ``LSTMState(h, c)``). A *cell*
-converts to that cell's params. :func:`to_keras` writes ``b`` into the input
+``return_state``: Keras' ``[h, c]`` is our ``LSTMState(h, c)``).
+:func:`keras_options` gives the one call setting that the params do not
+carry, a ``Bidirectional``'s ``merge``. A *cell* converts to that cell's
+params. :func:`to_keras` writes ``b`` into the input
 bias and zeros into the recurrent one (``b_hn`` into the GRU's recurrent
 candidate bias), so ours → Keras → ours is exact.
 
@@ -141,7 +145,7 @@ def _read_cell(cell: Any, cls: type, name: str) -> Any:
   if cls is LSTMParams:
     return LSTMParams(k, rk, np.zeros((4 * H,), k.dtype) if bias is None else bias)
   if cls is RNNParams:
-    return RNNParams(k, rk, np.zeros((H,), k.dtype) if bias is None else bias)
+    return RNNParams(k, rk, np.zeros((H,), k.dtype) if bias is None else bias, activation=_act_name(cell.activation))
   # Keras z, r, h -> our r, z, n.
   perm = np.concatenate([np.arange(H, 2 * H), np.arange(H), np.arange(2 * H, 3 * H)])
   if bias is None:
@@ -176,7 +180,8 @@ def from_keras(layer: Any) -> Any:
     ``jaxlstm.stack(params, xs, **keras_options(layer))``. For a cell, that
     cell's :class:`jaxlstm.LSTMParams` ``w_x (I, 4H)``, ``w_h (H, 4H)``,
     ``b (4H,)``, :class:`jaxlstm.GRUParams` (with ``b_hn (H,)``) or
-    :class:`jaxlstm.RNNParams`. Arrays keep the layer's dtype.
+    :class:`jaxlstm.RNNParams` (with ``activation``, the SimpleRNN's
+    ``"tanh"`` or ``"relu"``). Arrays keep the layer's dtype.
 
   Raises:
     TypeError: for an unsupported layer.
@@ -185,11 +190,19 @@ def from_keras(layer: Any) -> Any:
       ``GRU(reset_after=False)``.
 
   Example:
-    >>> layer = keras.layers.LSTM(4, return_sequences=True)
-    >>> _ = layer(np.zeros((2, 5, 3), "float32"))
+    >>> import os
+    >>> _ = os.environ.setdefault("KERAS_BACKEND", "jax")
+    >>> import keras
+    >>> from jaxlstm.interop import from_keras
+    >>> layer = keras.layers.SimpleRNN(4, activation="relu", return_sequences=True)
+    >>> layer.build((None, None, 3))
     >>> params = from_keras(layer)
-    >>> params[0].w_x.shape, params[0].w_h.shape
-    ((3, 16), (4, 16))
+    >>> params[0].w_x.shape, params[0].w_h.shape, params[0].activation
+    ((3, 4), (4, 4), 'relu')
+    >>> xs = np.ones((2, 5, 3), "float32")
+    >>> _, hs = jaxlstm.stack(params, xs)
+    >>> bool(np.allclose(hs, layer(xs), atol=1e-6))
+    True
   """
   entries, is_list = _layers(layer)
   out = []
@@ -209,61 +222,69 @@ def from_keras(layer: Any) -> Any:
 
 
 def keras_options(layer: Any) -> dict[str, Any]:
-  """Keyword arguments for :func:`jaxlstm.stack` (or a step) that reproduce ``layer``'s computation.
+  """Keyword arguments for :func:`jaxlstm.stack` that run ``layer``'s params as Keras runs them.
+
+  Only settings of the call are returned: what each layer computes, a
+  SimpleRNN's ``activation`` included, is in the params from
+  :func:`from_keras`.
 
   Args:
     layer: what :func:`from_keras` accepts.
 
   Returns:
-    A dict with ``"activation"`` when there is a SimpleRNN, and ``"merge"``
-    when there is a ``Bidirectional``; empty otherwise. Keras is batch-major,
-    which is :func:`jaxlstm.stack`'s default.
+    ``{"merge": ...}`` when there is a ``Bidirectional``; empty otherwise.
+    Keras is batch-major, which is :func:`jaxlstm.stack`'s default.
 
   Raises:
+    TypeError: for an unsupported layer.
     ValueError: when jaxlstm cannot run the layers as one stack: a
       standalone layer with ``go_backwards=True`` (Keras returns its outputs
       in reversed time order; run ``jaxlstm.lstm(..., reverse=True)`` and flip
       the outputs instead), ``merge_mode=None``, or layers that disagree on the
-      activation or merge mode.
+      merge mode.
+
+  Example:
+    >>> import os
+    >>> _ = os.environ.setdefault("KERAS_BACKEND", "jax")
+    >>> import keras
+    >>> from jaxlstm.interop import keras_options
+    >>> keras_options(keras.layers.Bidirectional(keras.layers.SimpleRNN(4, activation="relu"), merge_mode="sum"))
+    {'merge': 'sum'}
+    >>> keras_options(keras.layers.GRU(4))
+    {}
   """
   entries, _ = _layers(layer)
-  acts, merges = {}, {}
+  merges = {}
   for name, l in entries:
-    kind, cls = _kind(l, name)
-    if kind == "cell":
-      cells = [(name, l)]
-    elif kind == "bidirectional":
+    kind, _ = _kind(l, name)
+    if kind == "bidirectional":
       if l.merge_mode not in _MERGES:
         raise ValueError(f"{name}.merge_mode must be one of {sorted(_MERGES)} to run as jaxlstm.stack; got "
                          f"{l.merge_mode!r} (run jaxlstm.lstm on each direction, the backward one with "
                          f"reverse=True, to get both outputs)")
       merges[name] = _MERGES[l.merge_mode]
-      cells = [(f"{name}.forward_layer.cell", l.forward_layer.cell)]
-    else:
-      if l.go_backwards:
-        raise ValueError(f"{name}.go_backwards must be False to run as jaxlstm.stack: Keras returns a "
-                         "go_backwards layer's outputs in reversed time order (run jaxlstm's layer with "
-                         "reverse=True and flip its outputs along time); got True")
-      cells = [(f"{name}.cell", l.cell)]
-    for cname, c in cells:
-      if cls is RNNParams:
-        _check_cell(c, cls, cname)
-        acts[cname] = _act_name(c.activation)
-  opts: dict[str, Any] = {}
-  for key, found in (("activation", acts), ("merge", merges)):
-    if len(set(found.values())) > 1:
-      raise ValueError(f"layer must use one {key} in all layers to run as one jaxlstm.stack; got {found}")
-    if found:
-      opts[key] = next(iter(found.values()))
-  return opts
+    elif kind == "layer" and l.go_backwards:
+      raise ValueError(f"{name}.go_backwards must be False to run as jaxlstm.stack: Keras returns a "
+                       "go_backwards layer's outputs in reversed time order (run jaxlstm's layer with "
+                       "reverse=True and flip its outputs along time); got True")
+  if len(set(merges.values())) > 1:
+    raise ValueError(f"layer must use one merge in all layers to run as one jaxlstm.stack; got {merges}")
+  return {"merge": next(iter(merges.values()))} if merges else {}
+
+
+def _check_params(cell: Any, p: Any, cls: type, name: str, cname: str) -> None:
+  """The checks that need no weights: the cell's settings, the params' type and features, the activation."""
+  _check_cell(cell, cls, cname)
+  _common.check_cell_params(name, p, cls, f"Keras {type(cell).__name__}")
+  if cls is RNNParams:
+    _common.check_activation(name, p, _act_name(cell.activation), cname, "activation")
 
 
 def _write_cell(cell: Any, p: Any, cls: type, name: str, cname: str) -> list[tuple[Any, np.ndarray]]:
   """Checks one direction's params against a Keras cell; returns ``[(variable, value), ...]``."""
-  _check_cell(cell, cls, cname)
-  _common.check_cell_params(name, p, cls, f"Keras {type(cell).__name__}")
-  fields = {f: _common.np_array(v) for f, v in p._asdict().items() if v is not None}
-  G = _common.GATES[cls]
+  _check_params(cell, p, cls, name, cname)
+  fields = _common.array_fields(p)
+  G = _common.gates(cls)
   I, H = fields["w_x"].shape[0], fields["w_x"].shape[1] // G
   if not cell.built:
     cell.build((None, I))
@@ -307,7 +328,8 @@ def to_keras(params: Any, layer: Any) -> Any:
     params: a stack tuple with one entry per layer (a
       :class:`jaxlstm.Bidirectional` pair for ``Bidirectional``) when ``layer``
       is a layer or a list of them; one cell's params when it is a cell. LSTM
-      params must have no peepholes, layer norm or projection.
+      params must have no peepholes, layer norm or projection; RNN params
+      must have the ``activation`` of the SimpleRNN they are written into.
     layer: what :func:`from_keras` accepts.
 
   Returns:
@@ -318,8 +340,23 @@ def to_keras(params: Any, layer: Any) -> Any:
     TypeError: for an unsupported layer, a params type or structure that does
       not match it, or a dtype mismatch.
     ValueError: for a shape mismatch, an unsupported setting (see
-      :func:`from_keras`), or a nonzero bias for a layer with
-      ``use_bias=False`` (never dropped silently).
+      :func:`from_keras`), an RNN activation other than the SimpleRNN's, or a
+      nonzero bias for a layer with ``use_bias=False`` (never dropped
+      silently).
+
+  Example:
+    >>> import os
+    >>> _ = os.environ.setdefault("KERAS_BACKEND", "jax")
+    >>> import keras
+    >>> from jaxlstm.interop import to_keras
+    >>> params = jaxlstm.stack_init(jax.random.key(0), 3, 4, 1, cell="rnn", activation="relu")
+    >>> layer = to_keras(params, keras.layers.SimpleRNN(4, activation="relu"))
+    >>> np.array_equal(layer.cell.kernel, params[0].w_x)
+    True
+    >>> to_keras(params, keras.layers.SimpleRNN(4))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: params[0].activation is 'relu' but layer.cell has activation='tanh'; ...
   """
   entries, is_list = _layers(layer)
   kinds = [_kind(l, name) for name, l in entries]
@@ -336,7 +373,9 @@ def to_keras(params: Any, layer: Any) -> Any:
                 (l.backward_layer.cell, f"{name}.backward_layer.cell")] if kind == "bidirectional"
                else [(l.cell, f"{name}.cell")])
       if not l.built:
-        _common.check_cell_params(dirs[0][0], dirs[0][1], cls, f"Keras {type(cells[0][0]).__name__}")
+        # Checked before building, so that params the layer refuses leave it unbuilt.
+        for (cell, cname), (pname, pp) in zip(cells, dirs):
+          _check_params(cell, pp, cls, pname, cname)
         l.build((None, None, dirs[0][1].w_x.shape[0]))
       for (cell, cname), (pname, pp) in zip(cells, dirs):
         writes += _write_cell(cell, pp, cls, pname, cname)

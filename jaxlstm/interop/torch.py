@@ -11,17 +11,22 @@ two biases, ``b_ih`` and ``b_hh``:
   ``n = tanh(x W_in + b_in + r * (h W_hn + b_hn))``, so ``b[2H:] = b_in`` and
   ``b_hn`` is kept apart: exactly :class:`jaxlstm.GRUParams`.
 * ``proj_size`` (LSTM): ``w_proj = weight_hr.T``, shape ``(H, P)``.
+* ``nonlinearity`` (``nn.RNN``, ``nn.RNNCell``): ``"tanh"`` or ``"relu"``,
+  stored as :attr:`jaxlstm.RNNParams.activation`. It is part of the model, so
+  it travels with the params: ``jaxlstm.stack(from_torch(m), xs)`` computes
+  relu for ``nn.RNN(nonlinearity="relu")``, and :func:`to_torch` refuses to
+  write params into a module of the other nonlinearity.
 
 :func:`to_torch` writes ``b`` into ``b_ih`` and zeros into ``b_hh`` (``b_hn``
 into the last block of the GRU's ``b_hh``), so ``from_torch(to_torch(p, m))``
 gives back ``p`` bit for bit; the other way round the bias sum can round.
 
-Call settings. The weights do not say how to run them: ``batch_first`` and
-``nonlinearity`` are module settings. :func:`torch_options` returns them as
-keyword arguments for :func:`jaxlstm.stack` (``time_major``, ``activation``);
-``jaxlstm.stack(from_torch(m), xs, **torch_options(m))`` then computes
-``m(xs)``. States move between PyTorch's ``(num_layers * num_directions, B, H)``
-layout and our per-layer tuple with :func:`from_torch_state` and
+Call settings. ``batch_first`` says how the inputs are laid out, not what the
+model computes, so the params do not carry it: :func:`torch_options` returns
+it as :func:`jaxlstm.stack`'s ``time_major``, and
+``jaxlstm.stack(from_torch(m), xs, **torch_options(m))`` computes ``m(xs)``.
+States move between PyTorch's ``(num_layers * num_directions, B, H)`` layout
+and our per-layer tuple with :func:`from_torch_state` and
 :func:`to_torch_state`. A packed sequence corresponds to ``lengths``.
 Inter-layer ``dropout`` is a training-time setting whose random masks cannot be
 reproduced; conversions match the module in ``eval()`` mode.
@@ -83,10 +88,10 @@ def _suffixes(module: Any, is_cell: bool) -> list[list[str]]:
 
 
 def _read(module: Any, cls: type, sfx: str) -> Any:
-  """One direction of one layer, in our layout (NumPy)."""
+  """One direction of one layer, in our layout (NumPy); an RNN's ``nonlinearity`` becomes its ``activation``."""
   w_ih = _np(getattr(module, "weight_ih" + sfx))  # (G*H, I)
   w_hh = _np(getattr(module, "weight_hh" + sfx))  # (G*H, P)
-  H = w_ih.shape[0] // _common.GATES[cls]
+  H = w_ih.shape[0] // _common.gates(cls)
   if module.bias:
     b_ih = _np(getattr(module, "bias_ih" + sfx))
     b_hh = _np(getattr(module, "bias_hh" + sfx))
@@ -97,7 +102,7 @@ def _read(module: Any, cls: type, sfx: str) -> Any:
     b = np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])
     return GRUParams(w_x, w_h, b, b_hh[2 * H:].copy())
   if cls is RNNParams:
-    return RNNParams(w_x, w_h, b_ih + b_hh)
+    return RNNParams(w_x, w_h, b_ih + b_hh, activation=module.nonlinearity)
   w_proj = _np(getattr(module, "weight_hr" + sfx)).T.copy() if getattr(module, "proj_size", 0) else None
   return LSTMParams(w_x, w_h, b_ih + b_hh, w_proj=w_proj)
 
@@ -115,10 +120,12 @@ def from_torch(module: Any) -> Any:
     :class:`jaxlstm.Bidirectional` pair when bidirectional) of
     :class:`jaxlstm.LSTMParams` ``w_x (I, 4H)``, ``w_h (P, 4H)``, ``b (4H,)``,
     ``w_proj (H, P)`` or None; :class:`jaxlstm.GRUParams` ``w_x (I, 3H)``,
-    ``w_h (H, 3H)``, ``b (3H,)``, ``b_hn (H,)``; or :class:`jaxlstm.RNNParams`.
-    ``jaxlstm.stack(params, xs, **torch_options(module))`` computes
-    ``module(xs)``. For a cell: that cell's params, for
-    :func:`jaxlstm.lstm_step` and friends. Arrays keep the module's dtype.
+    ``w_h (H, 3H)``, ``b (3H,)``, ``b_hn (H,)``; or :class:`jaxlstm.RNNParams`
+    ``w_x (I, H)``, ``w_h (H, H)``, ``b (H,)`` with ``activation`` set to the
+    module's ``nonlinearity``. ``jaxlstm.stack(params, xs,
+    **torch_options(module))`` computes ``module(xs)``. For a cell: that
+    cell's params, for :func:`jaxlstm.lstm_step` and friends. Arrays keep the
+    module's dtype.
 
   Raises:
     TypeError: for any other module.
@@ -128,10 +135,14 @@ def from_torch(module: Any) -> Any:
     whose random masks the converted stack cannot reproduce.
 
   Example:
+    >>> import torch
+    >>> from jaxlstm.interop import from_torch
     >>> m = torch.nn.LSTM(3, 4, num_layers=2, batch_first=True)
     >>> params = from_torch(m)
     >>> [p.w_x.shape for p in params]
     [(3, 16), (4, 16)]
+    >>> from_torch(torch.nn.RNN(3, 4, nonlinearity="relu"))[0].activation
+    'relu'
   """
   cls, is_cell = _kind(module)
   if not is_cell and module.dropout > 0 and module.training and module.num_layers > 1:
@@ -147,23 +158,32 @@ def from_torch(module: Any) -> Any:
 
 
 def torch_options(module: Any) -> dict[str, Any]:
-  """Keyword arguments that make jaxlstm compute what ``module`` computes.
+  """Keyword arguments for :func:`jaxlstm.stack` that lay out the inputs as ``module`` does.
+
+  Only settings of the call are returned: what the model computes, the RNN's
+  ``nonlinearity`` included, is in the params from :func:`from_torch`.
 
   Args:
     module: a supported PyTorch module (see :func:`from_torch`).
 
   Returns:
     For ``nn.LSTM``/``GRU``/``RNN``: ``{"time_major": not module.batch_first}``,
-    plus ``"activation"`` (``"tanh"`` or ``"relu"``, PyTorch's
-    ``nonlinearity``) for ``nn.RNN``: pass them to :func:`jaxlstm.stack`. For
-    ``nn.RNNCell``: ``{"activation": ...}`` for :func:`jaxlstm.rnn_step`. For the
-    other cells: ``{}``.
+    so that ``jaxlstm.stack(from_torch(module), xs, **torch_options(module))``
+    computes ``module(xs)``. For a cell: ``{}``.
+
+  Raises:
+    TypeError: for an unsupported module.
+
+  Example:
+    >>> import torch
+    >>> from jaxlstm.interop import torch_options
+    >>> torch_options(torch.nn.RNN(3, 4, nonlinearity="relu"))
+    {'time_major': True}
+    >>> torch_options(torch.nn.GRUCell(3, 4))
+    {}
   """
-  cls, is_cell = _kind(module)
-  opts: dict[str, Any] = {} if is_cell else {"time_major": not module.batch_first}
-  if cls is RNNParams:
-    opts["activation"] = module.nonlinearity
-  return opts
+  _, is_cell = _kind(module)
+  return {} if is_cell else {"time_major": not module.batch_first}
 
 
 _TORCH_NAMES = {"w_x": "weight_ih", "w_h": "weight_hh", "w_proj": "weight_hr"}
@@ -180,12 +200,14 @@ def _writes(module: Any, cls: type, sfx: str, name: str, p: Any, peer: str) -> l
   """Checks one direction's params against the module and returns ``[(torch name, value), ...]``."""
   proj = bool(getattr(module, "proj_size", 0))
   _common.check_cell_params(name, p, cls, peer, allow_proj=proj)
+  if cls is RNNParams:
+    _common.check_activation(name, p, module.nonlinearity, peer, "nonlinearity")
   if cls is LSTMParams and proj and p.w_proj is None:
     shape = tuple(getattr(module, "weight_hr" + sfx).T.shape)
     raise ValueError(f"{name}.w_proj must be an array of shape (H, P) = {shape} since "
                      f"module.proj_size={module.proj_size}; got None")
   dtype = _numpy_dtype(getattr(module, "weight_ih" + sfx).dtype)
-  fields = {f: _common.np_array(v) for f, v in p._asdict().items() if v is not None}
+  fields = _common.array_fields(p)
   for f, v in fields.items():
     _common.check_dtype(f"{name}.{f}", v, dtype, peer)
   writes = []
@@ -196,9 +218,9 @@ def _writes(module: Any, cls: type, sfx: str, name: str, p: Any, peer: str) -> l
     shape = tuple(getattr(module, torch_name).shape)
     _common.check_shape(f"{name}.{f}", fields[f], shape[::-1], f" (the transpose of module.{torch_name}, {shape})")
     writes.append((torch_name, fields[f].T))
-  H = fields["w_x"].shape[1] // _common.GATES[cls]
+  H = fields["w_x"].shape[1] // _common.gates(cls)
   b = fields["b"]
-  _common.check_shape(f"{name}.b", b, (_common.GATES[cls] * H,))
+  _common.check_shape(f"{name}.b", b, (_common.gates(cls) * H,))
   b_hh = np.zeros_like(b)
   if cls is GRUParams:
     _common.check_shape(f"{name}.b_hn", fields["b_hn"], (H,))
@@ -223,7 +245,8 @@ def to_torch(params: Any, module: Any) -> Any:
       ``module.num_layers`` entries (:class:`jaxlstm.Bidirectional` pairs when
       the module is bidirectional); for a cell, one cell's params. Shapes and
       dtype must match the module's; LSTM params must have no peepholes or
-      layer norm, and ``w_proj`` exactly when ``module.proj_size > 0``.
+      layer norm, and ``w_proj`` exactly when ``module.proj_size > 0``; RNN
+      params must have ``activation`` equal to ``module.nonlinearity``.
     module: the module to overwrite (see :func:`from_torch` for the types).
 
   Returns:
@@ -233,8 +256,21 @@ def to_torch(params: Any, module: Any) -> Any:
   Raises:
     TypeError: for an unsupported module, a params type or structure that does
       not match it, or a dtype mismatch.
-    ValueError: for a shape mismatch, LSTM features that PyTorch lacks, or a
-      nonzero bias when ``module.bias`` is False (never dropped silently).
+    ValueError: for a shape mismatch, LSTM features that PyTorch lacks, an RNN
+      activation other than ``module.nonlinearity``, or a nonzero bias when
+      ``module.bias`` is False (never dropped silently).
+
+  Example:
+    >>> import torch
+    >>> from jaxlstm.interop import to_torch
+    >>> params = jaxlstm.stack_init(jax.random.key(0), 3, 4, 2, cell="rnn", activation="relu")
+    >>> m = to_torch(params, torch.nn.RNN(3, 4, num_layers=2, nonlinearity="relu"))
+    >>> np.array_equal(m.weight_ih_l0.detach().numpy().T, params[0].w_x)
+    True
+    >>> to_torch(params, torch.nn.RNN(3, 4, num_layers=2))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: params[0].activation is 'relu' but module (RNN) has nonlinearity='tanh'; ...
   """
   torch = _torch()
   cls, is_cell = _kind(module)
@@ -279,6 +315,19 @@ def from_torch_state(hx: Any, module: Any) -> Any:
     (:class:`jaxlstm.LSTMState`, ``GRUState`` or ``RNNState``, or a
     :class:`jaxlstm.Bidirectional` pair of them), for
     :func:`jaxlstm.stack`'s ``states``. For a cell, that cell's state.
+
+  Raises:
+    TypeError: for an unsupported module, or ``hx`` not ``(h, c)`` for an
+      LSTM and not one tensor otherwise.
+    ValueError: when the leading axis is not ``num_layers * num_directions``.
+
+  Example:
+    >>> import torch
+    >>> from jaxlstm.interop import from_torch_state
+    >>> m = torch.nn.GRU(3, 4, num_layers=2, bidirectional=True)
+    >>> states = from_torch_state(torch.zeros(4, 5, 4), m)
+    >>> len(states), states[1].backward.h.shape
+    (2, (5, 4))
   """
   import jax.numpy as jnp
   cls, is_cell = _kind(module)
@@ -317,6 +366,21 @@ def to_torch_state(states: Any, module: Any) -> Any:
   Returns:
     ``(h, c)`` tensors for an LSTM, else ``h``, on the CPU with the states'
     dtype: ``(num_layers * num_directions, B, F)`` for a sequence module.
+
+  Raises:
+    TypeError: for an unsupported module, or states of the wrong type or
+      structure (e.g. not :class:`jaxlstm.Bidirectional` pairs for a
+      bidirectional module).
+    ValueError: when the number of layers differs from ``module.num_layers``.
+
+  Example:
+    >>> import torch
+    >>> from jaxlstm.interop import to_torch_state
+    >>> m = torch.nn.LSTM(3, 4, num_layers=2, batch_first=True)
+    >>> states = tuple(jaxlstm.zero_state(p, (5,)) for p in jaxlstm.from_torch(m))
+    >>> h_n, c_n = to_torch_state(states, m)
+    >>> tuple(h_n.shape), tuple(c_n.shape)
+    ((2, 5, 4), (2, 5, 4))
   """
   torch = _torch()
   cls, is_cell = _kind(module)
