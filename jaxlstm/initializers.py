@@ -20,6 +20,11 @@ def glorot_uniform(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) ->
 
   Returns:
     Array of ``shape`` drawn from ``U(-a, a)`` with ``a = sqrt(6 / (fan_in + fan_out))``.
+
+  Example:
+    >>> w = jaxlstm.glorot_uniform(jax.random.key(0), (3, 5))
+    >>> w.shape, bool((jnp.abs(w) <= (6 / 8) ** 0.5).all())
+    ((3, 5), True)
   """
   fan_in, fan_out = shape
   limit = (6.0 / max(fan_in + fan_out, 1)) ** 0.5
@@ -27,7 +32,14 @@ def glorot_uniform(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) ->
 
 
 def orthogonal(key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
-  """A random ``(n, n)`` orthogonal matrix (Haar measure, via QR with sign fix)."""
+  """A random ``(n, n)`` orthogonal matrix (Haar measure, via QR with sign fix).
+
+  Example:
+    >>> from jaxlstm.initializers import orthogonal
+    >>> q = orthogonal(jax.random.key(0), 4)
+    >>> bool(jnp.allclose(q.T @ q, jnp.eye(4), atol=1e-5))
+    True
+  """
   a = jax.random.normal(key, (n, n), jnp.float32)
   q, r = jnp.linalg.qr(a)
   # Multiplying by sign(diag(r)) makes the distribution uniform over O(n).
@@ -53,6 +65,14 @@ def orthogonal_blocks(key: jax.Array, rows: int, num_blocks: int, cols: int | No
   Returns:
     Array of shape ``(rows, num_blocks * cols)``. When ``rows != cols`` each block
     has orthonormal columns or rows, whichever the shape allows.
+
+  Example:
+    >>> w_h = jaxlstm.orthogonal_blocks(jax.random.key(0), 5, 4)  # an LSTM's (H, 4H)
+    >>> w_h.shape
+    (5, 20)
+    >>> f = w_h[:, 5:10]  # the forget gate's block is orthogonal on its own
+    >>> bool(jnp.allclose(f.T @ f, jnp.eye(5), atol=1e-5))
+    True
   """
   cols = rows if cols is None else cols
   n = max(rows, cols)

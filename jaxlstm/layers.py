@@ -25,6 +25,14 @@ logger = logging.getLogger("jaxlstm")
 def zero_state(params: Any, batch_shape: tuple[int, ...] = (), dtype=None) -> Any:
   """The all-zero initial state of any registered cell, with leaves ``(*batch_shape, F)``.
 
+  Args:
+    params: one layer's params, of any registered cell.
+    batch_shape: the leading batch axes, e.g. ``(B,)``.
+    dtype: the state's dtype; the cell's default (float32 for 16-bit params) when ``None``.
+
+  Returns:
+    The cell's state record, all zeros.
+
   Example:
     >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, proj_size=2)
     >>> state = jaxlstm.zero_state(params, (4,))
@@ -35,7 +43,24 @@ def zero_state(params: Any, batch_shape: tuple[int, ...] = (), dtype=None) -> An
 
 
 def check_params(name: str, params: Any, cls: type | None = None) -> None:
-  """Checks one layer's params: a registered cell (``cls`` if given) whose arrays share one float dtype."""
+  """Checks one layer's params: a registered cell (``cls`` if given) whose arrays share one float dtype.
+
+  Args:
+    name: the argument's name, for the messages.
+    params: the value to check.
+    cls: the params type it must have, or ``None`` for any registered cell.
+
+  Raises:
+    TypeError: naming ``name`` (and the leaf at fault), otherwise.
+
+  Example:
+    >>> from jaxlstm.layers import check_params
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> check_params("params", params)
+    >>> check_params("params", params._replace(b=params.b.astype(jnp.float16)))
+    Traceback (most recent call last):
+    TypeError: params.b has dtype float16 but params.w_x has float32; all params must share one dtype
+  """
   if cls is not None and not isinstance(params, cls):
     raise TypeError(f"{name} must be {cls.__name__}; got {type(params).__name__}")
   cell_of(params, name)
@@ -51,7 +76,18 @@ def check_params(name: str, params: Any, cls: type | None = None) -> None:
 
 
 def check_options(*, impl: Any, remat: Any) -> None:
-  """Checks the kernel options of a call: ``impl`` and ``remat``."""
+  """Checks the kernel options of a call: ``impl`` and ``remat``.
+
+  Raises:
+    ValueError: ``impl`` is not ``"auto"`` or a kernel's name, or ``remat`` is not a positive int or ``None``.
+
+  Example:
+    >>> from jaxlstm.layers import check_options
+    >>> check_options(impl="auto", remat=16)
+    >>> check_options(impl="auto", remat=0)
+    Traceback (most recent call last):
+    ValueError: remat must be a positive int or None; got 0
+  """
   kernels.check_impl(impl)
   if remat is not None and (isinstance(remat, bool) or not isinstance(remat, int) or remat < 1):
     raise ValueError(f"remat must be a positive int or None; got {remat!r}")
@@ -59,7 +95,32 @@ def check_options(*, impl: Any, remat: Any) -> None:
 
 def check_sequence(params: Any, xs: Any, lengths: Any, mask: Any, resets: Any, *, time_major: bool,
                    xs_name: str = "xs"):
-  """Checks ``xs`` and the missing-data arrays against a layer's params; returns them as arrays."""
+  """Checks ``xs`` and the missing-data arrays against a layer's params; returns them as arrays.
+
+  Args:
+    params: one layer's params, which give the input size and dtype.
+    xs: inputs ``(*batch, T, I)``, or ``(T, *batch, I)`` if ``time_major``.
+    lengths, mask, resets: as :func:`jaxlstm.layer` takes them, or ``None``.
+    time_major: the layout of ``xs``, ``mask`` and ``resets``.
+    xs_name: the name of ``xs`` in the messages.
+
+  Returns:
+    ``(xs, lengths, mask, resets)`` as arrays (``None`` stays ``None``).
+
+  Raises:
+    ValueError, TypeError: naming the argument, for a shape or dtype that does not fit.
+
+  Example:
+    >>> from jaxlstm.layers import check_sequence
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> xs, lengths, mask, resets = check_sequence(params, jnp.ones((2, 7, 3)), [7, 3], None, None,
+    ...                                            time_major=False)
+    >>> lengths.shape, mask
+    ((2,), None)
+    >>> check_sequence(params, jnp.ones((2, 7, 4)), None, None, None, time_major=False)
+    Traceback (most recent call last):
+    ValueError: xs must have shape (*batch, T, I) with I=3 (the params' input size); got shape (2, 7, 4)
+  """
   xs = _checks.as_array(xs_name, xs)
   T, batch_shape = _checks.check_sequence(xs_name, xs, params.input_size, time_major=time_major)
   _checks.check_dtype_match(xs_name, xs, params.dtype)
@@ -68,7 +129,29 @@ def check_sequence(params: Any, xs: Any, lengths: Any, mask: Any, resets: Any, *
 
 
 def check_state(name: str, params: Any, state: Any, batch_shape: tuple[int, ...]) -> Any:
-  """The initial state: zeros when ``state`` is ``None``, else ``state`` once checked against the params."""
+  """The initial state: zeros when ``state`` is ``None``, else ``state`` once checked against the params.
+
+  Args:
+    name: the argument's name, for the messages.
+    params: one layer's params.
+    state: the caller's state, or ``None``.
+    batch_shape: the batch axes of the inputs.
+
+  Returns:
+    The state to start from, with leaves ``(*batch_shape, F)``.
+
+  Raises:
+    ValueError, TypeError: naming the field at fault, when ``state`` does not fit the params and batch.
+
+  Example:
+    >>> from jaxlstm.layers import check_state
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> check_state("state", params, None, (2,)).h.shape
+    (2, 5)
+    >>> check_state("state", params, jaxlstm.lstm_zero_state(params, (3,)), (2,))
+    Traceback (most recent call last):
+    ValueError: state.h must have shape (2, 5); got (3, 5)
+  """
   expected = zero_state(params, batch_shape)
   if state is None:
     return expected
@@ -77,11 +160,27 @@ def check_state(name: str, params: Any, state: Any, batch_shape: tuple[int, ...]
 
 
 def batch_shape_of(xs: jax.Array, *, time_major: bool) -> tuple[int, ...]:
+  """The batch axes of ``xs``: all but time and features.
+
+  Example:
+    >>> from jaxlstm.layers import batch_shape_of
+    >>> batch_shape_of(jnp.ones((2, 4, 7, 3)), time_major=False), batch_shape_of(jnp.ones((7, 2, 3)), time_major=True)
+    ((2, 4), (2,))
+  """
   return tuple(xs.shape[1:-1]) if time_major else tuple(xs.shape[:-2])
 
 
 def layer_call(params: Any, *, lengths, mask, resets, reverse, time_major, remat) -> kernels.LayerCall:
-  """The static description of a call that the kernels' ``why_not`` read."""
+  """The static description of a call that the kernels' ``why_not`` read.
+
+  Example:
+    >>> from jaxlstm.layers import layer_call
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> call = layer_call(params, lengths=jnp.array([7, 3]), mask=None, resets=None, reverse=True,
+    ...                   time_major=False, remat=None)
+    >>> call.cell.name, call.lengths, call.mask, call.reverse
+    ('gru', True, False, True)
+  """
   return kernels.LayerCall(cell=cell_of(params), params=params, lengths=lengths is not None,
                            mask=mask is not None, resets=resets is not None, reverse=bool(reverse),
                            time_major=bool(time_major), remat=remat)
@@ -89,7 +188,21 @@ def layer_call(params: Any, *, lengths, mask, resets, reverse, time_major, remat
 
 def run_checked(params: Any, xs: jax.Array, state: Any, *, lengths, mask, resets, reverse: bool,
                 time_major: bool, unroll, impl: str, remat, name: str = "params"):
-  """Runs one layer whose arguments are already checked: picks the kernel, runs the shell, casts ``hs``."""
+  """Runs one layer whose arguments are already checked: picks the kernel, runs the shell, casts ``hs``.
+
+  :func:`jaxlstm.layer` and :func:`jaxlstm.stack` check their arguments once and then call this, so a
+  stack does not check every layer's inputs again. Arguments and returns as :func:`jaxlstm.layer`, with
+  ``state`` required and ``name`` used in the debug log.
+
+  Example:
+    >>> from jaxlstm.layers import run_checked
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> state, hs = run_checked(params, jnp.ones((2, 7, 3)), jaxlstm.zero_state(params, (2,)), lengths=None,
+    ...                         mask=None, resets=None, reverse=False, time_major=False, unroll=None,
+    ...                         impl="auto", remat=None)
+    >>> hs.shape
+    (2, 7, 5)
+  """
   call = layer_call(params, lengths=lengths, mask=mask, resets=resets, reverse=reverse, time_major=time_major,
                     remat=remat)
   kernel = kernels.select(call, impl)

@@ -28,19 +28,56 @@ from jax import lax
 
 
 def to_time_major(a: jax.Array | None, *, time_major: bool, feature_axis: bool) -> jax.Array | None:
-  """Moves the time axis of a batch-major array to the front."""
+  """Moves the time axis of a batch-major array to the front.
+
+  Args:
+    a: ``(*batch, T, F)`` if ``feature_axis``, else ``(*batch, T)``; or ``None``.
+    time_major: ``a`` is time-major already, and is returned as it is.
+    feature_axis: whether ``a`` has a trailing feature axis.
+
+  Returns:
+    ``(T, *batch, F)`` (or ``(T, *batch)``), or ``None``.
+
+  Example:
+    >>> from jaxlstm.shell import to_time_major
+    >>> to_time_major(jnp.ones((2, 4, 7, 3)), time_major=False, feature_axis=True).shape
+    (7, 2, 4, 3)
+    >>> to_time_major(jnp.ones((2, 7), bool), time_major=False, feature_axis=False).shape
+    (7, 2)
+  """
   if a is None or time_major:
     return a
   return jnp.moveaxis(a, -2 if feature_axis else -1, 0)
 
 
 def from_time_major(a: jax.Array, *, time_major: bool) -> jax.Array:
-  """Moves the time axis of ``(T, *batch, F)`` back to where the caller has it."""
+  """Moves the time axis of ``(T, *batch, F)`` back to where the caller has it.
+
+  Example:
+    >>> from jaxlstm.shell import from_time_major
+    >>> from_time_major(jnp.ones((7, 2, 4, 5)), time_major=False).shape
+    (2, 4, 7, 5)
+  """
   return a if time_major else jnp.moveaxis(a, 0, -2)
 
 
 def valid_steps(lengths: jax.Array | None, mask: jax.Array | None, T: int) -> jax.Array | None:
-  """Time-major ``(T, *batch)`` validity from lengths and a time-major mask."""
+  """Time-major ``(T, *batch)`` validity from lengths and a time-major mask.
+
+  Args:
+    lengths: ``(*batch,)`` ints, or ``None``.
+    mask: ``(T, *batch)`` bools, or ``None``.
+    T: the number of steps.
+
+  Returns:
+    ``(T, *batch)`` bools, true where both say the step is valid; ``None`` when both are ``None``.
+
+  Example:
+    >>> from jaxlstm.shell import valid_steps
+    >>> valid_steps(jnp.array([3, 1]), None, 4).T  # rows of the batch
+    Array([[ True,  True,  True, False],
+           [ True, False, False, False]], dtype=bool)
+  """
   valid = mask
   if lengths is not None:
     t = lax.broadcasted_iota(jnp.int32, (T, *lengths.shape), 0)
@@ -55,6 +92,12 @@ def reverse_index(lengths: jax.Array | None, T: int, batch_shape: tuple[int, ...
   Row ``b`` maps step ``t < L_b`` to ``L_b - 1 - t`` and leaves the padding in
   place. The map is its own inverse. Returns ``None`` without lengths (a plain
   flip then does the job).
+
+  Example:
+    >>> from jaxlstm.shell import reverse_index
+    >>> reverse_index(jnp.array([3, 1]), 4, (2,)).T  # rows of the batch
+    Array([[2, 1, 0, 3],
+           [0, 1, 2, 3]], dtype=int32)
   """
   if lengths is None:
     return None
@@ -64,14 +107,38 @@ def reverse_index(lengths: jax.Array | None, T: int, batch_shape: tuple[int, ...
 
 
 def reorder(x: jax.Array, idx: jax.Array | None) -> jax.Array:
-  """Reverses time-major ``x`` along axis 0, per row when ``idx`` (from :func:`reverse_index`) is given."""
+  """Reverses time-major ``x`` along axis 0, per row when ``idx`` (from :func:`reverse_index`) is given.
+
+  Args:
+    x: ``(T, *batch, ...)``.
+    idx: ``(T, *batch)`` time index, or ``None`` for a plain flip.
+
+  Returns:
+    ``x`` reordered along time, same shape.
+
+  Example:
+    >>> from jaxlstm.shell import reorder, reverse_index
+    >>> x = jnp.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])  # (T, B) = (3, 2)
+    >>> reorder(x, None).T
+    Array([[3., 2., 1.],
+           [3., 2., 1.]], dtype=float32)
+    >>> reorder(x, reverse_index(jnp.array([3, 2]), 3, (2,))).T
+    Array([[3., 2., 1.],
+           [2., 1., 3.]], dtype=float32)
+  """
   if idx is None:
     return jnp.flip(x, axis=0)
   return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - idx.ndim)), axis=0)
 
 
 def reverse_resets(resets: jax.Array) -> jax.Array:
-  """Turns time-major segment starts into the backward pass's reset points (before ``t`` when ``t + 1`` starts)."""
+  """Turns time-major segment starts into the backward pass's reset points (before ``t`` when ``t + 1`` starts).
+
+  Example:
+    >>> from jaxlstm.shell import reverse_resets
+    >>> reverse_resets(jnp.array([True, False, True, False]))  # segments [0, 2) and [2, 4)
+    Array([False,  True, False, False], dtype=bool)
+  """
   return jnp.concatenate([resets[1:], jnp.zeros_like(resets[:1])], axis=0)
 
 
@@ -97,6 +164,16 @@ def run(core: Core, params: Any, xs: jax.Array, state: Any, *, lengths=None, mas
   Returns:
     ``(final_state, ys)``: ``ys`` ``(*batch, T, F_out)`` (time-major
     ``(T, *batch, F_out)``), zero at invalid steps, in the dtype ``core`` gives.
+
+  Example:
+    Any kernel's core runs in the caller's layout, here the reference kernel's with two batch axes:
+
+    >>> from jaxlstm import kernels, shell
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> state = jaxlstm.zero_state(params, (2, 4))
+    >>> final, ys = shell.run(kernels.reference.run, params, jnp.ones((2, 4, 7, 3)), state, reverse=True)
+    >>> final.h.shape, ys.shape
+    ((2, 4, 5), (2, 4, 7, 5))
   """
   xs_t = to_time_major(xs, time_major=time_major, feature_axis=True)  # (T, *batch, I)
   T, batch_shape = xs_t.shape[0], tuple(xs_t.shape[1:-1])

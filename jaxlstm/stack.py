@@ -17,7 +17,20 @@ MERGES = ("concat", "sum", "mean", "mul")
 
 
 class Bidirectional(NamedTuple):
-  """The two directions of one bidirectional layer (params or states)."""
+  """The two directions of one bidirectional layer: their params, or their states.
+
+  Attributes:
+    forward: the direction that reads the sequence from its first step.
+    backward: the direction that reads each row from its last valid step.
+
+  Example:
+    >>> params = jaxlstm.stack_init(jax.random.key(0), 3, 5, 1, cell="gru", bidirectional=True)
+    >>> isinstance(params[0], jaxlstm.Bidirectional), params[0].backward.w_x.shape
+    (True, (3, 15))
+    >>> states, hs = jaxlstm.stack(params, jnp.ones((2, 7, 3)))
+    >>> states[0].forward.h.shape, hs.shape  # the outputs of the two directions are concatenated
+    ((2, 5), (2, 7, 10))
+  """
   forward: Any
   backward: Any
 
@@ -72,7 +85,15 @@ def stack_init(key: jax.Array, input_size: int, hidden_size: int, num_layers: in
 
 
 def check_merge(merge: str) -> None:
-  """Raises ``ValueError`` unless ``merge`` is one of :data:`MERGES`."""
+  """Raises ``ValueError`` unless ``merge`` is one of :data:`MERGES`.
+
+  Example:
+    >>> from jaxlstm.stack import check_merge
+    >>> check_merge("sum")
+    >>> check_merge("max")
+    Traceback (most recent call last):
+    ValueError: merge must be one of ('concat', 'sum', 'mean', 'mul'); got 'max'
+  """
   if merge not in MERGES:
     raise ValueError(f"merge must be one of {MERGES}; got {merge!r}")
 
@@ -85,7 +106,22 @@ def _output_size(layer: Any, merge: str | None) -> int:
 
 
 def merge_outputs(fw: jax.Array, bw: jax.Array, merge: str) -> jax.Array:
-  """Joins the two directions' outputs (or final ``h``) of a bidirectional layer."""
+  """Joins the two directions' outputs (or final ``h``) of a bidirectional layer.
+
+  Args:
+    fw, bw: ``(..., F)`` outputs of the forward and backward directions.
+    merge: one of :data:`MERGES`.
+
+  Returns:
+    ``(..., 2F)`` for ``"concat"``, else ``(..., F)``.
+
+  Example:
+    >>> from jaxlstm.stack import merge_outputs
+    >>> merge_outputs(jnp.ones((2, 3)), jnp.ones((2, 3)), "concat").shape
+    (2, 6)
+    >>> merge_outputs(jnp.array([1.0, 2.0]), jnp.array([3.0, 4.0]), "mean")
+    Array([2., 3.], dtype=float32)
+  """
   if merge == "concat":
     return jnp.concatenate([fw, bw], axis=-1)
   if merge == "sum":
@@ -99,6 +135,19 @@ def check_stack(params: Any, merge: str | None) -> None:
   """Checks a stack's params: a non-empty tuple of registered cells' params or pairs of them, whose sizes chain.
 
   With ``merge=None`` the sizes are not chained (the caller does not know the merge).
+
+  Raises:
+    TypeError: ``params`` is not such a tuple, or a layer's params are not a registered cell's, or
+      the layers' dtypes differ.
+    ValueError: naming the layer, when its input size is not the previous layer's output size.
+
+  Example:
+    >>> from jaxlstm.stack import check_stack
+    >>> params = jaxlstm.stack_init(jax.random.key(0), 3, 5, 2, bidirectional=True)
+    >>> check_stack(params, "concat")
+    >>> check_stack(params, "sum")
+    Traceback (most recent call last):
+    ValueError: params[1].forward has input size 10, but layer 0 outputs 5 features with merge='sum'
   """
   if is_cell_params(params) or isinstance(params, Bidirectional):
     raise TypeError(f"params must be a tuple of layer params from stack_init; got a single "

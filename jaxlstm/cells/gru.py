@@ -21,7 +21,19 @@ from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
 
 
 class GRUParams(NamedTuple):
-  """Parameters of one GRU layer."""
+  """Parameters of one GRU layer; every ``3H`` axis holds the gates in the order r, z, n.
+
+  Attributes:
+    w_x: ``(I, 3H)`` input weights.
+    w_h: ``(H, 3H)`` recurrent weights.
+    b: ``(3H,)`` bias: ``b_ir + b_hr``, ``b_iz + b_hz`` and ``b_in`` in PyTorch's terms.
+    b_hn: ``(H,)`` recurrent bias of the candidate, inside the reset product.
+
+  Example:
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> params.w_x.shape, params.w_h.shape, params.b.shape, params.b_hn.shape
+    ((3, 15), (5, 15), (15,), (5,))
+  """
   w_x: jax.Array  # (I, 3H) input weights, gates r, z, n
   w_h: jax.Array  # (H, 3H) recurrent weights
   b: jax.Array  # (3H,) = (b_ir + b_hr, b_iz + b_hz, b_in)
@@ -29,23 +41,31 @@ class GRUParams(NamedTuple):
 
   @property
   def input_size(self) -> int:
+    """``I``, the size of each input vector."""
     return self.w_x.shape[0]
 
   @property
   def hidden_size(self) -> int:
+    """``H``, the size of the state."""
     return self.w_h.shape[0]
 
   @property
   def output_size(self) -> int:
+    """The size of each output, ``H``."""
     return self.w_h.shape[0]
 
   @property
   def dtype(self):
+    """The params' dtype, in which the gates are computed."""
     return self.w_x.dtype
 
 
 class GRUState(NamedTuple):
-  """State of a GRU layer."""
+  """State of a GRU layer, with any leading batch axes.
+
+  Attributes:
+    h: ``(..., H)`` hidden state, which is also the layer's output.
+  """
   h: jax.Array  # (..., H)
 
 
@@ -60,6 +80,11 @@ def gru_init(key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.flo
 
   Returns:
     :class:`GRUParams` with ``w_x (I, 3H)``, ``w_h (H, 3H)``, ``b (3H,)``, ``b_hn (H,)``.
+
+  Example:
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> params.w_x.shape, params.w_h.shape, float(params.b.sum())
+    ((3, 15), (5, 15), 0.0)
   """
   _checks.check_positive_int("input_size", input_size)
   _checks.check_positive_int("hidden_size", hidden_size)
@@ -73,7 +98,22 @@ def gru_init(key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.flo
 
 
 def gru_zero_state(params: GRUParams, batch_shape: tuple[int, ...] = (), dtype=None) -> GRUState:
-  """An all-zero state ``h (*batch_shape, H)`` (float32 at least, as for the LSTM)."""
+  """An all-zero state ``h (*batch_shape, H)``.
+
+  Args:
+    params: :class:`GRUParams`.
+    batch_shape: the leading batch axes, e.g. ``(B,)``.
+    dtype: the state's dtype; by default float32 for 16-bit params, else the
+      params' dtype, as for :func:`jaxlstm.lstm_zero_state`.
+
+  Returns:
+    :class:`GRUState` of zeros.
+
+  Example:
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> jaxlstm.gru_zero_state(params, (2, 4)).h.shape
+    (2, 4, 5)
+  """
   dtype = state_dtype(params.dtype) if dtype is None else dtype
   return GRUState(jnp.zeros((*tuple(batch_shape), params.hidden_size), dtype))
 
@@ -99,6 +139,12 @@ def gru_step(params: GRUParams, state: GRUState, x: jax.Array) -> tuple[GRUState
   References:
     Cho et al. (2014), Learning phrase representations using RNN
     encoder-decoder for statistical machine translation.
+
+  Example:
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> state, h = jaxlstm.gru_step(params, jaxlstm.gru_zero_state(params, (2,)), jnp.ones((2, 3)))
+    >>> h.shape, bool((h == state.h).all())
+    ((2, 5), True)
   """
   cdt = params.w_x.dtype
   h = state.h

@@ -22,7 +22,19 @@ LAYER_NORM_EPS = 1e-5
 
 
 class LayerNormParams(NamedTuple):
-  """Gains and bias of a LayerNorm LSTM (Ba et al., 2016)."""
+  """Gains and bias of a LayerNorm LSTM (Ba et al., 2016): the ``layer_norm`` field of :class:`LSTMParams`.
+
+  Attributes:
+    x_scale: ``(4H,)`` gain on ``LN(x @ w_x)``.
+    h_scale: ``(4H,)`` gain on ``LN(h @ w_h)``.
+    c_scale: ``(H,)`` gain on ``LN(c)`` before the output ``tanh``.
+    c_bias: ``(H,)`` bias added after that gain.
+
+  Example:
+    >>> ln = jaxlstm.lstm_init(jax.random.key(0), 3, 5, layer_norm=True).layer_norm
+    >>> ln.x_scale.shape, ln.h_scale.shape, ln.c_scale.shape, ln.c_bias.shape
+    ((20,), (20,), (5,), (5,))
+  """
   x_scale: jax.Array  # (4H,) gain on LN(x @ w_x)
   h_scale: jax.Array  # (4H,) gain on LN(h @ w_h)
   c_scale: jax.Array  # (H,) gain on LN(c) before the output tanh
@@ -30,7 +42,25 @@ class LayerNormParams(NamedTuple):
 
 
 class LSTMParams(NamedTuple):
-  """Parameters of one LSTM layer. ``P`` is ``H``, or the projection size."""
+  """Parameters of one LSTM layer; every ``4H`` axis holds the gates in the order i, f, g, o.
+
+  ``P`` is ``H``, or ``proj_size`` when the layer has a projection.
+
+  Attributes:
+    w_x: ``(I, 4H)`` input weights.
+    w_h: ``(P, 4H)`` recurrent weights.
+    b: ``(4H,)`` bias.
+    peephole: ``(3, H)`` diagonal peephole weights, rows i, f, o; ``None`` without peepholes.
+    layer_norm: :class:`LayerNormParams`; ``None`` without layer normalization.
+    w_proj: ``(H, P)`` output projection; ``None`` without a projection.
+
+  Example:
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, proj_size=2)
+    >>> params.w_x.shape, params.w_h.shape, params.w_proj.shape
+    ((3, 20), (2, 20), (5, 2))
+    >>> params.input_size, params.hidden_size, params.output_size, params.dtype
+    (3, 5, 2, dtype('float32'))
+  """
   w_x: jax.Array  # (I, 4H) input weights, gates i, f, g, o
   w_h: jax.Array  # (P, 4H) recurrent weights
   b: jax.Array  # (4H,) bias
@@ -40,10 +70,12 @@ class LSTMParams(NamedTuple):
 
   @property
   def input_size(self) -> int:
+    """``I``, the size of each input vector."""
     return self.w_x.shape[0]
 
   @property
   def hidden_size(self) -> int:
+    """``H``, the size of the cell state."""
     return self.w_x.shape[1] // 4
 
   @property
@@ -53,11 +85,17 @@ class LSTMParams(NamedTuple):
 
   @property
   def dtype(self):
+    """The params' dtype, in which the gates are computed."""
     return self.w_x.dtype
 
 
 class LSTMState(NamedTuple):
-  """State of an LSTM layer."""
+  """State of an LSTM layer, with any leading batch axes.
+
+  Attributes:
+    h: ``(..., P)`` hidden state, which is also the layer's output.
+    c: ``(..., H)`` cell state.
+  """
   h: jax.Array  # (..., P) hidden state (the output)
   c: jax.Array  # (..., H) cell state
 
@@ -123,8 +161,20 @@ def lstm_init(key: jax.Array, input_size: int, hidden_size: int, *, peephole: bo
 def lstm_zero_state(params: LSTMParams, batch_shape: tuple[int, ...] = (), dtype=None) -> LSTMState:
   """An all-zero state: ``h (*batch_shape, P)`` and ``c (*batch_shape, H)``.
 
-  ``dtype`` defaults to float32 for bfloat16/float16 params, so that the
-  carry keeps float32 precision, and to the params' dtype otherwise.
+  Args:
+    params: :class:`LSTMParams`, which give ``P``, ``H`` and the default dtype.
+    batch_shape: the leading batch axes, e.g. ``(B,)``; ``()`` for one sequence.
+    dtype: the state's dtype. By default float32 for bfloat16/float16 params,
+      so that the carry keeps float32 precision, and the params' dtype otherwise.
+
+  Returns:
+    :class:`LSTMState` of zeros.
+
+  Example:
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, dtype=jnp.bfloat16)
+    >>> state = jaxlstm.lstm_zero_state(params, (2,))
+    >>> state.h.shape, state.c.shape, state.c.dtype
+    ((2, 5), (2, 5), dtype('float32'))
   """
   dtype = state_dtype(params.dtype) if dtype is None else dtype
   batch_shape = tuple(batch_shape)
@@ -133,13 +183,33 @@ def lstm_zero_state(params: LSTMParams, batch_shape: tuple[int, ...] = (), dtype
 
 
 def state_dtype(param_dtype):
-  """The carry dtype for a compute dtype: float32 for 16-bit floats, else unchanged."""
+  """The carry dtype for a compute dtype: float32 for 16-bit floats, else unchanged.
+
+  Example:
+    >>> from jaxlstm.cells.lstm import state_dtype
+    >>> state_dtype(jnp.bfloat16), state_dtype(jnp.float32)
+    (dtype('float32'), dtype('float32'))
+  """
   param_dtype = jnp.dtype(param_dtype)
   return jnp.dtype(jnp.float32) if param_dtype.itemsize < 4 else param_dtype
 
 
 def layer_norm(z: jax.Array, scale: jax.Array, bias: jax.Array | None = None) -> jax.Array:
-  """Normalizes the last axis to zero mean and unit variance, then scales."""
+  """Normalizes the last axis to zero mean and unit variance, then scales and, if given, shifts.
+
+  Args:
+    z: ``(..., F)`` values.
+    scale: ``(F,)`` gain.
+    bias: ``(F,)`` shift, or ``None``.
+
+  Returns:
+    ``(z - mean) / sqrt(var + LAYER_NORM_EPS) * scale (+ bias)``, shape ``(..., F)``.
+
+  Example:
+    >>> from jaxlstm.cells.lstm import layer_norm
+    >>> layer_norm(jnp.array([1.0, 3.0]), jnp.ones(2))
+    Array([-0.99999..., 0.99999...], dtype=float32)
+  """
   mean = jnp.mean(z, axis=-1, keepdims=True)
   var = jnp.mean(jnp.square(z - mean), axis=-1, keepdims=True)
   out = (z - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS) * scale
@@ -188,6 +258,19 @@ def lstm_step(params: LSTMParams, state: LSTMState, x: jax.Array) -> tuple[LSTMS
     recurrent networks. Ba, Kiros & Hinton (2016), Layer normalization.
     Sak, Senior & Beaufays (2014), LSTM recurrent neural network architectures
     for large scale acoustic modeling (projection).
+
+  Example:
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> state = jaxlstm.lstm_zero_state(params, (2,))
+    >>> new, h = jaxlstm.lstm_step(params, state, jnp.ones((2, 3)))
+    >>> h.shape, new.c.shape, bool((h == new.h).all())
+    ((2, 5), (2, 5), True)
+
+    It is a scan body: unrolling it over time-major inputs ``(T, B, I)`` is one ``lax.scan``.
+
+    >>> final, hs = jax.lax.scan(lambda s, x: jaxlstm.lstm_step(params, s, x), state, jnp.ones((7, 2, 3)))
+    >>> hs.shape
+    (7, 2, 5)
   """
   cdt = params.w_x.dtype
   c_prev = state.c
@@ -217,7 +300,13 @@ def lstm_step(params: LSTMParams, state: LSTMState, x: jax.Array) -> tuple[LSTMS
 
 
 def lstm_options(params: LSTMParams) -> dict:
-  """The :func:`lstm_init` options that give ``params``' layout (``forget_bias`` is a value, not a layout)."""
+  """The :func:`lstm_init` options that give ``params``' layout (``forget_bias`` is a value, not a layout).
+
+  Example:
+    >>> from jaxlstm.cells.lstm import lstm_options
+    >>> lstm_options(jaxlstm.lstm_init(jax.random.key(0), 3, 5, proj_size=2))
+    {'dtype': dtype('float32'), 'peephole': False, 'layer_norm': False, 'proj_size': 2}
+  """
   return {"dtype": params.dtype, "peephole": params.peephole is not None,
           "layer_norm": params.layer_norm is not None,
           "proj_size": None if params.w_proj is None else params.output_size}

@@ -41,6 +41,17 @@ class Cell(NamedTuple):
     options: names of ``init``'s keyword options besides ``dtype``.
     peers: the peer classes it maps to, e.g. ``{"torch": "LSTM"}``; for
       messages and converters.
+
+  Example:
+    >>> cell = jaxlstm.get_cell("gru")
+    >>> cell.params_type is jaxlstm.GRUParams, cell.gates, cell.peers["torch"]
+    (True, 3, 'GRU')
+    >>> params = cell.init(jax.random.key(0), 3, 5)
+    >>> state, y = cell.step(params, cell.zero_state(params, (2,)), jnp.ones((2, 3)))
+    >>> y.shape, cell.options_of(params)
+    ((2, 5), {'dtype': dtype('float32')})
+
+    :func:`register_cell` shows a cell built from scratch.
   """
   name: str
   params_type: type
@@ -64,6 +75,36 @@ def register_cell(cell: Cell) -> Cell:
   Raises:
     TypeError: ``cell`` is not a :class:`Cell`.
     ValueError: another cell already has its name or params type.
+
+  Example:
+    A cell of one's own, ``h' = tanh(x W + h)``. Its params say their sizes and dtype, as the built-in
+    cells' do; once registered, it runs through every layer, stack, Flax module and checkpoint.
+
+    >>> class MinParams(NamedTuple):
+    ...   w: jax.Array  # (I, H)
+    ...   input_size = property(lambda self: self.w.shape[0])
+    ...   hidden_size = output_size = property(lambda self: self.w.shape[1])
+    ...   dtype = property(lambda self: self.w.dtype)
+    >>> class MinState(NamedTuple):
+    ...   h: jax.Array  # (..., H)
+    >>> def min_init(key, input_size, hidden_size, *, dtype=jnp.float32):
+    ...   return MinParams(jax.random.normal(key, (input_size, hidden_size), dtype))
+    >>> def min_step(params, state, x):
+    ...   h = jnp.tanh(x @ params.w + state.h)
+    ...   return MinState(h), h
+    >>> def min_zero_state(params, batch_shape=(), dtype=None):
+    ...   return MinState(jnp.zeros((*batch_shape, params.hidden_size), dtype or params.dtype))
+    >>> cell = jaxlstm.Cell(name="min", params_type=MinParams, state_type=MinState, init=min_init,
+    ...                     step=min_step, zero_state=min_zero_state, options_of=lambda p: {"dtype": p.dtype},
+    ...                     gates=1)
+    >>> jaxlstm.register_cell(cell).name
+    'min'
+    >>> params = jaxlstm.stack_init(jax.random.key(0), 3, 5, 2, cell="min")
+    >>> states, hs = jaxlstm.stack(params, jnp.ones((2, 7, 3)), lengths=jnp.array([7, 2]))
+    >>> hs.shape, states[-1].h.shape
+    ((2, 7, 5), (2, 5))
+    >>> jaxlstm.unregister_cell("min") is cell
+    True
   """
   if not isinstance(cell, Cell):
     raise TypeError(f"cell must be a jaxlstm.Cell record; got {type(cell).__name__}")
@@ -78,19 +119,42 @@ def register_cell(cell: Cell) -> Cell:
 
 
 def unregister_cell(name: str) -> Cell:
-  """Removes the cell called ``name`` from the registry and returns its record (for plugins and tests)."""
+  """Removes the cell called ``name`` from the registry and returns its record (for plugins and tests).
+
+  Raises:
+    ValueError: no cell has that name.
+
+  Example:
+    >>> cell = jaxlstm.unregister_cell("rnn")
+    >>> "rnn" in jaxlstm.cell_names()
+    False
+    >>> jaxlstm.register_cell(cell) is cell
+    True
+  """
   cell = get_cell(name)
   del _BY_NAME[name], _BY_TYPE[cell.params_type]
   return cell
 
 
 def cell_names() -> tuple[str, ...]:
-  """The names of every registered cell, sorted."""
+  """The names of every registered cell, sorted.
+
+  Example:
+    >>> jaxlstm.cell_names()
+    ('gru', 'lstm', 'rnn')
+  """
   return tuple(sorted(_BY_NAME))
 
 
 def is_cell_params(params: Any) -> bool:
-  """Whether ``params`` is one layer's params of a registered cell."""
+  """Whether ``params`` is one layer's params of a registered cell.
+
+  Example:
+    >>> from jaxlstm.cells import is_cell_params
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> is_cell_params(params), is_cell_params((params,))
+    (True, False)
+  """
   return type(params) in _BY_TYPE
 
 
@@ -100,6 +164,15 @@ def cell_of(params: Any, name: str = "params") -> Cell:
   Raises:
     TypeError: naming ``name``, when ``params`` is not the params of a
       registered cell.
+
+  Example:
+    >>> from jaxlstm.cells import cell_of
+    >>> params = jaxlstm.stack_init(jax.random.key(0), 3, 5, 1)
+    >>> cell_of(params[0]).name
+    'lstm'
+    >>> cell_of(params)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    TypeError: params must be the params of a registered cell (...); got tuple (a stack's tuple was given ...)
   """
   cell = _BY_TYPE.get(type(params))
   if cell is None:
@@ -116,6 +189,11 @@ def cell_of_type(params_type: type) -> Cell:
 
   Raises:
     TypeError: no registered cell has that params type.
+
+  Example:
+    >>> from jaxlstm.cells.registry import cell_of_type
+    >>> cell_of_type(jaxlstm.RNNParams).name
+    'rnn'
   """
   cell = _BY_TYPE.get(params_type)
   if cell is None:
@@ -128,6 +206,13 @@ def get_cell(name: str) -> Cell:
 
   Raises:
     ValueError: no cell has that name.
+
+  Example:
+    >>> jaxlstm.get_cell("lstm").options
+    ('peephole', 'layer_norm', 'proj_size', 'forget_bias')
+    >>> jaxlstm.get_cell("xlstm")
+    Traceback (most recent call last):
+    ValueError: cell must be one of ['gru', 'lstm', 'rnn']; got 'xlstm'
   """
   try:
     return _BY_NAME[name]
@@ -146,7 +231,7 @@ def static_fields(*names: str) -> Callable[[type], type]:
   their names as key paths.
 
   Example:
-    >>> @static_fields("activation")
+    >>> @jaxlstm.static_fields("activation")
     ... class MyParams(NamedTuple):
     ...   w: jax.Array
     ...   activation: str = "tanh"

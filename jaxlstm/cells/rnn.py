@@ -23,6 +23,17 @@ class RNNParams(NamedTuple):
   (in the pytree structure, not a leaf), so it survives ``jit``, optax
   updates, the Flax modules and checkpoints, and a converted PyTorch
   ``nn.RNN(nonlinearity="relu")`` computes relu wherever it is run.
+
+  Attributes:
+    w_x: ``(I, H)`` input weights.
+    w_h: ``(H, H)`` recurrent weights.
+    b: ``(H,)`` bias.
+    activation: ``"tanh"`` or ``"relu"``; static.
+
+  Example:
+    >>> params = jaxlstm.rnn_init(jax.random.key(0), 3, 5, activation="relu")
+    >>> [leaf.shape for leaf in jax.tree.leaves(params)], params.activation
+    ([(3, 5), (5, 5), (5,)], 'relu')
   """
   w_x: jax.Array  # (I, H)
   w_h: jax.Array  # (H, H)
@@ -31,23 +42,31 @@ class RNNParams(NamedTuple):
 
   @property
   def input_size(self) -> int:
+    """``I``, the size of each input vector."""
     return self.w_x.shape[0]
 
   @property
   def hidden_size(self) -> int:
+    """``H``, the size of the state."""
     return self.w_h.shape[0]
 
   @property
   def output_size(self) -> int:
+    """The size of each output, ``H``."""
     return self.w_h.shape[0]
 
   @property
   def dtype(self):
+    """The params' dtype, in which the step is computed."""
     return self.w_x.dtype
 
 
 class RNNState(NamedTuple):
-  """State of an Elman RNN layer."""
+  """State of an Elman RNN layer, with any leading batch axes.
+
+  Attributes:
+    h: ``(..., H)`` hidden state, which is also the layer's output.
+  """
   h: jax.Array  # (..., H)
 
 
@@ -84,13 +103,36 @@ def rnn_init(key: jax.Array, input_size: int, hidden_size: int, *, activation: s
 
 
 def rnn_zero_state(params: RNNParams, batch_shape: tuple[int, ...] = (), dtype=None) -> RNNState:
-  """An all-zero state ``h (*batch_shape, H)`` (float32 at least, as for the LSTM)."""
+  """An all-zero state ``h (*batch_shape, H)``.
+
+  Args:
+    params: :class:`RNNParams`.
+    batch_shape: the leading batch axes, e.g. ``(B,)``.
+    dtype: the state's dtype; by default float32 for 16-bit params, else the
+      params' dtype, as for :func:`jaxlstm.lstm_zero_state`.
+
+  Returns:
+    :class:`RNNState` of zeros.
+
+  Example:
+    >>> params = jaxlstm.rnn_init(jax.random.key(0), 3, 5)
+    >>> jaxlstm.rnn_zero_state(params, (2,)).h.shape
+    (2, 5)
+  """
   dtype = state_dtype(params.dtype) if dtype is None else dtype
   return RNNState(jnp.zeros((*tuple(batch_shape), params.hidden_size), dtype))
 
 
 def check_activation(activation: str, name: str = "activation") -> None:
-  """Raises ``ValueError`` unless ``activation`` is one of :data:`ACTIVATIONS`."""
+  """Raises ``ValueError`` unless ``activation`` is one of :data:`ACTIVATIONS`.
+
+  Example:
+    >>> from jaxlstm.cells.rnn import check_activation
+    >>> check_activation("relu")
+    >>> check_activation("gelu")
+    Traceback (most recent call last):
+    ValueError: activation must be one of ['relu', 'tanh']; got 'gelu'
+  """
   if not isinstance(activation, str) or activation not in ACTIVATIONS:
     raise ValueError(f"{name} must be one of {sorted(ACTIVATIONS)}; got {activation!r}")
 
@@ -100,6 +142,14 @@ def check_call_activation(params: RNNParams, activation: str | None) -> None:
 
   The activation belongs to the model; a call may restate it, but a
   different value would silently compute another function.
+
+  Example:
+    >>> from jaxlstm.cells.rnn import check_call_activation
+    >>> params = jaxlstm.rnn_init(jax.random.key(0), 3, 5, activation="relu")
+    >>> check_call_activation(params, "relu")
+    >>> check_call_activation(params, "tanh")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: activation='tanh' conflicts with the params, which were built with activation='relu'; ...
   """
   if activation is None:
     return

@@ -9,6 +9,9 @@
 
 A new kernel is one module that builds a :class:`~jaxlstm.Kernel` record plus
 one :func:`~jaxlstm.register_kernel` line here.
+
+>>> jaxlstm.kernel_names()  # in impl="auto" order
+('fused', 'cudnn', 'reference')
 """
 
 from jaxlstm.kernels import cudnn, fused, reference

@@ -41,7 +41,14 @@ from jaxlstm.kernels.registry import Kernel, LayerCall
 
 
 def available() -> bool:
-  """Whether cuDNN LSTMs can run here: a CUDA backend and jaxlib's GPU RNN kernels."""
+  """Whether cuDNN LSTMs can run here: a CUDA backend and jaxlib's GPU RNN kernels.
+
+  Example:
+    >>> from jaxlstm.kernels import cudnn
+    >>> impl = "cudnn" if cudnn.available() else "fused"  # cuDNN where it runs, else the fused kernel
+    >>> impl in jaxlstm.kernel_names()
+    True
+  """
   try:
     from jax.experimental import rnn
   except ImportError:
@@ -50,7 +57,16 @@ def available() -> bool:
 
 
 def why_not(call: LayerCall) -> str | None:
-  """Why ``impl="cudnn"`` cannot run ``call``, or ``None`` if it can."""
+  """Why ``impl="cudnn"`` cannot run ``call``, or ``None`` if it can.
+
+  Example:
+    >>> from jaxlstm.kernels import cudnn
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, dtype=jnp.bfloat16)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("lstm"), params=params, lengths=True, mask=False,
+    ...                          resets=False, reverse=False, time_major=False, remat=None)
+    >>> cudnn.why_not(call)
+    'it runs float32 params only; got bfloat16'
+  """
   if call.cell.name != "lstm":
     return f"it runs LSTM layers only, not {call.cell.name}"
   params = call.params
@@ -71,7 +87,13 @@ def why_not(call: LayerCall) -> str | None:
 
 
 def pack_weights(params: LSTMParams) -> jax.Array:
-  """cuDNN's flat weights ``(4H*I + 4H*H + 8H,)`` of one unidirectional layer."""
+  """cuDNN's flat weights ``(4H*I + 4H*H + 8H,)`` of one unidirectional layer.
+
+  Example:
+    >>> from jaxlstm.kernels import cudnn
+    >>> cudnn.pack_weights(jaxlstm.lstm_init(jax.random.key(0), 3, 5)).shape  # 60 + 100 + 40
+    (200,)
+  """
   H4 = params.b.shape[-1]
   return jnp.concatenate([params.w_x.T.reshape(-1), params.w_h.T.reshape(-1), params.b,
                           jnp.zeros((H4,), params.b.dtype)])
@@ -92,6 +114,17 @@ def run(params: LSTMParams, xs: jax.Array, state: LSTMState, valid=None, resets=
 
   Returns:
     ``(final_state, hs)`` with ``hs (T, B, H)``.
+
+  Example:
+    It runs through :func:`jaxlstm.lstm` with ``impl="cudnn"``, on a CUDA GPU only; elsewhere this example
+    runs the same call on the reference kernel.
+
+    >>> from jaxlstm.kernels import cudnn
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> impl = "cudnn" if cudnn.available() else "reference"
+    >>> state, hs = jaxlstm.lstm(params, jnp.ones((2, 7, 3)), lengths=jnp.array([7, 4]), impl=impl)
+    >>> hs.shape, bool((hs[1, 4:] == 0).all())
+    ((2, 7, 5), True)
   """
   del valid, resets, unroll, remat
   from jax.experimental import rnn

@@ -54,6 +54,16 @@ def why_not(call: LayerCall) -> str | None:
   It runs :class:`~jaxlstm.LSTMParams` without layer normalization or
   projection (with or without peepholes), in any floating dtype, with
   ``lengths``, ``mask``, ``reverse`` and ``remat``, but not ``resets``.
+
+  Example:
+    >>> from jaxlstm.kernels import fused
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, proj_size=2)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("lstm"), params=params, lengths=True, mask=False,
+    ...                          resets=False, reverse=True, time_major=False, remat=None)
+    >>> fused.why_not(call)
+    "it runs plain and peephole LSTMs only, not layer_norm or proj_size; use impl='reference'"
+    >>> fused.why_not(call._replace(params=jaxlstm.lstm_init(jax.random.key(0), 3, 5, peephole=True))) is None
+    True
   """
   if call.cell.name != "lstm":
     return f"it runs LSTM layers only, not {call.cell.name}"
@@ -71,6 +81,11 @@ def default_unroll() -> int:
   On a GPU each loop iteration launches a few kernels, and unrolling 8 steps
   cut an H200's training step by 25-35 % (S, M, L configs). On CPU, unroll 4
   and 8 made training 10-35 % slower and 2 was a wash, so it stays 1.
+
+  Example:
+    >>> from jaxlstm.kernels import fused
+    >>> fused.default_unroll() == (8 if jax.default_backend() == "gpu" else 1)
+    True
   """
   return 8 if jax.default_backend() == "gpu" else 1
 
@@ -301,6 +316,18 @@ def run(params: LSTMParams, xs: jax.Array, state: LSTMState, valid, resets=None,
   Returns:
     ``(final_state, hs)``; ``hs (T, B, H)`` in the carry dtype (the carried
     ``h``, which the shell zeroes at invalid steps).
+
+  Example:
+    The core on time-major inputs, held to the reference kernel, its oracle:
+
+    >>> from jaxlstm.kernels import fused, reference
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, peephole=True)
+    >>> xs, state0 = jnp.ones((7, 2, 3)), jaxlstm.zero_state(params, (2,))
+    >>> state, hs = fused.run(params, xs, state0, None)
+    >>> hs.shape, state.c.shape
+    ((7, 2, 5), (2, 5))
+    >>> bool(jnp.allclose(hs, reference.run(params, xs, state0, None, None)[1], atol=1e-6))
+    True
   """
   del lengths, resets
   if unroll is None:

@@ -33,6 +33,28 @@ def scan_core(step: Callable, params: Any, xs: jax.Array, state: Any, valid: jax
 
   A reset step starts from the initial ``state``; an invalid step keeps the
   carry (its output is left for the shell to zero).
+
+  Args:
+    step: ``step(params, state, x) -> (state, y)``.
+    params: passed through to ``step``.
+    xs: inputs ``(T, B, I)``.
+    state: the initial state, leaves ``(B, F)``.
+    valid: ``(T, B)`` bools, or ``None``.
+    resets: ``(T, B)`` bools, or ``None``.
+    lengths, remat: unused.
+    unroll: passed to ``lax.scan``; 1 when ``None``.
+
+  Returns:
+    ``(final_state, ys)`` with ``ys (T, B, F_out)``.
+
+  Example:
+    >>> from jaxlstm.kernels.reference import scan_core
+    >>> params = jaxlstm.rnn_init(jax.random.key(0), 3, 5)
+    >>> valid = jnp.array([[True, True], [True, False]])  # (T, B): row 1 skips step 1
+    >>> state, ys = scan_core(jaxlstm.rnn_step, params, jnp.ones((2, 2, 3)), jaxlstm.zero_state(params, (2,)),
+    ...                       valid, None)
+    >>> bool((state.h[1] == ys[0, 1]).all())  # row 1 kept its state after step 0
+    True
   """
   del lengths, remat  # validity arrives in ``valid``; remat is refused by why_not
 
@@ -49,6 +71,16 @@ def scan_core(step: Callable, params: Any, xs: jax.Array, state: Any, valid: jax
 
 
 def why_not(call: LayerCall) -> str | None:
+  """Why the reference kernel cannot run ``call`` (only with ``remat``), or ``None``.
+
+  Example:
+    >>> from jaxlstm.kernels import reference
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("gru"), params=params, lengths=True, mask=True,
+    ...                          resets=True, reverse=True, time_major=True, remat=None)
+    >>> reference.why_not(call) is None
+    True
+  """
   if call.remat is not None:
     return ("remat is implemented by the fused kernel only (plain and peephole LSTMs without resets); "
             "the reference kernel keeps every step")
@@ -56,7 +88,16 @@ def why_not(call: LayerCall) -> str | None:
 
 
 def run(params: Any, xs: jax.Array, state: Any, valid, resets, *, lengths=None, unroll=None, remat=None):
-  """The kernel's core: :func:`scan_core` over the params' registered cell step."""
+  """The kernel's core: :func:`scan_core` over the params' registered cell step.
+
+  Example:
+    >>> from jaxlstm.kernels import reference
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> resets = jnp.zeros((7, 2), bool).at[4].set(True)  # (T, B): both rows start again at step 4
+    >>> state, ys = reference.run(params, jnp.ones((7, 2, 3)), jaxlstm.zero_state(params, (2,)), None, resets)
+    >>> ys.shape, bool(jnp.allclose(ys[4], ys[0]))
+    ((7, 2, 5), True)
+  """
   return scan_core(cell_of(params).step, params, xs, state, valid, resets, lengths=lengths, unroll=unroll,
                    remat=remat)
 

@@ -29,7 +29,23 @@ from jaxlstm.cells.registry import Cell
 
 
 class LayerCall(NamedTuple):
-  """The static facts about one layer call that decide which kernels can run it."""
+  """The static facts about one layer call that decide which kernels can run it.
+
+  Attributes:
+    cell: the layer's :class:`~jaxlstm.Cell` record.
+    params: the layer's params, for their options and dtype; never traced values.
+    lengths, mask, resets: whether the call gives each of them.
+    reverse: whether the layer runs backwards in time.
+    time_major: whether the call's arrays are time-major.
+    remat: the call's ``remat``, or ``None``.
+
+  Example:
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("lstm"), params=params, lengths=False, mask=False,
+    ...                          resets=True, reverse=False, time_major=False, remat=None)
+    >>> jaxlstm.kernels.fused.why_not(call)
+    "it does not take resets; use impl='reference'"
+  """
   cell: Cell
   params: Any  # the layer's params (for its options and dtype); never traced values
   lengths: bool  # lengths given
@@ -51,6 +67,13 @@ class Kernel(NamedTuple):
     run: the core, with the contract in this module's docstring.
     rank: ``impl="auto"`` tries kernels from the lowest rank up: the fastest
       general kernel should have the lowest.
+
+  Example:
+    >>> from jaxlstm.kernels import fused
+    >>> fused.KERNEL.name, fused.KERNEL.rank, fused.KERNEL.run is fused.run
+    ('fused', 10, True)
+
+    :func:`register_kernel` shows a kernel built from scratch.
   """
   name: str
   why_not: Callable[[LayerCall], str | None]
@@ -65,7 +88,28 @@ def register_kernel(kernel: Kernel) -> Kernel:
   """Adds ``kernel`` to the registry under its name; returns it.
 
   Raises:
+    TypeError: ``kernel`` is not a :class:`Kernel`.
     ValueError: the name is ``"auto"`` or already taken by another kernel.
+
+  Example:
+    A kernel for GRUs, here the reference core under a name of its own; its low rank puts it first
+    for ``impl="auto"``:
+
+    >>> from jaxlstm.kernels import reference
+    >>> def why_not(call):
+    ...   if call.cell.name != "gru":
+    ...     return f"it runs GRU layers only, not {call.cell.name}"
+    ...   return "it keeps every step, so it takes no remat" if call.remat is not None else None
+    >>> mine = jaxlstm.Kernel(name="mine", why_not=why_not, run=reference.run, rank=1)
+    >>> jaxlstm.register_kernel(mine).name
+    'mine'
+    >>> jaxlstm.explain(jaxlstm.gru_init(jax.random.key(0), 3, 5), jnp.ones((2, 7, 3))).kernel
+    'mine'
+    >>> jaxlstm.lstm(jaxlstm.lstm_init(jax.random.key(0), 3, 5), jnp.ones((2, 7, 3)), impl="mine")
+    Traceback (most recent call last):
+    ValueError: impl='mine' cannot run this layer: it runs GRU layers only, not lstm
+    >>> jaxlstm.unregister_kernel("mine") is mine
+    True
   """
   if not isinstance(kernel, Kernel):
     raise TypeError(f"kernel must be a jaxlstm.Kernel record; got {type(kernel).__name__}")
@@ -79,28 +123,65 @@ def register_kernel(kernel: Kernel) -> Kernel:
 
 
 def unregister_kernel(name: str) -> Kernel:
-  """Removes the kernel called ``name`` from the registry and returns its record (for plugins and tests)."""
+  """Removes the kernel called ``name`` from the registry and returns its record (for plugins and tests).
+
+  Raises:
+    ValueError: no kernel has that name.
+
+  Example:
+    >>> cudnn = jaxlstm.unregister_kernel("cudnn")
+    >>> jaxlstm.kernel_names()
+    ('fused', 'reference')
+    >>> jaxlstm.register_kernel(cudnn) is cudnn
+    True
+  """
   check_impl(name)
   return _KERNELS.pop(name)
 
 
 def kernel_names() -> tuple[str, ...]:
-  """Every registered kernel's name, in ``impl="auto"`` order."""
+  """Every registered kernel's name, in ``impl="auto"`` order.
+
+  Example:
+    >>> jaxlstm.kernel_names()
+    ('fused', 'cudnn', 'reference')
+  """
   return tuple(k.name for k in sorted(_KERNELS.values(), key=lambda k: k.rank))
 
 
 def impls() -> tuple[str, ...]:
-  """The accepted values of ``impl``: ``"auto"`` and every kernel's name."""
+  """The accepted values of ``impl``: ``"auto"`` and every kernel's name.
+
+  Example:
+    >>> jaxlstm.kernels.impls()
+    ('auto', 'fused', 'cudnn', 'reference')
+  """
   return ("auto", *kernel_names())
 
 
 def check_impl(impl: Any) -> None:
+  """Raises ``ValueError`` unless ``impl`` is one of :func:`impls`.
+
+  Example:
+    >>> jaxlstm.kernels.check_impl("fused")
+    >>> jaxlstm.kernels.check_impl("pallas")
+    Traceback (most recent call last):
+    ValueError: impl must be one of ('auto', 'fused', 'cudnn', 'reference'); got 'pallas'
+  """
   if not isinstance(impl, str) or (impl != "auto" and impl not in _KERNELS):
     raise ValueError(f"impl must be one of {impls()}; got {impl!r}")
 
 
 def reasons(call: LayerCall) -> dict[str, str | None]:
-  """``{kernel name: why it cannot run the call, or None}``, in ``impl="auto"`` order."""
+  """``{kernel name: why it cannot run the call, or None}``, in ``impl="auto"`` order.
+
+  Example:
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("gru"), params=params, lengths=False, mask=False,
+    ...                          resets=False, reverse=False, time_major=False, remat=None)
+    >>> jaxlstm.kernels.reasons(call)
+    {'fused': 'it runs LSTM layers only, not gru', 'cudnn': 'it runs LSTM layers only, not gru', 'reference': None}
+  """
   return {name: _KERNELS[name].why_not(call) for name in kernel_names()}
 
 
@@ -110,6 +191,17 @@ def select(call: LayerCall, impl: str) -> Kernel:
   Raises:
     ValueError: ``impl`` names a kernel that cannot run the call (with its
       reason), or no kernel can (with every kernel's reason).
+
+  Example:
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, layer_norm=True)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("lstm"), params=params, lengths=False, mask=False,
+    ...                          resets=False, reverse=False, time_major=False, remat=None)
+    >>> jaxlstm.kernels.select(call, "auto").name
+    'reference'
+    >>> jaxlstm.kernels.select(call, "fused")
+    Traceback (most recent call last):
+    ValueError: impl='fused' cannot run this layer: it runs plain and peephole LSTMs only, not layer_norm or
+      proj_size; use impl='reference'
   """
   check_impl(impl)
   if impl != "auto":
@@ -126,7 +218,21 @@ def select(call: LayerCall, impl: str) -> Kernel:
 
 
 class KernelChoice(NamedTuple):
-  """Which kernel a layer call runs on, and why each other kernel does not."""
+  """Which kernel a layer call runs on, and why each other kernel does not: what :func:`jaxlstm.explain` returns.
+
+  Attributes:
+    layer: which layer of the call, e.g. ``"params"`` or ``"params[1].backward"``.
+    kernel: the name of the kernel that runs it.
+    reasons: ``{kernel name: None if it can run the call, else why not}``, in ``impl="auto"`` order.
+
+  Example:
+    >>> choice = jaxlstm.explain(jaxlstm.gru_init(jax.random.key(0), 3, 5), jnp.ones((2, 7, 3)))
+    >>> print(choice)
+    params: runs on 'reference'
+      fused: it runs LSTM layers only, not gru
+      cudnn: it runs LSTM layers only, not gru
+      reference: chosen
+  """
   layer: str  # e.g. "params" or "params[1].backward"
   kernel: str  # the kernel that runs it
   reasons: dict  # {kernel name: None if it can run the call, else why not}
