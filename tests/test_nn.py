@@ -1,9 +1,11 @@
-"""Flax NNX modules (jaxlstm.nn): equal to the functional API on the same params.
+"""Flax NNX modules (jaxlstm.nnx): equal to the functional API on the same params.
 
 Each comparison runs the module and the functional API in one ``jax.jit``: an
 eager ``lax.scan`` compiles afresh on every call, so this keeps the number of
 compilations, which dominate the run time, to about one per test.
 """
+
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -12,34 +14,35 @@ import pytest
 from flax import nnx
 
 import jaxlstm
-import jaxlstm.nn as jnn
+import jaxlstm.nnx as jnn
 from tests.helpers import assert_trees_close, assert_trees_equal, normal, random_params
 
 B, T, I, H = 3, 5, 2, 3
 LENGTHS = jnp.asarray([5, 2, 0])
 
-# (module class, cell class, functional layer, functional init, init options, call options)
+# (module class, cell class, functional layer, functional init, init options). The options go into the params,
+# so neither the module nor the functional call takes any: an RNN's activation among them.
 LAYERS = {
-    "lstm": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {}, {}),
-    "lstm_peephole": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {"peephole": True}, {}),
-    "lstm_layer_norm": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {"layer_norm": True}, {}),
-    "lstm_proj": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {"proj_size": 2}, {}),
-    "gru": (jnn.GRU, jnn.GRUCell, jaxlstm.gru, jaxlstm.gru_init, {}, {}),
-    "rnn_relu": (jnn.RNN, jnn.RNNCell, jaxlstm.rnn, jaxlstm.rnn_init, {}, {"activation": "relu"}),
+    "lstm": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {}),
+    "lstm_peephole": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {"peephole": True}),
+    "lstm_layer_norm": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {"layer_norm": True}),
+    "lstm_proj": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {"proj_size": 2}),
+    "gru": (jnn.GRU, jnn.GRUCell, jaxlstm.gru, jaxlstm.gru_init, {}),
+    "rnn_relu": (jnn.RNN, jnn.RNNCell, jaxlstm.rnn, jaxlstm.rnn_init, {"activation": "relu"}),
 }
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_layer_equals_functional(name):
-  cls, _, fn, init, options, call_options = LAYERS[name]
+  cls, _, fn, init, options = LAYERS[name]
   params = random_params(init, I, H, **options)
-  assert_trees_equal(cls.from_params(params, **call_options).params, params)  # functional -> module -> functional
+  assert_trees_equal(cls.from_params(params).params, params)  # functional -> module -> functional
 
   @jax.jit
   def run(p, xs):
-    layer = cls.from_params(p, **call_options)
+    layer = cls.from_params(p)
     return (layer(xs, lengths=LENGTHS), layer(xs, lengths=LENGTHS, return_sequences=False, return_state=True),
-            fn(p, xs, lengths=LENGTHS, **call_options))
+            fn(p, xs, lengths=LENGTHS))
 
   hs, (state, last), (expected_state, expected_hs) = run(params, normal((B, T, I)))
   np.testing.assert_array_equal(hs, expected_hs)
@@ -94,15 +97,16 @@ def test_constructor_checks_params_layout():
 
 def test_stack_bidirectional_with_lengths():
   params = random_params(jaxlstm.stack_init, I, H, 2, bidirectional=True, peephole=True)
-  relu_params = random_params(jaxlstm.stack_init, I, H, 2, cell="rnn", bidirectional=True, merge="sum")
+  relu_params = random_params(jaxlstm.stack_init, I, H, 2, cell="rnn", bidirectional=True, merge="sum",
+                              activation="relu")
 
   @jax.jit
   def run(p, q, xs):
     model = jnn.Stack.from_params(p)
-    relu = jnn.Stack.from_params(q, merge="sum", activation="relu")
+    relu = jnn.Stack.from_params(q, merge="sum")  # relu from the params
     return (model(xs, lengths=LENGTHS), model(xs, lengths=LENGTHS, return_sequences=False, return_state=True),
             jaxlstm.stack(p, xs, lengths=LENGTHS), relu(xs, return_sequences=False),
-            jaxlstm.stack(q, xs, merge="sum", activation="relu")[0])
+            jaxlstm.stack(q, xs, merge="sum")[0])
 
   hs, (states, last), (expected_states, expected_hs), relu_last, relu_states = run(params, relu_params,
                                                                                normal((B, T, I)))
@@ -175,23 +179,84 @@ def test_eager_call_time_major_reverse():
 
 @pytest.mark.parametrize("name", ["lstm_proj", "gru", "rnn_relu"])
 def test_cells_in_a_python_loop(name):
-  _, cell_cls, fn, init, options, call_options = LAYERS[name]
+  _, cell_cls, fn, init, options = LAYERS[name]
   params = random_params(init, I, H, **options)
-  cell = cell_cls.from_params(params, **call_options)
+  cell = cell_cls.from_params(params)
   assert_trees_equal(cell.params, params)
   xs = normal((B, T, I))
 
   @jax.jit
   def run(p, xs):
-    cell = cell_cls.from_params(p, **call_options)
+    cell = cell_cls.from_params(p)
     state = cell.initial_state((B,))
     hs = []
     for t in range(T):
       state, h = cell(state, xs[:, t])
       hs.append(h)
-    return state, jnp.stack(hs, axis=1), fn(p, xs, **call_options)
+    return state, jnp.stack(hs, axis=1), fn(p, xs)
 
   state, hs, (expected_state, expected_hs) = run(params, xs)
   assert_trees_close(hs, expected_hs)
   assert_trees_close(state, expected_state)
   assert_trees_equal(cell.initial_state((B,)), jaxlstm.zero_state(params, (B,)))
+
+
+def test_relu_rnn_through_layer_stack_and_cell():
+  # The activation lives in the params: no module and no functional call below is told it.
+  params = random_params(jaxlstm.rnn_init, I, H, activation="relu")
+  stack_params = (params, random_params(jaxlstm.rnn_init, H, H, activation="relu", seed=1))
+  xs = normal((B, T, I))
+
+  @jax.jit
+  def run(p, sp, xs):
+    layer, stack, cell = jnn.Layer.from_params(p), jnn.Stack.from_params(sp), jnn.Cell.from_params(p)
+    state, ys = cell.initial_state((B,)), []
+    for t in range(T):  # the loop oracle: the cell's own step, one call per step
+      state, y = cell(state, xs[:, t])
+      ys.append(y)
+    return (layer(xs, lengths=LENGTHS), jaxlstm.rnn(p, xs, lengths=LENGTHS)[1], stack(xs),
+            jaxlstm.stack(sp, xs)[1], jnp.stack(ys, axis=1), jaxlstm.rnn(p, xs)[1],
+            jaxlstm.rnn(p._replace(activation="tanh"), xs)[1])
+
+  hs, expected_hs, stack_hs, expected_stack_hs, loop_hs, full_hs, tanh_hs = run(params, stack_params, xs)
+  np.testing.assert_array_equal(hs, expected_hs)
+  np.testing.assert_array_equal(stack_hs, expected_stack_hs)
+  assert_trees_close(loop_hs, full_hs)
+  # It is relu indeed: non-negative with exact zeros, where tanh would give negative values.
+  assert (full_hs >= 0).all() and (full_hs == 0).any()
+  assert (tanh_hs < 0).any()
+
+
+def test_cell_options_go_into_the_params():
+  relu = jaxlstm.rnn_init(nnx.Rngs(0).params(), I, H, activation="relu")
+  assert_trees_equal(jnn.RNN(I, H, activation="relu", rngs=nnx.Rngs(0)).params, relu)
+  assert_trees_equal(jnn.RNNCell(I, H, activation="relu", rngs=nnx.Rngs(0)).params, relu)
+  assert_trees_equal(jnn.Layer(I, H, cell="rnn", activation="relu", rngs=nnx.Rngs(0)).params, relu)
+  stack = jnn.Stack(I, H, num_layers=2, cell="rnn", activation="relu", rngs=nnx.Rngs(0))
+  assert [p.activation for p in stack.params] == ["relu", "relu"]
+  # from_params takes the activation from the params; a restatement is fine, a contradiction raises.
+  assert jnn.RNN.from_params(relu).options == {"dtype": jnp.float32, "activation": "relu"}
+  assert jnn.RNN.from_params(relu, activation="relu").cell == "rnn"
+  with pytest.raises(ValueError, match="activation='tanh' conflicts with the params"):
+    jnn.RNN.from_params(relu, activation="tanh")
+  with pytest.raises(ValueError, match="activation='tanh' conflicts with the params"):
+    jnn.Stack.from_params(stack.params, activation="tanh")
+  with pytest.raises(ValueError, match="built with activation='relu', but the module has activation='tanh'"):
+    jnn.RNN(I, H, params=relu)
+  with pytest.raises(TypeError, match="'peephole' is not an option of the 'gru' cell"):
+    jnn.Layer(I, H, cell="gru", peephole=True, rngs=nnx.Rngs(0))
+  with pytest.raises(TypeError, match="'activation' is not an option of the 'lstm' cell"):
+    jnn.Stack(I, H, activation="relu", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="cell must be one of"):
+    jnn.Cell(I, H, cell="nope", rngs=nnx.Rngs(0))
+  with pytest.raises(TypeError, match="params must be RNNParams; got GRUParams"):
+    jnn.RNNCell.from_params(random_params(jaxlstm.gru_init, I, H))
+
+
+def test_nn_is_a_deprecated_alias_of_nnx():
+  message = r"jaxlstm\.nn is deprecated and will be removed in 0\.3; use jaxlstm\.nnx"
+  with pytest.warns(DeprecationWarning, match=message):
+    # The first import warns; the reload warns again when another test imported the alias already.
+    alias = importlib.reload(importlib.import_module("jaxlstm.nn"))
+  assert alias.__all__ == jnn.__all__
+  assert all(getattr(alias, name) is getattr(jnn, name) for name in jnn.__all__)
