@@ -27,7 +27,22 @@ STRUCTURE_KEY = "jaxlstm_tree_structure"
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint could not be read: corrupt, incomplete, or for another model."""
+  """A checkpoint could not be read: corrupt, incomplete, or for another model.
+
+  Example:
+    >>> import tempfile
+    >>> from jaxlstm.checkpoint import Checkpointer, CheckpointError
+    >>> relu = jaxlstm.rnn_init(jax.random.key(0), 3, 5, activation="relu")
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...   ckpt = Checkpointer(tmp)
+    ...   ckpt.save(1, relu)
+    ...   try:
+    ...     ckpt.restore(relu._replace(activation="tanh"))  # every array matches, the model does not
+    ...   except CheckpointError as e:
+    ...     print("saved from a model of another structure" in str(e))
+    ...   ckpt.close()
+    True
+  """
 
 
 class Checkpointer:
@@ -39,9 +54,18 @@ class Checkpointer:
     keep: how many of the most recent checkpoints to keep.
 
   Example:
-    >>> ckpt = Checkpointer("runs/x/checkpoints", save_every=500, keep=3)
-    >>> ckpt.maybe_save(step, state)
-    >>> state = ckpt.restore(state)  # the latest one, into the structure of ``state``
+    >>> import tempfile
+    >>> import optax
+    >>> from jaxlstm.checkpoint import Checkpointer
+    >>> state = jaxlstm.init_train_state(jaxlstm.gru_init(jax.random.key(0), 3, 5), optax.sgd(0.1))
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...   ckpt = Checkpointer(tmp, save_every=2, keep=2)
+    ...   saved = [ckpt.maybe_save(step, state._replace(step=jnp.int32(step))) for step in range(1, 7)]
+    ...   steps = ckpt.all_steps()  # the last two that were saved
+    ...   restored = ckpt.restore(state)  # the latest one, into the structure of ``state``
+    ...   ckpt.close()
+    >>> saved, steps, int(restored.step)
+    ([False, True, False, True, False, True], [4, 6], 6)
   """
 
   def __init__(self, directory: str | os.PathLike, *, save_every: int = 1000, keep: int = 3):
@@ -56,16 +80,22 @@ class Checkpointer:
                                           item_handlers=ocp.StandardCheckpointHandler())
 
   def latest_step(self) -> int | None:
-    """The newest complete checkpoint's step, or ``None``."""
+    """The newest complete checkpoint's step, or ``None``; see the class's example."""
     self._manager.reload()
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    """The steps of every complete checkpoint kept, in increasing order; see the class's example."""
     self._manager.reload()
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any) -> None:
-    """Saves ``state`` (a pytree of arrays) as checkpoint ``step``, replacing one already there."""
+    """Saves ``state`` (a pytree of arrays) as checkpoint ``step``, replacing one already there.
+
+    The arrays are copied to the host, and the pytree structure (types and
+    static fields) is recorded, so that :meth:`restore` can refuse another
+    model. See the class's example.
+    """
     step = int(step)
     if step in self.all_steps():
       self._manager.delete(step)
@@ -76,13 +106,25 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def maybe_save(self, step: int, state: Any) -> bool:
-    """Saves if ``step`` is a multiple of ``save_every``; returns whether it did."""
+    """Saves if ``step`` is a multiple of ``save_every``; returns whether it did. See the class's example."""
     if int(step) % self.save_every:
       return False
     self.save(step, state)
     return True
 
   def path(self, step: int) -> str:
+    """The directory of checkpoint ``step``, whether or not it exists.
+
+    Example:
+      >>> import os
+      >>> import tempfile
+      >>> from jaxlstm.checkpoint import Checkpointer
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...   ckpt = Checkpointer(tmp)
+      ...   print(ckpt.path(500) == os.path.join(ckpt.directory, "500"))
+      ...   ckpt.close()
+      True
+    """
     return os.path.join(self.directory, str(step))
 
   def restore(self, like: Any, step: int | None = None) -> Any:
@@ -99,6 +141,19 @@ class Checkpointer:
     Raises:
       CheckpointError: naming the checkpoint path, when there is none, or when
         it is corrupt or does not match ``like``.
+
+    Example:
+      >>> import tempfile
+      >>> from jaxlstm.checkpoint import Checkpointer
+      >>> params = jaxlstm.stack_init(jax.random.key(0), 3, 5, 2)
+      >>> with tempfile.TemporaryDirectory() as tmp:
+      ...   ckpt = Checkpointer(tmp)
+      ...   ckpt.save(1, params)
+      ...   ckpt.save(2, jax.tree.map(lambda a: a + 1, params))
+      ...   first = ckpt.restore(params, step=1)
+      ...   ckpt.close()
+      >>> bool((first[1].w_h == params[1].w_h).all())
+      True
     """
     if step is None:
       step = self.latest_step()
@@ -118,6 +173,7 @@ class Checkpointer:
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), jax.tree_util.tree_leaves(restored))
 
   def close(self) -> None:
+    """Releases orbax's manager; the checkpoints stay on disk."""
     self._manager.close()
 
 

@@ -26,6 +26,10 @@ def maybe_initialize(coordinator: str | None = None, num_processes: int | None =
   ``JAX_PROCESS_ID`` (cluster launchers such as SLURM are detected by JAX
   itself when only ``JAX_COORDINATOR_ADDRESS`` is missing and the launcher's
   variables are set). Returns whether it initialized.
+
+  Example:
+    >>> jaxlstm.distributed.maybe_initialize()  # one process, no coordinator configured
+    False
   """
   coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
   if num_processes is None and "JAX_NUM_PROCESSES" in os.environ:
@@ -42,7 +46,19 @@ def maybe_initialize(coordinator: str | None = None, num_processes: int | None =
 
 
 def resolve_devices(devices: str | int | None) -> list[jax.Device] | None:
-  """``None``: no mesh; ``"all"``: every device of every process; ``n``: the first ``n``."""
+  """``None``: no mesh; ``"all"``: every device of every process; ``n``: the first ``n``.
+
+  Raises:
+    ValueError: ``devices`` is not ``"all"`` or a number between 1 and the number of devices.
+
+  Example:
+    >>> from jaxlstm.distributed import resolve_devices
+    >>> resolve_devices(None), resolve_devices(1) == jax.devices()[:1], resolve_devices("all") == jax.devices()
+    (None, True, True)
+    >>> resolve_devices(0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: devices must be between 1 and ... (the devices visible); got 0
+  """
   if devices is None:
     return None
   every = jax.devices()
@@ -58,19 +74,46 @@ def resolve_devices(devices: str | int | None) -> list[jax.Device] | None:
 
 
 def make_mesh(devices: list[jax.Device]) -> Mesh:
+  """A one-axis mesh over ``devices``, its axis named :data:`BATCH`.
+
+  Example:
+    >>> from jaxlstm.distributed import make_mesh
+    >>> mesh = make_mesh(jax.devices()[:1])
+    >>> mesh.axis_names, mesh.devices.size
+    (('batch',), 1)
+  """
   return Mesh(np.array(devices), (BATCH,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Splits axis 0 (the batch) across the mesh; every other axis, time included, stays whole."""
+  """Splits axis 0 (the batch) across the mesh; every other axis, time included, stays whole.
+
+  Example:
+    >>> from jaxlstm.distributed import batch_sharding, make_mesh
+    >>> batch_sharding(make_mesh(jax.devices()[:1])).spec
+    P('batch',)
+  """
   return NamedSharding(mesh, P(BATCH))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """A full copy on every device of the mesh, as params and optimizer state are kept.
+
+  Example:
+    >>> from jaxlstm.distributed import make_mesh, replicated
+    >>> replicated(make_mesh(jax.devices()[:1])).spec
+    P()
+  """
   return NamedSharding(mesh, P())
 
 
 def check_divisible(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
+  """Raises ``ValueError``, naming ``name`` and a size that would do, unless the mesh's devices divide ``batch_size``.
+
+  Example:
+    >>> from jaxlstm.distributed import check_divisible, make_mesh
+    >>> check_divisible(6, make_mesh(jax.devices()[:1]))  # any size splits over one device
+  """
   n = mesh.devices.size
   if batch_size % n:
     raise ValueError(f"{name}={batch_size} must be divisible by the number of devices ({n}); "
@@ -78,7 +121,14 @@ def check_divisible(batch_size: int, mesh: Mesh, name: str = "batch_size") -> No
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
-  """Places a host batch (global on every process) onto the mesh, split along axis 0."""
+  """Places a host batch (global on every process) onto the mesh, split along axis 0.
+
+  Example:
+    >>> from jaxlstm.distributed import make_mesh, shard_batch
+    >>> batch = shard_batch({"xs": np.ones((4, 7, 3), np.float32)}, make_mesh(jax.devices()[:1]))
+    >>> batch["xs"].shape, batch["xs"].sharding.spec
+    ((4, 7, 3), P('batch',))
+  """
   sharding = batch_sharding(mesh)
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
@@ -92,6 +142,14 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Places every array of ``tree`` on every device of the mesh, also across processes.
+
+  Example:
+    >>> from jaxlstm.distributed import make_mesh, replicate
+    >>> params = replicate(jaxlstm.gru_init(jax.random.key(0), 3, 5), make_mesh(jax.devices()[:1]))
+    >>> params.w_x.sharding.spec
+    P()
+  """
   sharding = replicated(mesh)
   if jax.process_count() == 1:
     return jax.device_put(tree, sharding)
@@ -104,6 +162,11 @@ def local_replica(tree: Any) -> Any:
 
   It copies nothing, so it is cheap enough for every step; with one process
   it returns ``tree`` itself.
+
+  Example:
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> jaxlstm.distributed.local_replica(params) is params  # one process
+    True
   """
   if jax.process_count() == 1:  # then every array is fully addressable
     return tree
@@ -116,12 +179,27 @@ def local_replica(tree: Any) -> Any:
 
 
 def to_host(tree: Any) -> Any:
-  """NumPy copies of (replicated) arrays, also when they span several processes."""
+  """NumPy copies of (replicated) arrays, also when they span several processes.
+
+  Example:
+    >>> params = jaxlstm.distributed.to_host(jaxlstm.gru_init(jax.random.key(0), 3, 5))
+    >>> type(params).__name__, type(params.w_x).__name__
+    ('GRUParams', 'ndarray')
+  """
   return jax.tree_util.tree_map(np.asarray, local_replica(tree))
 
 
 def device_memory() -> dict[str, float]:
-  """Peak bytes in use per local device, in MiB, where the backend reports it (GPU and TPU do)."""
+  """Peak bytes in use per local device, in MiB, where the backend reports it (GPU and TPU do).
+
+  Returns:
+    ``{"mem_mib_<device id>": MiB}``; empty where the backend reports nothing (CPU).
+
+  Example:
+    >>> memory = jaxlstm.distributed.device_memory()
+    >>> all(name.startswith("mem_mib_") and mib >= 0 for name, mib in memory.items())
+    True
+  """
   out = {}
   for d in jax.local_devices():
     stats = d.memory_stats() if hasattr(d, "memory_stats") else None

@@ -29,7 +29,21 @@ PER_STEP_KINDS = ("seq_classify", "lm")
 
 @dataclasses.dataclass
 class RunConfig:
-  """Everything that defines a run; saved as ``config.json``."""
+  """Everything that defines a run; saved as ``config.json``.
+
+  ``task`` and ``task_options`` name the data (:func:`jaxlstm.tasks.make_task`); ``cell`` to
+  ``dropout`` the model (:func:`jaxlstm.models.model_init`); ``optimizer`` to ``clip_norm`` the
+  optimizer (:func:`jaxlstm.optim.make_optimizer`); ``batch_size`` to ``early_stopping`` the loop
+  (:func:`jaxlstm.fit`); ``dtype`` is ``"float32"`` or ``"bfloat16"``, the compute dtype.
+
+  Example:
+    >>> from jaxlstm.experiment import RunConfig
+    >>> cfg = RunConfig(task="copy", cell="gru", hidden=64, steps=500)
+    >>> cfg.validate()
+    >>> RunConfig(hidden=0).validate()
+    Traceback (most recent call last):
+    ValueError: hidden must be >= 1; got 0
+  """
   task: str = "adding"
   task_options: dict = dataclasses.field(default_factory=dict)
   cell: str = "lstm"
@@ -54,6 +68,7 @@ class RunConfig:
   dtype: str = "float32"
 
   def validate(self) -> None:
+    """Raises ``ValueError`` for an unknown ``dtype``, a size or step count below 1, or a non-positive ``lr``."""
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
     for name in ("hidden", "layers", "batch_size", "steps", "eval_every"):
@@ -64,12 +79,27 @@ class RunConfig:
 
 
 def load_task(cfg: RunConfig):
+  """The :class:`~jaxlstm.tasks.Task` that ``cfg`` names, built from its options and seed.
+
+  Example:
+    >>> from jaxlstm.experiment import RunConfig, load_task
+    >>> task = load_task(RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_test": 4}))
+    >>> task.kind, task.train.xs.shape
+    ('regress', (8, 5, 2))
+  """
   from jaxlstm.tasks import make_task  # data code loads lazily: numpy, sklearn, statsmodels
   return make_task(cfg.task, seed=cfg.seed, **cfg.task_options)
 
 
 def split_batch(split) -> dict:
-  """A task split as a dict of arrays, leaving out the absent ``lengths`` and ``mask``."""
+  """A task split as a dict of arrays, leaving out the absent ``lengths`` and ``mask``.
+
+  Example:
+    >>> from jaxlstm.experiment import RunConfig, load_task, split_batch
+    >>> task = load_task(RunConfig(task="adding-var", task_options={"T": 5, "n_train": 8, "n_test": 4}))
+    >>> sorted(split_batch(task.train))  # variable lengths: the split has them
+    ['lengths', 'xs', 'ys']
+  """
   batch = {"xs": split.xs, "ys": split.ys}
   if split.lengths is not None:
     batch["lengths"] = split.lengths
@@ -79,7 +109,17 @@ def split_batch(split) -> dict:
 
 
 def make_loss(task, cfg: RunConfig, *, train: bool):
-  """``loss_fn(params, batch, key)`` of the task's kind, with dropout only when ``train``."""
+  """``loss_fn(params, batch, key)`` of the task's kind, with dropout only when ``train``.
+
+  Example:
+    >>> from jaxlstm.experiment import RunConfig, init_model, load_task, make_loss, split_batch
+    >>> cfg = RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_test": 4}, hidden=4)
+    >>> task = load_task(cfg)
+    >>> loss_fn = make_loss(task, cfg, train=False)
+    >>> loss, metrics = loss_fn(init_model(task, cfg), split_batch(task.test), jax.random.key(0))
+    >>> loss.shape, sorted(metrics)
+    ((), ['mse'])
+  """
   per_step = task.kind in PER_STEP_KINDS
   vocab = task.input_size if task.kind == "lm" else None
 
@@ -93,18 +133,51 @@ def make_loss(task, cfg: RunConfig, *, train: bool):
 
 
 def init_model(task, cfg: RunConfig) -> SequenceModel:
+  """The run's freshly initialized :class:`~jaxlstm.models.SequenceModel`, sized for ``task``, seeded by ``cfg.seed``.
+
+  Example:
+    >>> from jaxlstm.experiment import RunConfig, init_model, load_task
+    >>> cfg = RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_test": 4}, hidden=4, cell="rnn")
+    >>> model = init_model(load_task(cfg), cfg)
+    >>> model.rnn[0].w_x.shape, model.rnn[0].activation, model.head.w.shape
+    ((2, 4), 'tanh', (4, 1))
+  """
   return model_init(jax.random.key(cfg.seed), task.input_size, task.num_outputs, hidden=cfg.hidden,
                     layers=cfg.layers, cell=cfg.cell, bidirectional=cfg.bidirectional,
                     forget_bias=cfg.forget_bias, activation=cfg.activation if cfg.cell == "rnn" else None)
 
 
 def make_run_optimizer(cfg: RunConfig):
+  """The optax optimizer of ``cfg``: its schedule over ``cfg.steps`` and its gradient clipping.
+
+  Example:
+    >>> from jaxlstm.experiment import RunConfig, make_run_optimizer
+    >>> opt = make_run_optimizer(RunConfig(optimizer="sgd", lr=0.1, schedule="cosine", warmup=10, steps=100))
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> opt_state = opt.init(params)
+  """
   lr = make_schedule(cfg.lr, schedule=cfg.schedule, warmup_steps=cfg.warmup, total_steps=cfg.steps)
   return make_optimizer(cfg.optimizer, lr, clip_norm=cfg.clip_norm)
 
 
 def derived_metrics(task, metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
-  """Adds RMSE (in the data's original units when the task says how) to a regression's metrics."""
+  """Adds RMSE (in the data's original units when the task says how) to a regression's metrics.
+
+  Args:
+    task: the run's task; its ``info["y_std"]``, when present, undoes the targets' normalization.
+    metrics: the metrics of one evaluation.
+    prefix: the prefix of the metrics' names, e.g. ``"val_"``.
+
+  Returns:
+    ``metrics`` and, for a regression, ``{prefix}rmse``.
+
+  Example:
+    >>> import types
+    >>> from jaxlstm.experiment import derived_metrics
+    >>> task = types.SimpleNamespace(kind="regress", info={"y_std": 10.0})  # targets were divided by 10
+    >>> derived_metrics(task, {"val_mse": 0.25}, "val_")
+    {'val_mse': 0.25, 'val_rmse': 5.0}
+  """
   out = dict(metrics)
   mse = metrics.get(f"{prefix}mse")
   if task.kind == "regress" and mse is not None:
@@ -123,6 +196,24 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool 
 
   Returns:
     The evaluation records, as written to ``metrics.jsonl``.
+
+  Raises:
+    FileNotFoundError: with ``resume``, when ``out`` holds no run.
+    ValueError: for an invalid ``cfg``.
+
+  Example:
+    >>> import os
+    >>> import tempfile
+    >>> from jaxlstm.experiment import RunConfig, train_run
+    >>> cfg = RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_test": 4}, hidden=4,
+    ...                 batch_size=4, steps=2, eval_every=2)
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...   records = train_run(cfg, out, progress=False)
+    ...   print(sorted(os.listdir(out)))
+    ...   more = train_run(RunConfig(steps=4), out, resume=True, progress=False)  # the saved config, 2 more steps
+    ['checkpoints', 'config.json', 'metrics.jsonl']
+    >>> [r["step"] for r in records], [r["step"] for r in more], "val_rmse" in records[-1]
+    ([2], [4], True)
   """
   config_path = os.path.join(out, "config.json")
   if resume:
@@ -165,6 +256,23 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool 
 
 
 def read_config(out: str) -> RunConfig:
+  """The :class:`RunConfig` saved in ``out/config.json``; keys it does not know are ignored.
+
+  Raises:
+    FileNotFoundError: ``out`` holds no ``config.json``.
+
+  Example:
+    >>> import dataclasses
+    >>> import json
+    >>> import os
+    >>> import tempfile
+    >>> from jaxlstm.experiment import RunConfig, read_config
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...   with open(os.path.join(out, "config.json"), "w") as f:
+    ...     json.dump({**dataclasses.asdict(RunConfig(cell="gru")), "from_a_newer_version": 1}, f)
+    ...   print(read_config(out) == RunConfig(cell="gru"))
+    True
+  """
   path = os.path.join(out, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"no run in {out}: {path} does not exist")
@@ -175,7 +283,22 @@ def read_config(out: str) -> RunConfig:
 
 
 def load_run(out: str):
-  """The config, task and trained params of the run in ``out`` (latest checkpoint)."""
+  """The config, task and trained params of the run in ``out`` (latest checkpoint).
+
+  Returns:
+    ``(cfg, task, params, step)``: the run's :class:`RunConfig`, its task, the params of the latest
+    checkpoint and that checkpoint's step.
+
+  Example:
+    >>> import tempfile
+    >>> from jaxlstm.experiment import RunConfig, load_run, train_run
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...   _ = train_run(RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_test": 4}, hidden=4,
+    ...                           batch_size=4, steps=2, eval_every=2), out, progress=False)
+    ...   cfg, task, params, step = load_run(out)
+    >>> cfg.hidden, task.name, params.rnn[0].hidden_size, step
+    (4, 'adding', 4, 2)
+  """
   cfg = read_config(out)
   task = load_task(cfg)
   like = init_train_state(init_model(task, cfg), make_run_optimizer(cfg), cfg.seed)
@@ -184,7 +307,23 @@ def load_run(out: str):
 
 
 def eval_run(out: str) -> dict[str, Any]:
-  """Evaluates the latest checkpoint of a run on its task's test split."""
+  """Evaluates the latest checkpoint of a run on its task's test split.
+
+  Returns:
+    ``{"step", **metrics, "baselines"}``, with the metrics of :func:`jaxlstm.evaluate` and the task's
+    baselines to compare them with.
+
+  Example:
+    >>> import tempfile
+    >>> from jaxlstm.experiment import RunConfig, eval_run, train_run
+    >>> cfg = RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_test": 4}, hidden=4,
+    ...                 batch_size=4, steps=2, eval_every=2)
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...   _ = train_run(cfg, out, progress=False)
+    ...   result = eval_run(out)
+    >>> result["step"], sorted(result)
+    (2, ['baselines', 'loss', 'mse', 'rmse', 'step'])
+  """
   cfg, task, params, step = load_run(out)
   metrics = evaluate(make_loss(task, cfg, train=False), params, split_batch(task.test),
                      batch_size=cfg.batch_size)
@@ -192,7 +331,22 @@ def eval_run(out: str) -> dict[str, Any]:
 
 
 def sample_run(out: str, prompt: str = "", *, length: int = 200, temperature: float = 1.0, seed: int = 0) -> str:
-  """Samples text from a trained character-level language model run."""
+  """Samples text from a trained character-level language model run: :func:`jaxlstm.sample.sample_text`.
+
+  Raises:
+    ValueError: the run's task is not a language model.
+
+  Example:
+    >>> import tempfile
+    >>> from jaxlstm.experiment import RunConfig, sample_run, train_run
+    >>> cfg = RunConfig(task="text", task_options={"T": 8, "max_chars": 2000}, hidden=4, batch_size=4, steps=2,
+    ...                 eval_every=2)
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...   _ = train_run(cfg, out, progress=False)
+    ...   text = sample_run(out, "Th", length=5)
+    >>> text[:2], len(text)
+    ('Th', 7)
+  """
   from jaxlstm.sample import sample_text
   cfg, task, params, _ = load_run(out)
   if task.kind != "lm":

@@ -27,11 +27,29 @@ KINDS = ("classify", "regress", "seq_classify", "lm")
 
 
 class Dense(NamedTuple):
+  """A linear readout ``y = x @ w + b``.
+
+  Attributes:
+    w: ``(F, O)`` weights, from the stack's ``F`` output features to ``O`` outputs.
+    b: ``(O,)`` bias.
+  """
   w: jax.Array  # (F, O)
   b: jax.Array  # (O,)
 
 
 class SequenceModel(NamedTuple):
+  """A recurrent stack and its dense head: the params of :func:`model_apply`.
+
+  Attributes:
+    rnn: the stack's params, the tuple of :func:`jaxlstm.stack_init`.
+    head: the :class:`Dense` readout.
+
+  Example:
+    >>> from jaxlstm.models import model_init
+    >>> model = model_init(jax.random.key(0), 3, 2, hidden=5, layers=2, cell="gru")
+    >>> len(model.rnn), model.head.w.shape, model.head.b.shape
+    (2, (5, 2), (2,))
+  """
   rnn: tuple  # stack params from stack_init
   head: Dense
 
@@ -40,6 +58,12 @@ def cell_presets() -> dict[str, dict]:
   """The command line's cell names, each mapped to its :func:`jaxlstm.stack_init` options.
 
   Every registered cell under its own name, plus the :data:`VARIANTS`.
+
+  Example:
+    >>> from jaxlstm.models import cell_presets
+    >>> presets = cell_presets()
+    >>> presets["gru"], presets["rnn-relu"]
+    ({'cell': 'gru'}, {'cell': 'rnn', 'activation': 'relu'})
   """
   return {**{name: {"cell": name} for name in cell_names()}, **VARIANTS}
 
@@ -64,6 +88,15 @@ def model_init(key: jax.Array, input_size: int, num_outputs: int, *, hidden: int
 
   Returns:
     :class:`SequenceModel` whose head is ``(H, O)`` (``(2H, O)`` if bidirectional).
+
+  Raises:
+    ValueError: for an unknown ``cell``, or an ``activation`` that the cell does not take or contradicts.
+
+  Example:
+    >>> from jaxlstm.models import model_init
+    >>> model = model_init(jax.random.key(0), 3, 4, hidden=5, cell="peephole", bidirectional=True)
+    >>> model.rnn[0].forward.peephole.shape, model.head.w.shape
+    ((3, 5), (10, 4))
   """
   presets = cell_presets()
   if cell not in presets:
@@ -101,7 +134,22 @@ def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths
     vocab_size: one-hot the token ids of ``xs`` to this size.
 
   Returns:
-    Outputs in float32.
+    Outputs in float32: ``(B, T, O)`` with ``per_step``, else ``(B, O)``.
+
+  Example:
+    >>> from jaxlstm.models import model_apply, model_init
+    >>> model = model_init(jax.random.key(0), 3, 4, hidden=5)
+    >>> xs = jnp.ones((2, 7, 3))
+    >>> model_apply(model, xs, per_step=False, lengths=jnp.array([7, 2])).shape
+    (2, 4)
+    >>> model_apply(model, xs, per_step=True, compute_dtype=jnp.bfloat16).dtype
+    dtype('float32')
+
+    Token ids, one-hot encoded inside, for a language model over 4 symbols:
+
+    >>> lm = model_init(jax.random.key(0), 4, 4, hidden=5)
+    >>> model_apply(lm, jnp.array([[0, 3, 1]]), per_step=True, vocab_size=4).shape
+    (1, 3, 4)
   """
   if vocab_size is not None:
     xs = jax.nn.one_hot(xs, vocab_size, dtype=jnp.float32)
@@ -128,6 +176,27 @@ def task_loss(kind: str, outputs: jax.Array, batch: dict) -> tuple[jax.Array, di
   ``seq_classify`` and ``lm``: per-step cross-entropy and accuracy of
   ``(B, T, O)`` logits against ``ys (B, T)``, averaged over valid steps
   (``batch["lengths"]`` when present); ``lm`` also reports bits per character.
+
+  Args:
+    kind: one of :data:`KINDS`.
+    outputs: the model's outputs, ``(B, O)`` or ``(B, T, O)`` as the kind needs.
+    batch: a dict with ``ys`` and, for per-step kinds, optionally ``lengths``.
+
+  Returns:
+    ``(loss, metrics)``: a scalar and a dict of scalars.
+
+  Raises:
+    ValueError: for an unknown ``kind``.
+
+  Example:
+    >>> from jaxlstm.models import task_loss
+    >>> logits = jnp.array([[2.0, 0.0], [0.0, 2.0]])
+    >>> loss, metrics = task_loss("classify", logits, {"ys": jnp.array([0, 0])})
+    >>> float(metrics["accuracy"])
+    0.5
+    >>> loss, metrics = task_loss("lm", jnp.zeros((1, 3, 4)), {"ys": jnp.zeros((1, 3), jnp.int32)})
+    >>> round(float(metrics["bits_per_char"]), 4)  # uniform over 4 symbols: 2 bits
+    2.0
   """
   ys = batch["ys"]
   if kind == "regress":

@@ -21,6 +21,16 @@ def make_schedule(learning_rate: float, *, schedule: str = "constant", warmup_st
 
   Returns:
     An optax schedule, ``step -> learning rate``.
+
+  Raises:
+    ValueError: for a non-positive ``learning_rate``, a negative ``warmup_steps``, an unknown ``schedule``,
+      or a cosine schedule whose ``total_steps`` does not exceed ``warmup_steps``.
+
+  Example:
+    >>> from jaxlstm.optim import make_schedule
+    >>> lr = make_schedule(1e-2, schedule="cosine", warmup_steps=10, total_steps=100)
+    >>> [round(float(lr(step)), 4) for step in (0, 5, 10, 100)]
+    [0.0, 0.005, 0.01, 0.0]
   """
   if learning_rate <= 0:
     raise ValueError(f"learning_rate must be positive; got {learning_rate}")
@@ -53,9 +63,19 @@ def make_optimizer(name: str = "adam", learning_rate: float | optax.Schedule = 1
   Returns:
     An ``optax.GradientTransformation``.
 
+  Raises:
+    ValueError: for an unknown ``name`` or a non-positive ``clip_norm``.
+
   Example:
+    >>> from jaxlstm.optim import make_optimizer, make_schedule
     >>> opt = make_optimizer("adam", make_schedule(1e-3, schedule="cosine", warmup_steps=100,
     ...                                            total_steps=2000), clip_norm=1.0)
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> state = jaxlstm.init_train_state(params, opt)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, _ = opt.update(grads, state.opt_state, params)  # step 0 of the warmup: no change yet
+    >>> float(jnp.abs(updates.w_x).max())
+    0.0
   """
   if name not in OPTIMIZERS:
     raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}; got {name!r}")

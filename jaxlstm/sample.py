@@ -51,9 +51,22 @@ def sample_text(params: SequenceModel, vocab: Sequence[str], prompt: str = "", *
     length: characters to generate.
     temperature: softmax temperature; lower is more conservative.
     seed: PRNG seed.
+    compute_dtype: e.g. ``jnp.bfloat16``, as in :func:`jaxlstm.models.model_apply`.
 
   Returns:
     The prompt followed by the generated characters.
+
+  Raises:
+    ValueError: for ``length < 1``, a non-positive ``temperature``, or a prompt character outside ``vocab``.
+
+  Example:
+    >>> from jaxlstm.models import model_init
+    >>> from jaxlstm.sample import sample_text
+    >>> vocab = "abc "
+    >>> model = model_init(jax.random.key(0), len(vocab), len(vocab), hidden=8)  # untrained: random text
+    >>> text = sample_text(model, vocab, "ab", length=10, temperature=0.5)
+    >>> text[:2], len(text), set(text) <= set(vocab)
+    ('ab', 12, True)
   """
   if length < 1:
     raise ValueError(f"length must be >= 1; got {length}")

@@ -25,7 +25,20 @@ LossFn = Callable[[Any, Any, jax.Array], Any]
 
 
 class TrainState(NamedTuple):
-  """Everything a run needs to continue: checkpoint this and nothing else."""
+  """Everything a run needs to continue: checkpoint this and nothing else.
+
+  Attributes:
+    step: ``()`` int32, the number of updates done.
+    params: the model's params, any pytree.
+    opt_state: the optimizer's state for ``params``.
+    key: ``(2,)`` uint32 raw PRNG key data, split once per step.
+
+  Example:
+    >>> import optax
+    >>> state = jaxlstm.init_train_state(jaxlstm.gru_init(jax.random.key(0), 3, 5), optax.sgd(0.1))
+    >>> int(state.step), state.key.shape, state.key.dtype
+    (0, (2,), dtype('uint32'))
+  """
   step: jax.Array  # () int32, number of updates done
   params: Any
   opt_state: Any
@@ -33,7 +46,23 @@ class TrainState(NamedTuple):
 
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, seed: int = 0) -> TrainState:
-  """A fresh :class:`TrainState` at step 0."""
+  """A fresh :class:`TrainState` at step 0.
+
+  Args:
+    params: the initial params, any pytree.
+    optimizer: the optax optimizer whose state it holds.
+    seed: seeds the key that :func:`make_train_step` splits once per step.
+
+  Returns:
+    :class:`TrainState` with ``step == 0`` and ``optimizer.init(params)``.
+
+  Example:
+    >>> import optax
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> state = jaxlstm.init_train_state(params, optax.adam(1e-3), seed=1)
+    >>> int(state.step), state.params is params
+    (0, True)
+  """
   key = jax.random.key_data(jax.random.PRNGKey(seed)).astype(jnp.uint32)
   return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), key)
 
@@ -67,6 +96,19 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   Returns:
     ``train_step(state: TrainState, batch) -> (TrainState, metrics)``; the
     metrics include ``"loss"`` and ``"grad_norm"``.
+
+  Example:
+    >>> import optax
+    >>> def loss_fn(params, batch, key):
+    ...   _, hs = jaxlstm.lstm(params, batch["xs"])
+    ...   loss = jnp.mean((hs[:, -1, 0] - batch["ys"]) ** 2)
+    ...   return loss, {"rmse": jnp.sqrt(loss)}
+    >>> optimizer = optax.adam(1e-2)
+    >>> train_step = jaxlstm.make_train_step(loss_fn, optimizer)
+    >>> state = jaxlstm.init_train_state(jaxlstm.lstm_init(jax.random.key(0), 3, 5), optimizer)
+    >>> state, metrics = train_step(state, {"xs": jnp.ones((4, 6, 3)), "ys": jnp.zeros((4,))})
+    >>> int(state.step), sorted(metrics)
+    (1, ['grad_norm', 'loss', 'rmse'])
   """
   grad_fn = jax.value_and_grad(_with_metrics(loss_fn), has_aux=True)
 
@@ -87,6 +129,19 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
 
 
 def num_examples(data: Any) -> int:
+  """The leading size ``N`` that every array of ``data`` shares.
+
+  Raises:
+    ValueError: ``data`` holds no arrays, or two of them differ in their leading size.
+
+  Example:
+    >>> from jaxlstm.train import num_examples
+    >>> num_examples({"xs": np.zeros((10, 6, 3)), "ys": np.zeros((10,))})
+    10
+    >>> num_examples({"xs": np.zeros((10, 6, 3)), "ys": np.zeros((9,))})
+    Traceback (most recent call last):
+    ValueError: every array in data must have the same leading size; got 10 and 9
+  """
   leaves = jax.tree_util.tree_leaves(data)
   if not leaves:
     raise ValueError("data must hold at least one array")
@@ -98,6 +153,13 @@ def num_examples(data: Any) -> int:
 
 
 def take(data: Any, idx: np.ndarray) -> Any:
+  """The examples ``idx`` of every array in ``data``, as NumPy arrays.
+
+  Example:
+    >>> from jaxlstm.train import take
+    >>> take({"xs": np.arange(10) * 10}, np.array([3, 1]))
+    {'xs': array([30, 10])}
+  """
   return jax.tree_util.tree_map(lambda a: np.asarray(a)[idx], data)
 
 
@@ -106,6 +168,14 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
 
   Each epoch uses ``n // batch_size`` full batches; the remainder is dropped
   so every step has the same shape and compiles once.
+
+  Example:
+    >>> from jaxlstm.train import batch_indices
+    >>> epoch0 = np.concatenate([batch_indices(10, 4, step, seed=0) for step in (0, 1)])
+    >>> len(set(epoch0))  # two batches of 4 distinct examples; 2 of the 10 wait for another epoch
+    8
+    >>> bool((batch_indices(10, 4, 1, seed=0) == epoch0[4:]).all())  # the same (seed, step), the same batch
+    True
   """
   per_epoch = n // batch_size
   epoch, i = divmod(step, per_epoch)
@@ -121,8 +191,25 @@ def evaluate(eval_fn: LossFn, params: Any, data: Any, *, batch_size: int = 256, 
   and should not drop out. Full batches share one compiled shape; a last
   partial batch is evaluated at its own size.
 
+  Args:
+    eval_fn: ``eval_fn(params, batch, key) -> loss`` or ``(loss, metrics)``.
+    params: the params to evaluate.
+    data: a pytree of arrays with a shared leading axis ``N``.
+    batch_size: examples per batch.
+    key: the PRNG key passed to every batch; ``jax.random.key(0)`` by default.
+
   Returns:
     A dict of floats, ``{"loss": ..., **metrics}``.
+
+  Example:
+    >>> def eval_fn(params, batch, key):
+    ...   _, hs = jaxlstm.gru(params, batch["xs"])
+    ...   return jnp.mean(hs ** 2), {"max_abs": jnp.abs(hs).max()}
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> data = {"xs": np.ones((10, 6, 3), np.float32)}
+    >>> metrics = jaxlstm.evaluate(eval_fn, params, data, batch_size=4)  # batches of 4, 4 and 2
+    >>> sorted(metrics), 0.0 < metrics["loss"] < 1.0
+    (['loss', 'max_abs'], True)
   """
   n = num_examples(data)
   fn = _jitted.get("fn") if _jitted else None
@@ -141,9 +228,18 @@ def evaluate(eval_fn: LossFn, params: Any, data: Any, *, batch_size: int = 256, 
 
 
 class History(list):
-  """The list of evaluation records of a :func:`fit` run, each a dict with ``step``."""
+  """The list of evaluation records of a :func:`fit` run, each a dict with ``step``.
+
+  Example:
+    >>> from jaxlstm.train import History
+    >>> history = History([{"step": 10, "val_loss": 0.5}, {"step": 20, "val_loss": 0.3},
+    ...                    {"step": 30, "val_loss": 0.4}])
+    >>> history.best()["step"], history.best("step", mode="max")["step"], history.best("val_accuracy")
+    (20, 30, None)
+  """
 
   def best(self, monitor: str = "val_loss", mode: str = "min") -> dict | None:
+    """The first record with the lowest (``mode="min"``) or highest ``monitor``; ``None`` if no record has it."""
     rows = [r for r in self if monitor in r]
     if not rows:
       return None
@@ -313,6 +409,23 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
     ``(params, history)``: the trained params and a :class:`History` of
     evaluation records ``{"step", "epoch", "loss", ..., "val_loss", ...}``
     where training metrics are averaged over the steps since the last record.
+
+  Raises:
+    ValueError: for a ``batch_size`` outside ``[1, N]``, both or neither of
+      ``epochs`` and ``steps``, a bad ``mode``, or ``resume`` without
+      ``checkpoint_dir``.
+
+  Example:
+    >>> rng = np.random.default_rng(0)
+    >>> data = {"xs": rng.standard_normal((16, 6, 3)).astype(np.float32),
+    ...         "ys": rng.standard_normal((16,)).astype(np.float32)}
+    >>> def loss_fn(params, batch, key):
+    ...   _, hs = jaxlstm.lstm(params, batch["xs"])
+    ...   return jnp.mean((hs[:, -1, 0] - batch["ys"]) ** 2)
+    >>> params, history = jaxlstm.fit(jaxlstm.lstm_init(jax.random.key(0), 3, 5), loss_fn, data, batch_size=8,
+    ...                               epochs=2, validation_data=data, progress=False)
+    >>> [record["step"] for record in history], {"loss", "val_loss", "steps_per_s"} <= set(history[-1])
+    ([2, 4], True)
   """
   n = num_examples(train_data)
   if batch_size < 1 or batch_size > n:

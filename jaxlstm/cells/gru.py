@@ -65,6 +65,12 @@ class GRUState(NamedTuple):
 
   Attributes:
     h: ``(..., H)`` hidden state, which is also the layer's output.
+
+  Example:
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> state, hs = jaxlstm.gru(params, jnp.ones((4, 7, 3)), state=jaxlstm.GRUState(jnp.ones((4, 5))))
+    >>> state.h.shape
+    (4, 5)
   """
   h: jax.Array  # (..., H)
 

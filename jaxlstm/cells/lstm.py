@@ -95,6 +95,12 @@ class LSTMState(NamedTuple):
   Attributes:
     h: ``(..., P)`` hidden state, which is also the layer's output.
     c: ``(..., H)`` cell state.
+
+  Example:
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, proj_size=2)
+    >>> state, hs = jaxlstm.lstm(params, jnp.ones((4, 7, 3)))
+    >>> state.h.shape, state.c.shape, bool((state.h == hs[:, -1]).all())
+    ((4, 2), (4, 5), True)
   """
   h: jax.Array  # (..., P) hidden state (the output)
   c: jax.Array  # (..., H) cell state

@@ -66,6 +66,12 @@ class RNNState(NamedTuple):
 
   Attributes:
     h: ``(..., H)`` hidden state, which is also the layer's output.
+
+  Example:
+    >>> params = jaxlstm.rnn_init(jax.random.key(0), 3, 5)
+    >>> state = jaxlstm.rnn_zero_state(params, (2, 4))  # two batch axes
+    >>> state._fields, state.h.shape
+    (('h',), (2, 4, 5))
   """
   h: jax.Array  # (..., H)
 

@@ -3,6 +3,7 @@
 Every task is a function ``f(*, seed=0, **options) -> Task``; the same seed and
 options always give the same arrays. :func:`make_task` looks one up by name:
 
+  >>> from jaxlstm.tasks import make_task
   >>> task = make_task("adding", T=50, n_train=8, n_test=4)
   >>> task.kind, task.train.xs.shape, task.train.ys.shape
   ('regress', (8, 50, 2), (8, 1))
@@ -45,7 +46,16 @@ TASKS: dict[str, Callable[..., Task]] = {
 
 
 def options(name: str) -> dict[str, object]:
-  """The options of task ``name`` with their defaults (``seed`` excluded)."""
+  """The options of task ``name`` with their defaults (``seed`` excluded).
+
+  Raises:
+    ValueError: for an unknown ``name``.
+
+  Example:
+    >>> from jaxlstm.tasks import options
+    >>> options("adding")
+    {'T': 100, 'n_train': 10000, 'n_test': 1000, 'variable_length': False}
+  """
   fn = _lookup(name)
   return {p.name: p.default for p in inspect.signature(fn).parameters.values() if p.name != "seed"}
 
@@ -71,6 +81,15 @@ def make_task(name: str, *, seed: int = 0, **opts) -> Task:
     ValueError: for an unknown ``name``, or an option with a bad value.
     TypeError: for an option the task does not have.
     FileNotFoundError: for ``text`` with a ``path`` that does not exist.
+
+  Example:
+    >>> from jaxlstm.tasks import make_task
+    >>> task = make_task("copy", T=5, n_train=4, n_test=2, seed=1)
+    >>> task.kind, task.train.xs.shape, task.train.ys.shape
+    ('seq_classify', (4, 25, 10), (4, 25))
+    >>> make_task("adding", Tee=50)
+    Traceback (most recent call last):
+    TypeError: task 'adding' has no option 'Tee'; its options are ['T', 'n_test', 'n_train', 'variable_length']
   """
   fn = _lookup(name)
   seed = check_seed(seed)
