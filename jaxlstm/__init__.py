@@ -3,19 +3,19 @@
 Gate layouts: LSTM ``i, f, g, o``; GRU ``r, z, n``. Weights are ``(in, out)``.
 """
 
-from jaxlstm.cells import Cell, cell_names, get_cell, register_cell, static_fields, unregister_cell
-from jaxlstm.cells.gru import GRUParams, GRUState, gru_init, gru_step, gru_zero_state
-from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
-from jaxlstm.kernels import Kernel, KernelChoice, LayerCall, kernel_names, register_kernel, unregister_kernel
-from jaxlstm.layers import explain, gru, layer, lstm, rnn, zero_state
-from jaxlstm.cells.lstm import LayerNormParams, LSTMParams, LSTMState, lstm_init, lstm_step, lstm_zero_state
-from jaxlstm.cells.rnn import RNNParams, RNNState, rnn_init, rnn_step, rnn_zero_state
-from jaxlstm.scan import scan
-from jaxlstm.stack import Bidirectional, stack, stack_init
+from jaxlstm._src.cells import Cell, cell_names, get_cell, register_cell, static_fields, unregister_cell
+from jaxlstm._src.cells.gru import GRUParams, GRUState, gru_init, gru_step, gru_zero_state
+from jaxlstm._src.initializers import glorot_uniform, orthogonal_blocks
+from jaxlstm._src.kernels import Kernel, KernelChoice, LayerCall, kernel_names, register_kernel, unregister_kernel
+from jaxlstm._src.layers import explain, gru, layer, lstm, rnn, zero_state
+from jaxlstm._src.cells.lstm import LayerNormParams, LSTMParams, LSTMState, lstm_init, lstm_step, lstm_zero_state
+from jaxlstm._src.cells.rnn import RNNParams, RNNState, rnn_init, rnn_step, rnn_zero_state
+from jaxlstm._src.scan import scan
+from jaxlstm._src.stack import Bidirectional, stack, stack_init
 from jaxlstm.interop import from_flax, from_keras, from_torch, to_flax, to_keras, to_torch
 from jaxlstm.train import TrainState, evaluate, fit, init_train_state, make_train_step
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Bidirectional",

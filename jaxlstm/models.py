@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlstm.cells.registry import cell_names
-from jaxlstm.initializers import glorot_uniform
-from jaxlstm.stack import Bidirectional, stack, stack_init
+from jaxlstm._src.cells.registry import cell_names
+from jaxlstm._src.initializers import glorot_uniform
+from jaxlstm._src.stack import Bidirectional, stack, stack_init
 
 # Named variants of the command line's --cell beyond the registered cells' own names.
 VARIANTS = {

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm.models import SequenceModel
-from jaxlstm.stack import stack
+from jaxlstm._src.stack import stack
 
 
 def _logits(params: SequenceModel, states, ids: jax.Array, vocab_size: int, compute_dtype):

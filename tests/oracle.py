@@ -1,6 +1,6 @@
 """A Python-loop unroll with the same contract as the layer functions: the oracle of every kernel.
 
-It shares no code with :mod:`jaxlstm.shell` or the kernels: each row of the
+It shares no code with :mod:`jaxlstm.kernels.shell` or the kernels: each row of the
 batch is unrolled on its own, one step at a time, with the documented
 semantics of ``lengths``, ``mask``, ``resets`` and ``reverse`` written out
 directly (as Haiku's ``static_unroll`` is to ``dynamic_unroll``).

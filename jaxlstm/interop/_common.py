@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlstm.cells.lstm import LSTMParams
-from jaxlstm.cells.registry import cell_of_type, is_cell_params
-from jaxlstm.stack import Bidirectional
+from jaxlstm._src.cells.lstm import LSTMParams
+from jaxlstm._src.cells.registry import cell_of_type, is_cell_params
+from jaxlstm._src.stack import Bidirectional
 
 
 def gates(cls: type) -> int:

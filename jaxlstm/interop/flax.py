@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxlstm.cells.gru import GRUParams, GRUState
-from jaxlstm.cells.lstm import LSTMParams, LSTMState
-from jaxlstm.cells.rnn import RNNParams, RNNState
+from jaxlstm._src.cells.gru import GRUParams, GRUState
+from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
+from jaxlstm._src.cells.rnn import RNNParams, RNNState
 from jaxlstm.interop import _common
 
 _SUPPORTED = "flax LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell (Linen or NNX)"

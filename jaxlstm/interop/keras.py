@@ -55,11 +55,11 @@ from typing import Any
 
 import numpy as np
 
-from jaxlstm.cells.gru import GRUParams
-from jaxlstm.cells.lstm import LSTMParams
-from jaxlstm.cells.rnn import RNNParams
+from jaxlstm._src.cells.gru import GRUParams
+from jaxlstm._src.cells.lstm import LSTMParams
+from jaxlstm._src.cells.rnn import RNNParams
 from jaxlstm.interop import _common
-from jaxlstm.stack import Bidirectional
+from jaxlstm._src.stack import Bidirectional
 
 _MERGES = {"concat": "concat", "sum": "sum", "ave": "mean", "mul": "mul"}
 _SUPPORTED = ("keras.layers.LSTM, GRU, SimpleRNN, RNN (of one such cell), Bidirectional (of one such layer), "

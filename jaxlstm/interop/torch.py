@@ -39,11 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from jaxlstm.cells.gru import GRUParams, GRUState
-from jaxlstm.cells.lstm import LSTMParams, LSTMState
-from jaxlstm.cells.rnn import RNNParams, RNNState
+from jaxlstm._src.cells.gru import GRUParams, GRUState
+from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
+from jaxlstm._src.cells.rnn import RNNParams, RNNState
 from jaxlstm.interop import _common
-from jaxlstm.stack import Bidirectional
+from jaxlstm._src.stack import Bidirectional
 
 _SUPPORTED = "torch.nn.LSTM, GRU, RNN, LSTMCell, GRUCell or RNNCell"
 

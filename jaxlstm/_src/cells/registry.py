@@ -150,7 +150,7 @@ def is_cell_params(params: Any) -> bool:
   """Whether ``params`` is one layer's params of a registered cell.
 
   Example:
-    >>> from jaxlstm.cells import is_cell_params
+    >>> from jaxlstm._src.cells import is_cell_params
     >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
     >>> is_cell_params(params), is_cell_params((params,))
     (True, False)
@@ -166,7 +166,7 @@ def cell_of(params: Any, name: str = "params") -> Cell:
       registered cell.
 
   Example:
-    >>> from jaxlstm.cells import cell_of
+    >>> from jaxlstm._src.cells import cell_of
     >>> params = jaxlstm.stack_init(jax.random.key(0), 3, 5, 1)
     >>> cell_of(params[0]).name
     'lstm'
@@ -191,7 +191,7 @@ def cell_of_type(params_type: type) -> Cell:
     TypeError: no registered cell has that params type.
 
   Example:
-    >>> from jaxlstm.cells.registry import cell_of_type
+    >>> from jaxlstm._src.cells.registry import cell_of_type
     >>> cell_of_type(jaxlstm.RNNParams).name
     'rnn'
   """

@@ -7,10 +7,10 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxlstm import _checks
-from jaxlstm.cells.registry import get_cell, is_cell_params
-from jaxlstm.cells.rnn import check_call_activation
-from jaxlstm.layers import (batch_shape_of, check_options, check_params, check_sequence, check_state,
+from jaxlstm._src import checks
+from jaxlstm._src.cells.registry import get_cell, is_cell_params
+from jaxlstm._src.cells.rnn import check_call_activation
+from jaxlstm._src.layers import (batch_shape_of, check_options, check_params, check_sequence, check_state,
                             run_checked)
 
 MERGES = ("concat", "sum", "mean", "mul")
@@ -68,7 +68,7 @@ def stack_init(key: jax.Array, input_size: int, hidden_size: int, num_layers: in
     [(10, 128), (32, 128), (32, 128)]
   """
   init = get_cell(cell).init
-  _checks.check_positive_int("num_layers", num_layers)
+  checks.check_positive_int("num_layers", num_layers)
   check_merge(merge)
   layers = []
   size = input_size
@@ -88,7 +88,7 @@ def check_merge(merge: str) -> None:
   """Raises ``ValueError`` unless ``merge`` is one of :data:`MERGES`.
 
   Example:
-    >>> from jaxlstm.stack import check_merge
+    >>> from jaxlstm._src.stack import check_merge
     >>> check_merge("sum")
     >>> check_merge("max")
     Traceback (most recent call last):
@@ -116,7 +116,7 @@ def merge_outputs(fw: jax.Array, bw: jax.Array, merge: str) -> jax.Array:
     ``(..., 2F)`` for ``"concat"``, else ``(..., F)``.
 
   Example:
-    >>> from jaxlstm.stack import merge_outputs
+    >>> from jaxlstm._src.stack import merge_outputs
     >>> merge_outputs(jnp.ones((2, 3)), jnp.ones((2, 3)), "concat").shape
     (2, 6)
     >>> merge_outputs(jnp.array([1.0, 2.0]), jnp.array([3.0, 4.0]), "mean")
@@ -142,7 +142,7 @@ def check_stack(params: Any, merge: str | None) -> None:
     ValueError: naming the layer, when its input size is not the previous layer's output size.
 
   Example:
-    >>> from jaxlstm.stack import check_stack
+    >>> from jaxlstm._src.stack import check_stack
     >>> params = jaxlstm.stack_init(jax.random.key(0), 3, 5, 2, bidirectional=True)
     >>> check_stack(params, "concat")
     >>> check_stack(params, "sum")

@@ -35,7 +35,7 @@ def orthogonal(key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
   """A random ``(n, n)`` orthogonal matrix (Haar measure, via QR with sign fix).
 
   Example:
-    >>> from jaxlstm.initializers import orthogonal
+    >>> from jaxlstm._src.initializers import orthogonal
     >>> q = orthogonal(jax.random.key(0), 4)
     >>> bool(jnp.allclose(q.T @ q, jnp.eye(4), atol=1e-5))
     True

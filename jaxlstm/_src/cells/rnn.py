@@ -7,10 +7,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxlstm import _checks
-from jaxlstm.cells.lstm import state_dtype
-from jaxlstm.cells.registry import Cell, static_fields
-from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
+from jaxlstm._src import checks
+from jaxlstm._src.cells.lstm import state_dtype
+from jaxlstm._src.cells.registry import Cell, static_fields
+from jaxlstm._src.initializers import glorot_uniform, orthogonal_blocks
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
@@ -98,9 +98,9 @@ def rnn_init(key: jax.Array, input_size: int, hidden_size: int, *, activation: s
     ((3, 5), (5, 5), 'relu')
   """
   check_activation(activation)
-  _checks.check_positive_int("input_size", input_size)
-  _checks.check_positive_int("hidden_size", hidden_size)
-  if not _checks.is_float(dtype):
+  checks.check_positive_int("input_size", input_size)
+  checks.check_positive_int("hidden_size", hidden_size)
+  if not checks.is_float(dtype):
     raise TypeError(f"dtype must be a floating-point dtype; got {jnp.dtype(dtype)}")
   k_x, k_h = jax.random.split(key)
   return RNNParams(w_x=glorot_uniform(k_x, (input_size, hidden_size), dtype),
@@ -133,7 +133,7 @@ def check_activation(activation: str, name: str = "activation") -> None:
   """Raises ``ValueError`` unless ``activation`` is one of :data:`ACTIVATIONS`.
 
   Example:
-    >>> from jaxlstm.cells.rnn import check_activation
+    >>> from jaxlstm._src.cells.rnn import check_activation
     >>> check_activation("relu")
     >>> check_activation("gelu")
     Traceback (most recent call last):
@@ -150,7 +150,7 @@ def check_call_activation(params: RNNParams, activation: str | None) -> None:
   different value would silently compute another function.
 
   Example:
-    >>> from jaxlstm.cells.rnn import check_call_activation
+    >>> from jaxlstm._src.cells.rnn import check_call_activation
     >>> params = jaxlstm.rnn_init(jax.random.key(0), 3, 5, activation="relu")
     >>> check_call_activation(params, "relu")
     >>> check_call_activation(params, "tanh")  # doctest: +ELLIPSIS

@@ -9,11 +9,11 @@ Every layer call, whichever kernel runs it, goes through :func:`run`:
    ``resets`` moved to the backward pass's reset points;
 5. ``T = 0`` answered without running a kernel;
 
-then the kernel's core runs (see :mod:`jaxlstm.kernels.registry`), and the
+then the kernel's core runs (see :mod:`jaxlstm.kernels`), and the
 outputs are zeroed at invalid steps, put back in time order, unflattened
 and moved back to the caller's layout.
 
-The arguments arrive checked (:mod:`jaxlstm.layers` and :func:`jaxlstm.scan`
+The arguments arrive checked (:func:`jaxlstm.layer` and :func:`jaxlstm.scan`
 check them at the public entry points).
 """
 
@@ -39,7 +39,7 @@ def to_time_major(a: jax.Array | None, *, time_major: bool, feature_axis: bool) 
     ``(T, *batch, F)`` (or ``(T, *batch)``), or ``None``.
 
   Example:
-    >>> from jaxlstm.shell import to_time_major
+    >>> from jaxlstm._src.shell import to_time_major
     >>> to_time_major(jnp.ones((2, 4, 7, 3)), time_major=False, feature_axis=True).shape
     (7, 2, 4, 3)
     >>> to_time_major(jnp.ones((2, 7), bool), time_major=False, feature_axis=False).shape
@@ -54,7 +54,7 @@ def from_time_major(a: jax.Array, *, time_major: bool) -> jax.Array:
   """Moves the time axis of ``(T, *batch, F)`` back to where the caller has it.
 
   Example:
-    >>> from jaxlstm.shell import from_time_major
+    >>> from jaxlstm._src.shell import from_time_major
     >>> from_time_major(jnp.ones((7, 2, 4, 5)), time_major=False).shape
     (2, 4, 7, 5)
   """
@@ -73,7 +73,7 @@ def valid_steps(lengths: jax.Array | None, mask: jax.Array | None, T: int) -> ja
     ``(T, *batch)`` bools, true where both say the step is valid; ``None`` when both are ``None``.
 
   Example:
-    >>> from jaxlstm.shell import valid_steps
+    >>> from jaxlstm._src.shell import valid_steps
     >>> valid_steps(jnp.array([3, 1]), None, 4).T  # rows of the batch
     Array([[ True,  True,  True, False],
            [ True, False, False, False]], dtype=bool)
@@ -94,7 +94,7 @@ def reverse_index(lengths: jax.Array | None, T: int, batch_shape: tuple[int, ...
   flip then does the job).
 
   Example:
-    >>> from jaxlstm.shell import reverse_index
+    >>> from jaxlstm._src.shell import reverse_index
     >>> reverse_index(jnp.array([3, 1]), 4, (2,)).T  # rows of the batch
     Array([[2, 1, 0, 3],
            [0, 1, 2, 3]], dtype=int32)
@@ -117,7 +117,7 @@ def reorder(x: jax.Array, idx: jax.Array | None) -> jax.Array:
     ``x`` reordered along time, same shape.
 
   Example:
-    >>> from jaxlstm.shell import reorder, reverse_index
+    >>> from jaxlstm._src.shell import reorder, reverse_index
     >>> x = jnp.array([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])  # (T, B) = (3, 2)
     >>> reorder(x, None).T
     Array([[3., 2., 1.],
@@ -135,7 +135,7 @@ def reverse_resets(resets: jax.Array) -> jax.Array:
   """Turns time-major segment starts into the backward pass's reset points (before ``t`` when ``t + 1`` starts).
 
   Example:
-    >>> from jaxlstm.shell import reverse_resets
+    >>> from jaxlstm._src.shell import reverse_resets
     >>> reverse_resets(jnp.array([True, False, True, False]))  # segments [0, 2) and [2, 4)
     Array([False,  True, False, False], dtype=bool)
   """
@@ -168,7 +168,8 @@ def run(core: Core, params: Any, xs: jax.Array, state: Any, *, lengths=None, mas
   Example:
     Any kernel's core runs in the caller's layout, here the reference kernel's with two batch axes:
 
-    >>> from jaxlstm import kernels, shell
+    >>> from jaxlstm import kernels
+    >>> from jaxlstm.kernels import shell
     >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
     >>> state = jaxlstm.zero_state(params, (2, 4))
     >>> final, ys = shell.run(kernels.reference.run, params, jnp.ones((2, 4, 7, 3)), state, reverse=True)

@@ -2,7 +2,7 @@
 
 Each call is checked once here, at the entry point; then the kernel registry
 picks the kernel (``impl="auto"``: the fastest that can run the call), and
-the layer shell (:mod:`jaxlstm.shell`) runs it. :func:`explain` says which
+the layer shell (:mod:`jaxlstm.kernels.shell`) runs it. :func:`explain` says which
 kernel a call runs on and why the others do not.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 
 import jax
 
-from jaxlstm import _checks, kernels, shell
-from jaxlstm.cells.gru import GRUParams
-from jaxlstm.cells.lstm import LSTMParams
-from jaxlstm.cells.registry import cell_of
-from jaxlstm.cells.rnn import RNNParams, check_call_activation
+from jaxlstm._src import checks, kernels, shell
+from jaxlstm._src.cells.gru import GRUParams
+from jaxlstm._src.cells.lstm import LSTMParams
+from jaxlstm._src.cells.registry import cell_of
+from jaxlstm._src.cells.rnn import RNNParams, check_call_activation
 
 logger = logging.getLogger("jaxlstm")
 
@@ -54,7 +54,7 @@ def check_params(name: str, params: Any, cls: type | None = None) -> None:
     TypeError: naming ``name`` (and the leaf at fault), otherwise.
 
   Example:
-    >>> from jaxlstm.layers import check_params
+    >>> from jaxlstm._src.layers import check_params
     >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
     >>> check_params("params", params)
     >>> check_params("params", params._replace(b=params.b.astype(jnp.float16)))
@@ -68,7 +68,7 @@ def check_params(name: str, params: Any, cls: type | None = None) -> None:
   if not leaves:
     raise ValueError(f"{name} holds no arrays")
   path0, first = leaves[0]
-  _checks.check_float(f"{name}{jax.tree_util.keystr(path0)}", first)
+  checks.check_float(f"{name}{jax.tree_util.keystr(path0)}", first)
   for path, leaf in leaves:
     if leaf.dtype != first.dtype:
       raise TypeError(f"{name}{jax.tree_util.keystr(path)} has dtype {leaf.dtype} but "
@@ -82,7 +82,7 @@ def check_options(*, impl: Any, remat: Any) -> None:
     ValueError: ``impl`` is not ``"auto"`` or a kernel's name, or ``remat`` is not a positive int or ``None``.
 
   Example:
-    >>> from jaxlstm.layers import check_options
+    >>> from jaxlstm._src.layers import check_options
     >>> check_options(impl="auto", remat=16)
     >>> check_options(impl="auto", remat=0)
     Traceback (most recent call last):
@@ -111,7 +111,7 @@ def check_sequence(params: Any, xs: Any, lengths: Any, mask: Any, resets: Any, *
     ValueError, TypeError: naming the argument, for a shape or dtype that does not fit.
 
   Example:
-    >>> from jaxlstm.layers import check_sequence
+    >>> from jaxlstm._src.layers import check_sequence
     >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
     >>> xs, lengths, mask, resets = check_sequence(params, jnp.ones((2, 7, 3)), [7, 3], None, None,
     ...                                            time_major=False)
@@ -121,10 +121,10 @@ def check_sequence(params: Any, xs: Any, lengths: Any, mask: Any, resets: Any, *
     Traceback (most recent call last):
     ValueError: xs must have shape (*batch, T, I) with I=3 (the params' input size); got shape (2, 7, 4)
   """
-  xs = _checks.as_array(xs_name, xs)
-  T, batch_shape = _checks.check_sequence(xs_name, xs, params.input_size, time_major=time_major)
-  _checks.check_dtype_match(xs_name, xs, params.dtype)
-  lengths, mask, resets = _checks.check_missing_data(lengths, mask, resets, T, batch_shape, time_major=time_major)
+  xs = checks.as_array(xs_name, xs)
+  T, batch_shape = checks.check_sequence(xs_name, xs, params.input_size, time_major=time_major)
+  checks.check_dtype_match(xs_name, xs, params.dtype)
+  lengths, mask, resets = checks.check_missing_data(lengths, mask, resets, T, batch_shape, time_major=time_major)
   return xs, lengths, mask, resets
 
 
@@ -144,7 +144,7 @@ def check_state(name: str, params: Any, state: Any, batch_shape: tuple[int, ...]
     ValueError, TypeError: naming the field at fault, when ``state`` does not fit the params and batch.
 
   Example:
-    >>> from jaxlstm.layers import check_state
+    >>> from jaxlstm._src.layers import check_state
     >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
     >>> check_state("state", params, None, (2,)).h.shape
     (2, 5)
@@ -155,7 +155,7 @@ def check_state(name: str, params: Any, state: Any, batch_shape: tuple[int, ...]
   expected = zero_state(params, batch_shape)
   if state is None:
     return expected
-  _checks.check_state(name, state, expected)
+  checks.check_state(name, state, expected)
   return state
 
 
@@ -163,7 +163,7 @@ def batch_shape_of(xs: jax.Array, *, time_major: bool) -> tuple[int, ...]:
   """The batch axes of ``xs``: all but time and features.
 
   Example:
-    >>> from jaxlstm.layers import batch_shape_of
+    >>> from jaxlstm._src.layers import batch_shape_of
     >>> batch_shape_of(jnp.ones((2, 4, 7, 3)), time_major=False), batch_shape_of(jnp.ones((7, 2, 3)), time_major=True)
     ((2, 4), (2,))
   """
@@ -174,7 +174,7 @@ def layer_call(params: Any, *, lengths, mask, resets, reverse, time_major, remat
   """The static description of a call that the kernels' ``why_not`` read.
 
   Example:
-    >>> from jaxlstm.layers import layer_call
+    >>> from jaxlstm._src.layers import layer_call
     >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
     >>> call = layer_call(params, lengths=jnp.array([7, 3]), mask=None, resets=None, reverse=True,
     ...                   time_major=False, remat=None)
@@ -195,7 +195,7 @@ def run_checked(params: Any, xs: jax.Array, state: Any, *, lengths, mask, resets
   ``state`` required and ``name`` used in the debug log.
 
   Example:
-    >>> from jaxlstm.layers import run_checked
+    >>> from jaxlstm._src.layers import run_checked
     >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
     >>> state, hs = run_checked(params, jnp.ones((2, 7, 3)), jaxlstm.zero_state(params, (2,)), lengths=None,
     ...                         mask=None, resets=None, reverse=False, time_major=False, unroll=None,
@@ -362,7 +362,7 @@ def explain(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, 
     "it runs plain and peephole LSTMs only, not layer_norm or proj_size; use impl='reference'"
   """
   del state, unroll
-  from jaxlstm.stack import Bidirectional, check_stack  # stack builds on this module
+  from jaxlstm._src.stack import Bidirectional, check_stack  # stack builds on this module
 
   check_options(impl=impl, remat=remat)
   if isinstance(params, (tuple, list)) and not hasattr(params, "_fields"):

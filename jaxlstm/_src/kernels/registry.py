@@ -1,7 +1,7 @@
 """The kernel record, the registry, and how ``impl`` picks a kernel.
 
 A kernel runs the time-major, flattened core of one layer; the layer shell
-(:mod:`jaxlstm.shell`) does everything around it. A kernel is a
+(:mod:`jaxlstm.kernels.shell`) does everything around it. A kernel is a
 :class:`Kernel` record: a name, ``why_not(call)``, which says why it cannot
 run a call (``None`` when it can), and ``run``. ``impl="auto"`` takes the
 first kernel, in ``rank`` order, that can run the call; an explicit ``impl``
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-from jaxlstm.cells.registry import Cell
+from jaxlstm._src.cells.registry import Cell
 
 
 class LayerCall(NamedTuple):

@@ -14,10 +14,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxlstm import _checks
-from jaxlstm.cells.lstm import state_dtype
-from jaxlstm.cells.registry import Cell
-from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
+from jaxlstm._src import checks
+from jaxlstm._src.cells.lstm import state_dtype
+from jaxlstm._src.cells.registry import Cell
+from jaxlstm._src.initializers import glorot_uniform, orthogonal_blocks
 
 
 class GRUParams(NamedTuple):
@@ -92,9 +92,9 @@ def gru_init(key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.flo
     >>> params.w_x.shape, params.w_h.shape, float(params.b.sum())
     ((3, 15), (5, 15), 0.0)
   """
-  _checks.check_positive_int("input_size", input_size)
-  _checks.check_positive_int("hidden_size", hidden_size)
-  if not _checks.is_float(dtype):
+  checks.check_positive_int("input_size", input_size)
+  checks.check_positive_int("hidden_size", hidden_size)
+  if not checks.is_float(dtype):
     raise TypeError(f"dtype must be a floating-point dtype; got {jnp.dtype(dtype)}")
   k_x, k_h = jax.random.split(key)
   H = hidden_size

@@ -36,8 +36,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxlstm.cells.lstm import LSTMParams, LSTMState
-from jaxlstm.kernels.registry import Kernel, LayerCall
+from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
+from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
 
 def available() -> bool:

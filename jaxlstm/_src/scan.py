@@ -7,8 +7,8 @@ from typing import Any, Callable
 
 import jax
 
-from jaxlstm import _checks, shell
-from jaxlstm.kernels.reference import scan_core
+from jaxlstm._src import checks, shell
+from jaxlstm._src.kernels.reference import scan_core
 
 Step = Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]]
 
@@ -70,15 +70,15 @@ def scan(step: Step, params: Any, xs: jax.Array, state: Any, *, lengths: jax.Arr
     >>> hs.shape, bool((hs[1, 3:] == 0).all())
     ((2, 7, 5), True)
   """
-  xs = _checks.as_array("xs", xs)
+  xs = checks.as_array("xs", xs)
   if xs.ndim < 2:
     layout = "(T, *batch, I)" if time_major else "(*batch, T, I)"
     raise ValueError(f"xs must have shape {layout}; got shape {xs.shape} (rank {xs.ndim})")
-  _checks.check_float("xs", xs)
+  checks.check_float("xs", xs)
   if time_major:
     T, batch_shape = xs.shape[0], tuple(xs.shape[1:-1])
   else:
     T, batch_shape = xs.shape[-2], tuple(xs.shape[:-2])
-  lengths, mask, resets = _checks.check_missing_data(lengths, mask, resets, T, batch_shape, time_major=time_major)
+  lengths, mask, resets = checks.check_missing_data(lengths, mask, resets, T, batch_shape, time_major=time_major)
   return shell.run(functools.partial(scan_core, step), params, xs, state, lengths=lengths, mask=mask, resets=resets,
                    reverse=reverse, time_major=time_major, unroll=unroll)

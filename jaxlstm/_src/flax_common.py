@@ -1,8 +1,8 @@
 """What the Flax shells (:mod:`jaxlstm.nnx` and :mod:`jaxlstm.linen`) share: plain functions, no Flax.
 
 Both shells describe a module by a cell name and that cell's init options,
-and learn everything else from the cell registry (:func:`jaxlstm.get_cell`,
-:func:`jaxlstm.cells.cell_of`): how to init, step and zero a state, and
+and learn everything else from the cell registry (:func:`jaxlstm.get_cell`):
+how to init, step and zero a state, and
 which options built a given set of params. Nothing here names a cell, so a
 cell added with :func:`jaxlstm.register_cell` works in every module.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 import jax
 
-from jaxlstm.cells.registry import Cell, cell_of, get_cell, is_cell_params
-from jaxlstm.stack import Bidirectional, check_stack, merge_outputs
+from jaxlstm._src.cells.registry import Cell, cell_of, get_cell, is_cell_params
+from jaxlstm._src.stack import Bidirectional, check_stack, merge_outputs
 
 
 def pick(value: Any, default: Any) -> Any:

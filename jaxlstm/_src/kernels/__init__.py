@@ -14,8 +14,8 @@ one :func:`~jaxlstm.register_kernel` line here.
 ('fused', 'cudnn', 'reference')
 """
 
-from jaxlstm.kernels import cudnn, fused, reference
-from jaxlstm.kernels.registry import (Kernel, KernelChoice, LayerCall, check_impl, impls, kernel_names, reasons,
+from jaxlstm._src.kernels import cudnn, fused, reference
+from jaxlstm._src.kernels.registry import (Kernel, KernelChoice, LayerCall, check_impl, impls, kernel_names, reasons,
                                       register_kernel, select, unregister_kernel)
 
 register_kernel(fused.KERNEL)

@@ -13,9 +13,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxlstm import _checks
-from jaxlstm.cells.registry import Cell
-from jaxlstm.initializers import glorot_uniform, orthogonal_blocks
+from jaxlstm._src import checks
+from jaxlstm._src.cells.registry import Cell
+from jaxlstm._src.initializers import glorot_uniform, orthogonal_blocks
 
 # Added to the variance in layer normalization, as in ``torch.nn.LayerNorm``.
 LAYER_NORM_EPS = 1e-5
@@ -140,13 +140,13 @@ def lstm_init(key: jax.Array, input_size: int, hidden_size: int, *, peephole: bo
     >>> params.w_x.shape, params.w_h.shape, params.b.shape, params.peephole.shape
     ((3, 20), (5, 20), (20,), (3, 5))
   """
-  _checks.check_positive_int("input_size", input_size)
-  _checks.check_positive_int("hidden_size", hidden_size)
+  checks.check_positive_int("input_size", input_size)
+  checks.check_positive_int("hidden_size", hidden_size)
   if proj_size is not None:
-    _checks.check_positive_int("proj_size", proj_size)
+    checks.check_positive_int("proj_size", proj_size)
     if proj_size >= hidden_size:
       raise ValueError(f"proj_size must be smaller than hidden_size={hidden_size}; got {proj_size}")
-  if not _checks.is_float(dtype):
+  if not checks.is_float(dtype):
     raise TypeError(f"dtype must be a floating-point dtype; got {jnp.dtype(dtype)}")
   H = hidden_size
   P = H if proj_size is None else proj_size
@@ -192,7 +192,7 @@ def state_dtype(param_dtype):
   """The carry dtype for a compute dtype: float32 for 16-bit floats, else unchanged.
 
   Example:
-    >>> from jaxlstm.cells.lstm import state_dtype
+    >>> from jaxlstm._src.cells.lstm import state_dtype
     >>> state_dtype(jnp.bfloat16), state_dtype(jnp.float32)
     (dtype('float32'), dtype('float32'))
   """
@@ -212,7 +212,7 @@ def layer_norm(z: jax.Array, scale: jax.Array, bias: jax.Array | None = None) ->
     ``(z - mean) / sqrt(var + LAYER_NORM_EPS) * scale (+ bias)``, shape ``(..., F)``.
 
   Example:
-    >>> from jaxlstm.cells.lstm import layer_norm
+    >>> from jaxlstm._src.cells.lstm import layer_norm
     >>> layer_norm(jnp.array([1.0, 3.0]), jnp.ones(2))
     Array([-0.99999..., 0.99999...], dtype=float32)
   """
@@ -309,7 +309,7 @@ def lstm_options(params: LSTMParams) -> dict:
   """The :func:`lstm_init` options that give ``params``' layout (``forget_bias`` is a value, not a layout).
 
   Example:
-    >>> from jaxlstm.cells.lstm import lstm_options
+    >>> from jaxlstm._src.cells.lstm import lstm_options
     >>> lstm_options(jaxlstm.lstm_init(jax.random.key(0), 3, 5, proj_size=2))
     {'dtype': dtype('float32'), 'peephole': False, 'layer_norm': False, 'proj_size': 2}
   """

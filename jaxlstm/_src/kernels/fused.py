@@ -30,7 +30,7 @@ fusion and per small GEMM on every step:
    recomputes each chunk's gates during the backward pass, so memory no longer
    grows with ``T * 4H`` (long sequences, e.g. ``T = 100000``).
 
-The layer shell (:mod:`jaxlstm.shell`) hands it time-major ``(T, B, F)``
+The layer shell (:mod:`jaxlstm.kernels.shell`) hands it time-major ``(T, B, F)``
 arrays, with all batch axes flattened into one and a backward pass already
 reversed.
 """
@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxlstm.cells.lstm import LSTMParams, LSTMState
-from jaxlstm.kernels.registry import Kernel, LayerCall
+from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
+from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
 
 def why_not(call: LayerCall) -> str | None:

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxlstm.cells.registry import cell_of
-from jaxlstm.kernels.registry import Kernel, LayerCall
+from jaxlstm._src.cells.registry import cell_of
+from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
 
 def _expand(flags: jax.Array, leaf: jax.Array) -> jax.Array:
@@ -48,7 +48,7 @@ def scan_core(step: Callable, params: Any, xs: jax.Array, state: Any, valid: jax
     ``(final_state, ys)`` with ``ys (T, B, F_out)``.
 
   Example:
-    >>> from jaxlstm.kernels.reference import scan_core
+    >>> from jaxlstm._src.kernels.reference import scan_core
     >>> params = jaxlstm.rnn_init(jax.random.key(0), 3, 5)
     >>> valid = jnp.array([[True, True], [True, False]])  # (T, B): row 1 skips step 1
     >>> state, ys = scan_core(jaxlstm.rnn_step, params, jnp.ones((2, 2, 3)), jaxlstm.zero_state(params, (2,)),

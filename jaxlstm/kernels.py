@@ -1,0 +1,21 @@
+"""The kernel interface: the records, the registry and the kernels that ship with jaxlstm.
+
+A kernel runs the time-major core of one layer; :func:`jaxlstm.layer` picks
+one per call (``impl="auto"``: the fastest that can run it) and the layer
+shell does the layout work around it. A new kernel is a :class:`Kernel`
+record plus one :func:`register_kernel` call.
+
+* ``fused``: plain and peephole LSTMs, with a hand-written backward pass.
+* ``cudnn``: plain float32 LSTMs as one cuDNN call on CUDA GPUs.
+* ``reference``: ``lax.scan`` over the cell's step, for every cell and option.
+* ``shell``: the layer shell, ``shell.run(kernel.run, params, xs, state, ...)``,
+  to run a kernel's core in the caller's layout.
+"""
+
+from jaxlstm._src import shell
+from jaxlstm._src.kernels import cudnn, fused, reference
+from jaxlstm._src.kernels.registry import (Kernel, KernelChoice, LayerCall, check_impl, impls, kernel_names, reasons,
+                                           register_kernel, select, unregister_kernel)
+
+__all__ = ["Kernel", "KernelChoice", "LayerCall", "check_impl", "cudnn", "fused", "impls", "kernel_names",
+           "reasons", "reference", "register_kernel", "select", "shell", "unregister_kernel"]
