@@ -52,11 +52,13 @@ def test_train_resume_eval_in_a_subprocess(tmp_path):
   assert code == 0, stderr
   code, stdout, stderr = run_cli("train", *base, "--steps", "8", "--resume")
   assert code == 0, stderr
-  records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+  with open(os.path.join(out, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f]
   assert [r["step"] for r in records] == [4, 8]
   assert {"val_mse", "val_rmse", "loss", "baselines"} <= set(records[-1])
   assert abs(records[-1]["baselines"]["trivial_mse"] - 1 / 6) < 1e-9
-  cfg = json.load(open(os.path.join(out, "config.json")))
+  with open(os.path.join(out, "config.json")) as f:
+    cfg = json.load(f)
   assert cfg["hidden"] == 8 and cfg["steps"] == 8
   code, stdout, stderr = run_cli("eval", "--out", out, "--json")
   assert code == 0, stderr

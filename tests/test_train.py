@@ -177,6 +177,7 @@ def test_kill_during_save_leaves_a_loadable_checkpoint(tmp_path):
   time.sleep(1.5)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
+  proc.stdout.close()
   ckpt = Checkpointer(tmp_path, save_every=1)
   steps = ckpt.all_steps()
   assert steps and steps[0] == 1
