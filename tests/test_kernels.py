@@ -6,6 +6,8 @@ must match :func:`tests.oracle.python_unroll` in outputs and final state, and
 ``impl="auto"`` must pick the first of them.
 """
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,3 +110,27 @@ def test_explain_describes_a_stack_layer_by_layer():
   assert choices[0].reasons["fused"] == "it does not take resets; use impl='reference'"
   assert "runs on 'reference'" in str(choices[0]) and "fused: it does not take resets" in str(choices[0])
   assert {c.kernel for c in jaxlstm.explain(params, xs)} == {"fused"}
+
+
+def test_the_chosen_kernel_is_logged(caplog):
+  params, xs, _, _ = setup("lstm", "plain")
+  with caplog.at_level(logging.DEBUG, logger="jaxlstm"):
+    jaxlstm.lstm(params, xs)
+    jaxlstm.lstm(params, xs, resets=RESETS)
+  assert "params: lstm layer runs on the 'fused' kernel (impl='auto')" in caplog.messages
+  assert "params: lstm layer runs on the 'reference' kernel (impl='auto')" in caplog.messages
+
+
+def test_static_activation_survives_jit_vmap_and_tree_maps():
+  relu = [random_params(jaxlstm.rnn_init, I, H, activation="relu", seed=s) for s in (0, 1)]
+  ensemble = jax.tree.map(lambda *a: jnp.stack(a), *relu)  # params of two models, stacked
+  assert ensemble.activation == "relu"
+  xs = normal((B, T, I), jnp.float32)
+  hs = jax.jit(jax.vmap(lambda p: jaxlstm.rnn(p, xs)[1]))(ensemble)
+  for k, p in enumerate(relu):
+    np.testing.assert_allclose(hs[k], jaxlstm.rnn(p, xs)[1], rtol=1e-6, atol=1e-6)
+  assert float(jnp.min(hs)) == 0.0
+  grads = jax.grad(lambda p: jnp.sum(jaxlstm.rnn(p, xs)[1]))(relu[0])
+  assert grads.activation == "relu"
+  with pytest.raises(ValueError, match="different pytree metadata"):  # relu and tanh params never mix
+    jax.tree.map(lambda a, b: a + b, relu[0], relu[0]._replace(activation="tanh"))
