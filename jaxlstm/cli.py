@@ -64,9 +64,11 @@ def _config(args: argparse.Namespace):
   cell, activation = args.cell, "tanh"
   if cell == "rnn-relu":
     cell, activation = "rnn", "relu"
-  return RunConfig(task=args.task, task_options=opts, cell=cell, activation=activation, hidden=args.hidden,
+  # The sweep has no --hidden or --lr: it sets them per member (--hidden-sizes, --lrs).
+  hidden, lr = getattr(args, "hidden", RunConfig.hidden), getattr(args, "lr", RunConfig.lr)
+  return RunConfig(task=args.task, task_options=opts, cell=cell, activation=activation, hidden=hidden,
                    layers=args.layers, bidirectional=args.bidirectional, forget_bias=args.forget_bias,
-                   dropout=args.dropout, optimizer=args.optimizer, lr=args.lr, schedule=args.schedule,
+                   dropout=args.dropout, optimizer=args.optimizer, lr=lr, schedule=args.schedule,
                    warmup=args.warmup, clip_norm=args.clip_norm if args.clip_norm > 0 else None,
                    batch_size=args.batch_size, steps=args.steps, eval_every=args.eval_every,
                    save_every=args.save_every, keep=args.keep, early_stopping=args.early_stopping, seed=args.seed,
@@ -250,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+  from jaxlstm._src.extras import MissingExtra
   from jaxlstm.checkpoint import CheckpointError
   parser = build_parser()
   args = parser.parse_args(argv)
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     # Bad input from the command line: one line, no traceback.
     print(f"jaxlstm {args.command}: error: {e}", file=sys.stderr)
     return 2
-  except CheckpointError as e:
+  except (CheckpointError, MissingExtra) as e:
     print(f"jaxlstm {args.command}: error: {e}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:

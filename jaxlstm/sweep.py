@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxlstm._src.extras import require
 from jaxlstm.experiment import RunConfig, derived_metrics, load_task, make_loss, split_batch
 from jaxlstm.models import model_init
 from jaxlstm.optim import OPTIMIZERS
@@ -138,7 +139,7 @@ def plot_sweep(summary: list[dict], path: str, title: str = "") -> None:
   """Test metric against hidden size, one line per learning rate, seeds as error bars."""
   # A bare Figure renders without pyplot, so it leaves the caller's backend
   # (for example Jupyter's inline one) alone.
-  from matplotlib.figure import Figure
+  Figure = require("matplotlib.figure", extra="tasks", needed_by="the sweep's plot").Figure
   fig = Figure(figsize=(6, 4))
   ax = fig.subplots()
   for lr in sorted({s["lr"] for s in summary}):

@@ -65,3 +65,26 @@ def test_train_resume_eval_in_a_subprocess(tmp_path):
   result = json.loads(stdout)
   assert result["step"] == 8
   assert abs(result["mse"] - records[-1]["val_mse"]) < 1e-6
+
+
+def test_sweep_command_end_to_end(tmp_path, capsys):
+  out = tmp_path / "sweep"
+  assert main(["sweep", "--task", "adding", "--seq-len", "6", "--n-train", "32", "--n-test", "16", "--batch-size", "16",
+               "--hidden-sizes", "4,8", "--lrs", "1e-2", "--seeds", "2", "--steps", "2", "--eval-every", "2",
+               "--out", str(out), "--quiet"]) == 0
+  assert f"sweep written to {out}" in capsys.readouterr().out
+  with open(out / "sweep.json") as f:
+    report = json.load(f)
+  assert sorted({(r["hidden"], r["seed"]) for r in report["rows"]}) == [(4, 0), (4, 1), (8, 0), (8, 1)]
+  assert [s["hidden"] for s in report["summary"]] == [4, 8] and all(s["seeds"] == 2 for s in report["summary"])
+  assert (out / "sweep.md").exists() and (out / "sweep.png").exists()
+
+
+def test_missing_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+  # None in sys.modules makes the import fail, as on a machine without scikit-learn.
+  monkeypatch.setitem(sys.modules, "sklearn", None)
+  monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+  assert main(["train", "--task", "digits", "--steps", "1", "--out", str(tmp_path / "d"), "--quiet"]) == 1
+  err = capsys.readouterr().err.strip()
+  assert err == ("jaxlstm train: error: task 'digits' needs the sklearn package, which is not installed: "
+                 "pip install 'jaxlstm[tasks]'")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxlstm._src.extras import require
 from jaxlstm.tasks._base import EXTRA, TEST, TRAIN, Split, Task, check_fraction, drop_steps, rng
 
 NUM_CLASSES = 10
@@ -43,9 +44,8 @@ def digits(*, seed: int = 0, test_fraction: float = 0.25, missing: float = 0.0) 
   """
   test_fraction = check_fraction("test_fraction", test_fraction, low_open=True)
   missing = check_fraction("missing", missing)
-  from sklearn.datasets import load_digits  # only this task needs scikit-learn
-
-  bunch = load_digits()
+  # Only this task needs scikit-learn.
+  bunch = require("sklearn.datasets", extra="tasks", needed_by="task 'digits'").load_digits()
   xs = (bunch.data / 16.0).reshape(-1, 8, 8).astype(np.float32)  # (1797, 8, 8): row t is step t
   ys = bunch.target.astype(np.int32)  # (1797,)
   train_idx, test_idx = _stratified_split(ys, test_fraction, rng(seed, EXTRA))

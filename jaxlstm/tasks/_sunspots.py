@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxlstm._src.extras import require
 from jaxlstm.tasks._base import EXTRA, Split, Task, check_fraction, check_positive_int
 
 UNITS = "yearly mean sunspot number (statsmodels SUNACTIVITY)"
@@ -16,9 +17,8 @@ UNITS = "yearly mean sunspot number (statsmodels SUNACTIVITY)"
 
 def load_series() -> tuple[np.ndarray, np.ndarray]:
   """The raw series: ``(years, values)``, both ``(309,)`` float64, years 1700-2008."""
-  from statsmodels.datasets import sunspots  # only this task needs statsmodels
-
-  data = sunspots.load_pandas().data
+  # Only this task needs statsmodels.
+  data = require("statsmodels.datasets.sunspots", extra="tasks", needed_by="task 'sunspots'").load_pandas().data
   return data["YEAR"].to_numpy(np.float64), data["SUNACTIVITY"].to_numpy(np.float64)
 
 
