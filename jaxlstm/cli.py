@@ -87,8 +87,10 @@ def _train(args: argparse.Namespace) -> int:
   # Before anything touches a device, as jax.distributed requires.
   multi = distributed.maybe_initialize(args.coordinator, args.num_processes, args.process_id)
   cfg = _config(args)
+  if args.resume:
+    _check_resume_flags(args, cfg)
   progress = False if args.quiet else None
-  records = train_run(cfg, args.out, resume=args.resume, progress=progress,
+  records = train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress,
                       devices=args.devices or ("all" if multi else None))
   if records:
     last = records[-1]
@@ -96,6 +98,49 @@ def _train(args: argparse.Namespace) -> int:
     print("baselines: " + ", ".join(f"{k} {v:.4g}" for k, v in last["baselines"].items()))
   print(f"run written to {args.out} (config.json, metrics.jsonl, checkpoints/)")
   return 0
+
+
+# Flags that shape the run only through task_options, and the flags that set cell and activation together.
+_TASK_FLAGS = ("seq_len", "n_train", "n_test", "text", "option")
+# Flags about how this process runs, which a resumed run may change freely; --steps may extend the run.
+_FREE_FLAGS = ("out", "resume", "overwrite", "quiet", "devices", "coordinator", "num_processes", "process_id",
+               "steps", "command", "func")
+
+
+def _explicit_flags(argv: list[str]) -> set[str]:
+  """The destinations of the flags that ``argv`` gives, as opposed to those left at their defaults."""
+  probe = build_parser()
+  actions = list(probe._actions)
+  for action in probe._actions:
+    if isinstance(action, argparse._SubParsersAction):
+      for sub in action.choices.values():
+        actions += sub._actions
+  for action in actions:
+    action.default = argparse.SUPPRESS
+  return set(vars(probe.parse_args(argv)))
+
+
+def _check_resume_flags(args: argparse.Namespace, cfg) -> None:
+  """Refuses ``--resume`` with a flag that contradicts the saved run: it would be silently ignored."""
+  from jaxlstm.experiment import read_config
+  if not os.path.exists(os.path.join(args.out, "config.json")):
+    return  # train_run says that there is nothing to resume
+  saved = read_config(args.out)
+  conflicts = []
+  for dest in sorted(_explicit_flags(args.argv) - set(_FREE_FLAGS)):
+    if dest in _TASK_FLAGS:
+      for key, value in cfg.task_options.items():
+        if saved.task_options.get(key) != value:
+          conflicts.append(f"task option {key}={value!r} (the run has {saved.task_options.get(key)!r})")
+      continue
+    fields = ("cell", "activation") if dest == "cell" else (dest,)
+    for field in fields:
+      if getattr(cfg, field) != getattr(saved, field):
+        conflicts.append(f"--{dest.replace('_', '-')} gives {field}={getattr(cfg, field)!r} "
+                         f"(the run has {getattr(saved, field)!r})")
+  if conflicts:
+    raise ValueError(f"--resume continues the run in {args.out} with its saved config, which these flags "
+                     f"contradict: {'; '.join(sorted(set(conflicts)))}; drop them, or start a new run")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -212,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
   train = sub.add_parser("train", help="train a model on a task")
   _add_run_flags(train)
   train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+  train.add_argument("--overwrite", action="store_true",
+                     help="replace the run already in --out (its config, metrics and checkpoints)")
   train.add_argument("--devices", default=None, help="data-parallel over 'all' devices or the first N")
   train.add_argument("--coordinator", default=None,
                      help="multi-host: coordinator HOST:PORT (or JAX_COORDINATOR_ADDRESS)")
@@ -256,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
   from jaxlstm.checkpoint import CheckpointError
   parser = build_parser()
   args = parser.parse_args(argv)
+  args.argv = sys.argv[1:] if argv is None else list(argv)  # which flags were given, for --resume's check
   try:
     return args.func(args)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
     # Bad input from the command line: one line, no traceback.
     print(f"jaxlstm {args.command}: error: {e}", file=sys.stderr)
     return 2

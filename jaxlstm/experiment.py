@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -186,20 +187,24 @@ def derived_metrics(task, metrics: dict[str, float], prefix: str = "") -> dict[s
   return out
 
 
-def train_run(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool | None = None,
-              devices: str | int | None = None) -> list[dict]:
+def train_run(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool = False,
+              progress: bool | None = None, devices: str | int | None = None) -> list[dict]:
   """Trains ``cfg`` and writes ``config.json``, ``metrics.jsonl`` and checkpoints under ``out``.
 
   With ``resume``, the saved config is used (``cfg.steps`` may extend it) and
-  training continues from the latest checkpoint. ``devices`` is passed to
-  :func:`jaxlstm.train.fit` for data parallelism.
+  training continues from the latest checkpoint. A directory that already
+  holds a run is refused unless ``resume`` or ``overwrite`` (which deletes
+  that run's files first) is given: its checkpoints would otherwise be taken
+  for the new run's. ``devices`` is passed to :func:`jaxlstm.train.fit` for
+  data parallelism.
 
   Returns:
     The evaluation records, as written to ``metrics.jsonl``.
 
   Raises:
     FileNotFoundError: with ``resume``, when ``out`` holds no run.
-    ValueError: for an invalid ``cfg``.
+    FileExistsError: without ``resume`` or ``overwrite``, when ``out`` holds a run.
+    ValueError: for an invalid ``cfg``, or both ``resume`` and ``overwrite``.
 
   Example:
     >>> import os
@@ -216,6 +221,10 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool 
     ([2], [4], True)
   """
   config_path = os.path.join(out, "config.json")
+  metrics_path = os.path.join(out, "metrics.jsonl")
+  checkpoints = os.path.join(out, "checkpoints")
+  if resume and overwrite:
+    raise ValueError("give resume (continue the run) or overwrite (replace it), not both")
   if resume:
     if not os.path.exists(config_path):
       raise FileNotFoundError(f"--resume needs a previous run in {out}, but {config_path} does not exist")
@@ -224,15 +233,24 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, progress: bool 
     cfg = saved
   cfg.validate()
   task = load_task(cfg)
-  # In a multi-host run every process trains; the first one writes the files.
+  existing = [p for p in (config_path, metrics_path, checkpoints) if os.path.exists(p)]
+  if existing and not resume and not overwrite:
+    raise FileExistsError(f"{out} already holds a run ({', '.join(os.path.basename(p) for p in existing)}); "
+                          f"pass --resume to continue it or --overwrite to replace it")
+  # In a multi-host run every process trains; the first one writes the files, once every process has
+  # looked for an existing run (else a later one would find the first one's new config and refuse).
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("jaxlstm: run directory checked")
   writer = jax.process_index() == 0
   os.makedirs(out, exist_ok=True)
-  metrics_path = os.path.join(out, "metrics.jsonl")
   if writer:
+    if overwrite:
+      # Only the run's own files: anything else the user keeps in the directory stays.
+      for path in existing:
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     with open(config_path, "w") as f:
       json.dump(dataclasses.asdict(cfg), f, indent=2)
-    if not resume and os.path.exists(metrics_path):
-      os.remove(metrics_path)
 
   records: list[dict] = []
 

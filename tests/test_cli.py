@@ -88,3 +88,39 @@ def test_missing_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
   err = capsys.readouterr().err.strip()
   assert err == ("jaxlstm train: error: task 'digits' needs the sklearn package, which is not installed: "
                  "pip install 'jaxlstm[tasks]'")
+
+
+TINY = ["--task", "adding", "--seq-len", "6", "--n-train", "32", "--n-test", "16", "--hidden", "4", "--batch-size", "16",
+        "--eval-every", "2", "--quiet"]
+
+
+def test_a_run_directory_is_never_reused_silently(tmp_path, capsys):
+  out = str(tmp_path / "run")
+  assert main(["train", *TINY, "--steps", "4", "--out", out]) == 0
+  capsys.readouterr()
+  # A second run into the same directory would have its checkpoints mixed with the first one's.
+  assert main(["train", *TINY, "--steps", "2", "--out", out]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err == (f"jaxlstm train: error: {out} already holds a run (config.json, metrics.jsonl, checkpoints); "
+                 "pass --resume to continue it or --overwrite to replace it")
+  assert main(["train", *TINY, "--steps", "2", "--out", out, "--overwrite"]) == 0
+  capsys.readouterr()
+  assert main(["eval", "--out", out]) == 0
+  assert capsys.readouterr().out.startswith("step 2:")  # the new run's checkpoint, not the old step 4
+  assert main(["train", *TINY, "--steps", "2", "--out", out, "--overwrite", "--resume"]) == 2
+  assert "not both" in capsys.readouterr().err
+
+
+def test_resume_refuses_flags_that_contradict_the_saved_run(tmp_path, capsys):
+  out = str(tmp_path / "run")
+  assert main(["train", *TINY, "--steps", "2", "--out", out]) == 0
+  capsys.readouterr()
+  assert main(["train", "--resume", "--out", out, "--hidden", "8", "--cell", "gru", "--seq-len", "9", "--quiet"]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(f"jaxlstm train: error: --resume continues the run in {out} with its saved config")
+  for part in ("--hidden gives hidden=8 (the run has 4)", "--cell gives cell='gru' (the run has 'lstm')",
+               "task option T=9 (the run has 6)"):
+    assert part in err, part
+  # Restating the saved values, extending --steps and changing how this process runs are fine.
+  assert main(["train", "--resume", "--out", out, "--hidden", "4", "--steps", "4", "--quiet"]) == 0
+  assert "step 4:" in capsys.readouterr().out
