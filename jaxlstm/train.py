@@ -246,29 +246,75 @@ class History(list):
     return (min if mode == "min" else max)(rows, key=lambda r: r[monitor])
 
 
-class _NoBar:
-  """Stands in for a tqdm bar when progress is off."""
+def _fmt(metrics: dict) -> str:
+  return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
 
-  def update(self, n=1):
+
+class _Silent:
+  """No progress output; messages such as early stopping are still printed."""
+
+  def step(self, done: int, meter) -> None:
     pass
 
-  def set_postfix(self, *args, **kwargs):
+  def evaluated(self, record: dict) -> None:
     pass
 
-  def write(self, text):
-    print(text)
+  def write(self, text: str) -> None:
+    print(text, flush=True)
 
-  def close(self):
+  def close(self) -> None:
     pass
 
 
-def _progress(total: int, initial: int, enabled: bool | None):
-  if enabled is None:
-    enabled = sys.stdout.isatty()
-  if not enabled:
-    return _NoBar()
-  from tqdm.auto import tqdm
-  return tqdm(total=total, initial=initial, dynamic_ncols=True, leave=True)
+class _Lines(_Silent):
+  """One line per evaluation, for logs that are not a terminal (batch jobs, CI, notebooks)."""
+
+  def __init__(self, total: int):
+    self.total = total
+
+  def evaluated(self, record: dict) -> None:
+    done, rate = record["step"], record.get("steps_per_s", 0.0)
+    eta = (self.total - done) / rate if rate > 0 else float("nan")
+    shown = {k: v for k, v in record.items() if k not in ("step", "epoch", "steps_per_s", "grad_norm")
+             and not k.startswith(("examples_per_s", "mem_"))}
+    print(f"step {done}/{self.total}: {_fmt(shown)} | {rate:.3g} steps/s, ETA {eta:.0f} s", flush=True)
+
+
+class _Bar(_Silent):
+  """A tqdm bar with the running training metrics and the latest evaluation."""
+
+  def __init__(self, total: int, initial: int):
+    from tqdm.auto import tqdm
+    self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, leave=True)
+    self.total, self.last_eval = total, {}
+
+  def step(self, done: int, meter) -> None:
+    self.bar.update(1)
+    if done % 10 == 0 or done == self.total:
+      shown = {k: f"{v:.4g}" for k, v in meter.means().items() if k != "grad_norm"}
+      self.bar.set_postfix({**shown, **self.last_eval}, refresh=False)
+
+  def evaluated(self, record: dict) -> None:
+    self.last_eval = {k: f"{v:.4g}" for k, v in record.items() if k.startswith("val_") and isinstance(v, float)}
+
+  def write(self, text: str) -> None:
+    self.bar.write(text)
+
+  def close(self) -> None:
+    self.bar.close()
+
+
+def _progress(total: int, initial: int, progress: bool | str | None):
+  """The progress reporter for ``fit(progress=...)``: see :func:`fit`."""
+  if progress is None:
+    progress = True if sys.stdout.isatty() else "lines"
+  if progress == "lines":
+    return _Lines(total)
+  if progress is True:
+    return _Bar(total, initial)
+  if progress is False:
+    return _Silent()
+  raise ValueError(f"progress must be True, False, 'lines' or None; got {progress!r}")
 
 
 class _Meter:
@@ -343,10 +389,6 @@ def _train_batch(data: Any, n: int, batch_size: int, step: int, seed: int, mesh)
   return batch if mesh is None else distributed.shard_batch(batch, mesh)
 
 
-def _show_progress(bar, meter: _Meter, done: int, total: int) -> None:
-  bar.update(1)
-  if done % 10 == 0 or done == total:
-    bar.set_postfix({k: f"{v:.4g}" for k, v in meter.means().items() if k != "grad_norm"}, refresh=False)
 
 
 def _validate(eval_fn: LossFn, data: Any, params: Any, *, batch_size: int, mesh, cache: dict) -> dict[str, float]:
@@ -364,7 +406,7 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
         eval_fn: LossFn | None = None, eval_every: int | None = None, eval_batch_size: int = 256,
         early_stopping: int | None = None, monitor: str = "val_loss", mode: str = "min",
         restore_best: bool = False, checkpoint_dir: str | None = None, save_every: int | None = None,
-        keep: int = 3, resume: bool = False, seed: int = 0, progress: bool | None = None,
+        keep: int = 3, resume: bool = False, seed: int = 0, progress: bool | str | None = None,
         callbacks: list[Callable[[dict], None]] | None = None,
         devices: str | int | None = None) -> tuple[Any, History]:
   """Trains ``params`` on ``train_data``, like Keras' ``Model.fit``.
@@ -396,7 +438,11 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
     keep: checkpoints to keep.
     resume: continue from the latest checkpoint in ``checkpoint_dir``.
     seed: seeds the batch order and the per-step PRNG keys.
-    progress: show a tqdm bar; by default only when stdout is a terminal.
+    progress: ``True``: a tqdm bar with the running training metrics and the
+      latest evaluation; ``"lines"``: one printed line per evaluation (step,
+      metrics, steps/s, ETA), for logs; ``False``: nothing; ``None`` (the
+      default): the bar on a terminal, lines elsewhere (batch jobs, CI,
+      notebooks).
     callbacks: functions called with each evaluation record.
     devices: data parallelism: ``"all"`` or a number of devices (of every
       process, after :func:`jaxlstm.distributed.maybe_initialize`). The batch is
@@ -463,7 +509,7 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
       done = step + 1
       state, metrics = train_step(state, _train_batch(train_data, n, batch_size, step, seed, mesh))
       meter.add(metrics)
-      _show_progress(bar, meter, done, total)
+      bar.step(done, meter)
       if ckpt is not None:
         ckpt.maybe_save(done, distributed.local_replica(state))
       if done % eval_every and done != total:
@@ -471,6 +517,7 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
       record = {"step": done, "epoch": done / per_epoch, **meter.summary(batch_size, n_dev),
                 **distributed.device_memory(), **validate(state.params)}
       history.append(record)
+      bar.evaluated(record)
       for cb in callbacks or ():
         cb(record)
       meter.reset()  # after the evaluation and the callbacks, so that their time is not counted as training

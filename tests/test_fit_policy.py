@@ -70,3 +70,17 @@ def test_checkpoints_every_save_every_and_once_at_the_end(tmp_path, monkeypatch)
   run(early_stopping=2, checkpoint_dir=str(tmp_path / "d"), save_every=3, keep=10)  # stops at step 4
   assert saved == [3, 4]
   assert Checkpointer(tmp_path / "d").all_steps() == [3, 4]
+
+
+def test_progress_lines_when_stdout_is_not_a_terminal(capsys):
+  data = {"x": np.ones((8, 1), np.float32)}
+  loss = lambda p, b, k: jnp.mean((p * b["x"] - 2.0) ** 2)  # noqa: E731
+  # Under pytest stdout is captured, not a terminal: the default prints one line per evaluation.
+  fit(jnp.float32(0.0), loss, data, batch_size=4, steps=6, eval_every=3, validation_data=data)
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert [line.split(":")[0] for line in lines] == ["step 3/6", "step 6/6"]
+  assert all("val_loss" in line and "steps/s, ETA" in line for line in lines)
+  fit(jnp.float32(0.0), loss, data, batch_size=4, steps=6, eval_every=3, progress=False)
+  assert capsys.readouterr().out == ""
+  with pytest.raises(ValueError, match="progress must be True, False, 'lines' or None; got 'loud'"):
+    fit(jnp.float32(0.0), loss, data, batch_size=4, steps=6, progress="loud")
