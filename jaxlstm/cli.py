@@ -76,7 +76,7 @@ def _config(args: argparse.Namespace):
 
 
 def _summary_line(record: dict) -> str:
-  skip = {"baselines", "epoch", "steps_per_s", "grad_norm"}
+  skip = {"step", "baselines", "epoch", "steps_per_s", "grad_norm"}  # the caller prints the step first
   parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items() if k not in skip]
   return ", ".join(parts)
 
@@ -199,6 +199,16 @@ def _float_list(flag: str, text: str) -> list[float]:
   return values
 
 
+class _Help(argparse.HelpFormatter):
+  """``--help`` with each flag's default, where it has one worth showing."""
+
+  def _get_help_string(self, action):
+    text = action.help or ""
+    if action.option_strings and "%(default)" not in text and action.default not in (None, False, argparse.SUPPRESS):
+      text += " (default: %(default)s)"
+    return text
+
+
 class _Parser(argparse.ArgumentParser):
   """Reports a bad command line in one line and exits with status 2."""
 
@@ -208,32 +218,33 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_run_flags(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
   from jaxlstm.models import cell_presets
-  p.add_argument("--task", default="adding", help="keras-example, adding, copy, digits, sunspots, text, ...")
-  p.add_argument("--cell", default="lstm", choices=sorted(cell_presets()))
+  from jaxlstm.tasks import TASKS
+  p.add_argument("--task", default="adding", help=f"one of {', '.join(sorted(TASKS))}")
+  p.add_argument("--cell", default="lstm", choices=sorted(cell_presets()), help="recurrent cell")
   if not sweep:
     p.add_argument("--hidden", type=_positive_int, default=128, help="hidden units per layer")
-  p.add_argument("--layers", type=_positive_int, default=1)
-  p.add_argument("--bidirectional", action="store_true")
-  p.add_argument("--forget-bias", type=float, default=1.0)
+  p.add_argument("--layers", type=_positive_int, default=1, help="stacked recurrent layers")
+  p.add_argument("--bidirectional", action="store_true", help="both directions, concatenated")
+  p.add_argument("--forget-bias", type=float, default=1.0, help="initial LSTM forget-gate bias")
   p.add_argument("--dropout", type=float, default=0.0, help="between recurrent layers")
-  p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "rmsprop", "sgd"])
+  p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "rmsprop", "sgd"], help="optax optimizer")
   if not sweep:
-    p.add_argument("--lr", type=float, default=1e-3)
-  p.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+  p.add_argument("--schedule", default="constant", choices=["constant", "cosine"], help="learning-rate schedule")
   p.add_argument("--warmup", type=int, default=0, help="linear warmup steps")
   p.add_argument("--clip-norm", type=float, default=1.0, help="clip gradients to this global norm (0: off)")
-  p.add_argument("--batch-size", type=_positive_int, default=64)
-  p.add_argument("--steps", type=_positive_int, default=2000)
-  p.add_argument("--eval-every", type=_positive_int, default=200)
+  p.add_argument("--batch-size", type=_positive_int, default=64, help="examples per step")
+  p.add_argument("--steps", type=_positive_int, default=2000, help="training steps")
+  p.add_argument("--eval-every", type=_positive_int, default=200, help="steps between evaluations")
   p.add_argument("--save-every", type=_positive_int, default=None, help="checkpoint interval (default: eval-every)")
   p.add_argument("--keep", type=_positive_int, default=3, help="checkpoints to keep")
   p.add_argument("--early-stopping", type=_positive_int, default=None, help="patience, in evaluations")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=int, default=0, help="seeds the init, the data and the batch order")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                  help="compute dtype; the state and master params stay float32")
   p.add_argument("--seq-len", type=_positive_int, default=None, help="sequence length T of the task")
-  p.add_argument("--n-train", type=_positive_int, default=None)
-  p.add_argument("--n-test", type=_positive_int, default=None)
+  p.add_argument("--n-train", type=_positive_int, default=None, help="training examples (default: the task's)")
+  p.add_argument("--n-test", type=_positive_int, default=None, help="test examples (default: the task's)")
   p.add_argument("--text", default=None, help="text file for --task text (default: Python's bundled docs)")
   p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="other task options")
   p.add_argument("--out", required=True, help="run directory")
@@ -254,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(prog="jaxlstm", description="Recurrent networks in JAX.")
   sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-  train = sub.add_parser("train", help="train a model on a task")
+  train = sub.add_parser("train", formatter_class=_Help, help="train a model on a task")
   _add_run_flags(train)
   train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
   train.add_argument("--overwrite", action="store_true",
@@ -266,34 +277,36 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
   train.set_defaults(func=_train)
 
-  ev = sub.add_parser("eval", help="evaluate a run's latest checkpoint on its test split")
+  ev = sub.add_parser("eval", formatter_class=_Help, help="evaluate a run's latest checkpoint on its test split")
   ev.add_argument("--out", required=True, help="run directory")
-  ev.add_argument("--json", action="store_true")
+  ev.add_argument("--json", action="store_true", help="print the result as JSON")
   ev.set_defaults(func=_eval)
 
-  sample = sub.add_parser("sample", help="sample text from a trained 'text' run")
+  sample = sub.add_parser("sample", formatter_class=_Help, help="sample text from a trained 'text' run")
   sample.add_argument("--out", required=True, help="run directory")
-  sample.add_argument("--prompt", default="")
-  sample.add_argument("--length", type=_positive_int, default=300)
-  sample.add_argument("--temperature", type=float, default=0.8)
-  sample.add_argument("--seed", type=int, default=0)
+  sample.add_argument("--prompt", default="", help="text to continue")
+  sample.add_argument("--length", type=_positive_int, default=300, help="characters to generate")
+  sample.add_argument("--temperature", type=float, default=0.8, help="softmax temperature")
+  sample.add_argument("--seed", type=int, default=0, help="sampling seed")
   sample.set_defaults(func=_sample)
 
-  sweep = sub.add_parser("sweep", help="train a vmapped ensemble over seeds and learning rates per hidden size")
+  sweep = sub.add_parser("sweep", formatter_class=_Help,
+                         help="train a vmapped ensemble over seeds and learning rates per hidden size")
   _add_run_flags(sweep, sweep=True)
-  sweep.add_argument("--hidden-sizes", default="16,32,64,128")
-  sweep.add_argument("--lrs", default="3e-4,1e-3,3e-3")
+  sweep.add_argument("--hidden-sizes", default="16,32,64,128", help="comma-separated hidden sizes")
+  sweep.add_argument("--lrs", default="3e-4,1e-3,3e-3", help="comma-separated learning rates")
   sweep.add_argument("--seeds", type=_positive_int, default=3, help="seeds per (hidden, lr)")
   sweep.set_defaults(func=_sweep)
 
-  demo = sub.add_parser("demo", help="run a stacked LSTM forward and backward and print shapes")
-  demo.add_argument("--batch", type=_positive_int, default=4)
+  demo = sub.add_parser("demo", formatter_class=_Help,
+                        help="run a stacked LSTM forward and backward and print shapes")
+  demo.add_argument("--batch", type=_positive_int, default=4, help="batch size")
   demo.add_argument("--steps", type=_positive_int, default=20, help="sequence length T")
-  demo.add_argument("--input-size", type=_positive_int, default=8)
-  demo.add_argument("--hidden", type=_positive_int, default=32)
-  demo.add_argument("--layers", type=_positive_int, default=2)
-  demo.add_argument("--peephole", action="store_true")
-  demo.add_argument("--seed", type=int, default=0)
+  demo.add_argument("--input-size", type=_positive_int, default=8, help="input features")
+  demo.add_argument("--hidden", type=_positive_int, default=32, help="hidden units per layer")
+  demo.add_argument("--layers", type=_positive_int, default=2, help="stacked layers")
+  demo.add_argument("--peephole", action="store_true", help="peephole LSTMs")
+  demo.add_argument("--seed", type=int, default=0, help="PRNG seed")
   demo.set_defaults(func=_demo)
   return parser
 
@@ -314,7 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"jaxlstm {args.command}: error: {e}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
-    print("interrupted; resume with --resume", file=sys.stderr)
+    saved = None
+    if args.command == "train" and os.path.isdir(os.path.join(args.out, "checkpoints")):
+      from jaxlstm.checkpoint import Checkpointer
+      saved = Checkpointer(os.path.join(args.out, "checkpoints")).latest_step()
+    where = "" if saved is None else f" at step {saved}, which is saved"
+    print(f"interrupted{where}; continue with --resume", file=sys.stderr)
     return 130
 
 

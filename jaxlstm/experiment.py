@@ -69,7 +69,8 @@ class RunConfig:
   dtype: str = "float32"
 
   def validate(self) -> None:
-    """Raises ``ValueError`` for an unknown ``dtype``, a size or step count below 1, or a non-positive ``lr``."""
+    """Raises ``ValueError`` for an unknown ``dtype``, a size or step count below 1, a non-positive ``lr``,
+    or a ``dropout`` outside ``[0, 1)``."""
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
     for name in ("hidden", "layers", "batch_size", "steps", "eval_every"):
@@ -77,6 +78,8 @@ class RunConfig:
         raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
     if self.lr <= 0:
       raise ValueError(f"lr must be positive; got {self.lr}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
 
 
 def load_task(cfg: RunConfig):

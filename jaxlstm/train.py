@@ -524,6 +524,11 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
       if best.update(record, state.params):
         bar.write(f"early stopping at step {done}: {monitor} has not improved for {best.waited} evaluations")
         break
+  except KeyboardInterrupt:
+    # Keep the steps done so far: the state holds the last completed step, and resuming continues exactly.
+    if ckpt is not None and ckpt.latest_step() != int(state.step):
+      ckpt.save(int(state.step), distributed.to_host(state))
+    raise
   finally:
     bar.close()
   if ckpt is not None:

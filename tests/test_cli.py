@@ -124,3 +124,24 @@ def test_resume_refuses_flags_that_contradict_the_saved_run(tmp_path, capsys):
   # Restating the saved values, extending --steps and changing how this process runs are fine.
   assert main(["train", "--resume", "--out", out, "--hidden", "4", "--steps", "4", "--quiet"]) == 0
   assert "step 4:" in capsys.readouterr().out
+
+
+def test_help_shows_defaults_and_every_task(capsys):
+  with pytest.raises(SystemExit):
+    main(["train", "--help"])
+  text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # help wraps at hyphens
+  assert "learning rate (default: 0.001)" in text and "training steps (default: 2000)" in text
+  from jaxlstm.tasks import TASKS
+  assert all(name in text for name in TASKS) and "adding-var" in text
+
+
+def test_bad_dropout_writes_nothing_and_eval_names_the_step_once(tmp_path, capsys):
+  out = tmp_path / "run"
+  assert main(["train", *TINY, "--steps", "2", "--dropout", "1.5", "--out", str(out)]) == 2
+  assert "dropout must be in [0, 1); got 1.5" in capsys.readouterr().err
+  assert not out.exists()
+  assert main(["train", *TINY, "--steps", "2", "--out", str(out)]) == 0
+  capsys.readouterr()
+  assert main(["eval", "--out", str(out)]) == 0
+  first = capsys.readouterr().out.splitlines()[0]
+  assert first.startswith("step 2: ") and first.count("step") == 1

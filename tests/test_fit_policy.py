@@ -84,3 +84,22 @@ def test_progress_lines_when_stdout_is_not_a_terminal(capsys):
   assert capsys.readouterr().out == ""
   with pytest.raises(ValueError, match="progress must be True, False, 'lines' or None; got 'loud'"):
     fit(jnp.float32(0.0), loss, data, batch_size=4, steps=6, progress="loud")
+
+
+def test_an_interrupted_run_keeps_its_last_step(tmp_path):
+  data = {"x": np.ones((8, 1), np.float32)}
+  loss = lambda p, b, k: jnp.mean((p * b["x"] - 2.0) ** 2)  # noqa: E731
+
+  def interrupt(record):
+    if record["step"] == 3:
+      raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    fit(jnp.float32(0.0), loss, data, batch_size=4, steps=9, eval_every=3, save_every=2, progress=False,
+        checkpoint_dir=str(tmp_path), callbacks=[interrupt])
+  # Step 2 was saved by the policy; step 3, where the run stopped, on the way out.
+  assert Checkpointer(tmp_path).all_steps() == [2, 3]
+  resumed, _ = fit(jnp.float32(0.0), loss, data, batch_size=4, steps=9, eval_every=3, save_every=2, progress=False,
+                   checkpoint_dir=str(tmp_path), resume=True)
+  straight, _ = fit(jnp.float32(0.0), loss, data, batch_size=4, steps=9, eval_every=3, progress=False)
+  np.testing.assert_array_equal(resumed, straight)
