@@ -50,7 +50,7 @@ from flax.core import FrozenDict
 import jaxlstm
 from jaxlstm._src.cells.registry import get_cell
 from jaxlstm._src.flax_common import (check_cell_options, check_kind, check_layout, layer_output, params_options, pick,
-                                 restated, shape_params, stack_options)
+                                      restated, shape_params, stack_options)
 
 __all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "RNN", "RNNCell", "Stack", "WEIGHTS",
            "from_variables", "to_variables"]

@@ -51,7 +51,7 @@ from flax import nnx
 import jaxlstm
 from jaxlstm._src.cells.registry import cell_of, get_cell, is_cell_params
 from jaxlstm._src.flax_common import (check_cell_options, check_kind, check_layout, layer_output, params_options, pick,
-                                 restated, shape_params, stack_options)
+                                      restated, shape_params, stack_options)
 from jaxlstm._src.stack import Bidirectional
 
 __all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "RNN", "RNNCell", "Stack"]

@@ -90,8 +90,8 @@ def test_missing_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
                  "pip install 'jaxlstm[tasks]'")
 
 
-TINY = ["--task", "adding", "--seq-len", "6", "--n-train", "32", "--n-test", "16", "--hidden", "4", "--batch-size", "16",
-        "--eval-every", "2", "--quiet"]
+TINY = ["--task", "adding", "--seq-len", "6", "--n-train", "32", "--n-test", "16", "--hidden", "4",
+        "--batch-size", "16", "--eval-every", "2", "--quiet"]
 
 
 def test_a_run_directory_is_never_reused_silently(tmp_path, capsys):

@@ -98,7 +98,8 @@ def test_option_errors(p, xs):
     jaxlstm.lstm(p, xs, impl="cuda")
   with pytest.raises(ValueError, match=r"remat must be a positive int or None; got 0"):
     jaxlstm.lstm(p, xs, remat=0)
-  with pytest.raises(ValueError, match=r"impl='reference' cannot run this layer: remat is implemented by the fused kernel only"):
+  with pytest.raises(ValueError, match=r"impl='reference' cannot run this layer: remat is implemented by the fused "
+                                       r"kernel only"):
     jaxlstm.lstm(p, xs, remat=2, impl="reference")
   with pytest.raises(ValueError, match=r"no kernel can run this gru layer: fused: it runs LSTM layers only, not gru; .*"
                                        r"reference: remat is implemented by the fused kernel only"):
@@ -131,5 +132,6 @@ def test_stack_errors(p, xs):
     jaxlstm.stack(params, xs, dropout=0.5)
   with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\); got 1.0"):
     jaxlstm.stack(params, xs, dropout=1.0, key=jax.random.key(0))
-  with pytest.raises(TypeError, match=r"params\[0\] must be the params of a registered cell \(LSTMParams, GRUParams, RNNParams\); got dict"):
+  with pytest.raises(TypeError, match=r"params\[0\] must be the params of a registered cell "
+                                      r"\(LSTMParams, GRUParams, RNNParams\); got dict"):
     jaxlstm.stack(({},), xs)

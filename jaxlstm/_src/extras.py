@@ -27,7 +27,7 @@ def require(module: str, *, extra: str, needed_by: str) -> ModuleType:
     '[1]'
     >>> require("no_such_module", extra="tasks", needed_by="task 'x'")
     Traceback (most recent call last):
-    jaxlstm._src.extras.MissingExtra: task 'x' needs the no_such_module package, which is not installed: pip install 'jaxlstm[tasks]'
+    jaxlstm._src.extras.MissingExtra: task 'x' needs the no_such_module package, ... pip install 'jaxlstm[tasks]'
   """
   try:
     return importlib.import_module(module)

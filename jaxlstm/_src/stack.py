@@ -11,7 +11,7 @@ from jaxlstm._src import checks
 from jaxlstm._src.cells.registry import get_cell, is_cell_params
 from jaxlstm._src.cells.rnn import check_call_activation
 from jaxlstm._src.layers import (batch_shape_of, check_options, check_params, check_sequence, check_state,
-                            run_checked)
+                                 run_checked)
 
 MERGES = ("concat", "sum", "mean", "mul")
 

@@ -6,10 +6,11 @@ A new cell is one module that builds a :class:`~jaxlstm.Cell` record plus one
 
 from jaxlstm._src.cells import gru, lstm, rnn
 from jaxlstm._src.cells.registry import (Cell, cell_names, cell_of, get_cell, is_cell_params, register_cell,
-                                    static_fields, unregister_cell)
+                                         static_fields, unregister_cell)
 
 register_cell(lstm.CELL)
 register_cell(gru.CELL)
 register_cell(rnn.CELL)
 
-__all__ = ["Cell", "cell_names", "cell_of", "get_cell", "is_cell_params", "register_cell", "static_fields", "unregister_cell"]
+__all__ = ["Cell", "cell_names", "cell_of", "get_cell", "is_cell_params", "register_cell", "static_fields",
+           "unregister_cell"]

@@ -16,7 +16,7 @@ one :func:`~jaxlstm.register_kernel` line here.
 
 from jaxlstm._src.kernels import cudnn, fused, reference
 from jaxlstm._src.kernels.registry import (Kernel, KernelChoice, LayerCall, check_impl, impls, kernel_names, reasons,
-                                      register_kernel, select, unregister_kernel)
+                                           register_kernel, select, unregister_kernel)
 
 register_kernel(fused.KERNEL)
 register_kernel(cudnn.KERNEL)
