@@ -1,6 +1,6 @@
 """jaxlstm: recurrent neural networks for JAX, as pure functions.
 
-Gate layouts: LSTM ``i, f, g, o``; GRU ``r, z, n``. Weights are ``(in, out)``.
+Gate layouts: LSTM ``i, f, g, o``; GRU ``r, z, n``; minGRU ``z, h``; minLSTM ``f, i, h``. Weights are ``(in, out)``.
 """
 
 from jaxlstm._src.cells import Cell, cell_names, get_cell, register_cell, static_fields, unregister_cell
@@ -9,6 +9,8 @@ from jaxlstm._src.initializers import glorot_uniform, orthogonal_blocks
 from jaxlstm._src.kernels import Kernel, KernelChoice, LayerCall, kernel_names, register_kernel, unregister_kernel
 from jaxlstm._src.layers import explain, gru, layer, lstm, rnn, zero_state
 from jaxlstm._src.cells.lstm import LayerNormParams, LSTMParams, LSTMState, lstm_init, lstm_step, lstm_zero_state
+from jaxlstm._src.cells.mingru import MinGRUParams, MinGRUState, mingru_init, mingru_step, mingru_zero_state
+from jaxlstm._src.cells.minlstm import MinLSTMParams, MinLSTMState, minlstm_init, minlstm_step, minlstm_zero_state
 from jaxlstm._src.cells.rnn import RNNParams, RNNState, rnn_init, rnn_step, rnn_zero_state
 from jaxlstm._src.scan import scan
 from jaxlstm._src.stack import Bidirectional, stack, stack_init
@@ -39,6 +41,10 @@ __all__ = [
     "LSTMParams",
     "LSTMState",
     "LayerNormParams",
+    "MinGRUParams",
+    "MinGRUState",
+    "MinLSTMParams",
+    "MinLSTMState",
     "RNNParams",
     "RNNState",
     "evaluate",
@@ -57,6 +63,12 @@ __all__ = [
     "lstm_step",
     "lstm_zero_state",
     "make_train_step",
+    "mingru_init",
+    "mingru_step",
+    "mingru_zero_state",
+    "minlstm_init",
+    "minlstm_step",
+    "minlstm_zero_state",
     "orthogonal_blocks",
     "rnn",
     "rnn_init",

@@ -41,6 +41,12 @@ class Cell(NamedTuple):
     options: names of ``init``'s keyword options besides ``dtype``.
     peers: the peer classes it maps to, e.g. ``{"torch": "LSTM"}``; for
       messages and converters.
+    recurrence: ``None``, or for a cell whose step is the diagonal linear
+      recurrence ``h' = a * h + b`` with ``a, b`` functions of the input
+      alone (minGRU, minLSTM), ``recurrence(params, xs, dtype) -> (a, b)``:
+      ``xs (..., I)`` gives ``a, b (..., H)`` in ``dtype``. The ``parallel``
+      kernel runs such cells with an associative scan over time; their state
+      is one field, ``h``, which is also the output.
 
   Example:
     >>> cell = jaxlstm.get_cell("gru")
@@ -63,6 +69,7 @@ class Cell(NamedTuple):
   gates: int
   options: tuple[str, ...] = ()
   peers: Mapping[str, str] = {}
+  recurrence: Callable[..., tuple[jax.Array, jax.Array]] | None = None
 
 
 _BY_TYPE: dict[type, Cell] = {}
@@ -141,7 +148,7 @@ def cell_names() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.cell_names()
-    ('gru', 'lstm', 'rnn')
+    ('gru', 'lstm', 'mingru', 'minlstm', 'rnn')
   """
   return tuple(sorted(_BY_NAME))
 
@@ -212,7 +219,7 @@ def get_cell(name: str) -> Cell:
     ('peephole', 'layer_norm', 'proj_size', 'forget_bias')
     >>> jaxlstm.get_cell("xlstm")
     Traceback (most recent call last):
-    ValueError: cell must be one of ['gru', 'lstm', 'rnn']; got 'xlstm'
+    ValueError: cell must be one of ['gru', 'lstm', 'mingru', 'minlstm', 'rnn']; got 'xlstm'
   """
   try:
     return _BY_NAME[name]
