@@ -6,6 +6,7 @@ shell does the layout work around it. A new kernel is a :class:`Kernel`
 record plus one :func:`register_kernel` call.
 
 * ``fused``: plain and peephole LSTMs, with a hand-written backward pass.
+* ``parallel``: minGRU and minLSTM layers as one associative scan over time.
 * ``cudnn``: plain float32 LSTMs as one cuDNN call on CUDA GPUs.
 * ``reference``: ``lax.scan`` over the cell's step, for every cell and option.
 * ``shell``: the layer shell, ``shell.run(kernel.run, params, xs, state, ...)``,
@@ -13,9 +14,9 @@ record plus one :func:`register_kernel` call.
 """
 
 from jaxlstm._src import shell
-from jaxlstm._src.kernels import cudnn, fused, reference
+from jaxlstm._src.kernels import cudnn, fused, parallel, reference
 from jaxlstm._src.kernels.registry import (Kernel, KernelChoice, LayerCall, check_impl, impls, kernel_names, reasons,
                                            register_kernel, select, unregister_kernel)
 
 __all__ = ["Kernel", "KernelChoice", "LayerCall", "check_impl", "cudnn", "fused", "impls", "kernel_names",
-           "reasons", "reference", "register_kernel", "select", "shell", "unregister_kernel"]
+           "parallel", "reasons", "reference", "register_kernel", "select", "shell", "unregister_kernel"]

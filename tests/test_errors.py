@@ -31,7 +31,8 @@ def test_init_errors():
     jaxlstm.lstm_init(key, 3, 4, proj_size=4)
   with pytest.raises(TypeError, match=r"dtype must be a floating-point dtype; got int32"):
     jaxlstm.rnn_init(key, 3, 4, dtype=jnp.int32)
-  with pytest.raises(ValueError, match=r"cell must be one of \['gru', 'lstm', 'rnn'\]; got 'lstmm'"):
+  with pytest.raises(ValueError,
+                     match=r"cell must be one of \['gru', 'lstm', 'mingru', 'minlstm', 'rnn'\]; got 'lstmm'"):
     jaxlstm.stack_init(key, 3, 4, 2, cell="lstmm")
   with pytest.raises(ValueError, match=r"num_layers must be a positive int; got 0"):
     jaxlstm.stack_init(key, 3, 4, 0)
@@ -94,7 +95,8 @@ def test_lengths_mask_resets_errors(p, xs):
 
 
 def test_option_errors(p, xs):
-  with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'fused', 'cudnn', 'reference'\); got 'cuda'"):
+  with pytest.raises(ValueError,
+                     match=r"impl must be one of \('auto', 'fused', 'parallel', 'cudnn', 'reference'\); got 'cuda'"):
     jaxlstm.lstm(p, xs, impl="cuda")
   with pytest.raises(ValueError, match=r"remat must be a positive int or None; got 0"):
     jaxlstm.lstm(p, xs, remat=0)
@@ -133,5 +135,5 @@ def test_stack_errors(p, xs):
   with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\); got 1.0"):
     jaxlstm.stack(params, xs, dropout=1.0, key=jax.random.key(0))
   with pytest.raises(TypeError, match=r"params\[0\] must be the params of a registered cell "
-                                      r"\(LSTMParams, GRUParams, RNNParams\); got dict"):
+                                      r"\(LSTMParams, GRUParams, RNNParams, MinGRUParams, MinLSTMParams\); got dict"):
     jaxlstm.stack(({},), xs)

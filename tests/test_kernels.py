@@ -29,6 +29,10 @@ VARIANTS = {
     "gru": ("gru", {}),
     "rnn_tanh": ("rnn", {}),
     "rnn_relu": ("rnn", {"activation": "relu"}),
+    "mingru": ("mingru", {}),
+    "mingru_plain": ("mingru", {"log_space": False}),
+    "minlstm": ("minlstm", {}),
+    "minlstm_plain": ("minlstm", {"log_space": False}),
 }
 CASES = {
     "plain": {},
@@ -72,7 +76,7 @@ def test_every_runnable_kernel_matches_the_loop(variant, case):
       assert rel_err(got, want) < 1e-12, impl
 
 
-@pytest.mark.parametrize("variant", ["lstm_peephole", "gru"])
+@pytest.mark.parametrize("variant", ["lstm_peephole", "gru", "mingru", "minlstm_plain"])
 def test_every_runnable_kernel_matches_the_loop_in_gradients(variant):
   params, xs, state, kw = setup(variant, "reverse_lengths_mask")
   step = jaxlstm.get_cell(VARIANTS[variant][0]).step

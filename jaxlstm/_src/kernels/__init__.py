@@ -2,6 +2,8 @@
 
 * :mod:`~jaxlstm.kernels.fused`: plain and peephole LSTMs, with a hand-written
   backward pass; the default wherever it applies.
+* :mod:`~jaxlstm.kernels.parallel`: cells whose step is a diagonal linear
+  recurrence (minGRU, minLSTM), as one associative scan over time.
 * :mod:`~jaxlstm.kernels.cudnn`: plain float32 LSTMs as one cuDNN call (CUDA
   GPUs only).
 * :mod:`~jaxlstm.kernels.reference`: ``lax.scan`` over the cell's step; every
@@ -11,14 +13,15 @@ A new kernel is one module that builds a :class:`~jaxlstm.Kernel` record plus
 one :func:`~jaxlstm.register_kernel` line here.
 
 >>> jaxlstm.kernel_names()  # in impl="auto" order
-('fused', 'cudnn', 'reference')
+('fused', 'parallel', 'cudnn', 'reference')
 """
 
-from jaxlstm._src.kernels import cudnn, fused, reference
+from jaxlstm._src.kernels import cudnn, fused, parallel, reference
 from jaxlstm._src.kernels.registry import (Kernel, KernelChoice, LayerCall, check_impl, impls, kernel_names, reasons,
                                            register_kernel, select, unregister_kernel)
 
 register_kernel(fused.KERNEL)
+register_kernel(parallel.KERNEL)
 register_kernel(cudnn.KERNEL)
 register_kernel(reference.KERNEL)
 

@@ -131,7 +131,7 @@ def unregister_kernel(name: str) -> Kernel:
   Example:
     >>> cudnn = jaxlstm.unregister_kernel("cudnn")
     >>> jaxlstm.kernel_names()
-    ('fused', 'reference')
+    ('fused', 'parallel', 'reference')
     >>> jaxlstm.register_kernel(cudnn) is cudnn
     True
   """
@@ -144,7 +144,7 @@ def kernel_names() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.kernel_names()
-    ('fused', 'cudnn', 'reference')
+    ('fused', 'parallel', 'cudnn', 'reference')
   """
   return tuple(k.name for k in sorted(_KERNELS.values(), key=lambda k: k.rank))
 
@@ -154,7 +154,7 @@ def impls() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.kernels.impls()
-    ('auto', 'fused', 'cudnn', 'reference')
+    ('auto', 'fused', 'parallel', 'cudnn', 'reference')
   """
   return ("auto", *kernel_names())
 
@@ -166,7 +166,7 @@ def check_impl(impl: Any) -> None:
     >>> jaxlstm.kernels.check_impl("fused")
     >>> jaxlstm.kernels.check_impl("pallas")
     Traceback (most recent call last):
-    ValueError: impl must be one of ('auto', 'fused', 'cudnn', 'reference'); got 'pallas'
+    ValueError: impl must be one of ('auto', 'fused', 'parallel', 'cudnn', 'reference'); got 'pallas'
   """
   if not isinstance(impl, str) or (impl != "auto" and impl not in _KERNELS):
     raise ValueError(f"impl must be one of {impls()}; got {impl!r}")
@@ -180,7 +180,9 @@ def reasons(call: LayerCall) -> dict[str, str | None]:
     >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("gru"), params=params, lengths=False, mask=False,
     ...                          resets=False, reverse=False, time_major=False, remat=None)
     >>> jaxlstm.kernels.reasons(call)
-    {'fused': 'it runs LSTM layers only, not gru', 'cudnn': 'it runs LSTM layers only, not gru', 'reference': None}
+    {'fused': 'it runs LSTM layers only, not gru', 'parallel': 'it runs cells whose gates read only the input
+      (mingru, minlstm), not gru, whose step is not linear in h', 'cudnn': 'it runs LSTM layers only, not gru',
+      'reference': None}
   """
   return {name: _KERNELS[name].why_not(call) for name in kernel_names()}
 
@@ -230,6 +232,8 @@ class KernelChoice(NamedTuple):
     >>> print(choice)
     params: runs on 'reference'
       fused: it runs LSTM layers only, not gru
+      parallel: it runs cells whose gates read only the input (mingru, minlstm), not gru, whose step is not
+        linear in h
       cudnn: it runs LSTM layers only, not gru
       reference: chosen
   """

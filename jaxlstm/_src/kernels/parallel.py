@@ -1,0 +1,271 @@
+r"""The parallel kernel: cells whose step is a diagonal linear recurrence, solved with an associative scan.
+
+The minGRU and minLSTM of Feng et al. (2024) compute their gates from the
+input alone, so a step is :math:`h_t = a_t \odot h_{t-1} + b_t` with
+``a_t, b_t`` known for every ``t`` before the recurrence starts (the cell
+record's ``recurrence`` gives them, for all ``T`` steps after one GEMM). Such
+steps compose associatively,
+
+.. math::
+
+  (a_1, b_1) \circ (a_2, b_2) = (a_1 a_2,\; a_2 b_1 + b_2),
+
+so :func:`jax.lax.associative_scan` solves the recurrence in ``O(log T)``
+depth instead of the ``T`` dependent steps of :mod:`~jaxlstm.kernels.reference`.
+
+**Why no logs.** The paper's parallel code (Appendix B) scans in log space
+because it follows Heinsen (2023): ``h_t = a*_t (h_0 + sum_s b_s / a*_s)``
+with ``a*_t = prod a``, whose ``1 / a*`` overflows within a few hundred steps
+unless it is taken as ``exp(-log a*)`` inside a ``logcumsumexp``. The pairwise
+operator above never divides: products of ``0 < a < 1`` only shrink (to an
+exact, harmless 0), and the sums stay bounded, so the scan is as accurate in
+plain arithmetic as the sequential step (the tests hold float32 at
+``T = 4096`` to the float64 reference), needs no ``exp`` or ``log`` per
+element, and lets ``h_0`` and the plain (non-``g``) cells have any sign.
+
+**Blocks.** :func:`linear_scan` runs the sequence as blocks of consecutive
+steps, each solved by an associative scan, one after the other with the state
+carried between them (:func:`default_block`). On an accelerator the block is
+the whole sequence: one associative scan, ``O(log T)`` deep. On a CPU the
+block is one step, so the "scan" is one sequential pass over ``(a, b)``:
+nothing in the recurrence is a matmul any more, the CPU has no idle lanes for
+the scan's extra work to fill, and each of its levels is another pass over
+memory; measured, that pass was several times faster than any longer block. What
+stays parallel on a CPU is the part that costs: every gate of all ``T``
+steps in one GEMM, where an LSTM needs ``T`` small ones in sequence.
+
+**Resets and validity.** ``resets`` make the scan segmented: an element that
+starts a segment discards what comes before it, and its state starts again
+from the initial state, as the reference kernel's reset does. An invalid step
+is the identity ``(a, b) = (1, 0)``, so it keeps the state; a reset at an
+invalid step still resets.
+
+**Gradients.** The scan is a :func:`jax.custom_vjp`: the gradient reaching
+``h_t`` flows back through ``lam_t = g_t + a_{t+1} lam_{t+1}`` (cut where
+``t + 1`` starts a segment), itself a linear recurrence, run by the same
+blocks backwards in time in one pass; then ``da_t = lam_t h_{t-1}`` and
+``db_t = lam_t``. It saves only ``a`` and the states, where differentiating
+through an associative scan would keep every level. ``jit``, ``vmap`` and
+``grad`` work; forward-mode (``jvp``) does not, as for the fused kernel (use
+``impl="reference"``).
+
+References:
+  Feng, Tung, Ahmed, Bengio & Hajimirsadeghi (2024), Were RNNs all we needed?
+  arXiv:2410.01201. Blelloch (1990), Prefix sums and their applications.
+  Heinsen (2023), Efficient parallelization of a ubiquitous sequential
+  computation. arXiv:2311.06281.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxlstm._src.cells.registry import cell_of
+from jaxlstm._src.kernels.registry import Kernel, LayerCall
+
+
+def why_not(call: LayerCall) -> str | None:
+  """Why the parallel kernel cannot run ``call``, or ``None``.
+
+  It runs every cell whose record has a ``recurrence`` (``mingru`` and
+  ``minlstm``), with ``lengths``, ``mask``, ``resets``, reverse and any
+  layout, but not ``remat``.
+
+  Example:
+    >>> from jaxlstm.kernels import parallel
+    >>> params = jaxlstm.mingru_init(jax.random.key(0), 3, 5)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("mingru"), params=params, lengths=True, mask=True,
+    ...                          resets=True, reverse=True, time_major=False, remat=None)
+    >>> parallel.why_not(call) is None
+    True
+    >>> parallel.why_not(call._replace(cell=jaxlstm.get_cell("gru")))
+    'it runs cells whose gates read only the input (mingru, minlstm), not gru, whose step is not linear in h'
+  """
+  if call.cell.recurrence is None:
+    return (f"it runs cells whose gates read only the input (mingru, minlstm), not {call.cell.name}, whose step "
+            f"is not linear in h")
+  if call.remat is not None:
+    return "remat is implemented by the fused kernel only; the parallel kernel saves only a and the states"
+  return None
+
+
+def default_block(T: int) -> int:
+  """Steps per block of :func:`linear_scan` for ``T`` steps on JAX's default backend: 1 on a CPU, else ``T``.
+
+  A block is solved by an associative scan and the blocks follow one another. One block of ``T`` steps
+  is the whole sequence in ``O(log T)`` depth, for accelerators. On a 2-core CPU, forward and backward
+  over ``T = 4096, B = 8, H = 128`` took 4.5 and 35 ms with blocks of 1 step (an associative scan
+  of one element, so a sequential pass), 23 and 74 ms with 4 steps, 31 and 84 ms with 64 and 39 and 141 ms
+  with one block of ``T``; at ``B * H = 16`` and ``T = 16384`` one step still won (0.7 and 2.2 ms against
+  1.2 and 3.8 ms). A CPU has no idle lanes for the scan's extra work to fill, and every level of the scan
+  is another pass over memory (``bench/results_mingru.md``).
+
+  Example:
+    >>> from jaxlstm.kernels import parallel
+    >>> parallel.default_block(4096) == (1 if jax.default_backend() == "cpu" else 4096)
+    True
+  """
+  return 1 if jax.default_backend() == "cpu" else T
+
+
+def _op(e1, e2):
+  """``e1`` then ``e2``, elements ``(a, b)`` or ``(a, b, starts)``; an ``e2`` that starts a segment drops ``e1``."""
+  a1, b1, *s1 = e1
+  a2, b2, *s2 = e2
+  a, b = a1 * a2, a2 * b1 + b2
+  if not s1:
+    return a, b
+  return jnp.where(s2[0], a2, a), jnp.where(s2[0], b2, b), s1[0] | s2[0]
+
+
+def _padded(arrays, fills, T: int, n: int):
+  """``arrays`` ``(T, ...)`` padded with ``fills`` to whole blocks of ``n``, and the number of blocks."""
+  m = -(-T // n)
+  if m * n == T:
+    return arrays, m
+  return tuple(None if x is None else jnp.concatenate([x, jnp.full((m * n - T, *x.shape[1:]), f, x.dtype)], axis=0)
+               for x, f in zip(arrays, fills)), m
+
+
+def _over_blocks(block, carry, arrays, n: int, m: int, *, reverse: bool = False):
+  """``lax.scan`` of ``block(carry, j, slices) -> (carry, out)`` over the ``m`` blocks; outs ``(m * n, ...)``.
+
+  The blocks are sliced out of the whole arrays rather than scanned over as ``(m, n, ...)`` reshapes: on
+  CPU, XLA copied reshaped scan inputs, a pass over memory, where slices of loop invariants cost nothing.
+  """
+  def body(c, j):
+    return block(c, j, tuple(None if x is None else lax.dynamic_slice_in_dim(x, j * n, n) for x in arrays))
+
+  if m == 1:
+    carry, outs = body(carry, 0)
+    return carry, outs
+  carry, outs = lax.scan(body, carry, jnp.arange(m), reverse=reverse)
+  return carry, jax.tree.map(lambda o: o.reshape(m * n, *o.shape[2:]), outs)
+
+
+def _forward(a, b, h0, starts, n: int):
+  """The states ``(T, B, H)`` of ``h_t = a_t * (h0 if starts_t else h_{t-1}) + b_t``, ``h_{-1} = h0``."""
+  T = a.shape[0]
+  s = None if starts is None else starts[..., None]  # (T, B, 1)
+  (a, b, s), m = _padded((a, b, s), (1, 0, False), T, n)  # the padding is the identity, (1, 0)
+
+  def block(h, j, e):
+    # Within the block, h_t = A_t * (h0 after a start, else the state the block starts from) + B_t, from
+    # the composites (A, B) of its steps up to each one.
+    A, B, *started = lax.associative_scan(_op, e if e[2] is not None else e[:2], axis=0)
+    hs = A * (jnp.where(started[0], h0, h) if started else h) + B
+    return hs[-1], hs
+
+  return _over_blocks(block, h0, (a, b, s), n, m)[1][:T]
+
+
+def _backward(a, hs, h0, starts, g, n: int):
+  """``(da, db, dh0)`` of :func:`_forward` for the gradient ``g (T, B, H)`` of its states, in one reverse pass.
+
+  ``lam_t``, the gradient reaching ``h_t``, is ``g_t + a'_t lam_{t+1}`` with ``a'_t = a_{t+1}``, or 0 where
+  ``t + 1`` starts a segment (``h_{t+1}`` does not read ``h_t`` there): the same recurrence backwards in
+  time. Then ``da_t = lam_t h_{t-1}`` (``h0`` at a start), ``db_t = lam_t``, and ``dh0`` gathers
+  ``a_t lam_t`` from every step that reads ``h0``.
+  """
+  T = a.shape[0]
+  s = None if starts is None else starts[..., None]  # (T, B, 1)
+  # Padding has g = 0 and nothing after it, so its lam is 0 whatever its a.
+  (a, hs, s, g), m = _padded((a, hs, s, g), (1, 0, False, 0), T, n)
+  zero = jnp.zeros_like(h0)
+
+  def block(carry, j, e):
+    lam_after, a_after, dh0 = carry  # lam and a' at the first step of the block after, (B, H) each
+    a_j, hs_j, s_j, g_j = e
+    cut = a_j if s_j is None else jnp.where(s_j, jnp.zeros_like(a_j), a_j)  # a_t, or 0 at a segment start
+    a_next = jnp.concatenate([cut[1:], a_after[None]], axis=0)  # (n, B, H): a'_t
+    A, G = lax.associative_scan(_op, (a_next, g_j), axis=0, reverse=True)
+    lam = A * lam_after + G
+    before = lax.dynamic_index_in_dim(hs, jnp.maximum(j * n - 1, 0), keepdims=False)
+    h_prev = jnp.concatenate([jnp.where(j == 0, h0, before)[None], hs_j[:-1]], axis=0)
+    if s_j is not None:
+      h_prev = jnp.where(s_j, h0, h_prev)
+      # Resets after step 0 read h0 too (step 0 is counted once, below).
+      first = (lax.broadcasted_iota(jnp.int32, s_j.shape, 0) + j * n) == 0
+      dh0 = dh0 + jnp.sum(jnp.where(s_j & ~first, a_j * lam, jnp.zeros_like(lam)), axis=0)
+    return (lam[0], cut[0], dh0), (lam * h_prev, lam)
+
+  (lam0, _, dh0), (da, db) = _over_blocks(block, (zero, zero, zero), (a, hs, s, g), n, m, reverse=True)
+  return da[:T], db[:T], dh0 + a[0] * lam0
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _scan(a, b, h0, starts, n):
+  return _forward(a, b, h0, starts, n)
+
+
+def _scan_fwd(a, b, h0, starts, n):
+  hs = _forward(a, b, h0, starts, n)
+  return hs, (a, hs, h0, starts)
+
+
+def _scan_bwd(n, res, g):
+  a, hs, h0, starts = res
+  return (*_backward(a, hs, h0, starts, g, n), None)
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+def linear_scan(a: jax.Array, b: jax.Array, h0: jax.Array, valid: jax.Array | None = None,
+                resets: jax.Array | None = None, *, block: int | None = None) -> jax.Array:
+  """Every state of ``h_t = a_t * (h0 if t is a reset else h_{t-1}) + b_t``, as a parallel scan.
+
+  Args:
+    a, b: ``(T, B, H)`` coefficients.
+    h0: ``(B, H)`` initial state.
+    valid: ``(T, B)`` bools, or ``None``; an invalid step keeps the state.
+    resets: ``(T, B)`` bools, or ``None``; a reset step starts again from ``h0``.
+    block: steps per block, each solved by an associative scan, one block after the other;
+      :func:`default_block` when ``None``.
+
+  Returns:
+    ``hs (T, B, H)``, the state after each step.
+
+  Example:
+    >>> from jaxlstm._src.kernels.parallel import linear_scan
+    >>> a, b = jnp.full((4, 1, 1), 0.5), jnp.ones((4, 1, 1))
+    >>> resets = jnp.array([False, False, True, False])[:, None]  # (T, B)
+    >>> linear_scan(a, b, jnp.zeros((1, 1)), None, resets, block=4).ravel()
+    Array([1. , 1.5, 1. , 1.5], dtype=float32)
+    >>> linear_scan(a, b, jnp.zeros((1, 1)), resets, None, block=3).ravel()  # steps 0, 1 and 3 invalid
+    Array([0., 0., 1., 1.], dtype=float32)
+  """
+  T = a.shape[0]
+  if valid is not None:
+    v = valid[:, :, None]
+    a, b = jnp.where(v, a, jnp.ones_like(a)), jnp.where(v, b, jnp.zeros_like(b))
+  return _scan(a, b, h0, resets, max(1, min(default_block(T) if block is None else block, T)))
+
+
+def run(params: Any, xs: jax.Array, state: Any, valid, resets, *, lengths=None, unroll=None, remat=None):
+  """The kernel's core: the cell's ``recurrence`` for all ``T`` steps, then :func:`linear_scan`.
+
+  The cell's state must be a record of one field, ``h``, which is also its output.
+
+  Example:
+    >>> from jaxlstm.kernels import parallel, reference
+    >>> params = jaxlstm.minlstm_init(jax.random.key(0), 3, 5)
+    >>> xs, state = jnp.ones((7, 2, 3)), jaxlstm.zero_state(params, (2,))
+    >>> resets = jnp.zeros((7, 2), bool).at[4].set(True)  # (T, B): both rows start again at step 4
+    >>> final, ys = parallel.run(params, xs, state, None, resets)
+    >>> ys.shape, bool(jnp.allclose(ys, reference.run(params, xs, state, None, resets)[1], atol=1e-6))
+    ((7, 2, 5), True)
+  """
+  del lengths, unroll, remat  # validity arrives in ``valid``; nothing is unrolled; remat is refused
+  (h0,), treedef = jax.tree.flatten(state)
+  a, b = cell_of(params).recurrence(params, xs, h0.dtype)  # (T, B, H) each, after one (T B, I) GEMM
+  hs = linear_scan(a, b, h0, valid, resets)
+  return jax.tree.unflatten(treedef, [hs[-1]]), hs
+
+
+KERNEL = Kernel(name="parallel", why_not=why_not, run=run, rank=20)
