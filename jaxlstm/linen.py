@@ -4,8 +4,9 @@ The same set as :mod:`jaxlstm.nnx`: generic :class:`Layer`, :class:`Stack`
 and :class:`Cell` modules over any cell of the registry (``cell="lstm"``,
 ``"gru"``, ``"rnn"`` or one added with :func:`jaxlstm.register_cell`, and
 its init options in ``options``), and the named variants :class:`LSTM`,
-:class:`GRU`, :class:`RNN`, :class:`LSTMCell`, :class:`GRUCell` and
-:class:`RNNCell`, whose attributes spell out their cell's options. Settings
+:class:`GRU`, :class:`RNN`, :class:`MinGRU`, :class:`MinLSTM`,
+:class:`LSTMCell`, :class:`GRUCell`, :class:`RNNCell`, :class:`MinGRUCell`
+and :class:`MinLSTMCell`, whose attributes spell out their cell's options. Settings
 are module attributes; the input size is taken from the input at ``init``.
 Every forward runs a :mod:`jaxlstm` function.
 
@@ -52,8 +53,8 @@ from jaxlstm._src.cells.registry import get_cell
 from jaxlstm._src.flax_common import (check_cell_options, check_kind, check_layout, layer_output, params_options, pick,
                                       restated, shape_params, stack_options)
 
-__all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "RNN", "RNNCell", "Stack", "WEIGHTS",
-           "from_variables", "to_variables"]
+__all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "MinGRU", "MinGRUCell", "MinLSTM", "MinLSTMCell",
+           "RNN", "RNNCell", "Stack", "WEIGHTS", "from_variables", "to_variables"]
 
 WEIGHTS = "weights"
 """Name of the one entry of the ``"params"`` collection that holds the functional params."""
@@ -320,6 +321,46 @@ class RNN(_LayerBase):
   activation: str = "tanh"
 
   CELL: ClassVar[str] = "rnn"
+
+
+class MinGRU(_LayerBase):
+  """One minGRU layer (Feng et al., 2024): :class:`Layer` with ``cell="mingru"``; trains on the parallel kernel.
+
+  Attributes:
+    hidden_size: ``H``.
+    log_space: the paper's log-space version (the default), as :func:`jaxlstm.mingru_init`.
+    dtype, impl, reverse, return_sequences, return_state, time_major, unroll,
+      remat: keyword-only, as :class:`Layer`.
+
+  Example:
+    >>> layer = jaxlstm.linen.MinGRU(4)
+    >>> variables = layer.init(jax.random.key(0), jnp.zeros((2, 5, 3)))
+    >>> layer.apply(variables, jnp.zeros((2, 5, 3))).shape
+    (2, 5, 4)
+  """
+  log_space: bool = True
+
+  CELL: ClassVar[str] = "mingru"
+
+
+class MinLSTM(_LayerBase):
+  """One minLSTM layer (Feng et al., 2024): :class:`Layer` with ``cell="minlstm"``; trains on the parallel kernel.
+
+  Attributes:
+    hidden_size: ``H``.
+    log_space: the paper's log-space version (the default), as :func:`jaxlstm.minlstm_init`.
+    dtype, impl, reverse, return_sequences, return_state, time_major, unroll,
+      remat: keyword-only, as :class:`Layer`.
+
+  Example:
+    >>> layer = jaxlstm.linen.MinLSTM(4, log_space=False)
+    >>> variables = layer.init(jax.random.key(0), jnp.zeros((2, 5, 3)))
+    >>> jaxlstm.linen.from_variables(variables).log_space
+    False
+  """
+  log_space: bool = True
+
+  CELL: ClassVar[str] = "minlstm"
 
 
 class Stack(_Recurrent):
@@ -627,3 +668,39 @@ class RNNCell(_CellBase):
   activation: str = "tanh"
 
   CELL: ClassVar[str] = "rnn"
+
+
+class MinGRUCell(_CellBase):
+  """One minGRU step: :class:`Cell` with ``cell="mingru"``; ``cell(state, x) -> (state, h)``, for streaming.
+
+  Attributes:
+    hidden_size: ``H``.
+    log_space: the paper's log-space version (the default), as :func:`jaxlstm.mingru_init`.
+    dtype: parameter dtype; keyword-only.
+
+  Example:
+    >>> jaxlstm.linen.MinGRUCell(4).initial_state((2,)).h.shape
+    (2, 4)
+  """
+  log_space: bool = True
+
+  CELL: ClassVar[str] = "mingru"
+
+
+class MinLSTMCell(_CellBase):
+  """One minLSTM step: :class:`Cell` with ``cell="minlstm"``; ``cell(state, x) -> (state, h)``, for streaming.
+
+  Attributes:
+    hidden_size: ``H``.
+    log_space: the paper's log-space version (the default), as :func:`jaxlstm.minlstm_init`.
+    dtype: parameter dtype; keyword-only.
+
+  Example:
+    >>> cell = jaxlstm.linen.MinLSTMCell(4)
+    >>> variables = cell.init(jax.random.key(0), cell.initial_state(), jnp.ones(3))
+    >>> cell.apply(variables, cell.initial_state(), jnp.ones(3))[1].shape
+    (4,)
+  """
+  log_space: bool = True
+
+  CELL: ClassVar[str] = "minlstm"

@@ -11,8 +11,9 @@ any cell:
 Each takes ``cell="lstm"`` (or ``"gru"``, ``"rnn"``, or a cell added with
 :func:`jaxlstm.register_cell`) and that cell's init options as keywords, and
 asks the cell registry for everything else. :class:`LSTM`, :class:`GRU`,
-:class:`RNN`, :class:`LSTMCell`, :class:`GRUCell` and :class:`RNNCell` are
-the same modules with the cell fixed and its options spelled out.
+:class:`RNN`, :class:`MinGRU`, :class:`MinLSTM` and their ``...Cell``
+counterparts (:class:`LSTMCell`, ...) are the same modules with the cell
+fixed and its options spelled out.
 
 **Param layout.** A module keeps its params in ``module.weights``: the very
 NamedTuple that the functional init returns (:class:`jaxlstm.LSTMParams`, or
@@ -54,7 +55,8 @@ from jaxlstm._src.flax_common import (check_cell_options, check_kind, check_layo
                                       restated, shape_params, stack_options)
 from jaxlstm._src.stack import Bidirectional
 
-__all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "RNN", "RNNCell", "Stack"]
+__all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "MinGRU", "MinGRUCell", "MinLSTM", "MinLSTMCell",
+           "RNN", "RNNCell", "Stack"]
 
 
 def _is_var(x: Any) -> bool:
@@ -322,6 +324,48 @@ class RNN(Layer):
 
   def __init__(self, input_size: int, hidden_size: int, *, activation: str = "tanh", **settings):
     super().__init__(input_size, hidden_size, cell="rnn", activation=activation, **settings)
+
+
+class MinGRU(Layer):
+  """One minGRU layer (Feng et al., 2024): :class:`Layer` with ``cell="mingru"``; trains on the parallel kernel.
+
+  Args:
+    input_size: ``I``.
+    hidden_size: ``H``.
+    log_space: the paper's log-space version (the default), as :func:`jaxlstm.mingru_init`.
+    **settings: ``dtype``, the call settings, ``rngs`` and ``params``, as :class:`Layer`.
+
+  Example:
+    >>> layer = jaxlstm.nnx.MinGRU(3, 4, rngs=nnx.Rngs(0))
+    >>> layer(jnp.zeros((2, 5, 3))).shape
+    (2, 5, 4)
+  """
+
+  CELL = "mingru"
+
+  def __init__(self, input_size: int, hidden_size: int, *, log_space: bool = True, **settings):
+    super().__init__(input_size, hidden_size, cell="mingru", log_space=log_space, **settings)
+
+
+class MinLSTM(Layer):
+  """One minLSTM layer (Feng et al., 2024): :class:`Layer` with ``cell="minlstm"``; trains on the parallel kernel.
+
+  Args:
+    input_size: ``I``.
+    hidden_size: ``H``.
+    log_space: the paper's log-space version (the default), as :func:`jaxlstm.minlstm_init`.
+    **settings: ``dtype``, the call settings, ``rngs`` and ``params``, as :class:`Layer`.
+
+  Example:
+    >>> layer = jaxlstm.nnx.MinLSTM(3, 4, log_space=False, rngs=nnx.Rngs(0))
+    >>> layer.params.log_space, layer(jnp.ones((2, 5, 3)), return_sequences=False).shape
+    (False, (2, 4))
+  """
+
+  CELL = "minlstm"
+
+  def __init__(self, input_size: int, hidden_size: int, *, log_space: bool = True, **settings):
+    super().__init__(input_size, hidden_size, cell="minlstm", log_space=log_space, **settings)
 
 
 class Stack(_Weights):
@@ -654,3 +698,45 @@ class RNNCell(Cell):
 
   def __init__(self, input_size: int, hidden_size: int, *, activation: str = "tanh", **settings):
     super().__init__(input_size, hidden_size, cell="rnn", activation=activation, **settings)
+
+
+class MinGRUCell(Cell):
+  """One minGRU step: :class:`Cell` with ``cell="mingru"``; ``cell(state, x) -> (state, h)``, for streaming.
+
+  Args:
+    input_size: ``I``.
+    hidden_size: ``H``.
+    log_space: the paper's log-space version (the default), as :func:`jaxlstm.mingru_init`.
+    **settings: ``dtype``, ``rngs`` and ``params``, as :class:`Cell`.
+
+  Example:
+    >>> cell = jaxlstm.nnx.MinGRUCell(3, 4, rngs=nnx.Rngs(0))
+    >>> cell(cell.initial_state((2,)), jnp.zeros((2, 3)))[1].shape
+    (2, 4)
+  """
+
+  CELL = "mingru"
+
+  def __init__(self, input_size: int, hidden_size: int, *, log_space: bool = True, **settings):
+    super().__init__(input_size, hidden_size, cell="mingru", log_space=log_space, **settings)
+
+
+class MinLSTMCell(Cell):
+  """One minLSTM step: :class:`Cell` with ``cell="minlstm"``; ``cell(state, x) -> (state, h)``, for streaming.
+
+  Args:
+    input_size: ``I``.
+    hidden_size: ``H``.
+    log_space: the paper's log-space version (the default), as :func:`jaxlstm.minlstm_init`.
+    **settings: ``dtype``, ``rngs`` and ``params``, as :class:`Cell`.
+
+  Example:
+    >>> cell = jaxlstm.nnx.MinLSTMCell(3, 4, rngs=nnx.Rngs(0))
+    >>> cell(cell.initial_state(), jnp.zeros(3))[1].shape
+    (4,)
+  """
+
+  CELL = "minlstm"
+
+  def __init__(self, input_size: int, hidden_size: int, *, log_space: bool = True, **settings):
+    super().__init__(input_size, hidden_size, cell="minlstm", log_space=log_space, **settings)
