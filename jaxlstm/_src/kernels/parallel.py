@@ -144,7 +144,7 @@ def _over_blocks(block, carry, arrays, n: int, m: int, *, reverse: bool = False)
   if m == 1:
     carry, outs = body(carry, 0)
     return carry, outs
-  carry, outs = lax.scan(body, carry, jnp.arange(m), reverse=reverse)
+  carry, outs = lax.scan(body, carry, jnp.arange(m, dtype=jnp.int32), reverse=reverse)
   return carry, jax.tree.map(lambda o: o.reshape(m * n, *o.shape[2:]), outs)
 
 
