@@ -1,6 +1,7 @@
 """jaxlstm: recurrent neural networks for JAX, as pure functions.
 
-Gate layouts: LSTM ``i, f, g, o``; GRU ``r, z, n``; minGRU ``z, h``; minLSTM ``f, i, h``. Weights are ``(in, out)``.
+Gate layouts: LSTM ``i, f, g, o``; GRU ``r, z, n``; minGRU ``z, h``; minLSTM ``f, i, h``; sLSTM ``i, f, z, o``.
+Weights are ``(in, out)``.
 """
 
 from jaxlstm._src.cells import Cell, cell_names, get_cell, register_cell, static_fields, unregister_cell
@@ -12,6 +13,7 @@ from jaxlstm._src.cells.lstm import LayerNormParams, LSTMParams, LSTMState, lstm
 from jaxlstm._src.cells.mingru import MinGRUParams, MinGRUState, mingru_init, mingru_step, mingru_zero_state
 from jaxlstm._src.cells.minlstm import MinLSTMParams, MinLSTMState, minlstm_init, minlstm_step, minlstm_zero_state
 from jaxlstm._src.cells.rnn import RNNParams, RNNState, rnn_init, rnn_step, rnn_zero_state
+from jaxlstm._src.cells.slstm import SLSTMParams, SLSTMState, slstm_init, slstm_step, slstm_zero_state
 from jaxlstm._src.scan import scan
 from jaxlstm._src.stack import Bidirectional, stack, stack_init
 from jaxlstm.interop import from_flax, from_keras, from_torch, to_flax, to_keras, to_torch
@@ -47,6 +49,8 @@ __all__ = [
     "MinLSTMState",
     "RNNParams",
     "RNNState",
+    "SLSTMParams",
+    "SLSTMState",
     "evaluate",
     "fit",
     "from_flax",
@@ -75,6 +79,9 @@ __all__ = [
     "rnn_step",
     "rnn_zero_state",
     "scan",
+    "slstm_init",
+    "slstm_step",
+    "slstm_zero_state",
     "stack",
     "stack_init",
     "to_flax",

@@ -33,6 +33,8 @@ VARIANTS = {
     "mingru_plain": ("mingru", {"log_space": False}),
     "minlstm": ("minlstm", {}),
     "minlstm_plain": ("minlstm", {"log_space": False}),
+    "slstm_heads": ("slstm", {"num_heads": 2}),
+    "slstm_exp": ("slstm", {"forget_gate": "exp"}),
 }
 CASES = {
     "plain": {},

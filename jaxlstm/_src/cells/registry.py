@@ -148,7 +148,7 @@ def cell_names() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.cell_names()
-    ('gru', 'lstm', 'mingru', 'minlstm', 'rnn')
+    ('gru', 'lstm', 'mingru', 'minlstm', 'rnn', 'slstm')
   """
   return tuple(sorted(_BY_NAME))
 
@@ -219,7 +219,7 @@ def get_cell(name: str) -> Cell:
     ('peephole', 'layer_norm', 'proj_size', 'forget_bias')
     >>> jaxlstm.get_cell("xlstm")
     Traceback (most recent call last):
-    ValueError: cell must be one of ['gru', 'lstm', 'mingru', 'minlstm', 'rnn']; got 'xlstm'
+    ValueError: cell must be one of ['gru', 'lstm', 'mingru', 'minlstm', 'rnn', 'slstm']; got 'xlstm'
   """
   try:
     return _BY_NAME[name]
