@@ -4,9 +4,9 @@ The same set as :mod:`jaxlstm.nnx`: generic :class:`Layer`, :class:`Stack`
 and :class:`Cell` modules over any cell of the registry (``cell="lstm"``,
 ``"gru"``, ``"rnn"`` or one added with :func:`jaxlstm.register_cell`, and
 its init options in ``options``), and the named variants :class:`LSTM`,
-:class:`GRU`, :class:`RNN`, :class:`MinGRU`, :class:`MinLSTM`,
-:class:`LSTMCell`, :class:`GRUCell`, :class:`RNNCell`, :class:`MinGRUCell`
-and :class:`MinLSTMCell`, whose attributes spell out their cell's options. Settings
+:class:`GRU`, :class:`RNN`, :class:`MinGRU`, :class:`MinLSTM`, :class:`SLSTM`,
+:class:`LSTMCell`, :class:`GRUCell`, :class:`RNNCell`, :class:`MinGRUCell`,
+:class:`MinLSTMCell` and :class:`SLSTMCell`, whose attributes spell out their cell's options. Settings
 are module attributes; the input size is taken from the input at ``init``.
 Every forward runs a :mod:`jaxlstm` function.
 
@@ -54,7 +54,7 @@ from jaxlstm._src.flax_common import (check_cell_options, check_kind, check_layo
                                       restated, shape_params, stack_options)
 
 __all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "MinGRU", "MinGRUCell", "MinLSTM", "MinLSTMCell",
-           "RNN", "RNNCell", "Stack", "WEIGHTS", "from_variables", "to_variables"]
+           "RNN", "RNNCell", "SLSTM", "SLSTMCell", "Stack", "WEIGHTS", "from_variables", "to_variables"]
 
 WEIGHTS = "weights"
 """Name of the one entry of the ``"params"`` collection that holds the functional params."""
@@ -361,6 +361,28 @@ class MinLSTM(_LayerBase):
   log_space: bool = True
 
   CELL: ClassVar[str] = "minlstm"
+
+
+class SLSTM(_LayerBase):
+  """One sLSTM layer (Beck et al., 2024, xLSTM): :class:`Layer` with ``cell="slstm"``.
+
+  Attributes:
+    hidden_size: ``H``, a multiple of ``num_heads``.
+    num_heads: heads of the block-diagonal recurrence, as :func:`jaxlstm.slstm_init`.
+    forget_gate: ``"sigmoid"`` (the default, as xlstm's) or ``"exp"``.
+    dtype, impl, reverse, return_sequences, return_state, time_major, unroll,
+      remat: keyword-only, as :class:`Layer`.
+
+  Example:
+    >>> layer = jaxlstm.linen.SLSTM(4, num_heads=2)
+    >>> variables = layer.init(jax.random.key(0), jnp.zeros((2, 5, 3)))
+    >>> jaxlstm.linen.from_variables(variables).r.shape, layer.apply(variables, jnp.ones((2, 5, 3))).shape
+    ((2, 2, 8), (2, 5, 4))
+  """
+  num_heads: int = 1
+  forget_gate: str = "sigmoid"
+
+  CELL: ClassVar[str] = "slstm"
 
 
 class Stack(_Recurrent):
@@ -704,3 +726,24 @@ class MinLSTMCell(_CellBase):
   log_space: bool = True
 
   CELL: ClassVar[str] = "minlstm"
+
+
+class SLSTMCell(_CellBase):
+  """One sLSTM step: :class:`Cell` with ``cell="slstm"``; ``cell(state, x) -> (state, h)``, for streaming.
+
+  Attributes:
+    hidden_size: ``H``, a multiple of ``num_heads``.
+    num_heads: heads of the block-diagonal recurrence, as :func:`jaxlstm.slstm_init`.
+    forget_gate: ``"sigmoid"`` (the default, as xlstm's) or ``"exp"``.
+    dtype: parameter dtype; keyword-only.
+
+  Example:
+    >>> cell = jaxlstm.linen.SLSTMCell(4, forget_gate="exp")
+    >>> variables = cell.init(jax.random.key(0), cell.initial_state(), jnp.ones(3))
+    >>> cell.apply(variables, cell.initial_state(), jnp.ones(3))[0].n
+    Array([1., 1., 1., 1.], dtype=float32)
+  """
+  num_heads: int = 1
+  forget_gate: str = "sigmoid"
+
+  CELL: ClassVar[str] = "slstm"

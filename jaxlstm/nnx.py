@@ -11,7 +11,7 @@ any cell:
 Each takes ``cell="lstm"`` (or ``"gru"``, ``"rnn"``, or a cell added with
 :func:`jaxlstm.register_cell`) and that cell's init options as keywords, and
 asks the cell registry for everything else. :class:`LSTM`, :class:`GRU`,
-:class:`RNN`, :class:`MinGRU`, :class:`MinLSTM` and their ``...Cell``
+:class:`RNN`, :class:`MinGRU`, :class:`MinLSTM`, :class:`SLSTM` and their ``...Cell``
 counterparts (:class:`LSTMCell`, ...) are the same modules with the cell
 fixed and its options spelled out.
 
@@ -56,7 +56,7 @@ from jaxlstm._src.flax_common import (check_cell_options, check_kind, check_layo
 from jaxlstm._src.stack import Bidirectional
 
 __all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "MinGRU", "MinGRUCell", "MinLSTM", "MinLSTMCell",
-           "RNN", "RNNCell", "Stack"]
+           "RNN", "RNNCell", "SLSTM", "SLSTMCell", "Stack"]
 
 
 def _is_var(x: Any) -> bool:
@@ -366,6 +366,28 @@ class MinLSTM(Layer):
 
   def __init__(self, input_size: int, hidden_size: int, *, log_space: bool = True, **settings):
     super().__init__(input_size, hidden_size, cell="minlstm", log_space=log_space, **settings)
+
+class SLSTM(Layer):
+  """One sLSTM layer (Beck et al., 2024, xLSTM): :class:`Layer` with ``cell="slstm"``.
+
+  Args:
+    input_size: ``I``.
+    hidden_size: ``H``, a multiple of ``num_heads``.
+    num_heads: heads of the block-diagonal recurrence, as :func:`jaxlstm.slstm_init`.
+    forget_gate: ``"sigmoid"`` (the default, as xlstm's) or ``"exp"``.
+    **settings: ``dtype``, the call settings, ``rngs`` and ``params``, as :class:`Layer`.
+
+  Example:
+    >>> layer = jaxlstm.nnx.SLSTM(3, 4, num_heads=2, rngs=nnx.Rngs(0))
+    >>> layer.params.num_heads, layer(jnp.ones((2, 5, 3))).shape
+    (2, (2, 5, 4))
+  """
+
+  CELL = "slstm"
+
+  def __init__(self, input_size: int, hidden_size: int, *, num_heads: int = 1, forget_gate: str = "sigmoid",
+               **settings):
+    super().__init__(input_size, hidden_size, cell="slstm", num_heads=num_heads, forget_gate=forget_gate, **settings)
 
 
 class Stack(_Weights):
@@ -740,3 +762,27 @@ class MinLSTMCell(Cell):
 
   def __init__(self, input_size: int, hidden_size: int, *, log_space: bool = True, **settings):
     super().__init__(input_size, hidden_size, cell="minlstm", log_space=log_space, **settings)
+
+
+class SLSTMCell(Cell):
+  """One sLSTM step: :class:`Cell` with ``cell="slstm"``; ``cell(state, x) -> (state, h)``, for streaming.
+
+  Args:
+    input_size: ``I``.
+    hidden_size: ``H``, a multiple of ``num_heads``.
+    num_heads: heads of the block-diagonal recurrence, as :func:`jaxlstm.slstm_init`.
+    forget_gate: ``"sigmoid"`` (the default, as xlstm's) or ``"exp"``.
+    **settings: ``dtype``, ``rngs`` and ``params``, as :class:`Cell`.
+
+  Example:
+    >>> cell = jaxlstm.nnx.SLSTMCell(3, 4, forget_gate="exp", rngs=nnx.Rngs(0))
+    >>> state, h = cell(cell.initial_state((2,)), jnp.zeros((2, 3)))
+    >>> state._fields, h.shape
+    (('h', 'c', 'n', 'm'), (2, 4))
+  """
+
+  CELL = "slstm"
+
+  def __init__(self, input_size: int, hidden_size: int, *, num_heads: int = 1, forget_gate: str = "sigmoid",
+               **settings):
+    super().__init__(input_size, hidden_size, cell="slstm", num_heads=num_heads, forget_gate=forget_gate, **settings)
