@@ -9,6 +9,8 @@ Each framework has its own module, imported lazily: importing
   ``Bidirectional`` and their cells.
 * :mod:`jaxlstm.interop.flax`: Linen and NNX ``LSTMCell``,
   ``OptimizedLSTMCell`` and ``GRUCell``.
+* :mod:`jaxlstm.interop.xlstm`: NX-AI's ``xlstm`` sLSTM cell and layer, read
+  only (``from_xlstm``, and its state both ways); import it from there.
 
 ``from_*`` reads a peer's weights into jaxlstm params; ``to_*`` writes jaxlstm
 params into a peer. ``to_*`` then ``from_*`` gives the params back bit for bit.
