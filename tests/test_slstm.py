@@ -62,7 +62,7 @@ def dense_recurrence(params):
 
 
 def numpy_slstm(params, xs, state=None, *, stabilized=True):
-  """Beck et al. (2024), equations (8) to (17), one step at a time: ``(hs (B, T, H), (h, c, n, m))``.
+  """Beck et al. (2024), Section 2.2, one step at a time: ``(hs (B, T, H), (h, c, n, m))``.
 
   ``stabilized=False`` runs the raw equations, ``i = exp(i~)``, ``f = exp(f~)`` or ``sigmoid(f~)``, with no
   ``m``. Stabilized, an empty state (``n = 0``) starts ``m`` from ``log i``, as xlstm's vanilla backend does.

@@ -50,7 +50,7 @@ and its ``bias`` ``(num_heads, 4, D)`` is ``b = bias.transpose(1, 0, 2)
 References:
   Beck, Pöppel, Spanring, Auer, Prudnikova, Kopp, Klambauer, Brandstetter &
   Hochreiter (2024), xLSTM: Extended long short-term memory. arXiv:2405.04517,
-  Section 2.2 and Appendix A.
+  Section 2.2, the sLSTM and its stabilization.
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ def slstm_step(params: SLSTMParams, state: SLSTMState, x: jax.Array) -> tuple[SL
 
   References:
     Beck et al. (2024), xLSTM: Extended long short-term memory.
-    arXiv:2405.04517, equations (8) to (17).
+    arXiv:2405.04517, Section 2.2.
 
   Example:
     >>> params = jaxlstm.slstm_init(jax.random.key(0), 3, 4)
