@@ -16,11 +16,12 @@ from jaxlstm.tasks import Split, Task, decode, encode, make_task
 
 # Small options for every task, so the whole file runs in seconds.
 SMALL = {
-    "keras-example": dict(n_train=16, n_test=8, T=5),
-    "adding": dict(n_train=16, n_test=8, T=10),
-    "adding-var": dict(n_train=16, n_test=8, T=10),
-    "copy": dict(n_train=16, n_test=8, T=5),
+    "keras-example": dict(n_train=16, n_val=4, n_test=8, T=5),
+    "adding": dict(n_train=16, n_val=4, n_test=8, T=10),
+    "adding-var": dict(n_train=16, n_val=4, n_test=8, T=10),
+    "copy": dict(n_train=16, n_val=4, n_test=8, T=5),
     "digits": dict(missing=0.2),
+    "pixel-digits": dict(missing=0.2),
     "sunspots": dict(window=10, gaps=0.1),
     "text": dict(max_chars=5_000, T=20),
 }
@@ -45,7 +46,7 @@ def test_shapes_dtypes_and_determinism(name):
   task = make_task(name, seed=3, **SMALL[name])
   assert isinstance(task, Task) and task.name == name
   again = make_task(name, seed=3, **SMALL[name])
-  for split, split2 in [(task.train, again.train), (task.test, again.test)]:
+  for split, split2 in [(task.train, again.train), (task.val, again.val), (task.test, again.test)]:
     assert isinstance(split, Split)
     for field in ("xs", "ys", "lengths", "mask"):
       a, b = getattr(split, field), getattr(split2, field)
@@ -70,17 +71,31 @@ def test_shapes_dtypes_and_determinism(name):
       # Unobserved steps are zero.
       assert not np.any(split.xs[~split.mask])
   assert all(isinstance(v, float) and math.isfinite(v) for v in task.baselines.values())
+  # The headline metric has a unit, and every baseline is named after the metric whose unit it is in.
+  assert task.metric in task.units and task.baselines_of(), task.baselines
+  for name in task.baselines:
+    assert any(name.endswith(f"_{m}") for m in task.units), name
 
 
-@pytest.mark.parametrize("name", ["keras-example", "adding", "adding-var", "copy", "digits"])
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_three_disjoint_splits(name):
+  """No validation or test example is a training example, so selecting on validation never sees test data."""
+  task = make_task(name, seed=2, **SMALL[name])
+  rows = {s: {r.tobytes() for r in getattr(task, s).xs} for s in ("train", "val", "test")}
+  assert task.val.n > 0 and task.test.n > 0
+  if name in ("sunspots", "text"):  # contiguous periods of one series: windows overlap in inputs, not targets
+    return
+  assert not rows["val"] & rows["test"] and not rows["train"] & rows["val"] and not rows["train"] & rows["test"]
+
+@pytest.mark.parametrize("name", ["keras-example", "adding", "adding-var", "copy", "digits", "pixel-digits"])
 def test_seed_changes_data(name):
   a, b = make_task(name, seed=0, **SMALL[name]), make_task(name, seed=1, **SMALL[name])
   assert not np.array_equal(a.train.xs, b.train.xs)
 
 
-def test_test_split_does_not_depend_on_n_train():
-  a = make_task("adding", n_train=4, n_test=8, T=10)
-  b = make_task("adding", n_train=32, n_test=8, T=10)
+def test_test_split_does_not_depend_on_n_train_or_n_val():
+  a = make_task("adding", n_train=4, n_val=2, n_test=8, T=10)
+  b = make_task("adding", n_train=32, n_val=16, n_test=8, T=10)
   np.testing.assert_array_equal(a.test.xs, b.test.xs)
 
 
@@ -91,9 +106,10 @@ def test_keras_example():
   task = make_task("keras-example")
   assert task.kind == "classify" and (task.input_size, task.num_outputs) == (10, 10)
   assert task.train.xs.shape == (1000, 100, 10) and task.test.xs.shape == (200, 100, 10)
+  assert task.val.xs.shape == (200, 100, 10)
   assert task.train.xs.min() >= 0 and task.train.xs.max() < 1
   assert set(np.unique(task.train.ys)) == set(range(10))
-  assert task.baselines == {"chance_accuracy": 0.1, "chance_xent": math.log(10)}
+  assert task.baselines == {"chance_accuracy": 0.1, "chance_loss": math.log(10)}
 
 
 # adding -------------------------------------------------------------------------
@@ -118,7 +134,7 @@ def test_adding_trivial_mse():
   # The standard error of the mean of (y - 1)^2 is about 0.2 / sqrt(n) = 0.0014.
   empirical = float(np.mean((task.test.ys.astype(np.float64) - 1) ** 2))
   assert empirical == pytest.approx(1 / 6, abs=0.006)
-  assert task.baselines["trivial_mse_test"] == pytest.approx(empirical, rel=1e-12)
+  assert task.baselines["trivial_test_mse"] == pytest.approx(empirical, rel=1e-12)
   # Predicting the mean beats any other constant: 1 is the mean of the target.
   assert float(np.mean(task.test.ys)) == pytest.approx(1.0, abs=0.01)
 
@@ -160,7 +176,7 @@ def test_copy_layout(T):
 def test_copy_memoryless_baseline_is_achieved():
   T = 30
   task = make_task("copy", T=T, n_train=1, n_test=2_000)
-  assert task.baselines["trivial_xent"] == pytest.approx(10 * math.log(8) / (T + 20))
+  assert task.baselines["memoryless_loss"] == pytest.approx(10 * math.log(8) / (T + 20))
   # The memoryless strategy: blank with probability 1 for T + 10 steps, then
   # uniform over the 8 symbols. Score its cross-entropy on the actual targets.
   probs = np.zeros((T + 20, task.num_outputs))
@@ -169,11 +185,11 @@ def test_copy_memoryless_baseline_is_achieved():
   ys = task.test.ys
   p_true = probs[np.arange(T + 20), ys]  # (N, T+20)
   xent = -np.mean(np.log(p_true))
-  assert xent == pytest.approx(task.baselines["trivial_xent"], rel=1e-12)
+  assert xent == pytest.approx(task.baselines["memoryless_loss"], rel=1e-12)
   # Its accuracy (guessing symbol 1) is right in expectation.
   guess = probs.argmax(-1)  # blank, then symbol 1
   accuracy = np.mean(guess == ys)
-  assert accuracy == pytest.approx(task.baselines["trivial_accuracy"], abs=0.005)
+  assert accuracy == pytest.approx(task.baselines["memoryless_accuracy"], abs=0.005)
 
 
 # digits -------------------------------------------------------------------------
@@ -187,14 +203,15 @@ def raw_digits():
 
 def test_digits_split_is_stratified_and_complete(raw_digits):
   task = make_task("digits", seed=2)
-  assert (task.train.n, task.test.n) == (1347, 450)
+  assert (task.train.n, task.val.n, task.test.n) == (1259, 179, 359)
   assert task.kind == "classify" and (task.input_size, task.num_outputs) == (8, 10)
   assert task.train.mask is None and task.test.mask is None
   counts = np.bincount(raw_digits.target)
-  np.testing.assert_array_equal(np.bincount(task.test.ys), np.round(counts * 0.25).astype(int))
+  np.testing.assert_array_equal(np.bincount(task.test.ys), np.round(counts * 0.2).astype(int))
+  np.testing.assert_array_equal(np.bincount(task.val.ys), np.round(counts * 0.1).astype(int))
   # Every image is in exactly one split, row t of the image as step t.
-  both = np.concatenate([task.train.xs, task.test.xs]).reshape(-1, 64) * 16
-  labels = np.concatenate([task.train.ys, task.test.ys])
+  both = np.concatenate([task.train.xs, task.val.xs, task.test.xs]).reshape(-1, 64) * 16
+  labels = np.concatenate([task.train.ys, task.val.ys, task.test.ys])
   got = np.column_stack([both, labels])
   want = np.column_stack([raw_digits.images.reshape(-1, 64), raw_digits.target])
   np.testing.assert_array_equal(got[np.lexsort(got.T)], want[np.lexsort(want.T)])
@@ -202,6 +219,15 @@ def test_digits_split_is_stratified_and_complete(raw_digits):
   majority = np.bincount(task.train.ys).argmax()
   assert task.baselines["majority_accuracy"] == pytest.approx(np.mean(task.test.ys == majority))
   assert task.baselines["majority_accuracy"] < 0.15
+
+
+def test_pixel_digits_reads_the_same_images_pixel_by_pixel():
+  rows, pixels = make_task("digits", seed=1), make_task("pixel-digits", seed=1)
+  assert pixels.input_size == 1 and pixels.train.xs.shape == (rows.train.n, 64, 1)
+  for a, b in [(rows.train, pixels.train), (rows.val, pixels.val), (rows.test, pixels.test)]:
+    np.testing.assert_array_equal(a.xs.reshape(-1, 64), b.xs[..., 0])  # row-major: pixel 8 r + c is step 8 r + c
+    np.testing.assert_array_equal(a.ys, b.ys)
+  assert rows.baselines == pixels.baselines
 
 
 def test_digits_missing_rows():
@@ -229,18 +255,22 @@ def test_sunspots_windows_and_years(raw_sunspots):
   years, values = raw_sunspots
   task = make_task("sunspots", window=20)
   info = task.info
-  assert info["test_years"] == (1949, 2008) and info["train_years"] == (1720, 1948)
-  assert (task.train.n, task.test.n) == (229, 60)
-  assert task.train.xs.shape == (229, 20, 1) and task.test.ys.shape == (60, 1)
-  assert info["y_mean"] == pytest.approx(values[years <= 1948].mean())
-  assert info["y_std"] == pytest.approx(values[years <= 1948].std())
+  assert info["test_years"] == (1949, 2008) and info["val_years"] == (1909, 1948)
+  assert info["train_years"] == (1720, 1908)
+  assert (task.train.n, task.val.n, task.test.n) == (189, 40, 60)
+  assert task.train.xs.shape == (189, 20, 1) and task.test.ys.shape == (60, 1)
+  # Normalized with the training years only.
+  assert info["y_mean"] == pytest.approx(values[years <= 1908].mean())
+  assert info["y_std"] == pytest.approx(values[years <= 1908].std())
   denorm = lambda a: a.astype(np.float64) * info["y_std"] + info["y_mean"]
   test_values = values[years >= 1949]
   np.testing.assert_allclose(denorm(task.test.ys[:, 0]), test_values, atol=1e-3)
   # The first test window is the 20 years 1929-1948.
   np.testing.assert_allclose(denorm(task.test.xs[0, :, 0]), values[(years >= 1929) & (years <= 1948)],
                              atol=1e-3)
-  # Train normalization: mean 0, std 1 over the years before the test period.
+  denorm_val = denorm(task.val.ys[:, 0])
+  np.testing.assert_allclose(denorm_val, values[(years >= 1909) & (years <= 1948)], atol=1e-3)
+  # Train normalization: mean 0, std 1 over the training years.
   assert abs(float(task.train.ys.mean())) < 0.1
 
 
@@ -262,7 +292,7 @@ def test_sunspots_baselines_recomputed(raw_sunspots):
   assert task.baselines["ar_rmse"] == pytest.approx(ar, rel=1e-6)
   assert task.baselines["ar_rmse"] < task.baselines["persistence_rmse"]
   assert task.baselines["mean_rmse"] == pytest.approx(
-      np.sqrt(np.mean((truth - values[~test].mean()) ** 2)), rel=1e-9)
+      np.sqrt(np.mean((truth - values[years <= 1908].mean()) ** 2)), rel=1e-9)
 
 
 def test_sunspots_gaps_hide_whole_years():
@@ -288,19 +318,30 @@ def test_text_default_corpus_windows():
   assert task.info["source"] == "pydoc_data.topics.topics"
   from pydoc_data.topics import topics
   corpus = "".join(topics[k] for k in sorted(topics))[:20_000]
-  assert task.train.n == (18_000 - 1) // 50 and task.test.n == (2_000 - 1) // 50
+  # 85 % train, 5 % validation, 10 % test, in the text's order.
+  assert task.train.n == (17_000 - 1) // 50 and task.val.n == (1_000 - 1) // 50
+  assert task.test.n == (2_000 - 1) // 50
   # Windows do not overlap, and the targets are the inputs shifted by one.
   assert decode(task.train.xs, vocab) == corpus[:task.train.n * 50]
   assert decode(task.train.ys, vocab) == corpus[1:task.train.n * 50 + 1]
+  assert decode(task.val.xs[0], vocab) == corpus[17_000:17_050]
   assert decode(task.test.xs[0], vocab) == corpus[18_000:18_050]
-  assert task.baselines["uniform_xent"] == math.log(len(vocab))
-  # Unigram oracle: add-one smoothed training frequencies, scored on test targets.
-  train_text = corpus[:18_000]
+  assert task.baselines["uniform_bits_per_char"] == math.log2(len(vocab))
+  # Unigram oracle: add-one smoothed training frequencies, scored on test targets, in bits.
+  train_text = corpus[:17_000]
   test_targets = decode(task.test.ys, vocab)
-  logp = {c: math.log((train_text.count(c) + 1) / (len(train_text) + len(vocab))) for c in vocab}
+  logp = {c: math.log2((train_text.count(c) + 1) / (len(train_text) + len(vocab))) for c in vocab}
   unigram = -sum(logp[c] for c in test_targets) / len(test_targets)
-  assert task.baselines["unigram_xent"] == pytest.approx(unigram, rel=1e-9)
-  assert task.baselines["unigram_xent"] < task.baselines["uniform_xent"]
+  assert task.baselines["unigram_bits_per_char"] == pytest.approx(unigram, rel=1e-9)
+  # Bigram oracle: the conditional entropy of each test character given the one before, within the test text.
+  test_text = corpus[18_000:]
+  pairs, firsts = {}, {}
+  for a, b in zip(test_text, test_text[1:]):
+    pairs[a, b] = pairs.get((a, b), 0) + 1
+    firsts[a] = firsts.get(a, 0) + 1
+  bigram = -sum(n * math.log2(n / firsts[a]) for (a, _), n in pairs.items()) / (len(test_text) - 1)
+  assert task.baselines["bigram_bits_per_char"] == pytest.approx(bigram, rel=1e-9)
+  assert task.baselines["bigram_bits_per_char"] < task.baselines["unigram_bits_per_char"] < math.log2(len(vocab))
 
 
 def test_text_from_file(tmp_path):
@@ -353,11 +394,11 @@ def test_errors():
     make_task("sunspots", gaps=-0.1)
   with pytest.raises(ValueError, match=r"ar_order must be at most window=5; got 9"):
     make_task("sunspots", window=5)
-  with pytest.raises(ValueError, match=r"window \+ test_years must leave at least ar_order \+ 1 = 10"):
+  with pytest.raises(ValueError, match=r"window \+ val_years \+ test_years must leave at least ar_order \+ 1 = 10"):
     make_task("sunspots", test_years=290)
   with pytest.raises(FileNotFoundError, match=r"path must name a text file; got '/no/such/file.txt'"):
     make_task("text", path="/no/such/file.txt")
-  with pytest.raises(ValueError, match=r"at least T \+ 1 = 101 characters to both train and test"):
+  with pytest.raises(ValueError, match=r"at least T \+ 1 = 101 characters to each of train, validation and test"):
     make_task("text", max_chars=500)
 
 
@@ -370,5 +411,6 @@ def test_docstring_examples():
 
 
 def test_options_lists_defaults():
-  assert tasks.options("adding") == {"T": 100, "n_train": 10_000, "n_test": 1_000, "variable_length": False}
+  assert tasks.options("adding") == {"T": 100, "n_train": 10_000, "n_val": 1_000, "n_test": 1_000,
+                                     "variable_length": False}
   assert tasks.options("sunspots")["window"] == 20

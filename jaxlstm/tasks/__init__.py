@@ -1,7 +1,9 @@
 """Training tasks and their data, as plain NumPy (no JAX), with a registry.
 
 Every task is a function ``f(*, seed=0, **options) -> Task``; the same seed and
-options always give the same arrays. :func:`make_task` looks one up by name:
+options always give the same arrays. Each task has train, validation and test
+splits: model selection reads the validation split only, and a run reads the
+test split once, at its end. :func:`make_task` looks one up by name:
 
   >>> from jaxlstm.tasks import make_task
   >>> task = make_task("adding", T=50, n_train=8, n_test=4)
@@ -14,10 +16,11 @@ Tasks (kind; ``xs`` / ``ys`` of each split):
 * ``adding``, ``adding-var`` (regress; ``(N, T, 2)`` / ``(N, 1)``)
 * ``copy`` (seq_classify; ``(N, T+20, 10)`` one-hot / ``(N, T+20)``)
 * ``digits`` (classify; ``(N, 8, 8)`` image rows / ``(N,)``)
+* ``pixel-digits`` (classify; ``(N, 64, 1)`` pixels one at a time / ``(N,)``)
 * ``sunspots`` (regress; ``(N, window, 1)`` / ``(N, 1)``, normalized)
 * ``text`` (lm; ``(N, T)`` char ids / ``(N, T)`` next ids)
 
-``digits`` and ``sunspots`` load data bundled with scikit-learn and
+The digits tasks and ``sunspots`` load data bundled with scikit-learn and
 statsmodels; those are imported only when the task is built.
 """
 
@@ -26,10 +29,10 @@ from __future__ import annotations
 import inspect
 from typing import Callable
 
-from jaxlstm.tasks._base import KINDS, Split, Task, check_seed
+from jaxlstm.tasks._base import KINDS, UNITS, Split, Task, check_seed
 from jaxlstm.tasks._adding import adding, adding_var
 from jaxlstm.tasks._copy import copy_task
-from jaxlstm.tasks._digits import digits
+from jaxlstm.tasks._digits import digits, pixel_digits
 from jaxlstm.tasks._keras_example import keras_example
 from jaxlstm.tasks._sunspots import sunspots
 from jaxlstm.tasks._text import decode, encode, text
@@ -40,6 +43,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "adding-var": adding_var,
     "copy": copy_task,
     "digits": digits,
+    "pixel-digits": pixel_digits,
     "sunspots": sunspots,
     "text": text,
 }
@@ -54,7 +58,7 @@ def options(name: str) -> dict[str, object]:
   Example:
     >>> from jaxlstm.tasks import options
     >>> options("adding")
-    {'T': 100, 'n_train': 10000, 'n_test': 1000, 'variable_length': False}
+    {'T': 100, 'n_train': 10000, 'n_val': 1000, 'n_test': 1000, 'variable_length': False}
   """
   fn = _lookup(name)
   return {p.name: p.default for p in inspect.signature(fn).parameters.values() if p.name != "seed"}
@@ -89,7 +93,7 @@ def make_task(name: str, *, seed: int = 0, **opts) -> Task:
     ('seq_classify', (4, 25, 10), (4, 25))
     >>> make_task("adding", Tee=50)
     Traceback (most recent call last):
-    TypeError: task 'adding' has no option 'Tee'; its options are ['T', 'n_test', 'n_train', 'variable_length']
+    TypeError: task 'adding' has no option 'Tee'; its options are ['T', 'n_test', 'n_train', 'n_val', 'variable_length']
   """
   fn = _lookup(name)
   seed = check_seed(seed)
@@ -102,6 +106,7 @@ def make_task(name: str, *, seed: int = 0, **opts) -> Task:
 
 __all__ = [
     "KINDS",
+    "UNITS",
     "Split",
     "TASKS",
     "Task",
@@ -114,6 +119,7 @@ __all__ = [
     "keras_example",
     "make_task",
     "options",
+    "pixel_digits",
     "sunspots",
     "text",
 ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxlstm.tasks._base import TEST, TRAIN, Split, Task, check_positive_int, rng
+from jaxlstm.tasks._base import TEST, TRAIN, VAL, Split, Task, check_positive_int, rng
 
 # Var(U + V) for independent U, V ~ U[0, 1] is 2/12: the MSE of predicting the
 # target's mean, 1, every time.
@@ -46,7 +46,7 @@ def _split(seed: int, stream: int, n: int, T: int, variable_length: bool) -> Spl
   return Split(xs, ys, lengths=lengths if variable_length else None)
 
 
-def adding(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_test: int = 1_000,
+def adding(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_val: int = 1_000, n_test: int = 1_000,
            variable_length: bool = False) -> Task:
   """The adding problem: ``xs (N, T, 2)``, ``ys (N, 1)`` = sum of two marked values.
 
@@ -57,33 +57,37 @@ def adding(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_test: int = 
     seed: makes the data deterministic.
     T: sequence length (the longest one if ``variable_length``); at least 2.
     n_train: number of training sequences.
+    n_val: number of validation sequences.
     n_test: number of test sequences.
     variable_length: if True, row ``n`` has a length ``L`` uniform in
       ``[max(2, T // 2), T]``, its markers in the first and second halves of
       its valid prefix (``[0, L//2)`` and ``[L//2, L)``), zeros after it, and
-      ``lengths`` set on both splits.
+      ``lengths`` set on every split.
 
   Returns:
     A ``"regress"`` :class:`Task` with ``input_size=2``, ``num_outputs=1``,
-    baselines ``trivial_mse = 1/6`` (exact) and ``trivial_mse_test``
-    (predicting 1 on this test split). Targets are not normalized, so
-    ``info`` has no ``y_mean`` / ``y_std``.
+    headline metric ``mse``, and baselines ``trivial_mse = 1/6`` (exact) and
+    ``trivial_test_mse`` (predicting 1 on this test split). Targets are not
+    normalized, so ``info`` has no ``y_mean`` / ``y_std``.
   """
   T = check_positive_int("T", T, minimum=2)
   n_train = check_positive_int("n_train", n_train)
+  n_val = check_positive_int("n_val", n_val)
   n_test = check_positive_int("n_test", n_test)
   if not isinstance(variable_length, (bool, np.bool_)):
     raise TypeError(f"variable_length must be a bool; got {variable_length!r}")
   train = _split(seed, TRAIN, n_train, T, bool(variable_length))
+  val = _split(seed, VAL, n_val, T, bool(variable_length))
   test = _split(seed, TEST, n_test, T, bool(variable_length))
   return Task(
       name="adding-var" if variable_length else "adding", kind="regress", input_size=2,
-      num_outputs=1, train=train, test=test,
+      num_outputs=1, train=train, val=val, test=test, metric="mse",
       baselines={"trivial_mse": TRIVIAL_MSE,
-                 "trivial_mse_test": float(np.mean((test.ys.astype(np.float64) - 1) ** 2))},
+                 "trivial_test_mse": float(np.mean((test.ys.astype(np.float64) - 1) ** 2))},
       info={"T": T, "variable_length": bool(variable_length)})
 
 
-def adding_var(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_test: int = 1_000) -> Task:
+def adding_var(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_val: int = 1_000,
+               n_test: int = 1_000) -> Task:
   """:func:`adding` with ``variable_length=True``: the task that exercises ``lengths``."""
-  return adding(seed=seed, T=T, n_train=n_train, n_test=n_test, variable_length=True)
+  return adding(seed=seed, T=T, n_train=n_train, n_val=n_val, n_test=n_test, variable_length=True)

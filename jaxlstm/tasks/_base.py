@@ -13,9 +13,13 @@ import numpy as np
 
 KINDS = ("classify", "regress", "seq_classify", "lm")
 
-# Stream ids for ``rng``: the train and test splits draw from separate streams,
-# so the test split does not change when n_train does.
-TRAIN, TEST, EXTRA = 0, 1, 2
+# Stream ids for ``rng``: the splits draw from separate streams, so the test
+# split does not change when n_train or n_val does.
+TRAIN, TEST, EXTRA, VAL = 0, 1, 2, 3
+
+# The unit of each metric a task reports, for figures printed beside baselines.
+UNITS = {"loss": "nats", "mse": "squared target units", "rmse": "target units", "accuracy": "fraction correct",
+         "bits_per_char": "bits per character"}
 
 
 # eq=False: the generated __eq__ would compare ndarrays and raise "truth value
@@ -56,7 +60,7 @@ class Split:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Task:
-  """A training task: both splits, their sizes and the baselines to beat.
+  """A training task: its three splits, its headline metric and the baselines to beat.
 
   Attributes:
     name: the registry name, e.g. ``"adding"``.
@@ -67,23 +71,51 @@ class Task:
       the token ids).
     num_outputs: the number of classes, or the regression output size.
     train: the training split.
-    test: the held-out split.
+    val: the validation split, for model selection (early stopping, the best
+      checkpoint, tuning the presets).
+    test: the held-out split, read once at the end of a run.
     baselines: named trivial baselines measured on the test split (or exact
-      values where the name says so), in the units the name says.
+      values where the docstring says so). Each name ends in ``_<metric>``,
+      the metric it compares with, and is in that metric's unit, e.g.
+      ``persistence_rmse``.
     info: anything else (normalization constants, vocabulary, years).
+    metric: the headline metric, a key of the evaluation metrics, e.g.
+      ``"accuracy"`` or ``"rmse"``.
+    units: the unit of each metric the task reports, e.g. ``{"rmse": "sunspot
+      number", ...}``; :data:`UNITS` fills in the ones not given.
   """
   name: str
   kind: str
   input_size: int
   num_outputs: int
   train: Split
+  val: Split
   test: Split
   baselines: dict[str, float]
   info: dict
+  metric: str
+  units: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"kind must be one of {list(KINDS)}; got {self.kind!r}")
+    # The unit of every metric, the task's own first: frozen, so set through object.__setattr__.
+    object.__setattr__(self, "units", {**UNITS, **self.units})
+    if self.metric not in self.units:
+      raise ValueError(f"metric must be one of {sorted(self.units)}; got {self.metric!r}")
+    for name in self.baselines:
+      if not any(name.endswith(f"_{m}") for m in self.units):
+        raise ValueError(f"baseline {name!r} must end in _<metric>, one of {sorted(self.units)}")
+
+  @property
+  def mode(self) -> str:
+    """``"max"`` when a higher :attr:`metric` is better, else ``"min"``."""
+    return "max" if self.metric == "accuracy" else "min"
+
+  def baselines_of(self, metric: str | None = None) -> dict[str, float]:
+    """The baselines comparable with ``metric`` (default: the headline), keyed by their name less the suffix."""
+    metric = metric or self.metric
+    return {k[: -len(metric) - 1]: v for k, v in self.baselines.items() if k.endswith(f"_{metric}")}
 
 
 def rng(seed: int, stream: int) -> np.random.Generator:

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from jaxlstm.tasks._base import TEST, TRAIN, Split, Task, check_positive_int, rng
+from jaxlstm.tasks._base import TEST, TRAIN, VAL, Split, Task, check_positive_int, rng
 
 BLANK, DELIMITER = 0, 9
 NUM_SYMBOLS = 8  # symbols 1..8
@@ -40,7 +40,8 @@ def _split(seed: int, stream: int, n: int, T: int) -> Split:
   return Split(xs, ys)
 
 
-def copy_task(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_test: int = 1_000) -> Task:
+def copy_task(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_val: int = 1_000,
+              n_test: int = 1_000) -> Task:
   """Copy memory: ``xs (N, T+20, 10)`` one-hot, ``ys (N, T+20)`` int32 in ``[0, 9)``.
 
   Input tokens: 10 symbols from ``{1..8}``, ``T - 1`` blanks (0), the
@@ -53,22 +54,26 @@ def copy_task(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_test: int
     T: the delay between the last symbol and its recall; sequences have
       ``T + 20`` steps.
     n_train: number of training sequences.
+    n_val: number of validation sequences.
     n_test: number of test sequences.
 
   Returns:
     A ``"seq_classify"`` :class:`Task` with ``input_size=10``,
-    ``num_outputs=9`` and baselines (mean over all ``T + 20`` steps) of the
-    memoryless strategy, exact: ``trivial_xent = 10 log(8) / (T + 20)`` and
-    ``trivial_accuracy = (T + 10 + 10/8) / (T + 20)``.
+    ``num_outputs=9``, headline metric ``loss`` (cross-entropy in nats per
+    step) and baselines (mean over all ``T + 20`` steps) of the memoryless
+    strategy, exact: ``memoryless_loss = 10 ln(8) / (T + 20)`` and
+    ``memoryless_accuracy = (T + 10 + 10/8) / (T + 20)``.
   """
   T = check_positive_int("T", T)
   n_train = check_positive_int("n_train", n_train)
+  n_val = check_positive_int("n_val", n_val)
   n_test = check_positive_int("n_test", n_test)
   length = T + 2 * N_COPY
   return Task(
       name="copy", kind="seq_classify", input_size=INPUT_SIZE, num_outputs=NUM_OUTPUTS,
-      train=_split(seed, TRAIN, n_train, T), test=_split(seed, TEST, n_test, T),
-      baselines={"trivial_xent": N_COPY * math.log(NUM_SYMBOLS) / length,
-                 "trivial_accuracy": (T + N_COPY + N_COPY / NUM_SYMBOLS) / length},
+      train=_split(seed, TRAIN, n_train, T), val=_split(seed, VAL, n_val, T), test=_split(seed, TEST, n_test, T),
+      metric="loss", units={"loss": "nats per step"},
+      baselines={"memoryless_loss": N_COPY * math.log(NUM_SYMBOLS) / length,
+                 "memoryless_accuracy": (T + N_COPY + N_COPY / NUM_SYMBOLS) / length},
       info={"T": T, "seq_len": length, "blank": BLANK, "delimiter": DELIMITER,
             "symbols": list(range(1, NUM_SYMBOLS + 1)), "n_copy": N_COPY})

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from jaxlstm.tasks._base import TEST, TRAIN, Split, Task, check_positive_int, rng
+from jaxlstm.tasks._base import TEST, TRAIN, VAL, Split, Task, check_positive_int, rng
 
 INPUT_SIZE = 10
 NUM_CLASSES = 10
@@ -26,24 +26,27 @@ def _split(seed: int, stream: int, n: int, T: int) -> Split:
   return Split(xs, ys)
 
 
-def keras_example(*, seed: int = 0, n_train: int = 1000, n_test: int = 200, T: int = 100) -> Task:
+def keras_example(*, seed: int = 0, n_train: int = 1000, n_val: int = 200, n_test: int = 200, T: int = 100) -> Task:
   """Uniform random inputs ``(N, T, 10)`` with random labels in ``[0, 10)``.
 
   Args:
     seed: makes the data deterministic.
     n_train: number of training sequences.
+    n_val: number of validation sequences.
     n_test: number of test sequences.
     T: sequence length.
 
   Returns:
-    A ``"classify"`` :class:`Task` with ``input_size=10``, ``num_outputs=10``
-    and baselines ``chance_accuracy = 0.1``, ``chance_xent = log(10)``.
+    A ``"classify"`` :class:`Task` with ``input_size=10``, ``num_outputs=10``,
+    headline metric ``accuracy`` and baselines ``chance_accuracy = 0.1``,
+    ``chance_loss = ln(10)`` (nats).
   """
   n_train = check_positive_int("n_train", n_train)
+  n_val = check_positive_int("n_val", n_val)
   n_test = check_positive_int("n_test", n_test)
   T = check_positive_int("T", T)
   return Task(
       name="keras-example", kind="classify", input_size=INPUT_SIZE, num_outputs=NUM_CLASSES,
-      train=_split(seed, TRAIN, n_train, T), test=_split(seed, TEST, n_test, T),
-      baselines={"chance_accuracy": 1 / NUM_CLASSES, "chance_xent": math.log(NUM_CLASSES)},
+      train=_split(seed, TRAIN, n_train, T), val=_split(seed, VAL, n_val, T), test=_split(seed, TEST, n_test, T),
+      metric="accuracy", baselines={"chance_accuracy": 1 / NUM_CLASSES, "chance_loss": math.log(NUM_CLASSES)},
       info={"T": T, "note": "labels are independent of the inputs: test accuracy cannot beat chance"})

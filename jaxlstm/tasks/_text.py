@@ -13,6 +13,8 @@ import numpy as np
 
 from jaxlstm.tasks._base import Split, Task, check_fraction, check_positive_int
 
+LOG2 = math.log(2)
+
 DEFAULT_CORPUS = "pydoc_data.topics.topics"
 
 
@@ -66,35 +68,58 @@ def _windows(ids: np.ndarray, T: int) -> Split:
   return Split(xs, ys)
 
 
+def _bigram_bits(ids: np.ndarray, V: int) -> float:
+  """The conditional entropy of ``ids[t]`` given ``ids[t - 1]`` in ``ids`` itself, in bits per character."""
+  pairs = np.bincount(ids[:-1] * V + ids[1:], minlength=V * V).reshape(V, V).astype(np.float64)  # (V, V)
+  rows = pairs.sum(1, keepdims=True)  # (V, 1)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    terms = np.where(pairs > 0, pairs * np.log2(pairs / rows), 0.0)
+  return float(-terms.sum() / pairs.sum())
+
+
 def text(*, seed: int = 0, path: str | os.PathLike | None = None, max_chars: int = 300_000,
-         T: int = 100, test_fraction: float = 0.1) -> Task:
+         T: int = 100, val_fraction: float = 0.05, test_fraction: float = 0.1) -> Task:
   """Next-character prediction: ``xs (N, T)`` int32 ids, ``ys (N, T)`` the next ids.
 
   The vocabulary is the sorted set of characters in the text used (the first
   ``max_chars``), train and test together, so the test text has no unknown
   characters. Ids index ``info["vocab"]`` directly; no id is reserved (every
   window is full, so there is no padding). The last ``test_fraction`` of the
-  characters is the test text; each part is cut into non-overlapping windows
-  of ``T`` steps, and a trailing part shorter than a window is dropped.
+  characters is the test text and the ``val_fraction`` before it the
+  validation text; each part is cut into non-overlapping windows of ``T``
+  steps, and a trailing part shorter than a window is dropped.
 
   Args:
     seed: unused (the split is the text's tail), accepted for a uniform API.
     path: a UTF-8 text file; None uses Python's bundled documentation text.
     max_chars: keep only the first ``max_chars`` characters, to bound memory.
     T: window length.
+    val_fraction: fraction of the text held out before the test text, in ``(0, 1)``.
     test_fraction: fraction of the text held out at its end, in ``(0, 1)``.
 
   Returns:
     An ``"lm"`` :class:`Task` with ``input_size = num_outputs = V`` (the
-    vocabulary size) and baselines in nats per character on the test
-    targets: ``uniform_xent = log(V)`` and ``unigram_xent`` (the training
-    text's character frequencies, add-one smoothed so that characters unseen
-    in training cost a finite amount).
+    vocabulary size), headline metric ``bits_per_char`` and baselines in bits
+    per character on the test targets: ``uniform_bits_per_char = log2(V)``,
+    ``unigram_bits_per_char`` (the training text's character frequencies,
+    add-one smoothed so that characters unseen in training cost a finite
+    amount) and ``bigram_bits_per_char``, the bigram entropy of the test text
+    itself: the cross-entropy of the best bigram model of that very text, a
+    bound that no bigram model trained elsewhere reaches.
+
+  Example:
+    >>> task = text()
+    >>> b = task.baselines
+    >>> b["bigram_bits_per_char"] < b["unigram_bits_per_char"] < b["uniform_bits_per_char"]
+    True
   """
   del seed
   max_chars = check_positive_int("max_chars", max_chars)
   T = check_positive_int("T", T)
+  val_fraction = check_fraction("val_fraction", val_fraction, low_open=True)
   test_fraction = check_fraction("test_fraction", test_fraction, low_open=True)
+  if val_fraction + test_fraction >= 1:
+    raise ValueError(f"val_fraction + test_fraction must be below 1; got {val_fraction} + {test_fraction}")
   if path is None:
     corpus, source = default_corpus(), DEFAULT_CORPUS
   else:
@@ -105,23 +130,30 @@ def text(*, seed: int = 0, path: str | os.PathLike | None = None, max_chars: int
       corpus = f.read(max_chars)
   corpus = corpus[:max_chars]
   n_test_chars = int(len(corpus) * test_fraction)
-  n_train_chars = len(corpus) - n_test_chars
+  n_val_chars = int(len(corpus) * val_fraction)
+  n_train_chars = len(corpus) - n_val_chars - n_test_chars
   # Each part needs T + 1 characters for one window (T inputs, T targets).
-  if min(n_train_chars, n_test_chars) < T + 1:
-    raise ValueError(f"the text must give at least T + 1 = {T + 1} characters to both train and test; "
-                     f"got {n_train_chars} and {n_test_chars} from {len(corpus)} characters of {source!r} "
-                     f"(max_chars={max_chars}, test_fraction={test_fraction})")
+  if min(n_train_chars, n_val_chars, n_test_chars) < T + 1:
+    raise ValueError(f"the text must give at least T + 1 = {T + 1} characters to each of train, validation and "
+                     f"test; got {n_train_chars}, {n_val_chars} and {n_test_chars} from {len(corpus)} characters "
+                     f"of {source!r} (max_chars={max_chars}, val_fraction={val_fraction}, "
+                     f"test_fraction={test_fraction})")
 
   vocab = "".join(sorted(set(corpus)))
   ids = encode(corpus, vocab)  # (n_chars,)
-  train_ids, test_ids = ids[:n_train_chars], ids[n_train_chars:]
-  train, test = _windows(train_ids, T), _windows(test_ids, T)
+  train_ids = ids[:n_train_chars]
+  val_ids = ids[n_train_chars:n_train_chars + n_val_chars]
+  test_ids = ids[n_train_chars + n_val_chars:]
+  train, val, test = _windows(train_ids, T), _windows(val_ids, T), _windows(test_ids, T)
 
   V = len(vocab)
   counts = np.bincount(train_ids, minlength=V) + 1  # add-one smoothing
   log_p = np.log(counts / counts.sum())  # (V,)
   return Task(
-      name="text", kind="lm", input_size=V, num_outputs=V, train=train, test=test,
-      baselines={"unigram_xent": float(-np.mean(log_p[test.ys])), "uniform_xent": math.log(V)},
+      name="text", kind="lm", input_size=V, num_outputs=V, train=train, val=val, test=test,
+      metric="bits_per_char", units={"loss": "nats per character"},
+      baselines={"uniform_bits_per_char": math.log2(V),
+                 "unigram_bits_per_char": float(-np.mean(log_p[test.ys])) / LOG2,
+                 "bigram_bits_per_char": _bigram_bits(test_ids, V)},
       info={"vocab": vocab, "source": source, "n_chars": len(corpus), "train_chars": len(train_ids),
-            "test_chars": len(test_ids), "T": T})
+            "val_chars": len(val_ids), "test_chars": len(test_ids), "T": T})
