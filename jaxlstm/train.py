@@ -230,6 +230,9 @@ def evaluate(eval_fn: LossFn, params: Any, data: Any, *, batch_size: int = 256, 
 class History(list):
   """The list of evaluation records of a :func:`fit` run, each a dict with ``step``.
 
+  ``selected`` is the record of the params that :func:`fit` returned with
+  ``restore_best=True`` (possibly from before a resume), else ``None``.
+
   Example:
     >>> from jaxlstm.train import History
     >>> history = History([{"step": 10, "val_loss": 0.5}, {"step": 20, "val_loss": 0.3},
@@ -237,6 +240,8 @@ class History(list):
     >>> history.best()["step"], history.best("step", mode="max")["step"], history.best("val_accuracy")
     (20, 30, None)
   """
+
+  selected: dict | None = None
 
   def best(self, monitor: str = "val_loss", mode: str = "min") -> dict | None:
     """The first record with the lowest (``mode="min"``) or highest ``monitor``; ``None`` if no record has it."""
@@ -348,26 +353,90 @@ class _Best:
 
   Only a strict improvement counts, so of equal values the first stays the best, as in
   :meth:`History.best`; records without ``monitor`` are ignored.
+
+  With a ``directory`` the tracker survives a resume: ``best.json`` (written
+  atomically) holds its value, step, patience count and record, and
+  ``best/`` holds the best params when they are kept. A resumed run then
+  stops early, and restores the best params, exactly as the uninterrupted
+  run would have.
   """
 
-  def __init__(self, monitor: str, mode: str, patience: int | None, keep_params: bool):
+  def __init__(self, monitor: str, mode: str, patience: int | None, keep_params: bool,
+               directory: str | None = None):
     self.monitor, self.mode, self.patience, self.keep_params = monitor, mode, patience, keep_params
     self.value = None
+    self.record = None  # the best evaluation record
     self.params = None  # kept only with keep_params, as holding them keeps a second set of params alive
     self.waited = 0
+    self.last_step = -1  # the last evaluation counted, so that one repeated after a resume is not counted twice
+    self.stopped = False
+    self.directory = directory
+    self._ckpt = None
+
+  @property
+  def _json(self) -> str:
+    import os
+    return os.path.join(self.directory, "best.json")
+
+  def _params_ckpt(self):
+    if self._ckpt is None:
+      import os
+      from jaxlstm.checkpoint import Checkpointer
+      # Two kept: best.json names the step to restore, and the older one must survive until it is rewritten.
+      self._ckpt = Checkpointer(os.path.join(self.directory, "best"), keep=2)
+    return self._ckpt
+
+  def load(self, like: Any) -> None:
+    """Takes up the saved tracker, if any; ``like`` has the structure of the params."""
+    import json
+    import os
+    if self.directory is None or not os.path.exists(self._json):
+      return
+    with open(self._json) as f:
+      saved = json.load(f)
+    self.value, self.waited, self.record = saved["value"], saved["waited"], saved["record"]
+    self.last_step, self.stopped = saved["last_step"], saved["stopped"]
+    if self.keep_params and self.record is not None:
+      self.params = self._params_ckpt().restore(like, step=self.record["step"])
+
+  def _save(self, improved: bool) -> None:
+    import json
+    import os
+    if self.directory is None:
+      return
+    if improved and self.keep_params:
+      self._params_ckpt().save(self.record["step"], distributed.to_host(self.params))
+    tmp = self._json + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump({"monitor": self.monitor, "mode": self.mode, "value": self.value, "waited": self.waited,
+                 "last_step": self.last_step, "stopped": self.stopped, "record": self.record}, f)
+    os.replace(tmp, self._json)
 
   def update(self, record: dict, params: Any) -> bool:
     """Takes an evaluation record and the params it evaluated; returns whether to stop early."""
-    if self.monitor not in record:
+    if self.monitor not in record or record["step"] <= self.last_step:
       return False
+    self.last_step = record["step"]
     value = record[self.monitor]
-    if self.value is None or (value < self.value if self.mode == "min" else value > self.value):
-      self.value, self.waited = value, 0
+    improved = self.value is None or (value < self.value if self.mode == "min" else value > self.value)
+    if improved:
+      self.value, self.waited, self.record = value, 0, _plain(record)
       if self.keep_params:
         self.params = params
-      return False
-    self.waited += 1
-    return self.patience is not None and self.waited >= self.patience
+    else:
+      self.waited += 1
+      self.stopped = self.patience is not None and self.waited >= self.patience
+    self._save(improved)
+    return self.stopped
+
+  def close(self) -> None:
+    if self._ckpt is not None:
+      self._ckpt.close()
+
+
+def _plain(record: dict) -> dict:
+  """``record`` with its values as plain Python numbers, for JSON."""
+  return {k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()}
 
 
 def _open_checkpoints(directory: str | None, save_every: int, keep: int, resume: bool, state: TrainState):
@@ -432,9 +501,12 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
     monitor: the record key that early stopping watches, e.g. ``"val_loss"``.
     mode: ``"min"`` or ``"max"`` for ``monitor``.
     restore_best: return the params of the best evaluation, the record
-      ``history.best(monitor, mode)``, instead of the last.
+      ``history.selected``, instead of the last.
     checkpoint_dir: save the train state there every ``save_every`` steps
       (default: at each evaluation) and at the end, keeping the last ``keep``.
+      With ``early_stopping`` or ``restore_best``, the best evaluation so far
+      is kept there too (``best.json``, and ``best/`` for its params), so that
+      a resumed run selects and stops as the uninterrupted one would.
     keep: checkpoints to keep.
     resume: continue from the latest checkpoint in ``checkpoint_dir``.
     seed: seeds the batch order and the per-step PRNG keys.
@@ -500,28 +572,38 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
   n_dev = 1 if mesh is None else mesh.devices.size
 
   history = History()
-  best = _Best(monitor, mode, early_stopping, keep_params=restore_best)
+  tracking = early_stopping is not None or restore_best
+  best = _Best(monitor, mode, early_stopping, keep_params=restore_best,
+               directory=checkpoint_dir if tracking else None)
+  if resume:
+    best.load(distributed.to_host(state.params))
   meter = _Meter()
   start = int(state.step)
   bar = _progress(total, start, progress)
+  if best.stopped:
+    bar.write(f"the run stopped early at step {best.last_step}: {monitor} had not improved for {best.waited} "
+              f"evaluations; nothing left to train")
+  stop = False
   try:
-    for step in range(start, total):
+    for step in range(start, total if not best.stopped else start):
       done = step + 1
       state, metrics = train_step(state, _train_batch(train_data, n, batch_size, step, seed, mesh))
       meter.add(metrics)
       bar.step(done, meter)
+      evaluate_now = done % eval_every == 0 or done == total
+      if evaluate_now:
+        record = {"step": done, "epoch": done / per_epoch, **meter.summary(batch_size, n_dev),
+                  **distributed.device_memory(), **validate(state.params)}
+        history.append(record)
+        bar.evaluated(record)
+        for cb in callbacks or ():
+          cb(record)
+        meter.reset()  # after the evaluation and the callbacks, so that their time is not counted as training
+        stop = best.update(record, state.params)
+      # After the evaluation: a checkpoint at step s then always has s's evaluation counted by the tracker.
       if ckpt is not None:
         ckpt.maybe_save(done, distributed.local_replica(state))
-      if done % eval_every and done != total:
-        continue
-      record = {"step": done, "epoch": done / per_epoch, **meter.summary(batch_size, n_dev),
-                **distributed.device_memory(), **validate(state.params)}
-      history.append(record)
-      bar.evaluated(record)
-      for cb in callbacks or ():
-        cb(record)
-      meter.reset()  # after the evaluation and the callbacks, so that their time is not counted as training
-      if best.update(record, state.params):
+      if evaluate_now and stop:
         bar.write(f"early stopping at step {done}: {monitor} has not improved for {best.waited} evaluations")
         break
   except KeyboardInterrupt:
@@ -531,6 +613,8 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
     raise
   finally:
     bar.close()
+  best.close()
+  history.selected = best.record if restore_best else None
   if ckpt is not None:
     if ckpt.latest_step() != int(state.step):
       ckpt.save(int(state.step), distributed.to_host(state))
