@@ -51,28 +51,28 @@ def _parse_options(pairs: list[str]) -> dict:
   return out
 
 
+# Run flags whose destination is a RunConfig field of the same name.
+_FIELD_FLAGS = ("hidden", "layers", "bidirectional", "forget_bias", "dropout", "optimizer", "lr", "schedule",
+                "warmup", "weight_decay", "batch_size", "steps", "eval_every", "save_every", "keep",
+                "early_stopping", "restore_best", "seed", "dtype")
+
+
 def _config(args: argparse.Namespace):
-  from jaxlstm.experiment import RunConfig
+  """The run's RunConfig: the task's preset, overridden by every flag given (flags left out are None)."""
+  from jaxlstm.presets import resolve
   opts = _parse_options(args.option)
-  if args.seq_len is not None:
-    opts["T"] = args.seq_len
-  if args.text is not None:
-    opts["path"] = args.text
-  for name in ("n_train", "n_test"):
-    if getattr(args, name) is not None:
-      opts[name] = getattr(args, name)
-  cell, activation = args.cell, "tanh"
-  if cell == "rnn-relu":
-    cell, activation = "rnn", "relu"
-  # The sweep has no --hidden or --lr: it sets them per member (--hidden-sizes, --lrs).
-  hidden, lr = getattr(args, "hidden", RunConfig.hidden), getattr(args, "lr", RunConfig.lr)
-  return RunConfig(task=args.task, task_options=opts, cell=cell, activation=activation, hidden=hidden,
-                   layers=args.layers, bidirectional=args.bidirectional, forget_bias=args.forget_bias,
-                   dropout=args.dropout, optimizer=args.optimizer, lr=lr, schedule=args.schedule,
-                   warmup=args.warmup, clip_norm=args.clip_norm if args.clip_norm > 0 else None,
-                   batch_size=args.batch_size, steps=args.steps, eval_every=args.eval_every,
-                   save_every=args.save_every, keep=args.keep, early_stopping=args.early_stopping, seed=args.seed,
-                   dtype=args.dtype)
+  for flag, key in (("seq_len", "T"), ("text", "path"), ("n_train", "n_train"), ("n_val", "n_val"),
+                    ("n_test", "n_test")):
+    if getattr(args, flag, None) is not None:
+      opts[key] = getattr(args, flag)
+  overrides = {name: getattr(args, name) for name in _FIELD_FLAGS if getattr(args, name, None) is not None}
+  if args.cell is not None:
+    overrides["cell"], overrides["activation"] = ("rnn", "relu") if args.cell == "rnn-relu" else (args.cell, "tanh")
+  if args.clip_norm is not None:
+    overrides["clip_norm"] = args.clip_norm if args.clip_norm > 0 else None
+  if opts:
+    overrides["task_options"] = opts
+  return resolve(args.task, **overrides)
 
 
 def _summary_line(record: dict) -> str:
@@ -82,29 +82,37 @@ def _summary_line(record: dict) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+  import dataclasses
+
   from jaxlstm import distributed
-  from jaxlstm.experiment import train_run
-  # Before anything touches a device, as jax.distributed requires.
-  multi = distributed.maybe_initialize(args.coordinator, args.num_processes, args.process_id)
+  from jaxlstm.experiment import headline, load_task, read_config, train_run
   cfg = _config(args)
   if args.resume:
     _check_resume_flags(args, cfg)
+  if args.show_config:
+    shown = read_config(args.out) if args.resume else cfg
+    print(json.dumps(dataclasses.asdict(shown), indent=2))
+    return 0
+  # Before anything touches a device, as jax.distributed requires.
+  multi = distributed.maybe_initialize(args.coordinator, args.num_processes, args.process_id)
   progress = False if args.quiet else None
   records = train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress,
                       devices=args.devices or ("all" if multi else None))
-  if records:
-    last = records[-1]
-    print(f"step {last['step']}: " + _summary_line({k: v for k, v in last.items() if k.startswith("val_")}))
-    print("baselines: " + ", ".join(f"{k} {v:.4g}" for k, v in last["baselines"].items()))
-  print(f"run written to {args.out} (config.json, metrics.jsonl, checkpoints/)")
+  with open(os.path.join(args.out, "summary.json")) as f:
+    summary = json.load(f)
+  task = load_task(read_config(args.out))
+  how = "best on validation" if summary["selected_by"] != "last step" else "the last step"
+  print(f"{headline(task, summary['test'])} at step {summary['selected_step']} ({how})")
+  del records
+  print(f"run written to {args.out} (config.json, metrics.jsonl, summary.json, checkpoints/)")
   return 0
 
 
 # Flags that shape the run only through task_options, and the flags that set cell and activation together.
-_TASK_FLAGS = ("seq_len", "n_train", "n_test", "text", "option")
+_TASK_FLAGS = ("seq_len", "n_train", "n_val", "n_test", "text", "option")
 # Flags about how this process runs, which a resumed run may change freely; --steps may extend the run.
 _FREE_FLAGS = ("out", "resume", "overwrite", "quiet", "devices", "coordinator", "num_processes", "process_id",
-               "steps", "command", "func")
+               "steps", "command", "func", "show_config")
 
 
 def _explicit_flags(argv: list[str]) -> set[str]:
@@ -144,11 +152,14 @@ def _check_resume_flags(args: argparse.Namespace, cfg) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-  from jaxlstm.experiment import eval_run
+  from jaxlstm.experiment import eval_run, headline, load_task, read_config
   result = eval_run(args.out)
-  print(json.dumps(result, indent=2) if args.json else
-        f"step {result['step']}: " + _summary_line(result) + "\nbaselines: " +
-        ", ".join(f"{k} {v:.4g}" for k, v in result["baselines"].items()))
+  if args.json:
+    print(json.dumps(result, indent=2))
+    return 0
+  task = load_task(read_config(args.out))
+  print(f"step {result['step']}: " + _summary_line(result))
+  print(headline(task, result, prefix=""))
   return 0
 
 
@@ -162,9 +173,13 @@ def _sweep(args: argparse.Namespace) -> int:
   from jaxlstm import sweep
   cfg = _config(args)
   cfg.validate()
+  if args.show_config:
+    import dataclasses
+    print(json.dumps(dataclasses.asdict(cfg), indent=2))
+    return 0
   hidden = _int_list("--hidden-sizes", args.hidden_sizes)
   lrs = _float_list("--lrs", args.lrs)
-  seeds = list(range(args.seed, args.seed + args.seeds))
+  seeds = list(range(cfg.seed, cfg.seed + args.seeds))
   rows = sweep.run_sweep(cfg, hidden, lrs, seeds, progress=lambda m: print(m, file=sys.stderr))
   summary = sweep.summarize(rows)
   table = sweep.format_table(summary)
@@ -217,38 +232,60 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_run_flags(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
+  """The flags that define a run. Those that a task's preset may set default to None, "the preset's value"."""
+  from jaxlstm.experiment import RunConfig
   from jaxlstm.models import cell_presets
   from jaxlstm.tasks import TASKS
+  d = RunConfig()
+
+  def preset(default) -> str:
+    return f" (default: the task's preset, else {default})"
+
   p.add_argument("--task", default="adding", help=f"one of {', '.join(sorted(TASKS))}")
-  p.add_argument("--cell", default="lstm", choices=sorted(cell_presets()), help="recurrent cell")
+  p.add_argument("--show-config", action="store_true",
+                 help="print the resolved config (the task's preset and the flags given) and exit")
+  p.add_argument("--cell", default=None, choices=sorted(cell_presets()), help="recurrent cell" + preset(d.cell))
   if not sweep:
-    p.add_argument("--hidden", type=_positive_int, default=128, help="hidden units per layer")
-  p.add_argument("--layers", type=_positive_int, default=1, help="stacked recurrent layers")
-  p.add_argument("--bidirectional", action="store_true", help="both directions, concatenated")
-  p.add_argument("--forget-bias", type=float, default=1.0, help="initial LSTM forget-gate bias")
-  p.add_argument("--dropout", type=float, default=0.0, help="between recurrent layers")
-  p.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "rmsprop", "sgd"], help="optax optimizer")
+    p.add_argument("--hidden", type=_positive_int, default=None, help="hidden units per layer" + preset(d.hidden))
+  p.add_argument("--layers", type=_positive_int, default=None, help="stacked recurrent layers" + preset(d.layers))
+  p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
+                 help="both directions, concatenated" + preset(d.bidirectional))
+  p.add_argument("--forget-bias", type=float, default=None, help="initial LSTM forget-gate bias" + preset(d.forget_bias))
+  p.add_argument("--dropout", type=float, default=None, help="between recurrent layers" + preset(d.dropout))
+  p.add_argument("--optimizer", default=None, choices=["adam", "adamw", "rmsprop", "sgd"],
+                 help="optax optimizer" + preset(d.optimizer))
   if not sweep:
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
-  p.add_argument("--schedule", default="constant", choices=["constant", "cosine"], help="learning-rate schedule")
-  p.add_argument("--warmup", type=int, default=0, help="linear warmup steps")
-  p.add_argument("--clip-norm", type=float, default=1.0, help="clip gradients to this global norm (0: off)")
-  p.add_argument("--batch-size", type=_positive_int, default=64, help="examples per step")
-  p.add_argument("--steps", type=_positive_int, default=2000, help="training steps")
-  p.add_argument("--eval-every", type=_positive_int, default=200, help="steps between evaluations")
-  p.add_argument("--save-every", type=_positive_int, default=None, help="checkpoint interval (default: eval-every)")
-  p.add_argument("--keep", type=_positive_int, default=3, help="checkpoints to keep")
-  p.add_argument("--early-stopping", type=_positive_int, default=None, help="patience, in evaluations")
-  p.add_argument("--seed", type=int, default=0, help="seeds the init, the data and the batch order")
-  p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
-                 help="compute dtype; the state and master params stay float32")
-  p.add_argument("--seq-len", type=_positive_int, default=None, help="sequence length T of the task")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate" + preset(d.lr))
+  p.add_argument("--schedule", default=None, choices=["constant", "cosine"],
+                 help="learning-rate schedule" + preset(d.schedule))
+  p.add_argument("--warmup", type=int, default=None, help="linear warmup steps" + preset(d.warmup))
+  p.add_argument("--weight-decay", type=float, default=None,
+                 help="decoupled weight decay, for --optimizer adamw" + preset("adamw's own, 1e-4"))
+  p.add_argument("--clip-norm", type=float, default=None,
+                 help="clip gradients to this global norm, 0 for none" + preset(d.clip_norm))
+  p.add_argument("--batch-size", type=_positive_int, default=None, help="examples per step" + preset(d.batch_size))
+  p.add_argument("--steps", type=_positive_int, default=None, help="training steps" + preset(d.steps))
+  p.add_argument("--eval-every", type=_positive_int, default=None,
+                 help="steps between validation evaluations" + preset(d.eval_every))
+  p.add_argument("--save-every", type=_positive_int, default=None,
+                 help="checkpoint interval (default: the task's preset, else eval-every)")
+  p.add_argument("--keep", type=_positive_int, default=None, help="checkpoints to keep" + preset(d.keep))
+  p.add_argument("--early-stopping", type=_positive_int, default=None,
+                 help="patience, in validation evaluations (default: the task's preset, else none)")
+  p.add_argument("--restore-best", action=argparse.BooleanOptionalAction, default=None,
+                 help="end with the params of the best validation evaluation, not the last"
+                      + preset(d.restore_best))
+  p.add_argument("--seed", type=int, default=None, help="seeds the init, the data and the batch order" + preset(d.seed))
+  p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                 help="compute dtype; the state and master params stay float32" + preset(d.dtype))
+  p.add_argument("--seq-len", type=_positive_int, default=None, help="sequence length T of the task (default: the task's)")
   p.add_argument("--n-train", type=_positive_int, default=None, help="training examples (default: the task's)")
+  p.add_argument("--n-val", type=_positive_int, default=None, help="validation examples (default: the task's)")
   p.add_argument("--n-test", type=_positive_int, default=None, help="test examples (default: the task's)")
   p.add_argument("--text", default=None, help="text file for --task text (default: Python's bundled docs)")
   p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="other task options")
   p.add_argument("--out", required=True, help="run directory")
-  p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _positive_int(text: str) -> int:

@@ -3,8 +3,14 @@
 A run lives in one directory::
 
     out/config.json       the RunConfig, so that eval, sample and --resume rebuild the same model
-    out/metrics.jsonl     one JSON object per evaluation: step, metrics, and the task's baselines
-    out/checkpoints/      orbax checkpoints of the train state
+    out/metrics.jsonl     one JSON object per evaluation on the validation split (step, val_* metrics),
+                          then one with the test_* metrics of the selected params
+    out/summary.json      the end of the run: the selected step, its validation and test metrics, the
+                          task's baselines, the units and the wall time
+    out/checkpoints/      orbax checkpoints of the train state (and of the best params, with restore_best)
+
+Model selection (early stopping, restore_best) reads the validation split
+only; the test split is read once, when the run ends.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import math
 import os
 import shutil
+import time
 from typing import Any
 
 import jax
@@ -33,9 +40,12 @@ class RunConfig:
   """Everything that defines a run; saved as ``config.json``.
 
   ``task`` and ``task_options`` name the data (:func:`jaxlstm.tasks.make_task`); ``cell`` to
-  ``dropout`` the model (:func:`jaxlstm.models.model_init`); ``optimizer`` to ``clip_norm`` the
-  optimizer (:func:`jaxlstm.optim.make_optimizer`); ``batch_size`` to ``early_stopping`` the loop
+  ``dropout`` the model (:func:`jaxlstm.models.model_init`); ``optimizer`` to ``weight_decay`` the
+  optimizer (:func:`jaxlstm.optim.make_optimizer`); ``batch_size`` to ``restore_best`` the loop
   (:func:`jaxlstm.fit`); ``dtype`` is ``"float32"`` or ``"bfloat16"``, the compute dtype.
+
+  These are the library's defaults; :func:`jaxlstm.presets.resolve` gives a
+  task's own (the command line's defaults).
 
   Example:
     >>> from jaxlstm.experiment import RunConfig
@@ -59,18 +69,21 @@ class RunConfig:
   schedule: str = "constant"
   warmup: int = 0
   clip_norm: float | None = 1.0
+  weight_decay: float | None = None  # None: the optimizer's own (optax.adamw's 1e-4; none for the others)
   batch_size: int = 64
   steps: int = 2000
   eval_every: int = 200
   save_every: int | None = None
   keep: int = 3
   early_stopping: int | None = None
+  restore_best: bool = False
   seed: int = 0
   dtype: str = "float32"
 
   def validate(self) -> None:
     """Raises ``ValueError`` for an unknown ``dtype``, a size or step count below 1, a non-positive ``lr``,
-    or a ``dropout`` outside ``[0, 1)``."""
+    a ``dropout`` outside ``[0, 1)``, or a ``weight_decay`` that is negative or given to an optimizer
+    other than ``"adamw"``."""
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
     for name in ("hidden", "layers", "batch_size", "steps", "eval_every"):
@@ -80,6 +93,11 @@ class RunConfig:
       raise ValueError(f"lr must be positive; got {self.lr}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+    if self.weight_decay is not None and self.weight_decay < 0:
+      raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay}")
+    if self.weight_decay is not None and self.optimizer != "adamw":
+      raise ValueError(f"weight_decay needs optimizer 'adamw' (decoupled decay); got optimizer "
+                       f"{self.optimizer!r}")
 
 
 def load_task(cfg: RunConfig):
@@ -87,7 +105,7 @@ def load_task(cfg: RunConfig):
 
   Example:
     >>> from jaxlstm.experiment import RunConfig, load_task
-    >>> task = load_task(RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_test": 4}))
+    >>> task = load_task(RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_val": 4, "n_test": 4}))
     >>> task.kind, task.train.xs.shape
     ('regress', (8, 5, 2))
   """
@@ -100,7 +118,7 @@ def split_batch(split) -> dict:
 
   Example:
     >>> from jaxlstm.experiment import RunConfig, load_task, split_batch
-    >>> task = load_task(RunConfig(task="adding-var", task_options={"T": 5, "n_train": 8, "n_test": 4}))
+    >>> task = load_task(RunConfig(task="adding-var", task_options={"T": 5, "n_train": 8, "n_val": 4, "n_test": 4}))
     >>> sorted(split_batch(task.train))  # variable lengths: the split has them
     ['lengths', 'xs', 'ys']
   """
@@ -117,7 +135,7 @@ def make_loss(task, cfg: RunConfig, *, train: bool):
 
   Example:
     >>> from jaxlstm.experiment import RunConfig, init_model, load_task, make_loss, split_batch
-    >>> cfg = RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_test": 4}, hidden=4)
+    >>> cfg = RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_val": 4, "n_test": 4}, hidden=4)
     >>> task = load_task(cfg)
     >>> loss_fn = make_loss(task, cfg, train=False)
     >>> loss, metrics = loss_fn(init_model(task, cfg), split_batch(task.test), jax.random.key(0))
@@ -141,7 +159,7 @@ def init_model(task, cfg: RunConfig) -> SequenceModel:
 
   Example:
     >>> from jaxlstm.experiment import RunConfig, init_model, load_task
-    >>> cfg = RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_test": 4}, hidden=4, cell="rnn")
+    >>> cfg = RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_val": 4, "n_test": 4}, hidden=4, cell="rnn")
     >>> model = init_model(load_task(cfg), cfg)
     >>> model.rnn[0].w_x.shape, model.rnn[0].activation, model.head.w.shape
     ((2, 4), 'tanh', (4, 1))
@@ -161,14 +179,15 @@ def make_run_optimizer(cfg: RunConfig):
     >>> opt_state = opt.init(params)
   """
   lr = make_schedule(cfg.lr, schedule=cfg.schedule, warmup_steps=cfg.warmup, total_steps=cfg.steps)
-  return make_optimizer(cfg.optimizer, lr, clip_norm=cfg.clip_norm)
+  extra = {} if cfg.weight_decay is None else {"weight_decay": cfg.weight_decay}
+  return make_optimizer(cfg.optimizer, lr, clip_norm=cfg.clip_norm, **extra)
 
 
 def derived_metrics(task, metrics: dict[str, float], prefix: str = "") -> dict[str, float]:
   """Adds RMSE (in the data's original units when the task says how) to a regression's metrics.
 
   Args:
-    task: the run's task; its ``info["y_std"]``, when present, undoes the targets' normalization.
+    task: the run's task; its ``info["target_scale"]``, when present, undoes the targets' scaling.
     metrics: the metrics of one evaluation.
     prefix: the prefix of the metrics' names, e.g. ``"val_"``.
 
@@ -178,21 +197,27 @@ def derived_metrics(task, metrics: dict[str, float], prefix: str = "") -> dict[s
   Example:
     >>> import types
     >>> from jaxlstm.experiment import derived_metrics
-    >>> task = types.SimpleNamespace(kind="regress", info={"y_std": 10.0})  # targets were divided by 10
+    >>> task = types.SimpleNamespace(kind="regress", info={"target_scale": 10.0})  # targets were divided by 10
     >>> derived_metrics(task, {"val_mse": 0.25}, "val_")
     {'val_mse': 0.25, 'val_rmse': 5.0}
   """
   out = dict(metrics)
   mse = metrics.get(f"{prefix}mse")
   if task.kind == "regress" and mse is not None:
-    scale = float(task.info.get("y_std", 1.0))
+    scale = float(task.info.get("target_scale", 1.0))
     out[f"{prefix}rmse"] = math.sqrt(max(mse, 0.0)) * scale
   return out
 
 
 def train_run(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool = False,
               progress: bool | None = None, devices: str | int | None = None) -> list[dict]:
-  """Trains ``cfg`` and writes ``config.json``, ``metrics.jsonl`` and checkpoints under ``out``.
+  """Trains ``cfg``, evaluates it on the test split, and writes the run's files under ``out``.
+
+  Training validates on the task's validation split; with ``cfg.restore_best``
+  the params of the best validation evaluation are selected, else the last
+  ones. Those params are then evaluated once on the test split, and the
+  result goes to ``metrics.jsonl`` (a record with ``"split": "test"``) and
+  ``summary.json``.
 
   With ``resume``, the saved config is used (``cfg.steps`` may extend it) and
   training continues from the latest checkpoint. A directory that already
@@ -202,7 +227,8 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool
   data parallelism.
 
   Returns:
-    The evaluation records, as written to ``metrics.jsonl``.
+    The records written to ``metrics.jsonl`` by this call: one per validation evaluation, then the
+    test record.
 
   Raises:
     FileNotFoundError: with ``resume``, when ``out`` holds no run.
@@ -213,15 +239,17 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool
     >>> import os
     >>> import tempfile
     >>> from jaxlstm.experiment import RunConfig, train_run
-    >>> cfg = RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_test": 4}, hidden=4,
+    >>> cfg = RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_val": 4, "n_test": 4}, hidden=4,
     ...                 batch_size=4, steps=2, eval_every=2)
     >>> with tempfile.TemporaryDirectory() as out:
     ...   records = train_run(cfg, out, progress=False)
     ...   print(sorted(os.listdir(out)))
     ...   more = train_run(RunConfig(steps=4), out, resume=True, progress=False)  # the saved config, 2 more steps
-    ['checkpoints', 'config.json', 'metrics.jsonl']
-    >>> [r["step"] for r in records], [r["step"] for r in more], "val_rmse" in records[-1]
-    ([2], [4], True)
+    ['checkpoints', 'config.json', 'metrics.jsonl', 'summary.json']
+    >>> [r["step"] for r in records], [r["step"] for r in more], sorted(records[0]) == sorted(more[0])
+    ([2, 2], [4, 4], True)
+    >>> records[-1]["split"], "test_rmse" in records[-1], "val_rmse" in records[0]
+    ('test', True, True)
   """
   config_path = os.path.join(out, "config.json")
   metrics_path = os.path.join(out, "metrics.jsonl")
@@ -236,7 +264,8 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool
     cfg = saved
   cfg.validate()
   task = load_task(cfg)
-  existing = [p for p in (config_path, metrics_path, checkpoints) if os.path.exists(p)]
+  summary_path = os.path.join(out, "summary.json")
+  existing = [p for p in (config_path, metrics_path, checkpoints, summary_path) if os.path.exists(p)]
   if existing and not resume and not overwrite:
     raise FileExistsError(f"{out} already holds a run ({', '.join(os.path.basename(p) for p in existing)}); "
                           f"pass --resume to continue it or --overwrite to replace it")
@@ -258,22 +287,102 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool
   records: list[dict] = []
 
   def log(record: dict) -> None:
-    record = {**derived_metrics(task, record, "val_"), "baselines": task.baselines}
+    record = derived_metrics(task, record, "val_")
     records.append(record)
     if writer:
       with open(metrics_path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
+  t0 = time.perf_counter()
   params, history = fit(
       init_model(task, cfg), make_loss(task, cfg, train=True), split_batch(task.train),
       optimizer=make_run_optimizer(cfg), batch_size=min(cfg.batch_size, len(task.train.xs)), steps=cfg.steps,
-      validation_data=split_batch(task.test), eval_fn=make_loss(task, cfg, train=False),
-      eval_every=cfg.eval_every, early_stopping=cfg.early_stopping,
-      checkpoint_dir=os.path.join(out, "checkpoints"), save_every=cfg.save_every or cfg.eval_every,
-      keep=cfg.keep, resume=resume, seed=cfg.seed, progress=progress,
-      callbacks=[log], devices=devices)
-  del params, history
+      validation_data=split_batch(task.val), eval_fn=make_loss(task, cfg, train=False),
+      eval_every=cfg.eval_every, early_stopping=cfg.early_stopping, monitor=monitor(task), mode=task.mode,
+      restore_best=cfg.restore_best, checkpoint_dir=checkpoints, save_every=cfg.save_every or cfg.eval_every,
+      keep=cfg.keep, resume=resume, seed=cfg.seed, progress=progress, callbacks=[log], devices=devices)
+  wall = time.perf_counter() - t0
+  # The test split, read once: the params that model selection chose, or the last ones.
+  selected = history.selected or (history[-1] if history else _last_record(metrics_path))
+  test = {f"test_{k}": v for k, v in evaluate(make_loss(task, cfg, train=False), params, split_batch(task.test),
+                                              batch_size=256).items()}
+  test = derived_metrics(task, test, "test_")
+  final = {"step": selected["step"] if selected else 0, "split": "test", **test, "baselines": task.baselines}
+  records.append(final)
+  if writer:
+    with open(metrics_path, "a") as f:
+      f.write(json.dumps(final) + "\n")
+    summary = {"task": task.name, "metric": task.metric, "mode": task.mode, "unit": task.units[task.metric],
+               "selected_step": final["step"], "selected_by": f"{monitor(task)} (validation)" if cfg.restore_best
+               else "last step", "last_step": history[-1]["step"] if history else final["step"],
+               "test": test, "val": {k: v for k, v in derived_metrics(task, selected or {}, "val_").items() if k.startswith("val_")},
+               "baselines": task.baselines, "units": {k: task.units[k] for k in _metric_names(test)},
+               "train_seconds": wall, "config": dataclasses.asdict(cfg)}
+    _write_json(os.path.join(out, "summary.json"), summary)
   return records
+
+
+def monitor(task) -> str:
+  """The validation metric that model selection watches for ``task``.
+
+  Accuracy for classifiers; for every other task the headline metric (MSE,
+  RMSE, cross-entropy, bits per character) orders models as the loss does, so
+  the loss is watched.
+
+  Example:
+    >>> import types
+    >>> from jaxlstm.experiment import monitor
+    >>> monitor(types.SimpleNamespace(metric="accuracy")), monitor(types.SimpleNamespace(metric="rmse"))
+    ('val_accuracy', 'val_loss')
+  """
+  return "val_accuracy" if task.metric == "accuracy" else "val_loss"
+
+
+def headline(task, metrics: dict, prefix: str = "test_") -> str:
+  """One line: the task's headline metric with its unit, then its baselines in the same unit.
+
+  Example:
+    >>> from jaxlstm.experiment import headline
+    >>> from jaxlstm.tasks import make_task
+    >>> task = make_task("sunspots")
+    >>> headline(task, {"test_rmse": 18.94})
+    'test rmse 18.94 sunspot number (persistence 32.9, ar 19.14, mean 58.95)'
+  """
+  value = metrics[f"{prefix}{task.metric}"]
+  base = ", ".join(f"{name} {v:.4g}" for name, v in task.baselines_of().items())
+  label = f"{prefix.rstrip('_')} {task.metric.replace('_', ' ')}".strip()
+  return f"{label} {value:.4g} {task.units[task.metric]}" + (f" ({base})" if base else "")
+
+
+def _metric_names(metrics: dict) -> list[str]:
+  return [k.split("_", 1)[1] for k in metrics if k.startswith(("test_", "val_"))]
+
+
+def _last_record(path: str) -> dict | None:
+  """The last validation record of a metrics file, for a resumed run that had nothing left to train."""
+  if not os.path.exists(path):
+    return None
+  last = None
+  with open(path) as f:
+    for line in f:
+      record = json.loads(line)
+      if record.get("split") != "test":
+        last = record
+  return last
+
+
+def _write_json(path: str, value: Any) -> None:
+  """Writes ``value`` to ``path`` atomically: a crash leaves the old file or the new one, never half of one."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2, default=_jsonable)
+  os.replace(tmp, path)
+
+
+def _jsonable(value):
+  if hasattr(value, "tolist"):
+    return value.tolist()
+  raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def read_config(out: str) -> RunConfig:
@@ -304,17 +413,17 @@ def read_config(out: str) -> RunConfig:
 
 
 def load_run(out: str):
-  """The config, task and trained params of the run in ``out`` (latest checkpoint).
+  """The config, task and trained params of the run in ``out``: the selected ones, as its test figures are.
 
   Returns:
-    ``(cfg, task, params, step)``: the run's :class:`RunConfig`, its task, the params of the latest
-    checkpoint and that checkpoint's step.
+    ``(cfg, task, params, step)``: the run's :class:`RunConfig`, its task, and the params of the best
+    validation evaluation (with ``cfg.restore_best``) or else of the latest checkpoint, and their step.
 
   Example:
     >>> import tempfile
     >>> from jaxlstm.experiment import RunConfig, load_run, train_run
     >>> with tempfile.TemporaryDirectory() as out:
-    ...   _ = train_run(RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_test": 4}, hidden=4,
+    ...   _ = train_run(RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_val": 4, "n_test": 4}, hidden=4,
     ...                           batch_size=4, steps=2, eval_every=2), out, progress=False)
     ...   cfg, task, params, step = load_run(out)
     >>> cfg.hidden, task.name, params.rnn[0].hidden_size, step
@@ -323,12 +432,19 @@ def load_run(out: str):
   cfg = read_config(out)
   task = load_task(cfg)
   like = init_train_state(init_model(task, cfg), make_run_optimizer(cfg), cfg.seed)
-  state = Checkpointer(os.path.join(out, "checkpoints")).restore(like)
+  checkpoints = os.path.join(out, "checkpoints")
+  best = os.path.join(checkpoints, "best.json")
+  if cfg.restore_best and os.path.exists(best):
+    # The params that model selection chose, which the run's test figures are of.
+    with open(best) as f:
+      step = json.load(f)["record"]["step"]
+    return cfg, task, Checkpointer(os.path.join(checkpoints, "best")).restore(like.params, step=step), step
+  state = Checkpointer(checkpoints).restore(like)
   return cfg, task, state.params, int(state.step)
 
 
 def eval_run(out: str) -> dict[str, Any]:
-  """Evaluates the latest checkpoint of a run on its task's test split.
+  """Evaluates a run's selected params (see :func:`load_run`) on its task's test split.
 
   Returns:
     ``{"step", **metrics, "baselines"}``, with the metrics of :func:`jaxlstm.evaluate` and the task's
@@ -337,7 +453,7 @@ def eval_run(out: str) -> dict[str, Any]:
   Example:
     >>> import tempfile
     >>> from jaxlstm.experiment import RunConfig, eval_run, train_run
-    >>> cfg = RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_test": 4}, hidden=4,
+    >>> cfg = RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_val": 4, "n_test": 4}, hidden=4,
     ...                 batch_size=4, steps=2, eval_every=2)
     >>> with tempfile.TemporaryDirectory() as out:
     ...   _ = train_run(cfg, out, progress=False)
@@ -346,8 +462,7 @@ def eval_run(out: str) -> dict[str, Any]:
     (2, ['baselines', 'loss', 'mse', 'rmse', 'step'])
   """
   cfg, task, params, step = load_run(out)
-  metrics = evaluate(make_loss(task, cfg, train=False), params, split_batch(task.test),
-                     batch_size=cfg.batch_size)
+  metrics = evaluate(make_loss(task, cfg, train=False), params, split_batch(task.test), batch_size=256)
   return {"step": step, **derived_metrics(task, metrics), "baselines": task.baselines}
 
 

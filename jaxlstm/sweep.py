@@ -19,17 +19,24 @@ import numpy as np
 import optax
 
 from jaxlstm._src.extras import require
-from jaxlstm.experiment import RunConfig, derived_metrics, load_task, make_loss, split_batch
+from jaxlstm.experiment import RunConfig, derived_metrics, load_task, make_loss, monitor, split_batch
 from jaxlstm.models import model_init
-from jaxlstm.optim import OPTIMIZERS
+from jaxlstm.optim import OPTIMIZERS, make_schedule
 from jaxlstm.train import batch_indices, take
 
 
 def _ensemble_optimizer(cfg: RunConfig) -> optax.GradientTransformation:
-  opt = optax.inject_hyperparams(OPTIMIZERS[cfg.optimizer])(learning_rate=cfg.lr)
-  if cfg.clip_norm is not None:
-    opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
-  return opt
+  """``cfg``'s optimizer with a per-member peak learning rate.
+
+  The schedule's shape (warmup, cosine) scales the updates after the
+  optimizer, which equals scaling the learning rate: every optimizer here,
+  adamw's decay included, multiplies its whole update by the learning rate.
+  """
+  extra = {} if cfg.weight_decay is None else {"weight_decay": cfg.weight_decay}
+  opt = optax.inject_hyperparams(OPTIMIZERS[cfg.optimizer])(learning_rate=cfg.lr, **extra)
+  shape = make_schedule(1.0, schedule=cfg.schedule, warmup_steps=cfg.warmup, total_steps=cfg.steps)
+  parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm is not None else []
+  return optax.chain(*parts, opt, optax.scale_by_schedule(shape))
 
 
 def _set_lr(opt_state, lrs: jax.Array):
@@ -52,8 +59,15 @@ def _set_lr(opt_state, lrs: jax.Array):
 def train_ensemble(task, cfg: RunConfig, lrs: Sequence[float], seeds: Sequence[int]) -> list[dict]:
   """Trains ``len(lrs) * len(seeds)`` models of one hidden size at once.
 
+  Members are compared on the validation split, as model selection must
+  be: the test split is left for the chosen configuration's own runs. Each
+  member is evaluated every ``cfg.eval_every`` steps and at the end; with
+  ``cfg.restore_best`` its row holds its best evaluation (by the task's
+  validation monitor), as a single run would select it, else its last.
+  Early stopping does not apply: every member trains all ``cfg.steps``.
+
   Returns:
-    One dict per member: ``hidden``, ``lr``, ``seed`` and its test metrics.
+    One dict per member: ``hidden``, ``lr``, ``seed`` and its ``val_`` metrics.
   """
   members = list(itertools.product(lrs, seeds))
   loss_fn = make_loss(task, cfg, train=True)
@@ -63,7 +77,8 @@ def train_ensemble(task, cfg: RunConfig, lrs: Sequence[float], seeds: Sequence[i
   keys = jnp.stack([jax.random.key(s) for _, s in members])
   params = jax.vmap(lambda k: model_init(k, task.input_size, task.num_outputs, hidden=cfg.hidden,
                                          layers=cfg.layers, cell=cfg.cell, bidirectional=cfg.bidirectional,
-                                         forget_bias=cfg.forget_bias))(keys)
+                                         forget_bias=cfg.forget_bias,
+                                         activation=cfg.activation if cfg.cell == "rnn" else None))(keys)
   opt_state = _set_lr(jax.vmap(opt.init)(params), jnp.asarray([lr for lr, _ in members]))
 
   def one_step(p, s, batch, key):
@@ -73,6 +88,21 @@ def train_ensemble(task, cfg: RunConfig, lrs: Sequence[float], seeds: Sequence[i
 
   step = jax.jit(jax.vmap(one_step, in_axes=(0, 0, None, 0)))
   evaluate = jax.jit(jax.vmap(lambda p, batch: eval_fn(p, batch, jax.random.key(0)), in_axes=(0, None)))
+  val = split_batch(task.val)
+  n_val = len(task.val.xs)
+
+  def validate() -> dict[str, np.ndarray]:
+    totals: dict[str, np.ndarray] = {}
+    for start in range(0, n_val, 256):
+      idx = np.arange(start, min(start + 256, n_val))
+      loss, metrics = evaluate(params, take(val, idx))
+      for name, value in {"loss": loss, **metrics}.items():
+        totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64) * len(idx)
+    return {f"val_{k}": v / n_val for k, v in totals.items()}  # (M,) each
+
+  watch, sign = monitor(task), (-1.0 if task.mode == "max" else 1.0)
+  chosen: dict[str, np.ndarray] | None = None
+  chosen_step = np.zeros(len(members), np.int64)
   data = split_batch(task.train)
   n = len(task.train.xs)
   bs = min(cfg.batch_size, n)
@@ -81,18 +111,20 @@ def train_ensemble(task, cfg: RunConfig, lrs: Sequence[float], seeds: Sequence[i
     key, sub = jax.random.split(key)
     batch = take(data, batch_indices(n, bs, i, cfg.seed))
     params, opt_state, _ = step(params, opt_state, batch, jax.random.split(sub, len(members)))
-  test = split_batch(task.test)
-  n_test = len(task.test.xs)
-  totals: dict[str, np.ndarray] = {}
-  for start in range(0, n_test, 256):
-    idx = np.arange(start, min(start + 256, n_test))
-    loss, metrics = evaluate(params, take(test, idx))
-    for name, value in {"loss": loss, **metrics}.items():
-      totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64) * len(idx)
+    done = i + 1
+    if done % cfg.eval_every and done != cfg.steps:
+      continue
+    now = validate()
+    # Each member keeps its best evaluation (strictly better only, as fit does), or its last without restore_best.
+    better = (np.ones(len(members), bool) if chosen is None or not cfg.restore_best
+              else sign * now[watch] < sign * chosen[watch])
+    chosen = now if chosen is None else {k: np.where(better, now[k], chosen[k]) for k in now}
+    chosen_step = np.where(better, done, chosen_step)
   rows = []
   for m, (lr, seed) in enumerate(members):
-    metrics = {f"test_{k}": float(v[m] / n_test) for k, v in totals.items()}
-    rows.append({"hidden": cfg.hidden, "lr": lr, "seed": seed, **derived_metrics(task, metrics, "test_")})
+    metrics = {k: float(v[m]) for k, v in chosen.items()}
+    rows.append({"hidden": cfg.hidden, "lr": lr, "seed": seed, "step": int(chosen_step[m]),
+                 **derived_metrics(task, metrics, "val_")})
   return rows
 
 
@@ -111,10 +143,11 @@ def run_sweep(cfg: RunConfig, hidden_sizes: Sequence[int], lrs: Sequence[float],
 def headline_metric(rows: list[dict]) -> tuple[str, str]:
   """The metric to compare and whether higher is better."""
   keys = rows[0].keys()
-  for name, mode in (("test_accuracy", "max"), ("test_rmse", "min"), ("test_mse", "min"), ("test_loss", "min")):
+  for name, mode in (("val_accuracy", "max"), ("val_rmse", "min"), ("val_bits_per_char", "min"),
+                     ("val_mse", "min"), ("val_loss", "min")):
     if name in keys:
       return name, mode
-  return "test_loss", "min"
+  return "val_loss", "min"
 
 
 def summarize(rows: list[dict]) -> list[dict]:

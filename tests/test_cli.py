@@ -46,30 +46,46 @@ def test_unknown_task_and_missing_file(capsys, tmp_path):
 
 def test_train_resume_eval_in_a_subprocess(tmp_path):
   out = str(tmp_path / "run")
-  base = ["--task", "adding", "--seq-len", "8", "--n-train", "64", "--n-test", "32", "--hidden", "8",
-          "--batch-size", "16", "--eval-every", "4", "--out", out, "--quiet"]
+  base = ["--task", "adding", "--seq-len", "8", "--n-train", "64", "--n-val", "16", "--n-test", "32", "--hidden", "8",
+          "--batch-size", "16", "--eval-every", "4", "--out", out]
+  # Not a terminal: one progress line per evaluation, with the validation metrics, speed and ETA.
   code, stdout, stderr = run_cli("train", *base, "--steps", "4")
   assert code == 0, stderr
-  code, stdout, stderr = run_cli("train", *base, "--steps", "8", "--resume")
+  progress = [line for line in stdout.splitlines() if line.startswith("step 4/4:")]
+  assert len(progress) == 1 and "val_mse" in progress[0] and "steps/s" in progress[0] and "ETA" in progress[0]
+  code, stdout, stderr = run_cli("train", *base, "--steps", "8", "--resume", "--quiet")
   assert code == 0, stderr
+  assert not any(line.startswith("step 8/8") for line in stdout.splitlines())  # --quiet
   with open(os.path.join(out, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
-  assert [r["step"] for r in records] == [4, 8]
-  assert {"val_mse", "val_rmse", "loss", "baselines"} <= set(records[-1])
-  assert abs(records[-1]["baselines"]["trivial_mse"] - 1 / 6) < 1e-9
+  val = [r for r in records if r.get("split") != "test"]
+  test = [r for r in records if r.get("split") == "test"]
+  assert [r["step"] for r in val] == [4, 8] and {"val_mse", "val_rmse", "loss"} <= set(val[-1])
+  # Each call ends with the test figures of the params it selected, beside the baselines.
+  assert len(test) == 2 and {"test_mse", "test_rmse"} <= set(test[-1])
+  assert abs(test[-1]["baselines"]["trivial_mse"] - 1 / 6) < 1e-9
+  with open(os.path.join(out, "summary.json")) as f:
+    summary = json.load(f)
+  best = min(val, key=lambda r: r["val_loss"])  # the adding preset restores the best validation step
+  assert summary["selected_step"] == best["step"] == test[-1]["step"] and summary["last_step"] == 8
+  assert summary["test"]["test_mse"] == test[-1]["test_mse"] and summary["metric"] == "mse"
+  assert summary["val"]["val_mse"] == best["val_mse"] and summary["baselines"]["trivial_mse"] == 1 / 6
+  assert summary["units"]["mse"] == "squared target units" and summary["train_seconds"] > 0
+  assert f"test mse {test[-1]['test_mse']:.4g} squared target units (trivial 0.1667" in stdout
   with open(os.path.join(out, "config.json")) as f:
     cfg = json.load(f)
   assert cfg["hidden"] == 8 and cfg["steps"] == 8
   code, stdout, stderr = run_cli("eval", "--out", out, "--json")
   assert code == 0, stderr
   result = json.loads(stdout)
-  assert result["step"] == 8
-  assert abs(result["mse"] - records[-1]["val_mse"]) < 1e-6
+  assert result["step"] == best["step"]
+  assert abs(result["mse"] - test[-1]["test_mse"]) < 1e-6
 
 
 def test_sweep_command_end_to_end(tmp_path, capsys):
   out = tmp_path / "sweep"
-  assert main(["sweep", "--task", "adding", "--seq-len", "6", "--n-train", "32", "--n-test", "16", "--batch-size", "16",
+  assert main(["sweep", "--task", "adding", "--seq-len", "6", "--n-train", "32", "--n-val", "8", "--n-test", "16",
+               "--batch-size", "16",
                "--hidden-sizes", "4,8", "--lrs", "1e-2", "--seeds", "2", "--steps", "2", "--eval-every", "2",
                "--out", str(out), "--quiet"]) == 0
   assert f"sweep written to {out}" in capsys.readouterr().out
@@ -77,6 +93,7 @@ def test_sweep_command_end_to_end(tmp_path, capsys):
     report = json.load(f)
   assert sorted({(r["hidden"], r["seed"]) for r in report["rows"]}) == [(4, 0), (4, 1), (8, 0), (8, 1)]
   assert [s["hidden"] for s in report["summary"]] == [4, 8] and all(s["seeds"] == 2 for s in report["summary"])
+  assert report["summary"][0]["metric"] == "val_rmse"  # selection reads the validation split, never test
   assert (out / "sweep.md").exists() and (out / "sweep.png").exists()
 
 
@@ -90,8 +107,8 @@ def test_missing_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
                  "pip install 'jaxlstm[tasks]'")
 
 
-TINY = ["--task", "adding", "--seq-len", "6", "--n-train", "32", "--n-test", "16", "--hidden", "4",
-        "--batch-size", "16", "--eval-every", "2", "--quiet"]
+TINY = ["--task", "adding", "--seq-len", "6", "--n-train", "32", "--n-val", "8", "--n-test", "16", "--hidden", "4",
+        "--batch-size", "16", "--eval-every", "2", "--no-restore-best", "--quiet"]
 
 
 def test_a_run_directory_is_never_reused_silently(tmp_path, capsys):
@@ -101,7 +118,8 @@ def test_a_run_directory_is_never_reused_silently(tmp_path, capsys):
   # A second run into the same directory would have its checkpoints mixed with the first one's.
   assert main(["train", *TINY, "--steps", "2", "--out", out]) == 2
   err = capsys.readouterr().err.strip()
-  assert err == (f"jaxlstm train: error: {out} already holds a run (config.json, metrics.jsonl, checkpoints); "
+  assert err == (f"jaxlstm train: error: {out} already holds a run (config.json, metrics.jsonl, checkpoints, "
+                 "summary.json); "
                  "pass --resume to continue it or --overwrite to replace it")
   assert main(["train", *TINY, "--steps", "2", "--out", out, "--overwrite"]) == 0
   capsys.readouterr()
@@ -123,14 +141,15 @@ def test_resume_refuses_flags_that_contradict_the_saved_run(tmp_path, capsys):
     assert part in err, part
   # Restating the saved values, extending --steps and changing how this process runs are fine.
   assert main(["train", "--resume", "--out", out, "--hidden", "4", "--steps", "4", "--quiet"]) == 0
-  assert "step 4:" in capsys.readouterr().out
+  assert "at step 4 (the last step)" in capsys.readouterr().out
 
 
 def test_help_shows_defaults_and_every_task(capsys):
   with pytest.raises(SystemExit):
     main(["train", "--help"])
   text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # help wraps at hyphens
-  assert "learning rate (default: 0.001)" in text and "training steps (default: 2000)" in text
+  assert "peak learning rate (default: the task's preset, else 0.001)" in text
+  assert "training steps (default: the task's preset, else 2000)" in text and "--show-config" in text
   from jaxlstm.tasks import TASKS
   assert all(name in text for name in TASKS) and "adding-var" in text
 
@@ -145,3 +164,24 @@ def test_bad_dropout_writes_nothing_and_eval_names_the_step_once(tmp_path, capsy
   assert main(["eval", "--out", str(out)]) == 0
   first = capsys.readouterr().out.splitlines()[0]
   assert first.startswith("step 2: ") and first.count("step") == 1
+
+
+def test_presets_resolve_and_flags_override_them(capsys, tmp_path):
+  from jaxlstm.presets import PRESETS
+  out = str(tmp_path / "never")
+  assert main(["train", "--task", "copy", "--show-config", "--out", out]) == 0
+  cfg = json.loads(capsys.readouterr().out)
+  for key, value in PRESETS["copy"].items():
+    assert cfg[key] == value, key
+  assert main(["train", "--task", "copy", "--lr", "0.5", "--seq-len", "7", "--clip-norm", "0", "--show-config",
+               "--out", out]) == 0
+  cfg = json.loads(capsys.readouterr().out)
+  assert (cfg["lr"], cfg["task_options"], cfg["clip_norm"]) == (0.5, {"T": 7}, None)
+  assert cfg["hidden"] == PRESETS["copy"]["hidden"] and cfg["steps"] == PRESETS["copy"]["steps"]
+  assert not os.path.exists(out)  # --show-config writes nothing
+
+
+def test_weight_decay_needs_adamw(tmp_path, capsys):
+  assert main(["train", *TINY, "--optimizer", "adam", "--weight-decay", "0.1", "--out", str(tmp_path / "r")]) == 2
+  assert "weight_decay needs optimizer 'adamw'" in capsys.readouterr().err
+  assert not (tmp_path / "r").exists()

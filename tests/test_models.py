@@ -71,13 +71,14 @@ def test_sample_text_is_deterministic_and_checks_prompt():
 def test_sweep_members_train_independently():
   from jaxlstm.experiment import RunConfig, load_task
   from jaxlstm.sweep import summarize, train_ensemble
-  cfg = RunConfig(task="adding", task_options={"T": 6, "n_train": 32, "n_test": 16}, hidden=4, steps=3,
-                  batch_size=8)
+  cfg = RunConfig(task="adding", task_options={"T": 6, "n_train": 32, "n_val": 8, "n_test": 16}, hidden=4, steps=3,
+                  batch_size=8, schedule="cosine", warmup=1)
   task = load_task(cfg)
   rows = train_ensemble(task, cfg, lrs=[1e-3, 1e-1], seeds=[0, 1])
   assert [(r["lr"], r["seed"]) for r in rows] == [(1e-3, 0), (1e-3, 1), (1e-1, 0), (1e-1, 1)]
   solo = train_ensemble(task, cfg, lrs=[1e-1], seeds=[1])
-  np.testing.assert_allclose(solo[0]["test_mse"], rows[3]["test_mse"], rtol=1e-5)
-  assert rows[0]["test_mse"] != rows[2]["test_mse"]
+  np.testing.assert_allclose(solo[0]["val_mse"], rows[3]["val_mse"], rtol=1e-5)
+  assert rows[0]["val_mse"] != rows[2]["val_mse"]
+  assert not any(k.startswith("test_") for k in rows[0])  # members are compared on validation only
   summary = summarize(rows)
-  assert len(summary) == 2 and summary[0]["metric"] == "test_rmse" and summary[0]["seeds"] == 2
+  assert len(summary) == 2 and summary[0]["metric"] == "val_rmse" and summary[0]["seeds"] == 2
