@@ -103,3 +103,20 @@ def test_an_interrupted_run_keeps_its_last_step(tmp_path):
                    checkpoint_dir=str(tmp_path), resume=True)
   straight, _ = fit(jnp.float32(0.0), loss, data, batch_size=4, steps=9, eval_every=3, progress=False)
   np.testing.assert_array_equal(resumed, straight)
+
+
+@pytest.mark.parametrize("split_at", [2, 3, 4, 6])
+def test_a_resumed_run_selects_and_stops_as_the_uninterrupted_one(tmp_path, split_at, capsys):
+  """Patience and the best params are kept beside the checkpoints, so stopping halfway changes nothing."""
+  whole, hist = run(early_stopping=3, restore_best=True)
+  d = str(tmp_path / "ck")
+  run(steps=split_at, early_stopping=3, restore_best=True, checkpoint_dir=d)
+  resumed, hist2 = run(early_stopping=3, restore_best=True, checkpoint_dir=d, resume=True)
+  assert resumed == whole == 8.0 and hist2.selected["step"] == hist.selected["step"] == 8
+  # Patience 2 stops at step 4 (best: step 2). Resumed after the stop, there is nothing left to train.
+  d2 = str(tmp_path / "ck2")
+  first, _ = run(early_stopping=2, restore_best=True, checkpoint_dir=d2)
+  capsys.readouterr()
+  again, hist3 = run(early_stopping=2, restore_best=True, checkpoint_dir=d2, resume=True)
+  assert first == again == 2.0 and len(hist3) == 0 and hist3.selected["step"] == 2
+  assert "the run stopped early at step 4" in capsys.readouterr().out
