@@ -4,7 +4,7 @@ Gate layouts: LSTM ``i, f, g, o``; GRU ``r, z, n``; minGRU ``z, h``; minLSTM ``f
 Weights are ``(in, out)``.
 """
 
-from jaxlstm._src.cells import Cell, cell_names, get_cell, register_cell, static_fields, unregister_cell
+from jaxlstm._src.cells import Cell, Recurrence, cell_names, get_cell, register_cell, static_fields, unregister_cell
 from jaxlstm._src.cells.gru import GRUParams, GRUState, gru_init, gru_step, gru_zero_state
 from jaxlstm._src.initializers import glorot_uniform, orthogonal_blocks
 from jaxlstm._src.kernels import Kernel, KernelChoice, LayerCall, kernel_names, register_kernel, unregister_kernel
@@ -27,6 +27,7 @@ __all__ = [
     "Kernel",
     "KernelChoice",
     "LayerCall",
+    "Recurrence",
     "cell_names",
     "explain",
     "get_cell",

@@ -106,6 +106,12 @@ def test_step_follows_the_documented_layout():
   params = jaxlstm.MinLSTMParams(jnp.zeros((1, 3)), jnp.array([-50.0, 50.0, -1.0]), log_space=False)
   assert float(jaxlstm.minlstm_step(params, jaxlstm.MinLSTMState(jnp.array([7.0])), jnp.zeros(1))[1][0]) == -1.0
   assert jaxlstm.MinGRUParams._fields == ("w_x", "b", "log_space")
+  # Both minLSTM gates underflow in float32 here; the normalized gates are their limit, not 0 / 0.
+  params = jaxlstm.MinLSTMParams(jnp.zeros((1, 3)), jnp.array([-200.0, -201.0, 3.0]), log_space=False)
+  h, grad = jax.value_and_grad(lambda p: jaxlstm.layer(p, jnp.zeros((1, 2, 1)))[1][0, -1, 0])(params)
+  f = 1 / (1 + np.exp(-1.0))  # sigmoid(k_f - k_i)
+  np.testing.assert_allclose(h, 3 * (1 - f) * (1 + f), rtol=1e-6)
+  assert all(bool(jnp.isfinite(leaf).all()) for leaf in jax.tree.leaves(grad))
   assert jaxlstm.MinLSTMState._fields == ("h",)
 
 
@@ -160,7 +166,7 @@ def test_parallel_gradients_against_finite_differences(block, monkeypatch):
   check_grads(loss, (params, xs, state), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
-def test_linear_scan_of_a_long_float32_sequence_keeps_float64_accuracy():
+def test_the_scan_of_a_long_float32_sequence_keeps_float64_accuracy():
   # No logs, no division: the blocks' products only shrink, so float32 stays at rounding over 4096 steps.
   rng = np.random.default_rng(0)
   a, b = rng.uniform(0.0, 1.0, (4096, 2, 8)), rng.standard_normal((4096, 2, 8))
@@ -168,10 +174,11 @@ def test_linear_scan_of_a_long_float32_sequence_keeps_float64_accuracy():
   for t in range(4096):
     h = a[t] * h + b[t]
     want.append(h)
-  scan = jax.jit(parallel.linear_scan, static_argnames="block")
+  k = jnp.asarray(np.concatenate([a, b], axis=-1), jnp.float32)  # gates read (a, b) straight out of k
+  scan = jax.jit(lambda k, n: parallel.recurrence_scan(lambda k: (k[..., :8], k[..., 8:]), k,
+                                                       jnp.zeros((2, 8), jnp.float32), block=n), static_argnums=1)
   for n in (1, 64, 4096):
-    got = scan(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), jnp.zeros((2, 8), jnp.float32), block=n)
-    assert rel_err(got, np.stack(want)) < 1e-5, n
+    assert rel_err(scan(k, n), np.stack(want)) < 1e-5, n
 
 
 def test_bidirectional_stack_against_the_loop():

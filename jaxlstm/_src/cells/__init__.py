@@ -5,8 +5,8 @@ A new cell is one module that builds a :class:`~jaxlstm.Cell` record plus one
 """
 
 from jaxlstm._src.cells import gru, lstm, mingru, minlstm, rnn, slstm
-from jaxlstm._src.cells.registry import (Cell, cell_names, cell_of, get_cell, is_cell_params, register_cell,
-                                         static_fields, unregister_cell)
+from jaxlstm._src.cells.registry import (Cell, Recurrence, cell_names, cell_of, get_cell, is_cell_params,
+                                         register_cell, static_fields, unregister_cell)
 
 register_cell(lstm.CELL)
 register_cell(gru.CELL)
@@ -15,5 +15,5 @@ register_cell(mingru.CELL)
 register_cell(minlstm.CELL)
 register_cell(slstm.CELL)
 
-__all__ = ["Cell", "cell_names", "cell_of", "get_cell", "is_cell_params", "register_cell", "static_fields",
-           "unregister_cell"]
+__all__ = ["Cell", "Recurrence", "cell_names", "cell_of", "get_cell", "is_cell_params", "register_cell",
+           "static_fields", "unregister_cell"]

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from jaxlstm._src import checks
 from jaxlstm._src.cells.lstm import state_dtype
-from jaxlstm._src.cells.registry import Cell, static_fields
+from jaxlstm._src.cells.registry import Cell, Recurrence, static_fields
 from jaxlstm._src.initializers import glorot_uniform
 
 
@@ -174,34 +174,42 @@ def mingru_zero_state(params: MinGRUParams, batch_shape: tuple[int, ...] = (), d
   return MinGRUState(jnp.zeros((*tuple(batch_shape), params.hidden_size), dtype))
 
 
-def _preactivations(params: MinGRUParams, x: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
-  """``(k_z, k_h)``, each ``(..., H)`` in ``dtype``: the input projection, computed in the params' dtype."""
-  k = (x.astype(params.dtype) @ params.w_x + params.b).astype(dtype)
-  return jnp.split(k, 2, axis=-1)
+def mingru_project(params: MinGRUParams, x: jax.Array, dtype) -> jax.Array:
+  """The input projection ``k = x W + b``, ``(..., 2H)`` in ``dtype``, computed in the params' dtype.
+
+  The ``project`` of the cell's :class:`~jaxlstm.Recurrence`: the parallel kernel runs it once over
+  all ``T`` steps.
+
+  Example:
+    >>> from jaxlstm._src.cells.mingru import mingru_project
+    >>> params = jaxlstm.mingru_init(jax.random.key(0), 3, 5)
+    >>> mingru_project(params, jnp.ones((7, 2, 3)), jnp.float32).shape
+    (7, 2, 10)
+  """
+  return (x.astype(params.dtype) @ params.w_x + params.b).astype(dtype)
 
 
-def mingru_coefficients(params: MinGRUParams, x: jax.Array, dtype=None) -> tuple[jax.Array, jax.Array]:
-  r"""``(a, b)`` of the step as the linear recurrence ``h' = a * h + b``: ``a = 1 - z``, ``b = z * g(k_h)``.
+def mingru_gates(params: MinGRUParams, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+  r"""``(a, b)`` of ``h' = a * h + b`` from the projection ``k = (k_z, k_h)``: ``a = 1 - z``, ``b = z g(k_h)``.
 
-  This is the cell record's ``recurrence``, which the parallel kernel runs on all ``T`` steps at once.
+  The ``gates`` of the cell's :class:`~jaxlstm.Recurrence`; it reads ``params.log_space`` only.
   ``1 - z`` is computed as :math:`\sigma(-k_z)`, exact where ``z`` rounds to 1.
 
   Args:
-    params: :class:`MinGRUParams`.
-    x: inputs ``(..., I)``, any number of leading axes (one step, or all of them).
-    dtype: the dtype of ``a`` and ``b``; the state's default dtype when ``None``.
+    params: :class:`MinGRUParams`, for ``log_space``.
+    k: ``(..., 2H)`` from :func:`mingru_project`.
 
   Returns:
     ``(a, b)``, each ``(..., H)``.
 
   Example:
-    >>> from jaxlstm._src.cells.mingru import mingru_coefficients
+    >>> from jaxlstm._src.cells.mingru import mingru_gates
     >>> params = jaxlstm.mingru_init(jax.random.key(0), 3, 5)
-    >>> a, b = mingru_coefficients(params, jnp.ones((7, 2, 3)))
-    >>> a.shape, bool(((a > 0) & (a < 1) & (b > 0)).all())
-    ((7, 2, 5), True)
+    >>> a, b = mingru_gates(params, jnp.array([[0.0] * 5 + [2.0] * 5]))
+    >>> a.shape, float(a[0, 0]), float(b[0, 0])  # z = 1/2 and g(2) = 2.5
+    ((1, 5), 0.5, 1.25)
   """
-  k_z, k_h = _preactivations(params, x, state_dtype(params.dtype) if dtype is None else dtype)
+  k_z, k_h = jnp.split(k, 2, axis=-1)
   h_tilde = g(k_h) if params.log_space else k_h
   return jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * h_tilde
 
@@ -232,11 +240,11 @@ def mingru_step(params: MinGRUParams, state: MinGRUState, x: jax.Array) -> tuple
     >>> h.shape, bool((h > 0).all())
     ((2, 5), True)
   """
-  a, b = mingru_coefficients(params, x, state.h.dtype)
+  a, b = mingru_gates(params, mingru_project(params, x, state.h.dtype))
   h = a * state.h + b
   return MinGRUState(h), h
 
 
 CELL = Cell(name="mingru", params_type=MinGRUParams, state_type=MinGRUState, init=mingru_init, step=mingru_step,
             zero_state=mingru_zero_state, options_of=lambda p: {"dtype": p.dtype, "log_space": p.log_space},
-            gates=2, options=("log_space",), recurrence=mingru_coefficients)
+            gates=2, options=("log_space",), recurrence=Recurrence(mingru_project, mingru_gates))

@@ -41,12 +41,10 @@ class Cell(NamedTuple):
     options: names of ``init``'s keyword options besides ``dtype``.
     peers: the peer classes it maps to, e.g. ``{"torch": "LSTM"}``; for
       messages and converters.
-    recurrence: ``None``, or for a cell whose step is the diagonal linear
-      recurrence ``h' = a * h + b`` with ``a, b`` functions of the input
-      alone (minGRU, minLSTM), ``recurrence(params, xs, dtype) -> (a, b)``:
-      ``xs (..., I)`` gives ``a, b (..., H)`` in ``dtype``. The ``parallel``
-      kernel runs such cells with an associative scan over time; their state
-      is one field, ``h``, which is also the output.
+    recurrence: ``None``, or a :class:`Recurrence` for a cell whose step is
+      the diagonal linear recurrence ``h' = a * h + b`` with ``a, b``
+      functions of the input alone (minGRU, minLSTM); the ``parallel``
+      kernel runs such cells with an associative scan over time.
 
   Example:
     >>> cell = jaxlstm.get_cell("gru")
@@ -69,7 +67,34 @@ class Cell(NamedTuple):
   gates: int
   options: tuple[str, ...] = ()
   peers: Mapping[str, str] = {}
-  recurrence: Callable[..., tuple[jax.Array, jax.Array]] | None = None
+  recurrence: Recurrence | None = None
+
+
+class Recurrence(NamedTuple):
+  """How a cell's step is the diagonal linear recurrence ``h' = a * h + b``, with ``a, b`` from the input alone.
+
+  The ``parallel`` kernel reads it: ``project`` once for all ``T`` steps (one GEMM), then ``gates`` step by
+  step (or block by block) inside its scan, so that ``a`` and ``b`` never exist for the whole sequence.
+  Such a cell's state is one field, ``h``, which is also its output, and its ``step`` must compute
+  ``a * h + b`` from the same two functions.
+
+  Attributes:
+    project: ``project(params, xs, dtype) -> k``: ``xs (..., I)`` to ``k (..., K)`` in ``dtype``; every
+      read of the params' arrays happens here.
+    gates: ``gates(params, k) -> (a, b)``, each ``(..., H)``, elementwise over the leading axes; it may read
+      the params' static fields (``params.log_space``) but not their arrays, which the kernel does not
+      pass to it.
+
+  Example:
+    >>> rec = jaxlstm.get_cell("mingru").recurrence
+    >>> params = jaxlstm.mingru_init(jax.random.key(0), 3, 5)
+    >>> k = rec.project(params, jnp.ones((7, 2, 3)), jnp.float32)
+    >>> a, b = rec.gates(params, k)
+    >>> k.shape, a.shape, b.shape
+    ((7, 2, 10), (7, 2, 5), (7, 2, 5))
+  """
+  project: Callable[[Any, jax.Array, Any], jax.Array]
+  gates: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 _BY_TYPE: dict[type, Cell] = {}

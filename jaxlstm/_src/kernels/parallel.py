@@ -2,9 +2,10 @@ r"""The parallel kernel: cells whose step is a diagonal linear recurrence, solve
 
 The minGRU and minLSTM of Feng et al. (2024) compute their gates from the
 input alone, so a step is :math:`h_t = a_t \odot h_{t-1} + b_t` with
-``a_t, b_t`` known for every ``t`` before the recurrence starts (the cell
-record's ``recurrence`` gives them, for all ``T`` steps after one GEMM). Such
-steps compose associatively,
+``(a_t, b_t) = gates(k_t)`` and ``k = project(xs)`` known for every ``t``
+before the recurrence starts: the cell record's :class:`~jaxlstm.Recurrence`.
+The kernel projects all ``T`` steps in one GEMM; the steps then compose
+associatively,
 
 .. math::
 
@@ -18,21 +19,22 @@ because it follows Heinsen (2023): ``h_t = a*_t (h_0 + sum_s b_s / a*_s)``
 with ``a*_t = prod a``, whose ``1 / a*`` overflows within a few hundred steps
 unless it is taken as ``exp(-log a*)`` inside a ``logcumsumexp``. The pairwise
 operator above never divides: products of ``0 < a < 1`` only shrink (to an
-exact, harmless 0), and the sums stay bounded, so the scan is as accurate in
+exact, harmless 0) and the sums stay bounded, so the scan is as accurate in
 plain arithmetic as the sequential step (the tests hold float32 at
 ``T = 4096`` to the float64 reference), needs no ``exp`` or ``log`` per
-element, and lets ``h_0`` and the plain (non-``g``) cells have any sign.
+element, and lets ``h_0`` and the plain (non-``g``) cells have any sign. The
+tests also hold the kernel to the paper's own log-space algorithm.
 
-**Blocks.** :func:`linear_scan` runs the sequence as blocks of consecutive
-steps, each solved by an associative scan, one after the other with the state
-carried between them (:func:`default_block`). On an accelerator the block is
-the whole sequence: one associative scan, ``O(log T)`` deep. On a CPU the
-block is one step, so the "scan" is one sequential pass over ``(a, b)``:
-nothing in the recurrence is a matmul any more, the CPU has no idle lanes for
-the scan's extra work to fill, and each of its levels is another pass over
-memory; measured, that pass was several times faster than any longer block. What
-stays parallel on a CPU is the part that costs: every gate of all ``T``
-steps in one GEMM, where an LSTM needs ``T`` small ones in sequence.
+**Blocks.** :func:`recurrence_scan` runs the sequence as blocks of
+consecutive steps, each solved by an associative scan, one after the other
+with the state carried between them (:func:`default_block`), and evaluates
+``gates`` block by block, so that ``a`` and ``b`` never exist for the whole
+sequence. On an accelerator the block is the whole sequence: one associative
+scan, ``O(log T)`` deep. On a CPU the block is one step, so the scan is one
+sequential pass over ``k``: nothing in the recurrence is a matmul any more,
+a CPU has no idle lanes for the scan's extra work to fill, and each of its
+levels is another pass over memory; measured, longer blocks were several
+times slower.
 
 **Resets and validity.** ``resets`` make the scan segmented: an element that
 starts a segment discards what comes before it, and its state starts again
@@ -43,10 +45,12 @@ invalid step still resets.
 **Gradients.** The scan is a :func:`jax.custom_vjp`: the gradient reaching
 ``h_t`` flows back through ``lam_t = g_t + a_{t+1} lam_{t+1}`` (cut where
 ``t + 1`` starts a segment), itself a linear recurrence, run by the same
-blocks backwards in time in one pass; then ``da_t = lam_t h_{t-1}`` and
-``db_t = lam_t``. It saves only ``a`` and the states, where differentiating
-through an associative scan would keep every level. ``jit``, ``vmap`` and
-``grad`` work; forward-mode (``jvp``) does not, as for the fused kernel (use
+blocks backwards in time in one pass that recomputes each block's gates and
+pulls ``da_t = lam_t h_{t-1}``, ``db_t = lam_t`` back through them to ``dk``,
+written over ``k``. It saves only ``k`` and the states, where differentiating
+through an associative scan would keep every level. The projection's
+gradients are then one GEMM each. ``jit``, ``vmap`` and ``grad`` work;
+forward-mode (``jvp``) does not, as for the fused kernel (use
 ``impl="reference"``).
 
 References:
@@ -59,6 +63,7 @@ References:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -95,7 +100,7 @@ def why_not(call: LayerCall) -> str | None:
 
 
 def default_block(T: int) -> int:
-  """Steps per block of :func:`linear_scan` for ``T`` steps on JAX's default backend: 1 on a CPU, else ``T``.
+  """Steps per block of :func:`recurrence_scan` for ``T`` steps on JAX's default backend: 1 on a CPU, else ``T``.
 
   A block is solved by an associative scan and the blocks follow one another. One block of ``T`` steps
   is the whole sequence in ``O(log T)`` depth, for accelerators. On a 2-core CPU, forward and backward
@@ -124,7 +129,7 @@ def _op(e1, e2):
 
 
 def _padded(arrays, fills, T: int, n: int):
-  """``arrays`` ``(T, ...)`` padded with ``fills`` to whole blocks of ``n``, and the number of blocks."""
+  """``arrays`` ``(T, ...)`` (or ``None``) padded with ``fills`` to whole blocks of ``n``, and the number of blocks."""
   m = -(-T // n)
   if m * n == T:
     return arrays, m
@@ -132,96 +137,116 @@ def _padded(arrays, fills, T: int, n: int):
                for x, f in zip(arrays, fills)), m
 
 
-def _over_blocks(block, carry, arrays, n: int, m: int, *, reverse: bool = False):
-  """``lax.scan`` of ``block(carry, j, slices) -> (carry, out)`` over the ``m`` blocks; outs ``(m * n, ...)``.
-
-  The blocks are sliced out of the whole arrays rather than scanned over as ``(m, n, ...)`` reshapes: on
-  CPU, XLA copied reshaped scan inputs, a pass over memory, where slices of loop invariants cost nothing.
-  """
-  def body(c, j):
-    return block(c, j, tuple(None if x is None else lax.dynamic_slice_in_dim(x, j * n, n) for x in arrays))
-
-  if m == 1:
-    carry, outs = body(carry, 0)
-    return carry, outs
-  carry, outs = lax.scan(body, carry, jnp.arange(m, dtype=jnp.int32), reverse=reverse)
-  return carry, jax.tree.map(lambda o: o.reshape(m * n, *o.shape[2:]), outs)
+def _slice(x, j, n):
+  """Block ``j`` of ``x (m * n, ...)``, or ``None``."""
+  return None if x is None else lax.dynamic_slice_in_dim(x, j * n, n)
 
 
-def _forward(a, b, h0, starts, n: int):
-  """The states ``(T, B, H)`` of ``h_t = a_t * (h0 if starts_t else h_{t-1}) + b_t``, ``h_{-1} = h0``."""
-  T = a.shape[0]
-  s = None if starts is None else starts[..., None]  # (T, B, 1)
-  (a, b, s), m = _padded((a, b, s), (1, 0, False), T, n)  # the padding is the identity, (1, 0)
+def _masked(gates, k, v):
+  """``gates(k)`` with each invalid step (``v`` false) the identity ``(a, b) = (1, 0)``."""
+  a, b = gates(k)
+  if v is None:
+    return a, b
+  return jnp.where(v, a, jnp.ones_like(a)), jnp.where(v, b, jnp.zeros_like(b))
 
-  def block(h, j, e):
+
+def _prepare(k, valid, starts, n):
+  """Validity and segment starts as ``(T, B, 1)`` flags, everything padded to whole blocks of ``n`` steps."""
+  T = k.shape[0]
+  if valid is None and T % n:
+    valid = jnp.ones(k.shape[:2], bool)  # the padding is invalid, so the identity
+  v = None if valid is None else valid[..., None]
+  s = None if starts is None else starts[..., None]
+  return _padded((k, v, s), (0, False, False), T, n)
+
+
+def _forward(gates, n, k, h0, valid, starts):
+  """The states ``(T, B, H)`` of ``h_t = a_t * (h0 if starts_t else h_{t-1}) + b_t``, ``(a, b) = gates(k_t)``."""
+  T = k.shape[0]
+  (k, v, s), m = _prepare(k, valid, starts, n)
+
+  def block(h, j):
     # Within the block, h_t = A_t * (h0 after a start, else the state the block starts from) + B_t, from
     # the composites (A, B) of its steps up to each one.
-    A, B, *started = lax.associative_scan(_op, e if e[2] is not None else e[:2], axis=0)
+    s_j = _slice(s, j, n)
+    a, b = _masked(gates, _slice(k, j, n), _slice(v, j, n))
+    A, B, *started = lax.associative_scan(_op, (a, b) if s_j is None else (a, b, s_j), axis=0)
     hs = A * (jnp.where(started[0], h0, h) if started else h) + B
     return hs[-1], hs
 
-  return _over_blocks(block, h0, (a, b, s), n, m)[1][:T]
+  if m == 1:
+    return block(h0, 0)[1][:T]
+  # The blocks are sliced out of the whole arrays rather than scanned over as (m, n, ...) reshapes: on
+  # CPU, XLA copied reshaped scan inputs, a pass over memory, where slices of loop invariants cost nothing.
+  hs = lax.scan(block, h0, jnp.arange(m, dtype=jnp.int32))[1]
+  return hs.reshape(m * n, *hs.shape[2:])[:T]
 
 
-def _backward(a, hs, h0, starts, g, n: int):
-  """``(da, db, dh0)`` of :func:`_forward` for the gradient ``g (T, B, H)`` of its states, in one reverse pass.
+def _backward(gates, n, k, hs, h0, valid, starts, g):
+  """``(dk, dh0)`` of :func:`_forward` for the gradient ``g (T, B, H)`` of its states, in one reverse pass.
 
   ``lam_t``, the gradient reaching ``h_t``, is ``g_t + a'_t lam_{t+1}`` with ``a'_t = a_{t+1}``, or 0 where
   ``t + 1`` starts a segment (``h_{t+1}`` does not read ``h_t`` there): the same recurrence backwards in
-  time. Then ``da_t = lam_t h_{t-1}`` (``h0`` at a start), ``db_t = lam_t``, and ``dh0`` gathers
-  ``a_t lam_t`` from every step that reads ``h0``.
+  time. Then ``da_t = lam_t h_{t-1}`` (``h0`` at a start) and ``db_t = lam_t`` go back through the
+  step's ``gates`` to ``dk_t``, and ``dh0`` gathers ``a_t lam_t`` from every step that reads ``h0``.
+  ``dk`` is written over a copy of ``k`` block by block: each block reads its own ``k`` before the
+  write, and a fresh ``(T, B, K)`` buffer would cost a pass over new memory.
   """
-  T = a.shape[0]
-  s = None if starts is None else starts[..., None]  # (T, B, 1)
-  # Padding has g = 0 and nothing after it, so its lam is 0 whatever its a.
-  (a, hs, s, g), m = _padded((a, hs, s, g), (1, 0, False, 0), T, n)
+  T = k.shape[0]
+  (k, v, s), m = _prepare(k, valid, starts, n)
+  (hs, g), _ = _padded((hs, g), (0, 0), T, n)  # the padding's g is 0 and nothing follows it: its lam is 0
   zero = jnp.zeros_like(h0)
 
-  def block(carry, j, e):
-    lam_after, a_after, dh0 = carry  # lam and a' at the first step of the block after, (B, H) each
-    a_j, hs_j, s_j, g_j = e
-    cut = a_j if s_j is None else jnp.where(s_j, jnp.zeros_like(a_j), a_j)  # a_t, or 0 at a segment start
+  def block(j, carry):
+    lam_after, a_after, _, dh0, dk = carry  # lam and a' at the first step of the block after
+    v_j, s_j, hs_j = _slice(v, j, n), _slice(s, j, n), _slice(hs, j, n)
+    (a, _), pull = jax.vjp(lambda kk: _masked(gates, kk, v_j), _slice(dk, j, n))
+    cut = a if s_j is None else jnp.where(s_j, jnp.zeros_like(a), a)  # a_t, or 0 at a segment start
     a_next = jnp.concatenate([cut[1:], a_after[None]], axis=0)  # (n, B, H): a'_t
-    A, G = lax.associative_scan(_op, (a_next, g_j), axis=0, reverse=True)
+    A, G = lax.associative_scan(_op, (a_next, _slice(g, j, n)), axis=0, reverse=True)
     lam = A * lam_after + G
     before = lax.dynamic_index_in_dim(hs, jnp.maximum(j * n - 1, 0), keepdims=False)
     h_prev = jnp.concatenate([jnp.where(j == 0, h0, before)[None], hs_j[:-1]], axis=0)
     if s_j is not None:
       h_prev = jnp.where(s_j, h0, h_prev)
-      # Resets after step 0 read h0 too (step 0 is counted once, below).
+      # Resets after step 0 read h0 too (step 0 is counted once, after the loop).
       first = (lax.broadcasted_iota(jnp.int32, s_j.shape, 0) + j * n) == 0
-      dh0 = dh0 + jnp.sum(jnp.where(s_j & ~first, a_j * lam, jnp.zeros_like(lam)), axis=0)
-    return (lam[0], cut[0], dh0), (lam * h_prev, lam)
+      dh0 = dh0 + jnp.sum(jnp.where(s_j & ~first, a * lam, jnp.zeros_like(lam)), axis=0)
+    (dk_j,) = pull((lam * h_prev, lam))
+    return lam[0], cut[0], a[0], dh0, lax.dynamic_update_slice_in_dim(dk, dk_j.astype(dk.dtype), j * n, 0)
 
-  (lam0, _, dh0), (da, db) = _over_blocks(block, (zero, zero, zero), (a, hs, s, g), n, m, reverse=True)
-  return da[:T], db[:T], dh0 + a[0] * lam0
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _scan(a, b, h0, starts, n):
-  return _forward(a, b, h0, starts, n)
+  init = (zero, zero, zero, zero, k)
+  lam0, _, a0, dh0, dk = block(0, init) if m == 1 else lax.fori_loop(
+      0, m, lambda i, c: block(m - 1 - i, c), init)
+  return dk[:T], dh0 + a0 * lam0
 
 
-def _scan_fwd(a, b, h0, starts, n):
-  hs = _forward(a, b, h0, starts, n)
-  return hs, (a, hs, h0, starts)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _scan(gates, n, k, h0, valid, starts):
+  return _forward(gates, n, k, h0, valid, starts)
 
 
-def _scan_bwd(n, res, g):
-  a, hs, h0, starts = res
-  return (*_backward(a, hs, h0, starts, g, n), None)
+def _scan_fwd(gates, n, k, h0, valid, starts):
+  hs = _forward(gates, n, k, h0, valid, starts)
+  return hs, (k, hs, h0, valid, starts)
+
+
+def _scan_bwd(gates, n, res, g):
+  k, hs, h0, valid, starts = res
+  return (*_backward(gates, n, k, hs, h0, valid, starts, g), None, None)
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
-def linear_scan(a: jax.Array, b: jax.Array, h0: jax.Array, valid: jax.Array | None = None,
-                resets: jax.Array | None = None, *, block: int | None = None) -> jax.Array:
-  """Every state of ``h_t = a_t * (h0 if t is a reset else h_{t-1}) + b_t``, as a parallel scan.
+def recurrence_scan(gates: Callable, k: jax.Array, h0: jax.Array, valid: jax.Array | None = None,
+                    resets: jax.Array | None = None, *, block: int | None = None) -> jax.Array:
+  """Every state of ``h_t = a_t * (h0 if t is a reset else h_{t-1}) + b_t``, ``(a_t, b_t) = gates(k_t)``.
 
   Args:
-    a, b: ``(T, B, H)`` coefficients.
+    gates: ``gates(k) -> (a, b)``, elementwise over the leading axes: a cell's ``Recurrence.gates``
+      with the params' static fields bound. It must not close over traced arrays.
+    k: ``(T, B, K)``, what the cell's ``project`` gives.
     h0: ``(B, H)`` initial state.
     valid: ``(T, B)`` bools, or ``None``; an invalid step keeps the state.
     resets: ``(T, B)`` bools, or ``None``; a reset step starts again from ``h0``.
@@ -232,23 +257,21 @@ def linear_scan(a: jax.Array, b: jax.Array, h0: jax.Array, valid: jax.Array | No
     ``hs (T, B, H)``, the state after each step.
 
   Example:
-    >>> from jaxlstm._src.kernels.parallel import linear_scan
-    >>> a, b = jnp.full((4, 1, 1), 0.5), jnp.ones((4, 1, 1))
+    >>> from jaxlstm._src.kernels.parallel import recurrence_scan
+    >>> gates = lambda k: (k[..., :1], k[..., 1:])  # k holds (a, b)
+    >>> k = jnp.tile(jnp.array([0.5, 1.0]), (4, 1, 1))  # (T, B, K) = (4, 1, 2)
     >>> resets = jnp.array([False, False, True, False])[:, None]  # (T, B)
-    >>> linear_scan(a, b, jnp.zeros((1, 1)), None, resets, block=4).ravel()
+    >>> recurrence_scan(gates, k, jnp.zeros((1, 1)), None, resets, block=4).ravel()
     Array([1. , 1.5, 1. , 1.5], dtype=float32)
-    >>> linear_scan(a, b, jnp.zeros((1, 1)), resets, None, block=3).ravel()  # steps 0, 1 and 3 invalid
+    >>> recurrence_scan(gates, k, jnp.zeros((1, 1)), resets, None, block=3).ravel()  # steps 0, 1, 3 invalid
     Array([0., 0., 1., 1.], dtype=float32)
   """
-  T = a.shape[0]
-  if valid is not None:
-    v = valid[:, :, None]
-    a, b = jnp.where(v, a, jnp.ones_like(a)), jnp.where(v, b, jnp.zeros_like(b))
-  return _scan(a, b, h0, resets, max(1, min(default_block(T) if block is None else block, T)))
+  T = k.shape[0]
+  return _scan(gates, max(1, min(default_block(T) if block is None else block, T)), k, h0, valid, resets)
 
 
 def run(params: Any, xs: jax.Array, state: Any, valid, resets, *, lengths=None, unroll=None, remat=None):
-  """The kernel's core: the cell's ``recurrence`` for all ``T`` steps, then :func:`linear_scan`.
+  """The kernel's core: the cell's ``project`` for all ``T`` steps, then :func:`recurrence_scan` of its ``gates``.
 
   The cell's state must be a record of one field, ``h``, which is also its output.
 
@@ -262,9 +285,12 @@ def run(params: Any, xs: jax.Array, state: Any, valid, resets, *, lengths=None, 
     ((7, 2, 5), True)
   """
   del lengths, unroll, remat  # validity arrives in ``valid``; nothing is unrolled; remat is refused
+  rec = cell_of(params).recurrence
   (h0,), treedef = jax.tree.flatten(state)
-  a, b = cell_of(params).recurrence(params, xs, h0.dtype)  # (T, B, H) each, after one (T B, I) GEMM
-  hs = linear_scan(a, b, h0, valid, resets)
+  k = rec.project(params, xs, h0.dtype)  # (T, B, K): one (T B, I) GEMM
+  # gates reads the params' static fields only: it gets the params' structure with no arrays in it.
+  skeleton = jax.tree.map(lambda _: None, params)
+  hs = recurrence_scan(functools.partial(rec.gates, skeleton), k, h0, valid, resets)
   return jax.tree.unflatten(treedef, [hs[-1]]), hs
 
 
