@@ -33,8 +33,8 @@ sequence. On an accelerator the block is the whole sequence: one associative
 scan, ``O(log T)`` deep. On a CPU the block is one step, so the scan is one
 sequential pass over ``k``: nothing in the recurrence is a matmul any more,
 a CPU has no idle lanes for the scan's extra work to fill, and each of its
-levels is another pass over memory; measured, longer blocks were several
-times slower.
+levels is another pass over memory; measured, longer blocks were slower,
+up to 1.8x for a whole training step.
 
 **Resets and validity.** ``resets`` make the scan segmented: an element that
 starts a segment discards what comes before it, and its state starts again
@@ -103,12 +103,11 @@ def default_block(T: int) -> int:
   """Steps per block of :func:`recurrence_scan` for ``T`` steps on JAX's default backend: 1 on a CPU, else ``T``.
 
   A block is solved by an associative scan and the blocks follow one another. One block of ``T`` steps
-  is the whole sequence in ``O(log T)`` depth, for accelerators. On a 2-core CPU, forward and backward
-  over ``T = 4096, B = 8, H = 128`` took 4.5 and 35 ms with blocks of 1 step (an associative scan
-  of one element, so a sequential pass), 23 and 74 ms with 4 steps, 31 and 84 ms with 64 and 39 and 141 ms
-  with one block of ``T``; at ``B * H = 16`` and ``T = 16384`` one step still won (0.7 and 2.2 ms against
-  1.2 and 3.8 ms). A CPU has no idle lanes for the scan's extra work to fill, and every level of the scan
-  is another pass over memory (``bench/results_mingru.md``).
+  is the whole sequence in ``O(log T)`` depth, for accelerators. On a 2-core CPU a minGRU training step
+  (``T = 4096, B = 8, I = 32, H = 128``, ``bench/results_mingru.md``) took 210 ms with blocks of 1 step
+  (an associative scan of one element: a sequential pass), 227 ms with 8, 282 ms with 64 and 378 ms
+  with one block of ``T``. A CPU has no idle lanes for the scan's extra work to fill, and every level of
+  the scan is another pass over memory. (Not yet timed on an accelerator.)
 
   Example:
     >>> from jaxlstm.kernels import parallel
