@@ -135,5 +135,6 @@ def test_stack_errors(p, xs):
   with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\); got 1.0"):
     jaxlstm.stack(params, xs, dropout=1.0, key=jax.random.key(0))
   with pytest.raises(TypeError, match=r"params\[0\] must be the params of a registered cell "
-                                      r"\(LSTMParams, GRUParams, RNNParams, MinGRUParams, MinLSTMParams\); got dict"):
+                                      r"\(LSTMParams, GRUParams, RNNParams, MinGRUParams, MinLSTMParams, SLSTMParams\); "
+                                      r"got dict"):
     jaxlstm.stack(({},), xs)
