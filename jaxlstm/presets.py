@@ -25,14 +25,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "adding-var": {"hidden": 64, "lr": 1e-2, "clip_norm": 1.0, "steps": 2000, "eval_every": 250,
                    "restore_best": True},
     "copy": {"task_options": {"T": 20}, "hidden": 128, "lr": 1e-2, "schedule": "cosine", "warmup": 200,
-             "clip_norm": 1.0, "steps": 6000, "eval_every": 500, "restore_best": True},
-    "digits": {"hidden": 128, "lr": 3e-3, "schedule": "cosine", "warmup": 100, "optimizer": "adamw",
+             "clip_norm": 1.0, "steps": 12000, "eval_every": 1000, "restore_best": True},
+    "digits": {"hidden": 256, "lr": 1e-2, "schedule": "cosine", "warmup": 100, "optimizer": "adamw",
                "weight_decay": 1e-4, "steps": 3000, "eval_every": 250, "restore_best": True},
     "pixel-digits": {"hidden": 128, "lr": 3e-3, "schedule": "cosine", "warmup": 100, "optimizer": "adamw",
                      "weight_decay": 1e-4, "steps": 3000, "eval_every": 250, "restore_best": True},
     "sunspots": {"hidden": 64, "lr": 1e-2, "optimizer": "adamw", "weight_decay": 1e-2, "batch_size": 32,
                  "steps": 1000, "eval_every": 20, "early_stopping": 15, "restore_best": True},
-    "text": {"hidden": 256, "lr": 3e-3, "schedule": "cosine", "warmup": 100, "steps": 3000, "eval_every": 250,
+    "text": {"hidden": 128, "lr": 5e-3, "schedule": "cosine", "warmup": 100, "steps": 4000, "eval_every": 500,
              "restore_best": True},
 }
 
@@ -71,6 +71,8 @@ def resolve(task: str, **overrides: Any) -> RunConfig:
     (64, 0.01, {'T': 20})
     >>> resolve("copy", task_options={"T": 100}).task_options
     {'T': 100}
+    >>> resolve("copy", steps=50).warmup  # the preset's 200 warmup steps, scaled to a 50-step run
+    5
   """
   fields = {f.name for f in dataclasses.fields(RunConfig)}
   unknown = sorted(set(overrides) - fields)
@@ -78,4 +80,9 @@ def resolve(task: str, **overrides: Any) -> RunConfig:
     raise TypeError(f"{unknown[0]!r} is not a RunConfig field; the fields are {sorted(fields)}")
   values = {**preset(task), **{k: v for k, v in overrides.items() if k != "task_options"}}
   values["task_options"] = {**preset(task).get("task_options", {}), **overrides.get("task_options", {})}
+  # A preset's warmup is for the preset's steps: a shorter run given with --steps warms up for a tenth of
+  # it instead of failing (the resolved warmup is what config.json records).
+  steps = values.get("steps", RunConfig.steps)
+  if "warmup" not in overrides and values.get("warmup", 0) >= steps:
+    values["warmup"] = steps // 10
   return RunConfig(task=task, **values)
