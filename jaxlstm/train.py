@@ -9,6 +9,8 @@ resumed from a checkpoint continues exactly as if it had never stopped.
 from __future__ import annotations
 
 import functools
+import json
+import os
 import sys
 import time
 from typing import Any, Callable, NamedTuple
@@ -375,21 +377,17 @@ class _Best:
 
   @property
   def _json(self) -> str:
-    import os
     return os.path.join(self.directory, "best.json")
 
   def _params_ckpt(self):
     if self._ckpt is None:
-      import os
-      from jaxlstm.checkpoint import Checkpointer
+      from jaxlstm.checkpoint import Checkpointer  # orbax loads only when checkpointing
       # Two kept: best.json names the step to restore, and the older one must survive until it is rewritten.
       self._ckpt = Checkpointer(os.path.join(self.directory, "best"), keep=2)
     return self._ckpt
 
   def load(self, like: Any) -> None:
     """Takes up the saved tracker, if any; ``like`` has the structure of the params."""
-    import json
-    import os
     if self.directory is None or not os.path.exists(self._json):
       return
     with open(self._json) as f:
@@ -400,8 +398,6 @@ class _Best:
       self.params = self._params_ckpt().restore(like, step=self.record["step"])
 
   def _save(self, improved: bool) -> None:
-    import json
-    import os
     if self.directory is None:
       return
     if improved and self.keep_params:
