@@ -8,9 +8,11 @@ and warns once on import.
 
 import warnings
 
-from jaxlstm.nnx import GRU, Cell, GRUCell, Layer, LSTM, LSTMCell, RNN, RNNCell, Stack
+from jaxlstm import nnx as _nnx
 
-__all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "RNN", "RNNCell", "Stack"]
+# Every public name of jaxlstm.nnx, so that a module added there is here too.
+__all__ = list(_nnx.__all__)
+globals().update({name: getattr(_nnx, name) for name in __all__})
 
 warnings.warn("jaxlstm.nn is deprecated and will be removed in 0.3; use jaxlstm.nnx", DeprecationWarning,
               stacklevel=2)
