@@ -96,14 +96,13 @@ def _train(args: argparse.Namespace) -> int:
   # Before anything touches a device, as jax.distributed requires.
   multi = distributed.maybe_initialize(args.coordinator, args.num_processes, args.process_id)
   progress = False if args.quiet else None
-  records = train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress,
-                      devices=args.devices or ("all" if multi else None))
+  train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress,
+            devices=args.devices or ("all" if multi else None))
   with open(os.path.join(args.out, "summary.json")) as f:
     summary = json.load(f)
   task = load_task(read_config(args.out))
   how = "best on validation" if summary["selected_by"] != "last step" else "the last step"
   print(f"{headline(task, summary['test'])} at step {summary['selected_step']} ({how})")
-  del records
   print(f"run written to {args.out} (config.json, metrics.jsonl, summary.json, checkpoints/)")
   return 0
 
