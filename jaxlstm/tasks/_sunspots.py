@@ -35,7 +35,7 @@ def _rmse(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def sunspots(*, seed: int = 0, window: int = 20, val_years: int = 40, test_years: int = 60, ar_order: int = 9,
              gaps: float = 0.0) -> Task:
-  """Forecast year ``t`` from years ``t - window .. t - 1``: ``xs (N, window, 1)``, ``ys (N, 1)``.
+  """Forecast year ``t`` from years ``t - window`` to ``t - 1``: ``xs (N, window, 1)``, ``ys (N, 1)``.
 
   Inputs and targets are normalized with the mean and standard deviation of
   the training years (``info["y_mean"]``, ``info["y_std"]``): ``value =
