@@ -6,6 +6,7 @@ Weights are ``(in, out)``.
 
 from jaxlstm._src.cells import Cell, Recurrence, cell_names, get_cell, register_cell, static_fields, unregister_cell
 from jaxlstm._src.cells.gru import GRUParams, GRUState, gru_init, gru_step, gru_zero_state
+from jaxlstm._src.initial_state import broadcast_state, initial_state_init
 from jaxlstm._src.initializers import glorot_uniform, orthogonal_blocks
 from jaxlstm._src.kernels import Kernel, KernelChoice, LayerCall, kernel_names, register_kernel, unregister_kernel
 from jaxlstm._src.layers import explain, gru, layer, lstm, rnn, zero_state
@@ -52,6 +53,7 @@ __all__ = [
     "RNNState",
     "SLSTMParams",
     "SLSTMState",
+    "broadcast_state",
     "evaluate",
     "fit",
     "from_flax",
@@ -63,6 +65,7 @@ __all__ = [
     "gru_step",
     "gru_zero_state",
     "init_train_state",
+    "initial_state_init",
     "lstm",
     "lstm_init",
     "lstm_step",
