@@ -8,12 +8,13 @@ kernel a call runs on and why the others do not.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 import jax
 
-from jaxlstm._src import checks, kernels, shell
+from jaxlstm._src import checks, kernels, regularizers, shell
 from jaxlstm._src.cells.gru import GRUParams
 from jaxlstm._src.cells.lstm import LSTMParams
 from jaxlstm._src.cells.registry import cell_of
@@ -170,7 +171,8 @@ def batch_shape_of(xs: jax.Array, *, time_major: bool) -> tuple[int, ...]:
   return tuple(xs.shape[1:-1]) if time_major else tuple(xs.shape[:-2])
 
 
-def layer_call(params: Any, *, lengths, mask, resets, reverse, time_major, remat) -> kernels.LayerCall:
+def layer_call(params: Any, *, lengths, mask, resets, reverse, time_major, remat,
+               in_loop: tuple[str, ...] = ()) -> kernels.LayerCall:
   """The static description of a call that the kernels' ``why_not`` read.
 
   Example:
@@ -183,16 +185,18 @@ def layer_call(params: Any, *, lengths, mask, resets, reverse, time_major, remat
   """
   return kernels.LayerCall(cell=cell_of(params), params=params, lengths=lengths is not None,
                            mask=mask is not None, resets=resets is not None, reverse=bool(reverse),
-                           time_major=bool(time_major), remat=remat)
+                           time_major=bool(time_major), remat=remat, in_loop=tuple(in_loop))
 
 
 def run_checked(params: Any, xs: jax.Array, state: Any, *, lengths, mask, resets, reverse: bool,
-                time_major: bool, unroll, impl: str, remat, name: str = "params"):
+                time_major: bool, unroll, impl: str, remat, name: str = "params",
+                reg: regularizers.Regularizers = regularizers.NONE, key: jax.Array | None = None):
   """Runs one layer whose arguments are already checked: picks the kernel, runs the shell, casts ``hs``.
 
   :func:`jaxlstm.layer` and :func:`jaxlstm.stack` check their arguments once and then call this, so a
   stack does not check every layer's inputs again. Arguments and returns as :func:`jaxlstm.layer`, with
-  ``state`` required and ``name`` used in the debug log.
+  ``state`` required, ``name`` used in the debug log, and the regularizers checked into ``reg``
+  (:func:`jaxlstm.regularizers.check_regularizers`) with their ``key``.
 
   Example:
     >>> from jaxlstm._src.layers import run_checked
@@ -204,17 +208,29 @@ def run_checked(params: Any, xs: jax.Array, state: Any, *, lengths, mask, resets
     (2, 7, 5)
   """
   call = layer_call(params, lengths=lengths, mask=mask, resets=resets, reverse=reverse, time_major=time_major,
-                    remat=remat)
+                    remat=remat, in_loop=reg.in_loop)
   kernel = kernels.select(call, impl)
   logger.debug("%s: %s layer runs on the %r kernel (impl=%r)", name, call.cell.name, kernel.name, impl)
-  final, hs = shell.run(kernel.run, params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-                        time_major=time_major, unroll=unroll, remat=remat)
-  return final, hs.astype(xs.dtype)
+  out_dtype = xs.dtype
+  kw = dict(lengths=lengths, mask=mask, resets=resets, reverse=reverse, time_major=time_major, unroll=unroll,
+            remat=remat)
+  if not reg.active:
+    final, hs = shell.run(kernel.run, params, xs, state, **kw)
+    return final, hs.astype(out_dtype)
+  params, xs, masks = regularizers.prepare(reg, params, xs, key, cell=call.cell, time_major=time_major)
+  if not reg.in_loop:
+    final, hs = shell.run(kernel.run, params, xs, state, **kw)
+    return final, hs.astype(out_dtype)
+  # The selected kernel scans the cell's own step (Kernel.scans_step): scan the wrapped step instead.
+  step = regularizers.looped_step(call.cell, reg, params, training=key is not None)
+  (final, _), hs = shell.run(functools.partial(kernels.reference.scan_core, step), params, xs, (state, masks), **kw)
+  return final, hs.astype(out_dtype)
 
 
 def layer(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None, reverse: bool = False,
           time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto",
-          remat: int | None = None):
+          remat: int | None = None, input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
+          zoneout: float | dict = 0.0, weight_drop: float = 0.0, key: jax.Array | None = None):
   """Runs one recurrent layer of any registered cell over a sequence.
 
   ``impl="auto"`` (the default) runs the call on the fastest kernel that can
@@ -245,6 +261,17 @@ def layer(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, re
     remat: checkpoint every ``remat`` steps (fused kernel), so that training
       memory grows with ``T / remat`` chunk states instead of every step's
       gates: for very long sequences.
+    input_dropout: variational dropout on the input, one mask per sequence
+      (Keras' ``dropout``); every kernel runs it.
+    recurrent_dropout: variational dropout on ``h_{t-1}`` in the recurrent
+      projection, one mask per sequence and gate (Keras' ``recurrent_dropout``);
+      runs on the reference kernel.
+    zoneout: the probability that a state unit keeps its previous value at a
+      step, for every state field, or ``{field: rate}``; without ``key`` the
+      expectation is used (evaluation). Runs on the reference kernel.
+    weight_drop: DropConnect on ``w_h``, one mask per call; every kernel runs it.
+    key: PRNG key for the regularizers' masks; needed when a dropout rate is
+      positive. :mod:`jaxlstm.regularizers` gives their exact definitions.
 
   Returns:
     ``(final_state, hs)``; ``hs`` is ``(*batch, T, F)`` (time-major
@@ -262,19 +289,34 @@ def layer(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, re
     >>> state, hs = jaxlstm.layer(params, jnp.ones((2, 7, 3)), lengths=jnp.array([7, 4]))
     >>> hs.shape, state.h.shape, bool((hs[1, 4:] == 0).all())
     ((2, 7, 5), (2, 5), True)
+
+    Training with Keras' recurrent dropout and zoneout on ``c``, then evaluating (no key: no dropout, and
+    zoneout's expectation):
+
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> _, hs = jaxlstm.layer(params, jnp.ones((2, 7, 3)), recurrent_dropout=0.25, zoneout={"c": 0.5},
+    ...                       key=jax.random.key(1))
+    >>> _, hs_eval = jaxlstm.layer(params, jnp.ones((2, 7, 3)), zoneout={"c": 0.5})
+    >>> hs.shape, jaxlstm.explain(params, jnp.ones((2, 7, 3)), zoneout={"c": 0.5}).kernel
+    ((2, 7, 5), 'reference')
   """
   return _layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-                time_major=time_major, unroll=unroll, impl=impl, remat=remat)
+                time_major=time_major, unroll=unroll, impl=impl, remat=remat, input_dropout=input_dropout,
+                recurrent_dropout=recurrent_dropout, zoneout=zoneout, weight_drop=weight_drop, key=key)
 
 
-def _layer(params, xs, state, *, cls=None, lengths, mask, resets, reverse, time_major, unroll, impl, remat=None):
+def _layer(params, xs, state, *, cls=None, lengths, mask, resets, reverse, time_major, unroll, impl, remat=None,
+           input_dropout=0.0, recurrent_dropout=0.0, zoneout=0.0, weight_drop=0.0, key=None):
   """:func:`layer` with every argument checked once (``params`` against ``cls`` when given)."""
   check_params("params", params, cls)
   check_options(impl=impl, remat=remat)
+  reg = regularizers.check_regularizers(cell_of(params), input_dropout=input_dropout,
+                                        recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+                                        weight_drop=weight_drop, key=key)
   xs, lengths, mask, resets = check_sequence(params, xs, lengths, mask, resets, time_major=time_major)
   state = check_state("state", params, state, batch_shape_of(xs, time_major=time_major))
   return run_checked(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-                     time_major=time_major, unroll=unroll, impl=impl, remat=remat)
+                     time_major=time_major, unroll=unroll, impl=impl, remat=remat, reg=reg, key=key)
 
 
 def lstm(params: LSTMParams, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None,
@@ -336,15 +378,21 @@ def rnn(params: RNNParams, xs: jax.Array, state=None, *, activation: str | None 
 
 
 def explain(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None, reverse: bool = False,
-            time_major: bool = False, impl: str = "auto", remat: int | None = None, unroll=None):
+            time_major: bool = False, impl: str = "auto", remat: int | None = None, unroll=None,
+            recurrent_dropout: float = 0.0, zoneout: float | dict = 0.0, **ignored):
   """Which kernel a call of :func:`jaxlstm.layer` (or :func:`jaxlstm.stack`) would run on, and why.
 
-  Takes the same arguments as the call (``state`` and ``unroll`` are
+  Takes the same arguments as the call (``state``, ``unroll`` and the options
+  that do not decide the kernel, such as ``key`` or ``input_dropout``, are
   accepted and ignored) and runs nothing.
 
   Args:
     params: one layer's params, or a stack's tuple from :func:`jaxlstm.stack_init`.
     xs, lengths, mask, resets, reverse, time_major, impl, remat: as the call.
+    recurrent_dropout, zoneout: as the call; they act inside the loop, which
+      only the reference kernel runs.
+    **ignored: the call's other options (``key``, ``input_dropout``,
+      ``weight_drop``, a stack's ``dropout`` and ``merge``...).
 
   Returns:
     A :class:`jaxlstm.KernelChoice` (``.kernel``, ``.reasons``; ``print`` it
@@ -361,7 +409,7 @@ def explain(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, 
     >>> choice.reasons["fused"]
     "it runs plain and peephole LSTMs only, not layer_norm or proj_size; use impl='reference'"
   """
-  del state, unroll
+  del state, unroll, ignored
   from jaxlstm._src.stack import Bidirectional, check_stack  # stack builds on this module
 
   check_options(impl=impl, remat=remat)
@@ -378,6 +426,10 @@ def explain(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, 
   check_sequence(layers[0][1], xs, lengths, mask, resets, time_major=time_major)
   out = []
   for name, p, rev in layers:
-    call = layer_call(p, lengths=lengths, mask=mask, resets=resets, reverse=rev, time_major=time_major, remat=remat)
+    # Only whether an in-loop regularizer is on decides the kernel: check the rates, not the key.
+    reg = regularizers.check_regularizers(cell_of(p), recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+                                          key=jax.random.key(0) if recurrent_dropout else None, name=name)
+    call = layer_call(p, lengths=lengths, mask=mask, resets=resets, reverse=rev, time_major=time_major, remat=remat,
+                      in_loop=reg.in_loop)
     out.append(kernels.KernelChoice(name, kernels.select(call, impl).name, kernels.reasons(call)))
   return out[0] if len(out) == 1 and layers[0][0] == "params" else tuple(out)

@@ -153,9 +153,25 @@ def gru_step(params: GRUParams, state: GRUState, x: jax.Array) -> tuple[GRUState
     ((2, 5), True)
   """
   cdt = params.w_x.dtype
+  return gru_update(params, state, x.astype(cdt) @ params.w_x, state.h.astype(cdt) @ params.w_h)
+
+
+def gru_update(params: GRUParams, state: GRUState, zx: jax.Array, zh: jax.Array) -> tuple[GRUState, jax.Array]:
+  """:func:`jaxlstm.gru_step` from its two projections on: ``zx = x @ w_x`` and ``zh = h @ w_h``, each ``(..., 3H)``.
+
+  The cell record's ``update``, for recurrent dropout with a mask per gate (:mod:`jaxlstm.regularizers`).
+
+  Example:
+    >>> from jaxlstm._src.cells.gru import gru_update
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> state, x = jaxlstm.gru_zero_state(params, (2,)), jnp.ones((2, 3))
+    >>> bool((gru_update(params, state, x @ params.w_x, state.h @ params.w_h)[1]
+    ...       == jaxlstm.gru_step(params, state, x)[1]).all())
+    True
+  """
   h = state.h
-  zx = (x.astype(cdt) @ params.w_x + params.b).astype(h.dtype)
-  zh = (h.astype(cdt) @ params.w_h).astype(h.dtype)
+  zx = (zx + params.b).astype(h.dtype)
+  zh = zh.astype(h.dtype)
   xr, xz, xn = jnp.split(zx, 3, axis=-1)
   hr, hz, hn = jnp.split(zh, 3, axis=-1)
   r = jax.nn.sigmoid(xr + hr)
@@ -166,5 +182,5 @@ def gru_step(params: GRUParams, state: GRUState, x: jax.Array) -> tuple[GRUState
 
 
 CELL = Cell(name="gru", params_type=GRUParams, state_type=GRUState, init=gru_init, step=gru_step,
-            zero_state=gru_zero_state, options_of=lambda p: {"dtype": p.dtype}, gates=3,
+            zero_state=gru_zero_state, options_of=lambda p: {"dtype": p.dtype}, gates=3, update=gru_update,
             peers={"torch": "GRU", "keras": "GRU", "flax": "GRUCell"})

@@ -279,9 +279,25 @@ def lstm_step(params: LSTMParams, state: LSTMState, x: jax.Array) -> tuple[LSTMS
     (7, 2, 5)
   """
   cdt = params.w_x.dtype
+  return lstm_update(params, state, x.astype(cdt) @ params.w_x, state.h.astype(cdt) @ params.w_h)
+
+
+def lstm_update(params: LSTMParams, state: LSTMState, zx: jax.Array, zh: jax.Array) -> tuple[LSTMState, jax.Array]:
+  """:func:`jaxlstm.lstm_step` from its two projections on: ``zx = x @ w_x`` and ``zh = h @ w_h``, each ``(..., 4H)``.
+
+  The cell record's ``update``: recurrent dropout with a mask per gate (:mod:`jaxlstm.regularizers`)
+  computes the projections from masked copies of ``x`` and ``h``, then finishes the step here.
+
+  Example:
+    >>> from jaxlstm._src.cells.lstm import lstm_update
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> state, x = jaxlstm.lstm_zero_state(params, (2,)), jnp.ones((2, 3))
+    >>> new, h = lstm_update(params, state, x @ params.w_x, state.h @ params.w_h)
+    >>> bool((h == jaxlstm.lstm_step(params, state, x)[1]).all())
+    True
+  """
+  cdt = params.w_x.dtype
   c_prev = state.c
-  zx = x.astype(cdt) @ params.w_x
-  zh = state.h.astype(cdt) @ params.w_h
   if params.layer_norm is not None:
     ln = params.layer_norm
     zx = layer_norm(zx, ln.x_scale)
@@ -319,6 +335,6 @@ def lstm_options(params: LSTMParams) -> dict:
 
 
 CELL = Cell(name="lstm", params_type=LSTMParams, state_type=LSTMState, init=lstm_init, step=lstm_step,
-            zero_state=lstm_zero_state, options_of=lstm_options, gates=4,
+            zero_state=lstm_zero_state, options_of=lstm_options, gates=4, update=lstm_update,
             options=("peephole", "layer_norm", "proj_size", "forget_bias"),
             peers={"torch": "LSTM", "keras": "LSTM", "flax": "OptimizedLSTMCell"})

@@ -32,7 +32,9 @@ class Cell(NamedTuple):
     init: ``init(key, input_size, hidden_size, *, dtype, **options) -> params``.
     step: ``step(params, state, x) -> (state, y)``, the scan body, with any
       leading batch axes on ``state`` and ``x``.
-    zero_state: ``zero_state(params, batch_shape=(), dtype=None) -> state``.
+    zero_state: ``zero_state(params, batch_shape=(), dtype=None) -> state``. For a cell with
+      ``feature_axes > 1``, ``batch_shape`` ends with the input's spatial axes, ``(*batch, *spatial)``,
+      from which the state's own spatial axes follow (as Flax's ``initialize_carry`` takes the input's shape).
     options_of: ``options_of(params) -> dict``, the init options (dtype
       included) that give ``params``' layout: ``init(key, I, H,
       **options_of(params))`` has the same structure, shapes and dtypes.
@@ -45,6 +47,15 @@ class Cell(NamedTuple):
       the diagonal linear recurrence ``h' = a * h + b`` with ``a, b``
       functions of the input alone (minGRU, minLSTM); the ``parallel``
       kernel runs such cells with an associative scan over time.
+    feature_axes: how many trailing axes of one step's input ``x``, of its output and of each state
+      leaf belong to one example rather than to the batch: 1 (``(..., I)``) for the vector cells,
+      ``rank + 1`` (``(..., *spatial, C)``) for the ConvLSTMs. The layer shell, the entry checks and
+      :func:`jaxlstm.stack` read it to find the time and batch axes.
+    update: ``None``, or ``update(params, state, zx, zh) -> (state, y)``: the
+      step from its two projections on, ``zx = x @ params.w_x`` and
+      ``zh = state.h @ params.w_h`` (each ``(..., gates * H)``), for a cell
+      whose step begins with them. Recurrent dropout with a mask per gate
+      (Keras' semantics, :mod:`jaxlstm.regularizers`) needs it.
 
   Example:
     >>> cell = jaxlstm.get_cell("gru")
@@ -68,6 +79,8 @@ class Cell(NamedTuple):
   options: tuple[str, ...] = ()
   peers: Mapping[str, str] = {}
   recurrence: Recurrence | None = None
+  feature_axes: int = 1
+  update: Callable[..., tuple[Any, jax.Array]] | None = None
 
 
 class Recurrence(NamedTuple):

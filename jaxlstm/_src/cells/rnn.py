@@ -188,11 +188,26 @@ def rnn_step(params: RNNParams, state: RNNState, x: jax.Array, *,
   """
   check_call_activation(params, activation)
   cdt = params.w_x.dtype
-  z = x.astype(cdt) @ params.w_x + state.h.astype(cdt) @ params.w_h + params.b
-  h = ACTIVATIONS[params.activation](z.astype(state.h.dtype))
+  return rnn_update(params, state, x.astype(cdt) @ params.w_x, state.h.astype(cdt) @ params.w_h)
+
+
+def rnn_update(params: RNNParams, state: RNNState, zx: jax.Array, zh: jax.Array) -> tuple[RNNState, jax.Array]:
+  """:func:`jaxlstm.rnn_step` from its two projections on: ``zx = x @ w_x`` and ``zh = h @ w_h``, each ``(..., H)``.
+
+  The cell record's ``update``, for recurrent dropout (:mod:`jaxlstm.regularizers`).
+
+  Example:
+    >>> from jaxlstm._src.cells.rnn import rnn_update
+    >>> params = jaxlstm.rnn_init(jax.random.key(0), 3, 5)
+    >>> state, x = jaxlstm.rnn_zero_state(params, (2,)), jnp.ones((2, 3))
+    >>> bool((rnn_update(params, state, x @ params.w_x, state.h @ params.w_h)[1]
+    ...       == jaxlstm.rnn_step(params, state, x)[1]).all())
+    True
+  """
+  h = ACTIVATIONS[params.activation]((zx + zh + params.b).astype(state.h.dtype))
   return RNNState(h), h
 
 
 CELL = Cell(name="rnn", params_type=RNNParams, state_type=RNNState, init=rnn_init, step=rnn_step,
             zero_state=rnn_zero_state, options_of=lambda p: {"dtype": p.dtype, "activation": p.activation},
-            gates=1, options=("activation",), peers={"torch": "RNN", "keras": "SimpleRNN"})
+            gates=1, options=("activation",), peers={"torch": "RNN", "keras": "SimpleRNN"}, update=rnn_update)

@@ -102,4 +102,4 @@ def run(params: Any, xs: jax.Array, state: Any, valid, resets, *, lengths=None, 
                    remat=remat)
 
 
-KERNEL = Kernel(name="reference", why_not=why_not, run=run, rank=100)
+KERNEL = Kernel(name="reference", why_not=why_not, run=run, rank=100, scans_step=True)

@@ -38,6 +38,9 @@ class LayerCall(NamedTuple):
     reverse: whether the layer runs backwards in time.
     time_major: whether the call's arrays are time-major.
     remat: the call's ``remat``, or ``None``.
+    in_loop: the names of the call's regularizers that act inside the time
+      loop (``"recurrent_dropout"``, ``"zoneout"``), which only a kernel that
+      scans the cell's own step can run; empty for most calls.
 
   Example:
     >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
@@ -54,6 +57,25 @@ class LayerCall(NamedTuple):
   reverse: bool
   time_major: bool
   remat: int | None
+  in_loop: tuple[str, ...] = ()
+
+
+def in_loop_reason(call: LayerCall) -> str | None:
+  """Why a kernel with its own loop body cannot run ``call``: the call's in-loop regularizers; or ``None``.
+
+  Example:
+    >>> from jaxlstm._src.kernels.registry import in_loop_reason
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("lstm"), params=params, lengths=False, mask=False,
+    ...                          resets=False, reverse=False, time_major=False, remat=None, in_loop=("zoneout",))
+    >>> in_loop_reason(call)
+    "zoneout acts inside the time loop, on the cell's own step; use impl='reference'"
+  """
+  if not call.in_loop:
+    return None
+  names = " and ".join(call.in_loop)
+  return f"{names} {'act' if len(call.in_loop) > 1 else 'acts'} inside the time loop, on the cell's own step; " \
+         f"use impl='reference'"
 
 
 class Kernel(NamedTuple):
@@ -67,6 +89,9 @@ class Kernel(NamedTuple):
     run: the core, with the contract in this module's docstring.
     rank: ``impl="auto"`` tries kernels from the lowest rank up: the fastest
       general kernel should have the lowest.
+    scans_step: whether ``run`` is :func:`~jaxlstm.kernels.reference.scan_core` over the cell's own step,
+      so that the layer may hand it a step with in-loop regularizers wrapped around it
+      (:attr:`LayerCall.in_loop`); only the reference kernel does.
 
   Example:
     >>> from jaxlstm.kernels import fused
@@ -79,6 +104,7 @@ class Kernel(NamedTuple):
   why_not: Callable[[LayerCall], str | None]
   run: Callable[..., tuple[Any, Any]]
   rank: int
+  scans_step: bool = False
 
 
 _KERNELS: dict[str, Kernel] = {}
@@ -184,7 +210,25 @@ def reasons(call: LayerCall) -> dict[str, str | None]:
       (mingru, minlstm), not gru, whose step is not linear in h', 'cudnn': 'it runs LSTM layers only, not gru',
       'reference': None}
   """
-  return {name: _KERNELS[name].why_not(call) for name in kernel_names()}
+  return {name: why_not(_KERNELS[name], call) for name in kernel_names()}
+
+
+def why_not(kernel: Kernel, call: LayerCall) -> str | None:
+  """Why ``kernel`` cannot run ``call``: the in-loop regularizers for a kernel with a loop body of its own, else
+  the kernel's own ``why_not``.
+
+  Example:
+    >>> from jaxlstm._src.kernels.registry import why_not
+    >>> from jaxlstm.kernels import fused, reference
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("lstm"), params=params, lengths=False, mask=False,
+    ...                          resets=False, reverse=False, time_major=False, remat=None, in_loop=("zoneout",))
+    >>> why_not(fused.KERNEL, call), why_not(reference.KERNEL, call)
+    ("zoneout acts inside the time loop, on the cell's own step; use impl='reference'", None)
+  """
+  if call.in_loop and not kernel.scans_step:
+    return in_loop_reason(call)
+  return kernel.why_not(call)
 
 
 def select(call: LayerCall, impl: str) -> Kernel:
@@ -207,7 +251,7 @@ def select(call: LayerCall, impl: str) -> Kernel:
   """
   check_impl(impl)
   if impl != "auto":
-    why = _KERNELS[impl].why_not(call)
+    why = why_not(_KERNELS[impl], call)
     if why is not None:
       raise ValueError(f"impl={impl!r} cannot run this layer: {why}")
     return _KERNELS[impl]
