@@ -50,8 +50,8 @@ from flax.core import FrozenDict
 
 import jaxlstm
 from jaxlstm._src.cells.registry import get_cell
-from jaxlstm._src.flax_common import (check_cell_options, check_kind, check_layout, layer_output, params_options, pick,
-                                      restated, shape_params, stack_options)
+from jaxlstm._src.flax_common import (check_cell_options, check_kind, check_layout, layer_output, needs_rng,
+                                      params_options, pick, regularizer_rates, restated, shape_params, stack_options)
 
 __all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "MinGRU", "MinGRUCell", "MinLSTM", "MinLSTMCell",
            "RNN", "RNNCell", "SLSTM", "SLSTMCell", "Stack", "WEIGHTS", "from_variables", "to_variables"]
@@ -398,8 +398,14 @@ class Stack(_Recurrent):
     bidirectional: give each layer a forward and a backward direction.
     merge: ``"concat"``, ``"sum"``, ``"mean"`` or ``"mul"``.
     dropout: drop rate on each layer's output except the last.
-    deterministic: disable dropout; may be given at call time instead (one of
-      the two, as ``nn.Dropout``). Needed only when ``dropout > 0``.
+    input_dropout, recurrent_dropout, zoneout, weight_drop: the recurrent
+      regularizers of every layer (:mod:`jaxlstm.regularizers`): Keras'
+      ``dropout`` and ``recurrent_dropout``, zoneout (a rate, or
+      ``{state field: rate}``) and DropConnect on ``w_h``; their masks come
+      from the ``"dropout"`` rng.
+    deterministic: disable dropout and the regularizers' masks, zoneout
+      taking its expectation; may be given at call time instead (one of the
+      two, as ``nn.Dropout``). Needed only when one of them is on.
     activation: shorthand for ``options["activation"]`` (``cell="rnn"``).
     peephole: shorthand for ``options["peephole"]`` (``cell="lstm"``).
     layer_norm: shorthand for ``options["layer_norm"]`` (``cell="lstm"``).
@@ -432,6 +438,10 @@ class Stack(_Recurrent):
   bidirectional: bool = False
   merge: str = "concat"
   dropout: float = 0.0
+  input_dropout: float = 0.0
+  recurrent_dropout: float = 0.0
+  zoneout: float | Mapping[str, float] = 0.0
+  weight_drop: float = 0.0
   deterministic: bool | None = None
   activation: str | None = None
   peephole: bool | None = None
@@ -526,11 +536,13 @@ class Stack(_Recurrent):
     options.update(cell=cell, bidirectional=self.bidirectional, merge=self.merge)
     params = self._declare(jaxlstm.stack_init, _input_size(xs), (self.hidden_size, self.num_layers), options)
     key = None
-    if self.dropout > 0.0 and not linen.merge_param("deterministic", self.deterministic, deterministic):
+    training = needs_rng(self) and not linen.merge_param("deterministic", self.deterministic, deterministic)
+    if training:
       key = self.make_rng("dropout")
     states, hs = jaxlstm.stack(params, xs, initial_states, lengths=lengths, mask=mask, resets=resets,
                                dropout=0.0 if key is None else self.dropout, key=key, merge=self.merge,
-                               time_major=self.time_major, unroll=self.unroll, impl=self.impl, remat=self.remat)
+                               time_major=self.time_major, unroll=self.unroll, impl=self.impl, remat=self.remat,
+                               **regularizer_rates(self, training))
     out = layer_output(states[-1], hs, return_sequences=pick(return_sequences, self.return_sequences),
                        return_state=False, merge=self.merge)
     return (states, out) if pick(return_state, self.return_state) else out

@@ -43,6 +43,7 @@ the output first).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import jax
@@ -51,8 +52,8 @@ from flax import nnx
 
 import jaxlstm
 from jaxlstm._src.cells.registry import cell_of, get_cell, is_cell_params
-from jaxlstm._src.flax_common import (check_cell_options, check_kind, check_layout, layer_output, params_options, pick,
-                                      restated, shape_params, stack_options)
+from jaxlstm._src.flax_common import (check_cell_options, check_kind, check_layout, layer_output, needs_rng,
+                                      params_options, pick, regularizer_rates, restated, shape_params, stack_options)
 from jaxlstm._src.stack import Bidirectional
 
 __all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "MinGRU", "MinGRUCell", "MinLSTM", "MinLSTMCell",
@@ -406,8 +407,13 @@ class Stack(_Weights):
     merge: how the two directions join: ``"concat"``, ``"sum"``, ``"mean"``
       or ``"mul"``.
     dropout: drop rate on each layer's output except the last, as PyTorch's.
-    deterministic: disable dropout (``model.eval()`` and ``nnx.view`` set
-      it); the call's ``deterministic`` argument takes precedence.
+    input_dropout, recurrent_dropout, zoneout, weight_drop: the recurrent
+      regularizers of every layer (:mod:`jaxlstm.regularizers`): Keras'
+      ``dropout`` and ``recurrent_dropout``, zoneout (a rate, or
+      ``{state field: rate}``) and DropConnect on ``w_h``.
+    deterministic: disable dropout and the regularizers' masks, zoneout
+      taking its expectation (``model.eval()`` and ``nnx.view`` set it); the
+      call's ``deterministic`` argument takes precedence.
     dtype: parameter dtype.
     return_sequences: return the last layer's whole output sequence (the
       default); if ``False``, only its last valid output ``(*batch, F)``.
@@ -417,8 +423,8 @@ class Stack(_Weights):
     impl: ``"auto"`` or a kernel's name, for every layer (see :func:`jaxlstm.layer`).
     remat: checkpoint every ``remat`` steps in each layer.
     rngs: ``nnx.Rngs`` whose ``params`` stream initializes the params and
-      whose ``dropout`` stream (or default) draws the dropout masks; not
-      needed with ``params`` and no dropout.
+      whose ``dropout`` stream (or default) draws the dropout and
+      regularizer masks; not needed with ``params`` and no dropout.
     params: existing functional params to wrap (see :meth:`from_params`).
     **cell_options: the cell's init options, for every layer, such as
       ``peephole`` for ``"lstm"`` or ``activation`` for ``"rnn"``; they are
@@ -440,15 +446,18 @@ class Stack(_Weights):
 
   def __init__(self, input_size: int, hidden_size: int, *, num_layers: int = 1, cell: str = "lstm",
                bidirectional: bool = False, merge: str = "concat", dropout: float = 0.0,
-               deterministic: bool = False, dtype: Any = jnp.float32, return_sequences: bool = True,
-               return_state: bool = False, time_major: bool = False, unroll: int | bool | None = None,
-               impl: str = "auto", remat: int | None = None, rngs: nnx.Rngs | None = None, params: Any = None,
-               **cell_options):
+               input_dropout: float = 0.0, recurrent_dropout: float = 0.0, zoneout: float | dict = 0.0,
+               weight_drop: float = 0.0, deterministic: bool = False, dtype: Any = jnp.float32,
+               return_sequences: bool = True, return_state: bool = False, time_major: bool = False,
+               unroll: int | bool | None = None, impl: str = "auto", remat: int | None = None,
+               rngs: nnx.Rngs | None = None, params: Any = None, **cell_options):
     options = dict(check_cell_options(get_cell(cell), cell_options), cell=cell, bidirectional=bidirectional,
                    merge=merge, dtype=dtype)
     self._set_weights(jaxlstm.stack_init, (input_size, hidden_size, num_layers), options, rngs,
                       None if params is None else tuple(params))
     self.merge, self.dropout, self.deterministic = merge, dropout, deterministic
+    self.input_dropout, self.recurrent_dropout, self.weight_drop = input_dropout, recurrent_dropout, weight_drop
+    self.zoneout = dict(zoneout) if isinstance(zoneout, Mapping) else zoneout
     self.return_sequences, self.return_state = return_sequences, return_state
     self.time_major, self.unroll, self.impl, self.remat = time_major, unroll, impl, remat
     self.rngs = nnx.data(None if rngs is None else rngs["dropout"].fork())
@@ -539,16 +548,17 @@ class Stack(_Weights):
       (2, (2, 4))
     """
     key = None
-    if self.dropout > 0.0 and not pick(deterministic, self.deterministic):
+    training = not pick(deterministic, self.deterministic)
+    if training and needs_rng(self):
       stream = self.rngs if rngs is None else rngs["dropout"]
       if stream is None:
-        raise ValueError("Stack with dropout > 0 needs rngs (at construction or in the call) unless "
+        raise ValueError("Stack with dropout or regularizers needs rngs (at construction or in the call) unless "
                          "deterministic=True")
       key = stream()
     states, hs = jaxlstm.stack(self.params, xs, initial_states, lengths=lengths, mask=mask, resets=resets,
                                dropout=0.0 if key is None else self.dropout, key=key, merge=self.merge,
                                time_major=pick(time_major, self.time_major), unroll=self.unroll, impl=self.impl,
-                               remat=self.remat)
+                               remat=self.remat, **regularizer_rates(self, training))
     out = layer_output(states[-1], hs, return_sequences=pick(return_sequences, self.return_sequences),
                        return_state=False, merge=self.merge)
     return (states, out) if pick(return_state, self.return_state) else out

@@ -23,6 +23,33 @@ def pick(value: Any, default: Any) -> Any:
   return default if value is None else value
 
 
+REGULARIZERS = ("input_dropout", "recurrent_dropout", "zoneout", "weight_drop")
+
+
+def regularizer_rates(module: Any, training: bool) -> dict:
+  """The :func:`jaxlstm.stack` regularizer options of a Flax module (its attributes of :data:`REGULARIZERS`).
+
+  In training every rate applies; in evaluation the dropouts are off and zoneout stays, for the call to take
+  its expectation (a call without a key).
+
+  Example:
+    >>> from types import SimpleNamespace
+    >>> module = SimpleNamespace(input_dropout=0.1, recurrent_dropout=0.2, zoneout=0.3, weight_drop=0.0)
+    >>> regularizer_rates(module, False)
+    {'zoneout': 0.3}
+  """
+  if not training:
+    return {"zoneout": module.zoneout}
+  return {name: getattr(module, name) for name in REGULARIZERS}
+
+
+def needs_rng(module: Any) -> bool:
+  """Whether a training call of the module draws random masks: dropout between layers or any regularizer."""
+  zoneout = module.zoneout
+  zoned = any(zoneout.values()) if isinstance(zoneout, Mapping) else bool(zoneout)
+  return bool(module.dropout or module.input_dropout or module.recurrent_dropout or module.weight_drop or zoned)
+
+
 def check_cell_options(cell: Cell, options: Mapping[str, Any]) -> dict:
   """Checks ``options`` against the cell's init options; returns them as a dict.
 

@@ -151,6 +151,9 @@ def check_regularizers(cell: Any, *, input_dropout: Any = 0.0, recurrent_dropout
     rate = check_rate("zoneout", zoneout)
     per_field = dict.fromkeys(fields, rate)
   zones = tuple((f, r) for f, r in per_field.items() if r > 0)
+  if zones and getattr(cell, "feature_axes", 1) != 1:
+    raise ValueError(f"zoneout takes cells whose state has one feature axis; a {cell.name} layer's has "
+                     f"{cell.feature_axes}")
   if zones and "h" not in fields:
     raise ValueError(f"zoneout needs a cell whose output is its state's h; a {cell.name} layer's state has fields "
                      f"{list(fields)}")
@@ -209,8 +212,10 @@ def prepare(reg: Regularizers, params: Any, xs: jax.Array, key: jax.Array | None
   if reg.weight_drop > 0:
     params = params._replace(w_h=params.w_h * dropout_mask(keys[3], reg.weight_drop, params.w_h.shape,
                                                            params.w_h.dtype))
-  batch_shape = tuple(xs.shape[1:-1]) if time_major else tuple(xs.shape[:-2])
-  time_axis = 0 if time_major else xs.ndim - 2
+  axes = getattr(cell, "feature_axes", 1)  # a convolutional cell's inputs have (*spatial, C)
+  batch_shape = tuple(xs.shape[1:-axes]) if time_major else tuple(xs.shape[:-axes - 1])
+  features = tuple(xs.shape[-axes:])
+  time_axis = 0 if time_major else xs.ndim - axes - 1
   masks = None
   if reg.recurrent_dropout > 0:
     G, P = cell.gates, params.w_h.shape[0]
@@ -218,7 +223,7 @@ def prepare(reg: Regularizers, params: Any, xs: jax.Array, key: jax.Array | None
                                                           (*batch_shape, G, xs.shape[-1]), xs.dtype)
     masks = Masks(mx, dropout_mask(keys[1], reg.recurrent_dropout, (*batch_shape, G, P), xs.dtype))
   elif reg.input_dropout > 0:
-    mask = dropout_mask(keys[0], reg.input_dropout, (*batch_shape, xs.shape[-1]), xs.dtype)
+    mask = dropout_mask(keys[0], reg.input_dropout, (*batch_shape, *features), xs.dtype)
     xs = xs * jnp.expand_dims(mask, time_axis)  # the same mask at every step
   if reg.zoneout and key is not None:
     widths = zone_widths(reg, params, cell)
