@@ -49,18 +49,35 @@ def as_array(name: str, x: Any) -> jax.Array:
     raise TypeError(f"{name} must be an array; got {type(x).__name__}") from e
 
 
-def check_sequence(name: str, xs: jax.Array, input_size: int, *, time_major: bool) -> tuple[int, tuple[int, ...]]:
-  """Checks ``xs`` and returns ``(T, batch_shape)``."""
-  layout = "(T, *batch, I)" if time_major else "(*batch, T, I)"
-  if xs.ndim < 2:
+SPATIAL = {1: "W", 2: "H, W", 3: "D, H, W"}  # names of the spatial axes in the messages, by rank
+
+
+def check_sequence(name: str, xs: jax.Array, input_size: int, *, time_major: bool,
+                   feature_axes: int = 1) -> tuple[int, tuple[int, ...]]:
+  """Checks ``xs`` and returns ``(T, batch_shape)``.
+
+  ``feature_axes`` is the cell's (:class:`jaxlstm.Cell`): the trailing axes of one step's input, ``(I,)``
+  for a vector cell, ``(*spatial, I)`` for a convolutional one.
+
+  Example:
+    >>> from jaxlstm._src.checks import check_sequence
+    >>> check_sequence("xs", jnp.ones((2, 7, 8, 8, 3)), 3, time_major=False, feature_axes=3)
+    (7, (2,))
+    >>> check_sequence("xs", jnp.ones((2, 7, 3)), 3, time_major=False, feature_axes=3)
+    Traceback (most recent call last):
+    ValueError: xs must have shape (*batch, T, H, W, I) with I=3; got shape (2, 7, 3) (rank 3)
+  """
+  spatial = SPATIAL.get(feature_axes - 1, f"<{feature_axes - 1} spatial axes>") + ", " if feature_axes > 1 else ""
+  layout = f"(T, *batch, {spatial}I)" if time_major else f"(*batch, T, {spatial}I)"
+  if xs.ndim < 1 + feature_axes:
     raise ValueError(f"{name} must have shape {layout} with I={input_size}; got shape {xs.shape} (rank {xs.ndim})")
   if xs.shape[-1] != input_size:
     raise ValueError(f"{name} must have shape {layout} with I={input_size} (the params' input size); "
                      f"got shape {xs.shape}")
   check_float(name, xs)
   if time_major:
-    return xs.shape[0], tuple(xs.shape[1:-1])
-  return xs.shape[-2], tuple(xs.shape[:-2])
+    return xs.shape[0], tuple(xs.shape[1:xs.ndim - feature_axes])
+  return xs.shape[-1 - feature_axes], tuple(xs.shape[:xs.ndim - 1 - feature_axes])
 
 
 def check_dtype_match(name: str, x: jax.Array, param_dtype) -> None:

@@ -28,7 +28,9 @@ def zero_state(params: Any, batch_shape: tuple[int, ...] = (), dtype=None) -> An
 
   Args:
     params: one layer's params, of any registered cell.
-    batch_shape: the leading batch axes, e.g. ``(B,)``.
+    batch_shape: the leading batch axes, e.g. ``(B,)``. For a convolutional cell (``feature_axes > 1``) they
+      are followed by the input's spatial axes, ``(B, H, W)``, and the state's leaves are ``(B, H', W', F)``
+      with the sizes the input convolution gives (:func:`jaxlstm.convlstm_zero_state`).
     dtype: the state's dtype; the cell's default (float32 for 16-bit params) when ``None``.
 
   Returns:
@@ -123,7 +125,8 @@ def check_sequence(params: Any, xs: Any, lengths: Any, mask: Any, resets: Any, *
     ValueError: xs must have shape (*batch, T, I) with I=3 (the params' input size); got shape (2, 7, 4)
   """
   xs = checks.as_array(xs_name, xs)
-  T, batch_shape = checks.check_sequence(xs_name, xs, params.input_size, time_major=time_major)
+  T, batch_shape = checks.check_sequence(xs_name, xs, params.input_size, time_major=time_major,
+                                         feature_axes=cell_of(params).feature_axes)
   checks.check_dtype_match(xs_name, xs, params.dtype)
   lengths, mask, resets = checks.check_missing_data(lengths, mask, resets, T, batch_shape, time_major=time_major)
   return xs, lengths, mask, resets
@@ -136,7 +139,8 @@ def check_state(name: str, params: Any, state: Any, batch_shape: tuple[int, ...]
     name: the argument's name, for the messages.
     params: one layer's params.
     state: the caller's state, or ``None``.
-    batch_shape: the batch axes of the inputs.
+    batch_shape: the batch axes of the inputs, followed by their spatial axes for a convolutional cell
+      (:func:`zero_state_shape`).
 
   Returns:
     The state to start from, with leaves ``(*batch_shape, F)``.
@@ -160,15 +164,34 @@ def check_state(name: str, params: Any, state: Any, batch_shape: tuple[int, ...]
   return state
 
 
-def batch_shape_of(xs: jax.Array, *, time_major: bool) -> tuple[int, ...]:
-  """The batch axes of ``xs``: all but time and features.
+def batch_shape_of(xs: jax.Array, *, time_major: bool, feature_axes: int = 1) -> tuple[int, ...]:
+  """The batch axes of ``xs``: all but time and the ``feature_axes`` trailing ones.
 
   Example:
     >>> from jaxlstm._src.layers import batch_shape_of
     >>> batch_shape_of(jnp.ones((2, 4, 7, 3)), time_major=False), batch_shape_of(jnp.ones((7, 2, 3)), time_major=True)
     ((2, 4), (2,))
+    >>> batch_shape_of(jnp.ones((2, 7, 8, 8, 3)), time_major=False, feature_axes=3)
+    (2,)
   """
-  return tuple(xs.shape[1:-1]) if time_major else tuple(xs.shape[:-2])
+  n = xs.ndim - feature_axes
+  return tuple(xs.shape[1:n]) if time_major else tuple(xs.shape[:n - 1])
+
+
+def zero_state_shape(xs: jax.Array, *, time_major: bool, feature_axes: int = 1) -> tuple[int, ...]:
+  """The ``batch_shape`` that :func:`zero_state` takes for a call on ``xs``: every axis but time and the last.
+
+  The batch axes for a vector cell; the batch axes and then the spatial ones for a convolutional cell, whose
+  state's spatial sizes follow from the input's.
+
+  Example:
+    >>> from jaxlstm._src.layers import zero_state_shape
+    >>> zero_state_shape(jnp.ones((2, 7, 3)), time_major=False), zero_state_shape(jnp.ones((7, 2, 3)), time_major=True)
+    ((2,), (2,))
+    >>> zero_state_shape(jnp.ones((2, 7, 8, 6, 3)), time_major=False, feature_axes=3)  # (B, T, H, W, C)
+    (2, 8, 6)
+  """
+  return (*batch_shape_of(xs, time_major=time_major, feature_axes=feature_axes), *xs.shape[xs.ndim - feature_axes:-1])
 
 
 def layer_call(params: Any, *, lengths, mask, resets, reverse, time_major, remat,
@@ -314,7 +337,8 @@ def _layer(params, xs, state, *, cls=None, lengths, mask, resets, reverse, time_
                                         recurrent_dropout=recurrent_dropout, zoneout=zoneout,
                                         weight_drop=weight_drop, key=key)
   xs, lengths, mask, resets = check_sequence(params, xs, lengths, mask, resets, time_major=time_major)
-  state = check_state("state", params, state, batch_shape_of(xs, time_major=time_major))
+  state = check_state("state", params, state,
+                      zero_state_shape(xs, time_major=time_major, feature_axes=cell_of(params).feature_axes))
   return run_checked(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
                      time_major=time_major, unroll=unroll, impl=impl, remat=remat, reg=reg, key=key)
 

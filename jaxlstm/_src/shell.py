@@ -15,6 +15,11 @@ and moved back to the caller's layout.
 
 The arguments arrive checked (:func:`jaxlstm.layer` and :func:`jaxlstm.scan`
 check them at the public entry points).
+
+A cell's ``feature_axes`` (:class:`jaxlstm.Cell`) says how many trailing axes
+of a step are its features: one, ``I``, for the vector cells, and
+``(*spatial, C)`` for the convolutional ones, whose inputs are
+``(*batch, T, *spatial, C)``. Everything above works on the axes before them.
 """
 
 from __future__ import annotations
@@ -26,39 +31,45 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxlstm._src.cells.registry import cell_of, is_cell_params
 
-def to_time_major(a: jax.Array | None, *, time_major: bool, feature_axis: bool) -> jax.Array | None:
+
+def to_time_major(a: jax.Array | None, *, time_major: bool, feature_axes: int) -> jax.Array | None:
   """Moves the time axis of a batch-major array to the front.
 
   Args:
-    a: ``(*batch, T, F)`` if ``feature_axis``, else ``(*batch, T)``; or ``None``.
+    a: ``(*batch, T, *F)`` with ``feature_axes`` trailing feature axes ``F`` (0 for flags); or ``None``.
     time_major: ``a`` is time-major already, and is returned as it is.
-    feature_axis: whether ``a`` has a trailing feature axis.
+    feature_axes: how many trailing axes follow the time axis.
 
   Returns:
-    ``(T, *batch, F)`` (or ``(T, *batch)``), or ``None``.
+    ``(T, *batch, *F)``, or ``None``.
 
   Example:
     >>> from jaxlstm._src.shell import to_time_major
-    >>> to_time_major(jnp.ones((2, 4, 7, 3)), time_major=False, feature_axis=True).shape
+    >>> to_time_major(jnp.ones((2, 4, 7, 3)), time_major=False, feature_axes=1).shape
     (7, 2, 4, 3)
-    >>> to_time_major(jnp.ones((2, 7), bool), time_major=False, feature_axis=False).shape
+    >>> to_time_major(jnp.ones((2, 7), bool), time_major=False, feature_axes=0).shape
     (7, 2)
+    >>> to_time_major(jnp.ones((2, 7, 8, 8, 3)), time_major=False, feature_axes=3).shape  # (B, T, H, W, C)
+    (7, 2, 8, 8, 3)
   """
   if a is None or time_major:
     return a
-  return jnp.moveaxis(a, -2 if feature_axis else -1, 0)
+  return jnp.moveaxis(a, -1 - feature_axes, 0)
 
 
-def from_time_major(a: jax.Array, *, time_major: bool) -> jax.Array:
-  """Moves the time axis of ``(T, *batch, F)`` back to where the caller has it.
+def from_time_major(a: jax.Array, *, time_major: bool, feature_axes: int = 1) -> jax.Array:
+  """Moves the time axis of ``(T, *batch, *F)`` back to where the caller has it, before the ``feature_axes``.
 
   Example:
     >>> from jaxlstm._src.shell import from_time_major
     >>> from_time_major(jnp.ones((7, 2, 4, 5)), time_major=False).shape
     (2, 4, 7, 5)
+    >>> from_time_major(jnp.ones((7, 2, 8, 8, 5)), time_major=False, feature_axes=3).shape
+    (2, 7, 8, 8, 5)
   """
-  return a if time_major else jnp.moveaxis(a, 0, -2)
+  return a if time_major else jnp.moveaxis(a, 0, -1 - feature_axes)
 
 
 def valid_steps(lengths: jax.Array | None, mask: jax.Array | None, T: int) -> jax.Array | None:
@@ -146,20 +157,25 @@ Core = Callable[..., tuple[Any, jax.Array]]
 
 
 def run(core: Core, params: Any, xs: jax.Array, state: Any, *, lengths=None, mask=None, resets=None,
-        reverse: bool = False, time_major: bool = False, unroll=None, remat=None) -> tuple[Any, jax.Array]:
+        reverse: bool = False, time_major: bool = False, unroll=None, remat=None,
+        feature_axes: int | None = None) -> tuple[Any, jax.Array]:
   """Runs ``core`` (a kernel's ``run``) over a sequence in the caller's layout.
 
   Args:
     core: ``core(params, xs (T, B, I), state (B, ...), valid, resets, *,
       lengths, unroll, remat) -> (final_state, ys (T, B, ...))``.
     params: passed through to ``core``.
-    xs: ``(*batch, T, I)``, or ``(T, *batch, I)`` if ``time_major``.
-    state: the initial state, leaves ``(*batch, F)``.
+    xs: ``(*batch, T, I)``, or ``(T, *batch, I)`` if ``time_major``; ``I`` stands for the
+      ``feature_axes`` trailing axes, ``(*spatial, C)`` for a convolutional cell.
+    state: the initial state, leaves ``(*batch, F)`` (``F`` likewise any trailing axes).
     lengths: ``(*batch,)`` ints or ``None``.
     mask, resets: ``(*batch, T)`` (time-major ``(T, *batch)``) bools or ``None``.
     reverse: process from the last valid step of each row to the first.
     time_major: the layout of ``xs``, ``mask``, ``resets`` and the outputs.
     unroll, remat: passed through to ``core``.
+    feature_axes: the trailing feature axes of ``xs`` and of the outputs; ``None`` asks the
+      registry for the params' cell's, and takes 1 for params of no registered cell (the step
+      of :func:`jaxlstm.scan`).
 
   Returns:
     ``(final_state, ys)``: ``ys`` ``(*batch, T, F_out)`` (time-major
@@ -176,19 +192,23 @@ def run(core: Core, params: Any, xs: jax.Array, state: Any, *, lengths=None, mas
     >>> final.h.shape, ys.shape
     ((2, 4, 5), (2, 4, 7, 5))
   """
-  xs_t = to_time_major(xs, time_major=time_major, feature_axis=True)  # (T, *batch, I)
-  T, batch_shape = xs_t.shape[0], tuple(xs_t.shape[1:-1])
+  if feature_axes is None:
+    feature_axes = cell_of(params).feature_axes if is_cell_params(params) else 1
+  k = feature_axes
+  xs_t = to_time_major(xs, time_major=time_major, feature_axes=k)  # (T, *batch, *I)
+  T, batch_shape = xs_t.shape[0], tuple(xs_t.shape[1:xs_t.ndim - k])
   B = math.prod(batch_shape)
   nb = len(batch_shape)
   flat_state = jax.tree.map(lambda a: a.reshape(B, *a.shape[nb:]), state)
   kw = dict(lengths=None, unroll=unroll, remat=remat)
   if T == 0:
     # No step runs: the initial state, and empty outputs of the shape one step would give.
-    probe = jax.ShapeDtypeStruct((1, B, xs_t.shape[-1]), xs.dtype)
+    probe = jax.ShapeDtypeStruct((1, B, *xs_t.shape[xs_t.ndim - k:]), xs.dtype)
     ys = jax.eval_shape(lambda x: core(params, x, flat_state, None, None, **kw)[1], probe)
-    return state, from_time_major(jnp.zeros((0, *batch_shape, *ys.shape[2:]), ys.dtype), time_major=time_major)
-  valid = valid_steps(lengths, to_time_major(mask, time_major=time_major, feature_axis=False), T)
-  rs = to_time_major(resets, time_major=time_major, feature_axis=False)
+    return state, from_time_major(jnp.zeros((0, *batch_shape, *ys.shape[2:]), ys.dtype), time_major=time_major,
+                                  feature_axes=k)
+  valid = valid_steps(lengths, to_time_major(mask, time_major=time_major, feature_axes=0), T)
+  rs = to_time_major(resets, time_major=time_major, feature_axes=0)
   idx = None
   if reverse:
     if rs is not None:
@@ -208,4 +228,4 @@ def run(core: Core, params: Any, xs: jax.Array, state: Any, *, lengths=None, mas
   if reverse:
     ys = reorder(ys, idx)
   final = jax.tree.map(lambda f, s: f.reshape(s.shape), final, state)
-  return final, from_time_major(ys, time_major=time_major)
+  return final, from_time_major(ys, time_major=time_major, feature_axes=k)

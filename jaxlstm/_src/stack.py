@@ -8,10 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm._src import checks
-from jaxlstm._src.cells.registry import get_cell, is_cell_params
+from jaxlstm._src.cells.registry import cell_of, get_cell, is_cell_params
 from jaxlstm._src.cells.rnn import check_call_activation
-from jaxlstm._src.layers import (batch_shape_of, check_options, check_params, check_sequence, check_state,
-                                 run_checked)
+from jaxlstm._src.layers import check_options, check_params, check_sequence, check_state, run_checked, zero_state_shape
 
 MERGES = ("concat", "sum", "mean", "mul")
 
@@ -139,7 +138,9 @@ def check_stack(params: Any, merge: str | None) -> None:
   Raises:
     TypeError: ``params`` is not such a tuple, or a layer's params are not a registered cell's, or
       the layers' dtypes differ.
-    ValueError: naming the layer, when its input size is not the previous layer's output size.
+    ValueError: naming the layer, when its input size is not the previous layer's output size, or when
+      its cell has another number of feature axes than the first layer's (a vector cell after a
+      convolutional one).
 
   Example:
     >>> from jaxlstm._src.stack import check_stack
@@ -154,7 +155,7 @@ def check_stack(params: Any, merge: str | None) -> None:
                     f"{type(params).__name__} (wrap it in a tuple)")
   if not isinstance(params, (tuple, list)) or not params:
     raise TypeError(f"params must be a non-empty tuple of layer params from stack_init; got {type(params).__name__}")
-  size, dtype = None, None
+  size, dtype, axes = None, None, None
   for i, layer in enumerate(params):
     dirs = (("forward", layer.forward), ("backward", layer.backward)) if isinstance(layer, Bidirectional) else (
         ("", layer),)
@@ -164,6 +165,12 @@ def check_stack(params: Any, merge: str | None) -> None:
       if dtype is not None and p.dtype != dtype:
         raise TypeError(f"{name} has dtype {p.dtype} but params[0] has {dtype}; every layer must share one dtype")
       dtype = p.dtype
+      cell = cell_of(p)
+      if axes is not None and cell.feature_axes != axes[1]:
+        raise ValueError(f"{name} is a {cell.name} layer, whose steps have {cell.feature_axes} feature axes, but "
+                         f"params[0] is a {axes[0]} layer, with {axes[1]}: each layer's outputs are the next "
+                         f"one's inputs, so every layer of a stack must have as many")
+      axes = axes or (cell.name, cell.feature_axes)
       if size is not None and p.input_size != size:
         raise ValueError(f"{name} has input size {p.input_size}, but layer {i - 1} outputs {size} features "
                          f"with merge={merge!r}")
@@ -185,7 +192,8 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
   Each layer's output sequence is the next layer's input. ``lengths``, ``mask``
   and ``resets`` apply to every layer (see :func:`jaxlstm.scan`). A
   bidirectional layer runs its backward direction with ``reverse=True``, each
-  row reversed within its own length, and merges the two outputs.
+  row reversed within its own length, and merges the two outputs (along the
+  last axis, the channels of a convolutional cell's feature maps).
 
   Args:
     params: the tuple from :func:`stack_init`.
@@ -228,7 +236,7 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
   first = params[0].forward if isinstance(params[0], Bidirectional) else params[0]
   # Checked once for the whole stack: every layer sees the same lengths, mask and resets.
   xs, lengths, mask, resets = check_sequence(first, xs, lengths, mask, resets, time_major=time_major)
-  batch_shape = batch_shape_of(xs, time_major=time_major)
+  axes = cell_of(first).feature_axes
   if activation is not None:
     for i, layer in enumerate(params):
       for p in (layer if isinstance(layer, Bidirectional) else (layer,)):
@@ -250,6 +258,8 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
   for i, layer in enumerate(params):
     s = None if states is None else states[i]
     name = f"states[{i}]"
+    # Per layer: a convolutional layer with padding="valid" or strides gives the next smaller feature maps.
+    batch_shape = zero_state_shape(h, time_major=time_major, feature_axes=axes)
     if isinstance(layer, Bidirectional):
       if s is None:
         s = Bidirectional(None, None)
