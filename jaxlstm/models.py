@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlstm._src.cells.registry import cell_names
+from jaxlstm._src.initial_state import broadcast_state, initial_state_init
 from jaxlstm._src.initializers import glorot_uniform
 from jaxlstm._src.stack import Bidirectional, stack, stack_init
 
@@ -43,6 +44,9 @@ class SequenceModel(NamedTuple):
   Attributes:
     rnn: the stack's params, the tuple of :func:`jaxlstm.stack_init`.
     head: the :class:`Dense` readout.
+    h0: the learned initial state of :func:`jaxlstm.initial_state_init` (one state per layer, leaves ``(F,)``),
+      or ``None`` for the zero state. A field that holds ``None`` holds no arrays, so models and checkpoints
+      made before the field existed still load.
 
   Example:
     >>> from jaxlstm.models import model_init
@@ -52,6 +56,7 @@ class SequenceModel(NamedTuple):
   """
   rnn: tuple  # stack params from stack_init
   head: Dense
+  h0: tuple | None = None  # per layer, the initial state without batch axes: leaves (F,)
 
 
 def cell_presets() -> dict[str, dict]:
@@ -70,7 +75,7 @@ def cell_presets() -> dict[str, dict]:
 
 def model_init(key: jax.Array, input_size: int, num_outputs: int, *, hidden: int = 128, layers: int = 1,
                cell: str = "lstm", bidirectional: bool = False, forget_bias: float = 1.0,
-               activation: str | None = None) -> SequenceModel:
+               activation: str | None = None, learn_initial_state: bool = False) -> SequenceModel:
   """Initializes a stack of ``layers`` recurrent layers and a dense head.
 
   Args:
@@ -85,6 +90,8 @@ def model_init(key: jax.Array, input_size: int, num_outputs: int, *, hidden: int
     bidirectional: bidirectional layers, merged by concatenation.
     forget_bias: initial forget-gate bias of LSTM cells.
     activation: for ``rnn`` cells, ``"tanh"`` or ``"relu"``; stored in the params.
+    learn_initial_state: give the model a trainable initial state, ``h0``, zero at first; else it
+      starts from zeros.
 
   Returns:
     :class:`SequenceModel` whose head is ``(H, O)`` (``(2H, O)`` if bidirectional).
@@ -97,6 +104,8 @@ def model_init(key: jax.Array, input_size: int, num_outputs: int, *, hidden: int
     >>> model = model_init(jax.random.key(0), 3, 4, hidden=5, cell="peephole", bidirectional=True)
     >>> model.rnn[0].forward.peephole.shape, model.head.w.shape
     ((3, 5), (10, 4))
+    >>> model_init(jax.random.key(0), 3, 4, hidden=5, learn_initial_state=True).h0[0].c.shape
+    (5,)
   """
   presets = cell_presets()
   if cell not in presets:
@@ -112,12 +121,34 @@ def model_init(key: jax.Array, input_size: int, num_outputs: int, *, hidden: int
   k_rnn, k_head = jax.random.split(key)
   rnn = stack_init(k_rnn, input_size, hidden, layers, bidirectional=bidirectional, **options)
   features = 2 * hidden if bidirectional else hidden
-  return SequenceModel(rnn, Dense(glorot_uniform(k_head, (features, num_outputs)), jnp.zeros((num_outputs,))))
+  head = Dense(glorot_uniform(k_head, (features, num_outputs)), jnp.zeros((num_outputs,)))
+  return SequenceModel(rnn, head, initial_state_init(rnn) if learn_initial_state else None)
+
+
+def initial_states(params: SequenceModel, batch_shape: tuple[int, ...]) -> tuple:
+  """The states a row starts from: the learned ``h0`` broadcast to ``batch_shape``, or zeros without one.
+
+  Args:
+    params: :class:`SequenceModel`.
+    batch_shape: the batch axes, e.g. ``(B,)``.
+
+  Returns:
+    One state per layer (a :class:`jaxlstm.Bidirectional` pair for a bidirectional one), leaves
+    ``(*batch_shape, F)``.
+
+  Example:
+    >>> from jaxlstm.models import initial_states, model_init
+    >>> model = model_init(jax.random.key(0), 3, 2, hidden=5, layers=2)
+    >>> [s.h.shape for s in initial_states(model, (4,))]
+    [(4, 5), (4, 5)]
+  """
+  h0 = params.h0 if params.h0 is not None else initial_state_init(params.rnn)
+  return broadcast_state(h0, batch_shape)
 
 
 def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths=None, mask=None,
-                dropout: float = 0.0, key=None, compute_dtype=None,
-                vocab_size: int | None = None) -> jax.Array:
+                dropout: float = 0.0, key=None, compute_dtype=None, vocab_size: int | None = None,
+                states=None, return_state: bool = False):
   """Runs the model.
 
   Args:
@@ -132,9 +163,13 @@ def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths
       the forward pass, the recurrent state stays float32, and the outputs are
       float32. The master params keep their own dtype.
     vocab_size: one-hot the token ids of ``xs`` to this size.
+    states: the stack's initial states, one per layer with leaves ``(B, F)`` (a stateful run's carry);
+      when ``None``, the model's learned ``h0`` broadcast to the batch, or zeros if it has none.
+    return_state: also return every layer's final state, for the next window of a stream.
 
   Returns:
-    Outputs in float32: ``(B, T, O)`` with ``per_step``, else ``(B, O)``.
+    Outputs in float32: ``(B, T, O)`` with ``per_step``, else ``(B, O)``; with ``return_state``,
+    ``(outputs, states)``.
 
   Example:
     >>> from jaxlstm.models import model_apply, model_init
@@ -150,6 +185,14 @@ def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths
     >>> lm = model_init(jax.random.key(0), 4, 4, hidden=5)
     >>> model_apply(lm, jnp.array([[0, 3, 1]]), per_step=True, vocab_size=4).shape
     (1, 3, 4)
+
+    A stream cut into windows: the second window starts from the first one's final states.
+
+    >>> out, states = model_apply(lm, jnp.array([[0, 3]]), per_step=True, vocab_size=4, return_state=True)
+    >>> out2, _ = model_apply(lm, jnp.array([[1]]), per_step=True, vocab_size=4, states=states, return_state=True)
+    >>> bool(jnp.allclose(out2[:, -1], model_apply(lm, jnp.array([[0, 3, 1]]), per_step=True, vocab_size=4)[:, -1],
+    ...                   atol=1e-6))
+    True
   """
   if vocab_size is not None:
     xs = jax.nn.one_hot(xs, vocab_size, dtype=jnp.float32)
@@ -157,15 +200,18 @@ def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths
   if compute_dtype is not None:
     rnn, head = jax.tree_util.tree_map(lambda a: a.astype(compute_dtype), (rnn, head))
     xs = xs.astype(compute_dtype)
-  states, hs = stack(rnn, xs, lengths=lengths, mask=mask, dropout=dropout, key=key)
+  if states is None and params.h0 is not None:
+    # The learned state stays in its own dtype (float32 under bf16), as the stack's carry does.
+    states = initial_states(params, xs.shape[:-2])
+  states, hs = stack(rnn, xs, states, lengths=lengths, mask=mask, dropout=dropout, key=key)
   if per_step:
     feats = hs
   else:
     last = states[-1]
     # A backward direction ends at t = 0, so its final state is its output there.
     feats = (jnp.concatenate([last.forward.h, last.backward.h], -1) if isinstance(last, Bidirectional) else last.h)
-  out = feats.astype(head.w.dtype) @ head.w + head.b
-  return out.astype(jnp.float32)
+  out = (feats.astype(head.w.dtype) @ head.w + head.b).astype(jnp.float32)
+  return (out, states) if return_state else out
 
 
 def task_loss(kind: str, outputs: jax.Array, batch: dict) -> tuple[jax.Array, dict]:

@@ -82,7 +82,8 @@ def broadcast_state(state: Any, batch_shape: tuple[int, ...]) -> Any:
     >>> states = jaxlstm.broadcast_state(h0, (4,))
     >>> states[0].h.shape
     (4, 5)
-    >>> grads = jax.grad(lambda h0: jaxlstm.stack(params, jnp.ones((4, 7, 3)), jaxlstm.broadcast_state(h0, (4,)))[1].sum())(h0)
+    >>> loss = lambda h0: jaxlstm.stack(params, jnp.ones((4, 7, 3)), jaxlstm.broadcast_state(h0, (4,)))[1].sum()
+    >>> grads = jax.grad(loss)(h0)  # summed over the 4 rows
     >>> grads[0].h.shape, bool(jnp.abs(grads[0].h).sum() > 0)
     ((5,), True)
   """
