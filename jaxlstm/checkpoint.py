@@ -15,6 +15,7 @@ tanh one with every array matching.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import jax
@@ -189,10 +190,20 @@ def _check_structure(manager, step: int, like: Any, path: str) -> None:
   except Exception:  # checkpoints written before the structure was recorded have no such metadata
     return
   want = str(jax.tree_util.tree_structure(like))
-  if saved is not None and saved != want:
+  if saved is not None and _without_trailing_none(saved) != _without_trailing_none(want):
     raise CheckpointError(f"checkpoint {path} was saved from a model of another structure (its types or "
                           f"static settings such as an RNN's activation differ): saved {saved}, the model is "
                           f"{want}")
+
+
+def _without_trailing_none(structure: str) -> str:
+  """A structure string less the ``None`` children that end a NamedTuple's (or list's) children.
+
+  A NamedTuple field added later with the default ``None`` (say ``SequenceModel.h0``) holds no arrays, so a
+  checkpoint saved before the field existed is the same model; ``_check_matches`` still compares every array.
+  ``"[*, CustomNode(...), None]"`` becomes ``"[*, CustomNode(...)]"``.
+  """
+  return re.sub(r"(, None)+\]", "]", structure)
 
 
 def _check_matches(manager, step: int, like: Any, path: str) -> None:
