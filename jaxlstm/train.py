@@ -9,6 +9,7 @@ resumed from a checkpoint continues exactly as if it had never stopped.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import sys
@@ -24,6 +25,9 @@ from jaxlstm import distributed
 
 # loss_fn(params, batch, key) -> loss, or (loss, {metric: value}).
 LossFn = Callable[[Any, Any, jax.Array], Any]
+# With stateful=True: loss_fn(params, batch, key, carry) -> (loss or (loss, metrics), new_carry), carry=None
+# meaning "start every row from the model's initial state".
+StatefulLossFn = Callable[[Any, Any, jax.Array, Any], Any]
 
 
 class TrainState(NamedTuple):
@@ -34,6 +38,8 @@ class TrainState(NamedTuple):
     params: the model's params, any pytree.
     opt_state: the optimizer's state for ``params``.
     key: ``(2,)`` uint32 raw PRNG key data, split once per step.
+    carry: a stateful run's recurrent state, every row's final state of the last step (see :func:`fit`'s
+      ``stateful``); ``None`` otherwise. It is checkpointed with the rest, so a resumed run carries on.
 
   Example:
     >>> import optax
@@ -45,6 +51,7 @@ class TrainState(NamedTuple):
   params: Any
   opt_state: Any
   key: jax.Array  # (2,) uint32 raw PRNG key data, split once per step
+  carry: Any = None  # stateful runs: the last step's final states, leaves (batch_size, F)
 
 
 def init_train_state(params: Any, optimizer: optax.GradientTransformation, seed: int = 0) -> TrainState:
@@ -69,20 +76,74 @@ def init_train_state(params: Any, optimizer: optax.GradientTransformation, seed:
   return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), key)
 
 
+def _split(out: Any) -> tuple[Any, dict]:
+  loss, metrics = out if isinstance(out, tuple) else (out, {})
+  return loss, dict(metrics)
+
+
 def _with_metrics(loss_fn: LossFn) -> Callable:
   def wrapped(params, batch, key):
-    out = loss_fn(params, batch, key)
-    loss, metrics = out if isinstance(out, tuple) else (out, {})
-    return loss, dict(metrics)
+    return _split(loss_fn(params, batch, key))
   return wrapped
 
 
+def _stateful_with_metrics(loss_fn: StatefulLossFn) -> Callable:
+  """``(params, batch, key, carry) -> (loss, (metrics, new_carry))``, for ``value_and_grad(has_aux=True)``."""
+  def wrapped(params, batch, key, carry):
+    out, new_carry = loss_fn(params, batch, key, carry)
+    loss, metrics = _split(out)
+    return loss, (metrics, new_carry)
+  return wrapped
+
+
+def _takes_carry(fn: Callable) -> bool | None:
+  """Whether ``fn`` can take a fourth positional argument (``carry``); ``None`` where Python cannot tell."""
+  try:
+    sig = inspect.signature(fn)
+  except (TypeError, ValueError):
+    return None
+  try:
+    sig.bind(None, None, None, None)
+    return True
+  except TypeError:
+    return False
+
+
+def check_loss_fn(name: str, fn: Callable, *, stateful: bool) -> None:
+  """Refuses a loss function whose signature does not fit ``stateful``, naming ``name`` and both contracts.
+
+  Example:
+    >>> from jaxlstm.train import check_loss_fn
+    >>> check_loss_fn("loss_fn", lambda params, batch, key, carry: None, stateful=True)
+    >>> check_loss_fn("loss_fn", lambda params, batch, key: None, stateful=True)
+    Traceback (most recent call last):
+    ValueError: stateful=True needs loss_fn(params, batch, key, carry) -> ...; got a loss_fn that does not take carry
+  """
+  takes = _takes_carry(fn)
+  if stateful and takes is False:
+    raise ValueError(f"stateful=True needs {name}(params, batch, key, carry) -> (loss or (loss, metrics), "
+                     f"new_carry); got a {name} that does not take carry")
+  if not stateful and takes is True:
+    try:
+      inspect.signature(fn).bind(None, None, None)
+    except TypeError:
+      raise ValueError(f"{name} takes carry, a stateful loss; pass stateful=True, or give "
+                       f"{name}(params, batch, key) -> loss or (loss, metrics)") from None
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, jit: bool = True,
-                    mesh=None):
+                    mesh=None, stateful: bool = False):
   """Builds ``train_step(state, batch) -> (state, metrics)``.
 
   One call computes ``jax.value_and_grad`` of ``loss_fn``, applies the optax
   update, and advances the step and the key.
+
+  With ``stateful``, ``loss_fn(params, batch, key, carry)`` returns ``(loss
+  or (loss, metrics), new_carry)``, and the step is ``train_step(state,
+  batch, fresh=False)``: it passes ``state.carry`` (``None`` when ``fresh``)
+  and keeps ``new_carry`` in the new state. The carry enters as data, so the
+  gradient stops at the batch boundary: truncated backpropagation through
+  time.
 
   Args:
     loss_fn: ``loss_fn(params, batch, key)`` returning a scalar loss, or
@@ -94,10 +155,14 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
       :mod:`jaxlstm.distributed`): the batch arrives split along its first
       axis, the state stays replicated, and the compiler all-reduces the
       gradients.
+    stateful: carry each row's final state into the next step (see above).
 
   Returns:
     ``train_step(state: TrainState, batch) -> (TrainState, metrics)``; the
     metrics include ``"loss"`` and ``"grad_norm"``.
+
+  Raises:
+    ValueError: a ``loss_fn`` whose signature does not fit ``stateful``.
 
   Example:
     >>> import optax
@@ -112,16 +177,31 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
     >>> int(state.step), sorted(metrics)
     (1, ['grad_norm', 'loss', 'rmse'])
   """
-  grad_fn = jax.value_and_grad(_with_metrics(loss_fn), has_aux=True)
+  check_loss_fn("loss_fn", loss_fn, stateful=stateful)
+  if stateful and mesh is not None:
+    raise ValueError("stateful=True runs on one device; got a mesh (leave devices=None)")
+  grad_fn = jax.value_and_grad(_stateful_with_metrics(loss_fn) if stateful else _with_metrics(loss_fn),
+                               has_aux=True)
+
+  def update(state: TrainState, loss, metrics, grads, key, carry):
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
+    return TrainState(state.step + 1, params, opt_state, jax.random.key_data(key), carry), metrics
 
   def train_step(state: TrainState, batch: Any):
     key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
     (loss, metrics), grads = grad_fn(state.params, batch, sub)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
-    return TrainState(state.step + 1, params, opt_state, jax.random.key_data(key)), metrics
+    return update(state, loss, metrics, grads, key, state.carry)
 
+  def stateful_step(state: TrainState, batch: Any, fresh: bool = False):
+    key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
+    (loss, (metrics, carry)), grads = grad_fn(state.params, batch, sub, None if fresh else state.carry)
+    # value_and_grad does not differentiate the aux output; stop_gradient says so for any other transform.
+    return update(state, loss, metrics, grads, key, jax.lax.stop_gradient(carry))
+
+  if stateful:
+    return jax.jit(stateful_step, static_argnames="fresh") if jit else stateful_step
   if not jit:
     return train_step
   if mesh is None:
@@ -185,20 +265,55 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
   return perm[i * batch_size:(i + 1) * batch_size]
 
 
+def stream_indices(n: int, batch_size: int, step: int) -> np.ndarray:
+  """The windows of stateful training step ``step``: row ``j`` reads stream ``j``, the next window of it.
+
+  The ``n`` windows, in order, are cut into ``batch_size`` streams of ``K = n //
+  batch_size`` consecutive windows: stream ``j`` holds windows ``j K`` to ``j K
+  + K - 1``, and step ``s`` takes window ``j K + (s mod K)`` for row ``j``. So
+  row ``j`` of step ``s`` is the window that follows row ``j`` of step ``s -
+  1``, except at an epoch start (``s mod K == 0``), where every stream starts
+  again. The last ``n mod batch_size`` windows are not read.
+
+  Example:
+    >>> from jaxlstm.train import stream_indices
+    >>> [stream_indices(10, 3, step).tolist() for step in range(4)]  # K = 3; window 9 is not read
+    [[0, 3, 6], [1, 4, 7], [2, 5, 8], [0, 3, 6]]
+  """
+  per_epoch = n // batch_size
+  return np.arange(batch_size) * per_epoch + step % per_epoch
+
+
+def _prefix(carry: Any, rows: int) -> Any:
+  return jax.tree_util.tree_map(lambda a: a[:rows], carry)
+
+
 def evaluate(eval_fn: LossFn, params: Any, data: Any, *, batch_size: int = 256, key: jax.Array | None = None,
-             _jitted: dict | None = None) -> dict[str, float]:
+             stateful: bool = False, _jitted: dict | None = None) -> dict[str, float]:
   """Mean loss and metrics of ``eval_fn`` over ``data``, weighted by batch size.
 
   ``eval_fn`` has the signature of a loss function (``(params, batch, key)``)
   and should not drop out. Full batches share one compiled shape; a last
   partial batch is evaluated at its own size.
 
+  With ``stateful``, ``data`` holds consecutive windows in order and
+  ``eval_fn(params, batch, key, carry) -> (loss or (loss, metrics),
+  new_carry)`` is a stateful loss (see :func:`fit`). The ``N`` windows are cut
+  into ``S = min(batch_size, N)`` or fewer streams of ``K = ceil(N / S)``
+  consecutive windows (the last stream may be shorter), read in order with
+  each stream's state carried from one window to the next; every window is
+  evaluated once. A window thus sees up to ``K - 1`` windows of context
+  before it, where a stateless evaluation starts each from the initial
+  state: ``batch_size=1`` reads ``data`` as one stream, with the most context.
+
   Args:
-    eval_fn: ``eval_fn(params, batch, key) -> loss`` or ``(loss, metrics)``.
+    eval_fn: ``eval_fn(params, batch, key) -> loss`` or ``(loss, metrics)``;
+      with ``stateful``, the stateful form above.
     params: the params to evaluate.
     data: a pytree of arrays with a shared leading axis ``N``.
-    batch_size: examples per batch.
+    batch_size: examples per batch; with ``stateful``, the most streams.
     key: the PRNG key passed to every batch; ``jax.random.key(0)`` by default.
+    stateful: carry the state across consecutive windows, as above.
 
   Returns:
     A dict of floats, ``{"loss": ..., **metrics}``.
@@ -212,20 +327,49 @@ def evaluate(eval_fn: LossFn, params: Any, data: Any, *, batch_size: int = 256, 
     >>> metrics = jaxlstm.evaluate(eval_fn, params, data, batch_size=4)  # batches of 4, 4 and 2
     >>> sorted(metrics), 0.0 < metrics["loss"] < 1.0
     (['loss', 'max_abs'], True)
+
+    A stateful evaluation: 10 windows of one sequence, read as one stream, each window starting from the
+    state where the one before it ended.
+
+    >>> def stateful_fn(params, batch, key, carry):
+    ...   state, hs = jaxlstm.gru(params, batch["xs"], carry)
+    ...   return jnp.mean(hs ** 2), state
+    >>> seq = np.sin(np.arange(60, dtype=np.float32))[:, None] * np.ones((1, 3), np.float32)  # (60, 3)
+    >>> windows = {"xs": seq.reshape(10, 6, 3)}
+    >>> streamed = jaxlstm.evaluate(stateful_fn, params, windows, batch_size=1, stateful=True)["loss"]
+    >>> _, hs = jaxlstm.gru(params, seq[None])
+    >>> bool(np.isclose(streamed, float(jnp.mean(hs ** 2)), rtol=1e-5))  # the same as the whole sequence at once
+    True
   """
   n = num_examples(data)
+  check_loss_fn("eval_fn", eval_fn, stateful=stateful)
   fn = _jitted.get("fn") if _jitted else None
   if fn is None:
-    fn = jax.jit(_with_metrics(eval_fn))
+    fn = jax.jit(_stateful_with_metrics(eval_fn) if stateful else _with_metrics(eval_fn))
     if _jitted is not None:
       _jitted["fn"] = fn
   key = jax.random.key(0) if key is None else key
   totals: dict[str, float] = {}
-  for start in range(0, n, batch_size):
-    idx = np.arange(start, min(start + batch_size, n))
-    loss, metrics = fn(params, take(data, idx), key)
+
+  def add(loss, metrics, rows):
     for name, value in {"loss": loss, **metrics}.items():
-      totals[name] = totals.get(name, 0.0) + float(value) * len(idx)
+      totals[name] = totals.get(name, 0.0) + float(value) * rows
+
+  if stateful:
+    per_stream = -(-n // min(batch_size, n))  # K = ceil(N / S)
+    carry = None
+    for k in range(per_stream):
+      # Stream j holds windows [j K, min(j K + K, N)): those with a k-th window are a prefix of the rows,
+      # of one of two sizes, so there are at most two compiled shapes (and one more for carry=None).
+      rows = -(-(n - k) // per_stream)
+      batch = take(data, np.arange(rows) * per_stream + k)
+      loss, (metrics, carry) = fn(params, batch, key, None if carry is None else _prefix(carry, rows))
+      add(loss, metrics, rows)
+  else:
+    for start in range(0, n, batch_size):
+      idx = np.arange(start, min(start + batch_size, n))
+      loss, metrics = fn(params, take(data, idx), key)
+      add(loss, metrics, len(idx))
   return {name: total / n for name, total in totals.items()}
 
 
@@ -449,20 +593,31 @@ def _open_checkpoints(directory: str | None, save_every: int, keep: int, resume:
   return ckpt, state
 
 
-def _train_batch(data: Any, n: int, batch_size: int, step: int, seed: int, mesh) -> Any:
-  batch = take(data, batch_indices(n, batch_size, step, seed))
+def _train_batch(data: Any, n: int, batch_size: int, step: int, seed: int, mesh, stateful: bool) -> Any:
+  idx = stream_indices(n, batch_size, step) if stateful else batch_indices(n, batch_size, step, seed)
+  batch = take(data, idx)
   return batch if mesh is None else distributed.shard_batch(batch, mesh)
 
 
+def _zero_carry(loss_fn: StatefulLossFn, params: Any, batch: Any) -> Any:
+  """Zeros shaped as the carry that ``loss_fn`` returns, so that a stateful run's state (and its checkpoints)
+  has one structure from step 0; the first step of every epoch passes ``carry=None`` instead."""
+  out = jax.eval_shape(loss_fn, params, batch, jax.random.key(0), None)
+  if not (isinstance(out, tuple) and len(out) == 2) or isinstance(out[1], dict):
+    got = type(out).__name__ if not isinstance(out, tuple) else f"a tuple whose second item is {type(out[1]).__name__}"
+    raise ValueError(f"stateful=True needs loss_fn(params, batch, key, carry) to return (loss or (loss, metrics), "
+                     f"new_carry); got {got}")
+  return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), out[1])
 
 
-def _validate(eval_fn: LossFn, data: Any, params: Any, *, batch_size: int, mesh, cache: dict) -> dict[str, float]:
+def _validate(eval_fn: LossFn, data: Any, params: Any, *, batch_size: int, mesh, cache: dict,
+              stateful: bool) -> dict[str, float]:
   """The ``val_``-prefixed evaluation record of ``params`` on ``data``; empty without ``data``."""
   if data is None:
     return {}
   if mesh is not None:
     params = distributed.to_host(params)
-  val = evaluate(eval_fn, params, data, batch_size=batch_size, _jitted=cache)
+  val = evaluate(eval_fn, params, data, batch_size=batch_size, stateful=stateful, _jitted=cache)
   return {f"val_{k}": v for k, v in val.items()}
 
 
@@ -473,7 +628,7 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
         restore_best: bool = False, checkpoint_dir: str | None = None, save_every: int | None = None,
         keep: int = 3, resume: bool = False, seed: int = 0, progress: bool | str | None = None,
         callbacks: list[Callable[[dict], None]] | None = None,
-        devices: str | int | None = None) -> tuple[Any, History]:
+        devices: str | int | None = None, stateful: bool = False) -> tuple[Any, History]:
   """Trains ``params`` on ``train_data``, like Keras' ``Model.fit``.
 
   Args:
@@ -518,6 +673,22 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
       records then include ``examples_per_s_per_device`` (and peak memory
       per device where the backend reports it). ``None`` uses the default
       device.
+    stateful: truncated backpropagation through time over streams, as Keras'
+      ``stateful=True``. ``train_data`` holds consecutive windows in order,
+      read as ``batch_size`` parallel streams (:func:`stream_indices`): row
+      ``j`` of each step is the window after row ``j`` of the step before. The
+      loss is ``loss_fn(params, batch, key, carry) -> (loss or (loss,
+      metrics), new_carry)``: ``carry`` is the previous step's ``new_carry``
+      (each row's final state), or ``None`` at every epoch start, meaning
+      "start every row from the model's initial state". The carry enters as
+      data, so the gradient stops at the batch boundary. A row that must
+      start afresh inside an epoch (a new document) is the loss's to reset,
+      from a flag in its batch (:func:`jaxlstm.models.model_apply`'s users
+      read ``batch["reset"]``). The carry is part of the checkpointed
+      :class:`TrainState`, so a resumed run continues exactly. Validation is
+      stateful too (:func:`evaluate` with ``stateful=True``, at most
+      ``eval_batch_size`` streams), and ``eval_fn`` takes ``carry`` as
+      ``loss_fn`` does. Runs on one device.
 
   Returns:
     ``(params, history)``: the trained params and a :class:`History` of
@@ -526,8 +697,9 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
 
   Raises:
     ValueError: for a ``batch_size`` outside ``[1, N]``, both or neither of
-      ``epochs`` and ``steps``, a bad ``mode``, or ``resume`` without
-      ``checkpoint_dir``.
+      ``epochs`` and ``steps``, a bad ``mode``, ``resume`` without
+      ``checkpoint_dir``, or a loss function whose signature does not fit
+      ``stateful``.
 
   Example:
     >>> rng = np.random.default_rng(0)
@@ -554,14 +726,21 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
     raise ValueError(f"mode must be 'min' or 'max'; got {mode!r}")
   eval_every = eval_every or per_epoch
   optimizer = optimizer if optimizer is not None else optax.adam(1e-3)
+  check_loss_fn("loss_fn", loss_fn, stateful=stateful)
+  if eval_fn is not None:
+    check_loss_fn("eval_fn", eval_fn, stateful=stateful)
+  if stateful and devices is not None:
+    raise ValueError(f"stateful=True runs on one device; got devices={devices!r} (leave it None)")
   devs = distributed.resolve_devices(devices)
   mesh = None if devs is None else distributed.make_mesh(devs)
   if mesh is not None:
     distributed.check_divisible(batch_size, mesh)
-  train_step = make_train_step(loss_fn, optimizer, mesh=mesh)
+  train_step = make_train_step(loss_fn, optimizer, mesh=mesh, stateful=stateful)
   validate = functools.partial(_validate, eval_fn or loss_fn, validation_data, batch_size=eval_batch_size,
-                               mesh=mesh, cache={})
+                               mesh=mesh, cache={}, stateful=stateful)
   state = init_train_state(params, optimizer, seed)
+  if stateful:
+    state = state._replace(carry=_zero_carry(loss_fn, params, take(train_data, stream_indices(n, batch_size, 0))))
   ckpt, state = _open_checkpoints(checkpoint_dir, save_every or eval_every, keep, resume, state)
   if mesh is not None:
     state = distributed.replicate(state, mesh)
@@ -583,7 +762,10 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
   try:
     for step in range(start, total if not best.stopped else start):
       done = step + 1
-      state, metrics = train_step(state, _train_batch(train_data, n, batch_size, step, seed, mesh))
+      batch = _train_batch(train_data, n, batch_size, step, seed, mesh, stateful)
+      # An epoch start passes carry=None: every stream starts again from the model's initial state.
+      state, metrics = (train_step(state, batch, fresh=step % per_epoch == 0) if stateful
+                        else train_step(state, batch))
       meter.add(metrics)
       bar.step(done, meter)
       evaluate_now = done % eval_every == 0 or done == total
