@@ -27,12 +27,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm.checkpoint import Checkpointer
-from jaxlstm.models import SequenceModel, model_apply, model_init, task_loss
+from jaxlstm.models import SequenceModel, initial_states, model_apply, model_init, task_loss
 from jaxlstm.optim import make_optimizer, make_schedule
 from jaxlstm.train import evaluate, fit, init_train_state
 
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 PER_STEP_KINDS = ("seq_classify", "lm")
+# A stateful run evaluates each split as this many streams: one, so that every window sees all the text before it.
+STATEFUL_EVAL_STREAMS = 1
 
 
 @dataclasses.dataclass
@@ -43,6 +45,10 @@ class RunConfig:
   ``dropout`` the model (:func:`jaxlstm.models.model_init`); ``optimizer`` to ``weight_decay`` the
   optimizer (:func:`jaxlstm.optim.make_optimizer`); ``batch_size`` to ``restore_best`` the loop
   (:func:`jaxlstm.fit`); ``dtype`` is ``"float32"`` or ``"bfloat16"``, the compute dtype.
+  ``learn_initial_state`` gives the model a trained initial state (``model_init``'s). ``stateful``, for
+  an ``lm`` task, trains with truncated backpropagation through time over ``batch_size`` streams of the
+  training text (``fit(stateful=True)``) and evaluates each split as one stream
+  (``evaluate(stateful=True)``). A config saved before a field existed loads with its default.
 
   These are the library's defaults; :func:`jaxlstm.presets.resolve` gives a
   task's own (the command line's defaults).
@@ -79,6 +85,8 @@ class RunConfig:
   restore_best: bool = False
   seed: int = 0
   dtype: str = "float32"
+  learn_initial_state: bool = False
+  stateful: bool = False
 
   def validate(self) -> None:
     """Raises ``ValueError`` for an unknown ``dtype``, a size or step count below 1, a non-positive ``lr``,
@@ -98,6 +106,24 @@ class RunConfig:
     if self.weight_decay is not None and self.optimizer != "adamw":
       raise ValueError(f"weight_decay needs optimizer 'adamw' (decoupled decay); got optimizer "
                        f"{self.optimizer!r}")
+
+
+def check_stateful(task, cfg: RunConfig) -> None:
+  """Refuses ``cfg.stateful`` for a task whose windows are not consecutive pieces of one text.
+
+  Raises:
+    ValueError: ``cfg.stateful`` with a task whose kind is not ``"lm"``.
+
+  Example:
+    >>> import types
+    >>> from jaxlstm.experiment import RunConfig, check_stateful
+    >>> check_stateful(types.SimpleNamespace(name="adding", kind="regress"), RunConfig(stateful=True))
+    Traceback (most recent call last):
+    ValueError: stateful needs a language-model task ('lm', such as 'text'), ...; got task 'adding' of kind 'regress'
+  """
+  if cfg.stateful and task.kind != "lm":
+    raise ValueError(f"stateful needs a language-model task ('lm', such as 'text'), whose windows follow each "
+                     f"other in the text; got task {task.name!r} of kind {task.kind!r}")
 
 
 def load_task(cfg: RunConfig):
@@ -130,8 +156,13 @@ def split_batch(split) -> dict:
   return batch
 
 
-def make_loss(task, cfg: RunConfig, *, train: bool):
+def make_loss(task, cfg: RunConfig, *, train: bool, stateful: bool | None = None):
   """``loss_fn(params, batch, key)`` of the task's kind, with dropout only when ``train``.
+
+  With ``stateful`` (``cfg.stateful`` when ``None``) the loss is the stateful one of :func:`jaxlstm.fit`:
+  ``loss_fn(params, batch, key, carry) -> ((loss, metrics), states)``, starting from ``carry`` (the previous
+  window's final states) or, when ``carry`` is ``None``, from the model's initial states. A row whose
+  ``batch["reset"]`` ``(B,)`` flag is set starts from the initial states too.
 
   Example:
     >>> from jaxlstm.experiment import RunConfig, init_model, load_task, make_loss, split_batch
@@ -144,14 +175,26 @@ def make_loss(task, cfg: RunConfig, *, train: bool):
   """
   per_step = task.kind in PER_STEP_KINDS
   vocab = task.input_size if task.kind == "lm" else None
+  stateful = cfg.stateful if stateful is None else stateful
+
+  def run(params, batch, key, states, return_state):
+    return model_apply(params, batch["xs"], per_step=per_step, lengths=batch.get("lengths"),
+                       mask=batch.get("mask"), dropout=cfg.dropout if train else 0.0, key=key,
+                       compute_dtype=DTYPES[cfg.dtype], vocab_size=vocab, states=states, return_state=return_state)
 
   def loss_fn(params: SequenceModel, batch: dict, key):
-    out = model_apply(params, batch["xs"], per_step=per_step, lengths=batch.get("lengths"),
-                      mask=batch.get("mask"), dropout=cfg.dropout if train else 0.0, key=key,
-                      compute_dtype=DTYPES[cfg.dtype], vocab_size=vocab)
-    return task_loss(task.kind, out, batch)
+    return task_loss(task.kind, run(params, batch, key, None, False), batch)
 
-  return loss_fn
+  def stateful_loss_fn(params: SequenceModel, batch: dict, key, carry):
+    if carry is not None and batch.get("reset") is not None:
+      fresh = initial_states(params, batch["reset"].shape)
+      carry = jax.tree_util.tree_map(
+          lambda f, c: jnp.where(batch["reset"].reshape(batch["reset"].shape + (1,) * (c.ndim - 1)), f, c),
+          fresh, carry)
+    out, states = run(params, batch, key, carry, True)
+    return task_loss(task.kind, out, batch), states
+
+  return stateful_loss_fn if stateful else loss_fn
 
 
 def init_model(task, cfg: RunConfig) -> SequenceModel:
@@ -166,7 +209,8 @@ def init_model(task, cfg: RunConfig) -> SequenceModel:
   """
   return model_init(jax.random.key(cfg.seed), task.input_size, task.num_outputs, hidden=cfg.hidden,
                     layers=cfg.layers, cell=cfg.cell, bidirectional=cfg.bidirectional,
-                    forget_bias=cfg.forget_bias, activation=cfg.activation if cfg.cell == "rnn" else None)
+                    forget_bias=cfg.forget_bias, activation=cfg.activation if cfg.cell == "rnn" else None,
+                    learn_initial_state=cfg.learn_initial_state)
 
 
 def make_run_optimizer(cfg: RunConfig):
@@ -264,6 +308,7 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool
     cfg = saved
   cfg.validate()
   task = load_task(cfg)
+  check_stateful(task, cfg)
   summary_path = os.path.join(out, "summary.json")
   existing = [p for p in (config_path, metrics_path, checkpoints, summary_path) if os.path.exists(p)]
   if existing and not resume and not overwrite:
@@ -300,14 +345,17 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool
       validation_data=split_batch(task.val), eval_fn=make_loss(task, cfg, train=False),
       eval_every=cfg.eval_every, early_stopping=cfg.early_stopping, monitor=monitor(task), mode=task.mode,
       restore_best=cfg.restore_best, checkpoint_dir=checkpoints, save_every=cfg.save_every or cfg.eval_every,
-      keep=cfg.keep, resume=resume, seed=cfg.seed, progress=progress, callbacks=[log], devices=devices)
+      keep=cfg.keep, resume=resume, seed=cfg.seed, progress=progress, callbacks=[log], devices=devices,
+      stateful=cfg.stateful, eval_batch_size=STATEFUL_EVAL_STREAMS if cfg.stateful else 256)
   wall = time.perf_counter() - t0
   # The test split, read once: the params that model selection chose, or the last ones.
   selected = history.selected or (history[-1] if history else _last_record(metrics_path))
-  test = {f"test_{k}": v for k, v in evaluate(make_loss(task, cfg, train=False), params, split_batch(task.test),
-                                              batch_size=256).items()}
-  test = derived_metrics(task, test, "test_")
+  test = derived_metrics(task, {f"test_{k}": v for k, v in test_metrics(task, cfg, params).items()}, "test_")
   final = {"step": selected["step"] if selected else 0, "split": "test", **test, "baselines": task.baselines}
+  if cfg.stateful:
+    # The same params, each test window from the initial state: what a stateless model is measured on.
+    stateless = test_metrics(task, cfg, params, stateful=False)
+    final["test_stateless"] = {f"test_{k}": v for k, v in stateless.items()}
   records.append(final)
   if writer:
     with open(metrics_path, "a") as f:
@@ -318,8 +366,33 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool
                "test": test, "val": {k: v for k, v in derived_metrics(task, selected or {}, "val_").items() if k.startswith("val_")},
                "baselines": task.baselines, "units": {k: task.units[k] for k in _metric_names(test)},
                "train_seconds": wall, "config": dataclasses.asdict(cfg)}
+    if cfg.stateful:
+      summary["test_evaluation"] = ("stateful: the test text as one stream, each window starting from the state "
+                                    "where the one before it ended; test_stateless starts every window afresh")
+      summary["test_stateless"] = final["test_stateless"]
     _write_json(os.path.join(out, "summary.json"), summary)
   return records
+
+
+def test_metrics(task, cfg: RunConfig, params: SequenceModel, *, stateful: bool | None = None) -> dict[str, float]:
+  """The metrics of ``params`` on the task's test split, as :func:`jaxlstm.evaluate` gives them.
+
+  A stateful evaluation (``cfg.stateful`` when ``stateful`` is ``None``) reads the test windows as one stream
+  in order (:data:`STATEFUL_EVAL_STREAMS`), carrying the state from each window to the next; a stateless
+  one starts every window from the model's initial state.
+
+  Example:
+    >>> from jaxlstm.experiment import RunConfig, init_model, load_task, test_metrics
+    >>> cfg = RunConfig(task="text", task_options={"T": 8, "max_chars": 2000}, hidden=4, stateful=True)
+    >>> task = load_task(cfg)
+    >>> params = init_model(task, cfg)
+    >>> streamed, alone = test_metrics(task, cfg, params), test_metrics(task, cfg, params, stateful=False)
+    >>> sorted(streamed) == sorted(alone), streamed["loss"] != alone["loss"]
+    (True, True)
+  """
+  stateful = cfg.stateful if stateful is None else stateful
+  return evaluate(make_loss(task, cfg, train=False, stateful=stateful), params, split_batch(task.test),
+                  batch_size=STATEFUL_EVAL_STREAMS if stateful else 256, stateful=stateful)
 
 
 def monitor(task) -> str:
@@ -432,6 +505,9 @@ def load_run(out: str):
   cfg = read_config(out)
   task = load_task(cfg)
   like = init_train_state(init_model(task, cfg), make_run_optimizer(cfg), cfg.seed)
+  if cfg.stateful:
+    # A stateful run's checkpoints hold its carry too: every stream's state, shaped as the stack's states.
+    like = like._replace(carry=initial_states(like.params, (min(cfg.batch_size, task.train.n),)))
   checkpoints = os.path.join(out, "checkpoints")
   best = os.path.join(checkpoints, "best.json")
   if cfg.restore_best and os.path.exists(best):
@@ -462,8 +538,7 @@ def eval_run(out: str) -> dict[str, Any]:
     (2, ['baselines', 'loss', 'mse', 'rmse', 'step'])
   """
   cfg, task, params, step = load_run(out)
-  metrics = evaluate(make_loss(task, cfg, train=False), params, split_batch(task.test), batch_size=256)
-  return {"step": step, **derived_metrics(task, metrics), "baselines": task.baselines}
+  return {"step": step, **derived_metrics(task, test_metrics(task, cfg, params)), "baselines": task.baselines}
 
 
 def sample_run(out: str, prompt: str = "", *, length: int = 200, temperature: float = 1.0, seed: int = 0) -> str:
