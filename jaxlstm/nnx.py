@@ -54,6 +54,7 @@ import jaxlstm
 from jaxlstm._src.cells.registry import cell_of, get_cell, is_cell_params
 from jaxlstm._src.flax_common import (check_cell_options, check_kind, check_layout, layer_output, needs_rng,
                                       params_options, pick, regularizer_rates, restated, shape_params, stack_options)
+from jaxlstm._src.initial_state import given_or_initial
 from jaxlstm._src.stack import Bidirectional
 
 __all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "MinGRU", "MinGRUCell", "MinLSTM", "MinLSTMCell",
@@ -75,6 +76,24 @@ class _Weights(nnx.Module):
     else:
       check_layout("params", params, shape_params(init, *args, **options))
     self.weights = nnx.data(jax.tree.map(nnx.Param, params))
+
+  def _set_initial_state(self, learn: bool) -> None:
+    # Declared after the weights, which fix its structure; None (no param) keeps the zero initial state.
+    self.learn_initial_state = learn
+    self.h0 = nnx.data(jax.tree.map(nnx.Param, jaxlstm.initial_state_init(self.params)) if learn else None)
+
+  @property
+  def initial_state_params(self) -> Any:
+    """The learned initial state as plain arrays (:func:`jaxlstm.initial_state_init`'s layout), or ``None``.
+
+    Example:
+      >>> layer = jaxlstm.nnx.GRU(3, 4, learn_initial_state=True, rngs=nnx.Rngs(0))
+      >>> layer.initial_state_params.h.shape
+      (4,)
+    """
+    if self.h0 is None:
+      return None
+    return jax.tree.map(lambda v: v.get_value(), self.h0, is_leaf=_is_var)
 
   @property
   def params(self) -> Any:
@@ -167,6 +186,9 @@ class Layer(_OneCell):
     impl: ``"auto"`` (the fastest kernel that can run the call) or a
       kernel's name, as :func:`jaxlstm.layer`.
     remat: checkpoint every ``remat`` steps, as :func:`jaxlstm.layer`.
+    learn_initial_state: a trainable initial state, ``module.h0`` (zeros at
+      first, :func:`jaxlstm.initial_state_init`), used when a call gives no
+      ``initial_state``; ``resets`` go back to it too.
     rngs: ``nnx.Rngs`` whose ``params`` stream initializes the params; not
       needed with ``params``.
     params: existing functional params to wrap instead of initializing them;
@@ -190,8 +212,10 @@ class Layer(_OneCell):
   def __init__(self, input_size: int, hidden_size: int, *, cell: str = "lstm", dtype: Any = jnp.float32,
                return_sequences: bool = True, return_state: bool = False, reverse: bool = False,
                time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto",
-               remat: int | None = None, rngs: nnx.Rngs | None = None, params: Any = None, **cell_options):
+               remat: int | None = None, learn_initial_state: bool = False, rngs: nnx.Rngs | None = None,
+               params: Any = None, **cell_options):
     self._set_cell(input_size, hidden_size, cell, dtype, cell_options, rngs, params)
+    self._set_initial_state(learn_initial_state)
     self.return_sequences, self.return_state = return_sequences, return_state
     self.reverse, self.time_major = reverse, time_major
     self.unroll, self.impl, self.remat = unroll, impl, remat
@@ -233,7 +257,8 @@ class Layer(_OneCell):
     Args:
       xs: inputs ``(*batch, T, I)``, or ``(T, *batch, I)`` if time-major, in
         the params' dtype.
-      initial_state: the initial state; zeros when ``None``.
+      initial_state: the initial state; when ``None``, the learned one
+        (``learn_initial_state``) broadcast to the batch, else zeros.
       lengths: ``(*batch,)`` lengths of right-padded rows.
       mask: ``(*batch, T)`` flags, ``False`` = skip the step.
       resets: ``(*batch, T)`` flags, ``True`` = reset the state before the step.
@@ -253,8 +278,10 @@ class Layer(_OneCell):
       >>> last.shape, bool((last == state.h).all())
       ((2, 4), True)
     """
+    time_major = pick(time_major, self.time_major)
+    initial_state = given_or_initial(initial_state, self.initial_state_params, xs, time_major=time_major)
     state, hs = jaxlstm.layer(self.params, xs, initial_state, lengths=lengths, mask=mask, resets=resets,
-                              reverse=pick(reverse, self.reverse), time_major=pick(time_major, self.time_major),
+                              reverse=pick(reverse, self.reverse), time_major=time_major,
                               unroll=self.unroll, impl=self.impl, remat=self.remat)
     return layer_output(state, hs, return_sequences=pick(return_sequences, self.return_sequences),
                         return_state=pick(return_state, self.return_state))
@@ -422,6 +449,9 @@ class Stack(_Weights):
     unroll: ``lax.scan`` unroll factor; ``None`` lets the kernel choose.
     impl: ``"auto"`` or a kernel's name, for every layer (see :func:`jaxlstm.layer`).
     remat: checkpoint every ``remat`` steps in each layer.
+    learn_initial_state: a trainable initial state per layer and direction,
+      ``module.h0`` (zeros at first, :func:`jaxlstm.initial_state_init`),
+      used when a call gives no ``initial_states``; ``resets`` go back to it too.
     rngs: ``nnx.Rngs`` whose ``params`` stream initializes the params and
       whose ``dropout`` stream (or default) draws the dropout and
       regularizer masks; not needed with ``params`` and no dropout.
@@ -450,11 +480,13 @@ class Stack(_Weights):
                weight_drop: float = 0.0, deterministic: bool = False, dtype: Any = jnp.float32,
                return_sequences: bool = True, return_state: bool = False, time_major: bool = False,
                unroll: int | bool | None = None, impl: str = "auto", remat: int | None = None,
-               rngs: nnx.Rngs | None = None, params: Any = None, **cell_options):
+               learn_initial_state: bool = False, rngs: nnx.Rngs | None = None, params: Any = None,
+               **cell_options):
     options = dict(check_cell_options(get_cell(cell), cell_options), cell=cell, bidirectional=bidirectional,
                    merge=merge, dtype=dtype)
     self._set_weights(jaxlstm.stack_init, (input_size, hidden_size, num_layers), options, rngs,
                       None if params is None else tuple(params))
+    self._set_initial_state(learn_initial_state)
     self.merge, self.dropout, self.deterministic = merge, dropout, deterministic
     self.input_dropout, self.recurrent_dropout, self.weight_drop = input_dropout, recurrent_dropout, weight_drop
     self.zoneout = dict(zoneout) if isinstance(zoneout, Mapping) else zoneout
@@ -521,7 +553,8 @@ class Stack(_Weights):
     Args:
       xs: inputs ``(*batch, T, I)``, or ``(T, *batch, I)`` if time-major.
       initial_states: one state per layer (a :class:`jaxlstm.Bidirectional`
-        pair for a bidirectional layer); zeros when ``None``.
+        pair for a bidirectional layer); when ``None``, the learned ones
+        (``learn_initial_state``) broadcast to the batch, else zeros.
       lengths: ``(*batch,)`` lengths, for every layer.
       mask: ``(*batch, T)`` validity flags, for every layer.
       resets: ``(*batch, T)`` segment starts, for every layer.
@@ -555,9 +588,11 @@ class Stack(_Weights):
         raise ValueError("Stack with dropout or regularizers needs rngs (at construction or in the call) unless "
                          "deterministic=True")
       key = stream()
+    time_major = pick(time_major, self.time_major)
+    initial_states = given_or_initial(initial_states, self.initial_state_params, xs, time_major=time_major)
     states, hs = jaxlstm.stack(self.params, xs, initial_states, lengths=lengths, mask=mask, resets=resets,
                                dropout=0.0 if key is None else self.dropout, key=key, merge=self.merge,
-                               time_major=pick(time_major, self.time_major), unroll=self.unroll, impl=self.impl,
+                               time_major=time_major, unroll=self.unroll, impl=self.impl,
                                remat=self.remat, **regularizer_rates(self, training))
     out = layer_output(states[-1], hs, return_sequences=pick(return_sequences, self.return_sequences),
                        return_state=False, merge=self.merge)

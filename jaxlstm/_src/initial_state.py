@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm._src.cells.registry import is_cell_params
-from jaxlstm._src.layers import check_params, zero_state
+from jaxlstm._src.layers import batch_shape_of, check_params, zero_state
 from jaxlstm._src.stack import Bidirectional, check_stack
 
 
@@ -94,3 +94,21 @@ def broadcast_state(state: Any, batch_shape: tuple[int, ...]) -> Any:
   if any(d < 0 for d in batch_shape):
     raise ValueError(f"batch_shape must be a tuple of non-negative ints; got {batch_shape!r}")
   return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, batch_shape + jnp.shape(a)), state)
+
+
+def given_or_initial(state: Any, h0: Any, xs: jax.Array, *, time_major: bool) -> Any:
+  """The state a module's call starts from: the one given, else ``h0`` broadcast to the batch of ``xs``.
+
+  ``h0`` is ``None`` for a module without a learned initial state; the call then starts from zeros.
+
+  Example:
+    >>> from jaxlstm._src.initial_state import given_or_initial
+    >>> h0 = jaxlstm.initial_state_init(jaxlstm.gru_init(jax.random.key(0), 3, 4))
+    >>> given_or_initial(None, h0, jnp.ones((2, 5, 3)), time_major=False).h.shape
+    (2, 4)
+    >>> given_or_initial(None, None, jnp.ones((2, 5, 3)), time_major=False) is None
+    True
+  """
+  if state is not None or h0 is None:
+    return state
+  return broadcast_state(h0, batch_shape_of(xs, time_major=time_major))
