@@ -1,10 +1,12 @@
 """jaxlstm: recurrent neural networks for JAX, as pure functions.
 
-Gate layouts: LSTM ``i, f, g, o``; GRU ``r, z, n``; minGRU ``z, h``; minLSTM ``f, i, h``; sLSTM ``i, f, z, o``.
-Weights are ``(in, out)``.
+Gate layouts: LSTM ``i, f, g, o``; GRU ``r, z, n``; minGRU ``z, h``; minLSTM ``f, i, h``; sLSTM ``i, f, z, o``;
+ConvLSTM ``i, f, g, o``. Weights are ``(in, out)`` (ConvLSTM kernels ``(*kernel_size, in, out)``).
 """
 
 from jaxlstm._src.cells import Cell, Recurrence, cell_names, get_cell, register_cell, static_fields, unregister_cell
+from jaxlstm._src.cells.convlstm import (ConvLSTM1DParams, ConvLSTM2DParams, ConvLSTMParams, ConvLSTMState,
+                                        convlstm1d_init, convlstm2d_init, convlstm_step, convlstm_zero_state)
 from jaxlstm._src.cells.gru import GRUParams, GRUState, gru_init, gru_step, gru_zero_state
 from jaxlstm._src.initial_state import broadcast_state, initial_state_init
 from jaxlstm._src.initializers import glorot_uniform, orthogonal_blocks
@@ -25,6 +27,10 @@ __version__ = "0.2.0"
 __all__ = [
     "Bidirectional",
     "Cell",
+    "ConvLSTM1DParams",
+    "ConvLSTM2DParams",
+    "ConvLSTMParams",
+    "ConvLSTMState",
     "Kernel",
     "KernelChoice",
     "LayerCall",
@@ -54,6 +60,10 @@ __all__ = [
     "SLSTMParams",
     "SLSTMState",
     "broadcast_state",
+    "convlstm1d_init",
+    "convlstm2d_init",
+    "convlstm_step",
+    "convlstm_zero_state",
     "evaluate",
     "fit",
     "from_flax",

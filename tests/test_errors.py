@@ -32,7 +32,8 @@ def test_init_errors():
   with pytest.raises(TypeError, match=r"dtype must be a floating-point dtype; got int32"):
     jaxlstm.rnn_init(key, 3, 4, dtype=jnp.int32)
   with pytest.raises(ValueError,
-                     match=r"cell must be one of \['gru', 'lstm', 'mingru', 'minlstm', 'rnn', 'slstm'\]; got 'lstmm'"):
+                     match=r"cell must be one of \['convlstm1d', 'convlstm2d', 'gru', 'lstm', 'mingru', 'minlstm', 'rnn', "
+                           r"'slstm'\]; got 'lstmm'"):
     jaxlstm.stack_init(key, 3, 4, 2, cell="lstmm")
   with pytest.raises(ValueError, match=r"num_layers must be a positive int; got 0"):
     jaxlstm.stack_init(key, 3, 4, 0)
@@ -135,6 +136,7 @@ def test_stack_errors(p, xs):
   with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\); got 1.0"):
     jaxlstm.stack(params, xs, dropout=1.0, key=jax.random.key(0))
   with pytest.raises(TypeError, match=r"params\[0\] must be the params of a registered cell "
-                                      r"\(LSTMParams, GRUParams, RNNParams, MinGRUParams, MinLSTMParams, SLSTMParams\); "
+                                      r"\(LSTMParams, GRUParams, RNNParams, MinGRUParams, MinLSTMParams, SLSTMParams, "
+                                      r"ConvLSTM1DParams, ConvLSTM2DParams\); "
                                       r"got dict"):
     jaxlstm.stack(({},), xs)

@@ -47,7 +47,9 @@ CASES = {
 
 
 def test_variants_cover_every_registered_cell():
-  assert {cell for cell, _ in VARIANTS.values()} == set(jaxlstm.cell_names())
+  # The ConvLSTMs' steps have spatial axes, (*batch, T, *spatial, C): tests/test_convlstm.py runs them through
+  # these cases against the same oracle, on flattened steps.
+  assert {cell for cell, _ in VARIANTS.values()} == set(jaxlstm.cell_names()) - {"convlstm1d", "convlstm2d"}
 
 
 def setup(variant, case):

@@ -186,7 +186,7 @@ def cell_names() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.cell_names()
-    ('gru', 'lstm', 'mingru', 'minlstm', 'rnn', 'slstm')
+    ('convlstm1d', 'convlstm2d', 'gru', 'lstm', 'mingru', 'minlstm', 'rnn', 'slstm')
   """
   return tuple(sorted(_BY_NAME))
 
@@ -257,7 +257,8 @@ def get_cell(name: str) -> Cell:
     ('peephole', 'layer_norm', 'proj_size', 'forget_bias')
     >>> jaxlstm.get_cell("xlstm")
     Traceback (most recent call last):
-    ValueError: cell must be one of ['gru', 'lstm', 'mingru', 'minlstm', 'rnn', 'slstm']; got 'xlstm'
+    ValueError: cell must be one of ['convlstm1d', 'convlstm2d', 'gru', 'lstm', 'mingru', 'minlstm', 'rnn', 'slstm'];
+      got 'xlstm'
   """
   try:
     return _BY_NAME[name]
