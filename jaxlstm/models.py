@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlstm._src.cells.registry import cell_names
+from jaxlstm._src.cells.registry import cell_names, get_cell
 from jaxlstm._src.initial_state import broadcast_state, initial_state_init
 from jaxlstm._src.initializers import glorot_uniform
 from jaxlstm._src.stack import Bidirectional, stack, stack_init
@@ -97,7 +97,8 @@ def model_init(key: jax.Array, input_size: int, num_outputs: int, *, hidden: int
     :class:`SequenceModel` whose head is ``(H, O)`` (``(2H, O)`` if bidirectional).
 
   Raises:
-    ValueError: for an unknown ``cell``, or an ``activation`` that the cell does not take or contradicts.
+    ValueError: for an unknown ``cell``, a cell whose steps have spatial axes (the ConvLSTMs: this model
+      reads flat ``(B, T, I)`` sequences), or an ``activation`` that the cell does not take or contradicts.
 
   Example:
     >>> from jaxlstm.models import model_init
@@ -111,6 +112,11 @@ def model_init(key: jax.Array, input_size: int, num_outputs: int, *, hidden: int
   if cell not in presets:
     raise ValueError(f"cell must be one of {sorted(presets)}; got {cell!r}")
   options = dict(presets[cell])
+  record = get_cell(options["cell"])
+  if record.feature_axes != 1:
+    raise ValueError(f"cell {cell!r} reads sequences of feature maps, (B, T, *spatial, C), but this model (the "
+                     f"command line's) reads flat (B, T, I) sequences, so it cannot use it; run {record.name} "
+                     f"layers with jaxlstm.stack or the Flax modules on spatial data instead")
   if options["cell"] == "lstm":
     options["forget_bias"] = forget_bias
   if activation is not None:
