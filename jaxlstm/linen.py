@@ -50,14 +50,20 @@ from flax.core import FrozenDict
 
 import jaxlstm
 from jaxlstm._src.cells.registry import get_cell
+from jaxlstm._src.initial_state import given_or_initial
 from jaxlstm._src.flax_common import (check_cell_options, check_kind, check_layout, layer_output, needs_rng,
                                       params_options, pick, regularizer_rates, restated, shape_params, stack_options)
 
 __all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "MinGRU", "MinGRUCell", "MinLSTM", "MinLSTMCell",
-           "RNN", "RNNCell", "SLSTM", "SLSTMCell", "Stack", "WEIGHTS", "from_variables", "to_variables"]
+           "RNN", "RNNCell", "SLSTM", "SLSTMCell", "Stack", "INITIAL_STATE", "WEIGHTS", "from_variables",
+           "to_variables"]
 
 WEIGHTS = "weights"
 """Name of the one entry of the ``"params"`` collection that holds the functional params."""
+
+INITIAL_STATE = "h0"
+"""Name of the ``"params"`` entry of a learned initial state (``learn_initial_state=True``), in the layout of
+:func:`jaxlstm.initial_state_init`."""
 
 
 def to_variables(params: Any) -> dict:
@@ -144,7 +150,23 @@ class _Recurrent(linen.Module):
       module = cls(params.hidden_size, cell=record.name, options=options, dtype=dtype, **attrs)
     else:
       module = cls(params.hidden_size, **options, dtype=dtype, **attrs)
-    return module, to_variables(params)
+    return module, _with_initial_state(module, params)
+
+
+def _with_initial_state(module: linen.Module, params: Any) -> dict:
+  """The variables of ``module`` for ``params``, with a zero learned initial state when the module has one."""
+  variables = to_variables(params)
+  if getattr(module, "learn_initial_state", False):
+    variables["params"][INITIAL_STATE] = jaxlstm.initial_state_init(params)
+  return variables
+
+
+def _initial_state(module: linen.Module, params: Any, given: Any, xs: jax.Array) -> Any:
+  """The state a call starts from: ``given``, else the learned one (declared here) broadcast, else zeros."""
+  h0 = None
+  if module.learn_initial_state:
+    h0 = module.param(INITIAL_STATE, lambda key: jaxlstm.initial_state_init(params))
+  return given_or_initial(given, h0, xs, time_major=module.time_major)
 
 
 class _LayerBase(_Recurrent):
@@ -156,6 +178,7 @@ class _LayerBase(_Recurrent):
   time_major: bool = _setting(False)
   unroll: int | bool | None = _setting(None)
   remat: int | None = _setting(None)
+  learn_initial_state: bool = _setting(False)
 
   @classmethod
   def from_params(cls, params: Any, **attrs) -> tuple[Any, dict]:
@@ -195,7 +218,8 @@ class _LayerBase(_Recurrent):
     Args:
       xs: inputs ``(*batch, T, I)``, or ``(T, *batch, I)`` if time-major, in
         the params' dtype.
-      initial_state: the initial state; zeros when ``None``.
+      initial_state: the initial state; when ``None``, the learned one
+        (``learn_initial_state``) broadcast to the batch, else zeros.
       lengths: ``(*batch,)`` lengths of right-padded rows.
       mask: ``(*batch, T)`` flags, ``False`` = skip the step.
       resets: ``(*batch, T)`` flags, ``True`` = reset the state before the step.
@@ -220,6 +244,7 @@ class _LayerBase(_Recurrent):
     """
     name, options = self._spec()
     params = self._declare(get_cell(name).init, _input_size(xs), (self.hidden_size,), options)
+    initial_state = _initial_state(self, params, initial_state, xs)
     state, hs = jaxlstm.layer(params, xs, initial_state, lengths=lengths, mask=mask, resets=resets,
                               reverse=self.reverse, time_major=self.time_major, unroll=self.unroll, impl=self.impl,
                               remat=self.remat)
@@ -247,6 +272,10 @@ class Layer(_LayerBase):
     time_major: inputs are ``(T, *batch, I)`` instead of ``(*batch, T, I)``.
     unroll: ``lax.scan`` unroll factor; ``None`` lets the kernel choose.
     remat: checkpoint every ``remat`` steps, as :func:`jaxlstm.layer`.
+    learn_initial_state: declare a trainable initial state, the param
+      :data:`INITIAL_STATE` (zeros at first, :func:`jaxlstm.initial_state_init`),
+      used when a call gives no ``initial_state``; ``resets`` go back to it too.
+      The named variants (:class:`LSTM`, ...) take it as well.
 
   Example:
     >>> layer = jaxlstm.linen.Layer(4, cell="rnn", options={"activation": "relu"})
@@ -422,6 +451,9 @@ class Stack(_Recurrent):
     time_major: inputs are ``(T, *batch, I)`` instead of ``(*batch, T, I)``.
     unroll: ``lax.scan`` unroll factor; ``None`` lets the kernel choose.
     remat: checkpoint every ``remat`` steps in each layer.
+    learn_initial_state: declare a trainable initial state per layer and
+      direction, the param :data:`INITIAL_STATE`, used when a call gives no
+      ``initial_states``; ``resets`` go back to it too.
 
   Example:
     >>> model = jaxlstm.linen.Stack(4, num_layers=2, bidirectional=True)
@@ -455,6 +487,7 @@ class Stack(_Recurrent):
   time_major: bool = _setting(False)
   unroll: int | bool | None = _setting(None)
   remat: int | None = _setting(None)
+  learn_initial_state: bool = _setting(False)
 
   SHORTHANDS: ClassVar[tuple[str, ...]] = ("activation", "peephole", "layer_norm", "proj_size", "forget_bias")
 
@@ -500,7 +533,8 @@ class Stack(_Recurrent):
     attrs = restated(options, attrs)
     del options["input_size"]
     fixed = {k: options.pop(k) for k in ("hidden_size", "num_layers", "cell", "bidirectional", "dtype")}
-    return cls(**fixed, merge=merge, options=options, **attrs), to_variables(tuple(params))
+    module = cls(**fixed, merge=merge, options=options, **attrs)
+    return module, _with_initial_state(module, tuple(params))
 
   @linen.compact
   def __call__(self, xs: jax.Array, initial_states: Any = None, *, lengths: jax.Array | None = None,
@@ -511,7 +545,8 @@ class Stack(_Recurrent):
     Args:
       xs: inputs ``(*batch, T, I)``, or ``(T, *batch, I)`` if time-major.
       initial_states: one state per layer (a :class:`jaxlstm.Bidirectional`
-        pair for a bidirectional layer); zeros when ``None``.
+        pair for a bidirectional layer); when ``None``, the learned ones
+        (``learn_initial_state``) broadcast to the batch, else zeros.
       lengths: ``(*batch,)`` lengths, for every layer.
       mask: ``(*batch, T)`` validity flags, for every layer.
       resets: ``(*batch, T)`` segment starts, for every layer.
@@ -535,6 +570,7 @@ class Stack(_Recurrent):
     cell, options = self._spec()
     options.update(cell=cell, bidirectional=self.bidirectional, merge=self.merge)
     params = self._declare(jaxlstm.stack_init, _input_size(xs), (self.hidden_size, self.num_layers), options)
+    initial_states = _initial_state(self, params, initial_states, xs)
     key = None
     training = needs_rng(self) and not linen.merge_param("deterministic", self.deterministic, deterministic)
     if training:
