@@ -1,4 +1,5 @@
-r"""Weights to and from Keras 3: ``LSTM``, ``GRU``, ``SimpleRNN``, ``Bidirectional`` and their cells.
+r"""Weights to and from Keras 3: ``LSTM``, ``GRU``, ``SimpleRNN``, ``ConvLSTM1D``, ``ConvLSTM2D``, ``Bidirectional``
+and their cells.
 
 Keras is imported only when a function here is called. With Keras 3, set
 ``os.environ["KERAS_BACKEND"]`` (for example to ``"jax"``) before the first
@@ -23,6 +24,14 @@ Layouts. Keras kernels are ``(in, out)`` like ours: ``kernel (I, G*H)``,
   :attr:`jaxlstm.RNNParams.activation`. It is part of the model, so it travels
   with the params (each layer of a list keeps its own), and :func:`to_keras`
   refuses to write params into a layer of the other activation.
+* ConvLSTM1D, ConvLSTM2D: ``kernel (*kernel_size, C, 4F)`` and
+  ``recurrent_kernel (*kernel_size, F, 4F)``, gates i, f, c, o, copied as
+  they are into :class:`jaxlstm.ConvLSTM1DParams` or
+  :class:`jaxlstm.ConvLSTM2DParams`, with the layer's ``padding``,
+  ``strides`` and ``dilation_rate`` as static fields (Keras' recurrent
+  convolution is always ``"same"`` with stride 1, as ours). Channels last
+  only. Keras fixes a ConvLSTM's spatial input shape when it builds it, so
+  :func:`to_keras` needs a built layer.
 * Bidirectional: a :class:`jaxlstm.Bidirectional` pair; ``merge_mode``
   ``"concat"``, ``"sum"``, ``"ave"``, ``"mul"`` is our ``merge`` ``"concat"``,
   ``"sum"``, ``"mean"``, ``"mul"``.
@@ -55,6 +64,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxlstm._src.cells.convlstm import ConvLSTM1DParams, ConvLSTM2DParams, ConvLSTMParams
 from jaxlstm._src.cells.gru import GRUParams
 from jaxlstm._src.cells.lstm import LSTMParams
 from jaxlstm._src.cells.rnn import RNNParams
@@ -62,7 +72,8 @@ from jaxlstm.interop import _common
 from jaxlstm._src.stack import Bidirectional
 
 _MERGES = {"concat": "concat", "sum": "sum", "ave": "mean", "mul": "mul"}
-_SUPPORTED = ("keras.layers.LSTM, GRU, SimpleRNN, RNN (of one such cell), Bidirectional (of one such layer), "
+_SUPPORTED = ("keras.layers.LSTM, GRU, SimpleRNN, ConvLSTM1D, ConvLSTM2D, RNN (of one such cell), Bidirectional (of "
+               "one such layer), "
               "LSTMCell, GRUCell or SimpleRNNCell, or a list of layers")
 
 
@@ -80,6 +91,13 @@ def _cell_kind(cell: Any, name: str) -> type | None:
                           (layers.SimpleRNNCell, RNNParams)):
     if isinstance(cell, cls):
       return params_cls
+  # Keras exports the ConvLSTM layers but not their cell class.
+  from keras.src.layers.rnn.conv_lstm import ConvLSTMCell
+  if isinstance(cell, ConvLSTMCell):
+    if cell.rank not in (1, 2):
+      raise TypeError(f"{name} is a rank-{cell.rank} ConvLSTM cell; jaxlstm has ConvLSTM1D and ConvLSTM2D cells "
+                      f"(convlstm1d, convlstm2d) only")
+    return ConvLSTM1DParams if cell.rank == 1 else ConvLSTM2DParams
   return None
 
 
@@ -103,7 +121,7 @@ def _kind(layer: Any, name: str) -> tuple[str, type]:
     cls = _cell_kind(layer.cell, f"{name}.cell")
     if cls is not None:
       return "layer", cls
-    raise TypeError(f"{name}.cell must be a keras LSTMCell, GRUCell or SimpleRNNCell; "
+    raise TypeError(f"{name}.cell must be a keras LSTMCell, GRUCell, SimpleRNNCell or ConvLSTM's cell; "
                     f"got {type(layer.cell).__name__}")
   raise TypeError(f"{name} must be a {_SUPPORTED}; got {type(layer).__module__}.{type(layer).__name__}")
 
@@ -124,6 +142,9 @@ def _check_cell(cell: Any, cls: type, name: str) -> None:
   rec = _act_name(cell.recurrent_activation)
   if rec != "sigmoid":
     raise ValueError(f"{name}.recurrent_activation must be 'sigmoid'; got {rec!r}")
+  if issubclass(cls, ConvLSTMParams) and cell.data_format != "channels_last":
+    raise ValueError(f"{name}.data_format must be 'channels_last', jaxlstm's ConvLSTM layout (move the channel "
+                     f"axis last); got {cell.data_format!r}")
   if cls is GRUParams and not cell.reset_after:
     raise ValueError(f"{name}.reset_after must be True: with reset_after=False Keras computes (r * h) @ U_h, "
                      "which jaxlstm's GRU, r * (h @ U_h + b_hn), cannot represent for a general U_h; "
@@ -139,9 +160,12 @@ def _read_cell(cell: Any, cls: type, name: str) -> Any:
   if not cell.built:
     raise ValueError(f"{name} must be built before its weights can be read (call it on an input, or "
                      f"build(input_shape)); got an unbuilt {type(cell).__name__}")
-  k, rk = _np(cell.kernel), _np(cell.recurrent_kernel)  # (I, G*H), (H, G*H)
-  H = rk.shape[0]
+  k, rk = _np(cell.kernel), _np(cell.recurrent_kernel)  # (I, G*H), (H, G*H); ConvLSTM (*K, C, 4F), (*K, F, 4F)
+  H = rk.shape[-2]
   bias = _np(cell.bias) if cell.use_bias else None
+  if issubclass(cls, ConvLSTMParams):
+    return cls(k, rk, np.zeros((4 * H,), k.dtype) if bias is None else bias, padding=cell.padding,
+               strides=tuple(cell.strides), dilation=tuple(cell.dilation_rate), forget_offset=0.0)
   if cls is LSTMParams:
     return LSTMParams(k, rk, np.zeros((4 * H,), k.dtype) if bias is None else bias)
   if cls is RNNParams:
@@ -278,6 +302,17 @@ def _check_params(cell: Any, p: Any, cls: type, name: str, cname: str) -> None:
   _common.check_cell_params(name, p, cls, f"Keras {type(cell).__name__}")
   if cls is RNNParams:
     _common.check_activation(name, p, _act_name(cell.activation), cname, "activation")
+  if issubclass(cls, ConvLSTMParams):
+    if p.forget_offset != 0.0:
+      raise ValueError(f"{name}.forget_offset is {p.forget_offset} but Keras' ConvLSTM adds nothing to the forget "
+                       f"gate at run time; fold it into the bias first, "
+                       f"{name}._replace(b=b.at[F:2 * F].add(offset), forget_offset=0.0), which rounds")
+    for field, setting in (("padding", "padding"), ("strides", "strides"), ("dilation", "dilation_rate")):
+      want = getattr(cell, setting)
+      want = want if isinstance(want, str) else tuple(want)
+      if getattr(p, field) != want:
+        raise ValueError(f"{name}.{field} is {getattr(p, field)!r} but {cname} has {setting}={want!r}; build "
+                         f"the layer with {setting}={getattr(p, field)!r}")
 
 
 def _write_cell(cell: Any, p: Any, cls: type, name: str, cname: str) -> list[tuple[Any, np.ndarray]]:
@@ -285,12 +320,17 @@ def _write_cell(cell: Any, p: Any, cls: type, name: str, cname: str) -> list[tup
   _check_params(cell, p, cls, name, cname)
   fields = _common.array_fields(p)
   G = _common.gates(cls)
-  I, H = fields["w_x"].shape[0], fields["w_x"].shape[1] // G
+  I, H = fields["w_x"].shape[-2], fields["w_x"].shape[-1] // G
+  conv = issubclass(cls, ConvLSTMParams)
   if not cell.built:
+    if conv:
+      raise ValueError(f"{cname} must be built before params can be written into it: Keras fixes a ConvLSTM's "
+                       f"spatial input shape when it builds it")
     cell.build((None, I))
-  if cell.units != H:
-    raise ValueError(f"{name}.w_x must have shape (I, {G * cell.units}) to match {cname}.units={cell.units}; "
-                     f"got {fields['w_x'].shape}")
+  units, setting = (cell.filters, "filters") if conv else (cell.units, "units")
+  if units != H:
+    raise ValueError(f"{name}.w_x must have shape ({'*kernel_size, ' if conv else ''}I, {G * units}) to match "
+                     f"{cname}.{setting}={units}; got {fields['w_x'].shape}")
   dtype = np.dtype(cell.kernel.dtype)
   for f, v in fields.items():
     _common.check_dtype(f"{name}.{f}", v, dtype, cname)
@@ -372,6 +412,10 @@ def to_keras(params: Any, layer: Any) -> Any:
       cells = ([(l.forward_layer.cell, f"{name}.forward_layer.cell"),
                 (l.backward_layer.cell, f"{name}.backward_layer.cell")] if kind == "bidirectional"
                else [(l.cell, f"{name}.cell")])
+      if not l.built and issubclass(cls, ConvLSTMParams):
+        raise ValueError(f"{name} must be built before params can be written into it: Keras fixes a ConvLSTM's "
+                         f"spatial input shape when it builds it (call {name}.build((None, T, *spatial, C)) or "
+                         f"the layer on an input)")
       if not l.built:
         # Checked before building, so that params the layer refuses leave it unbuilt.
         for (cell, cname), (pname, pp) in zip(cells, dirs):
