@@ -140,7 +140,8 @@ def main(argv=None) -> None:
     log(f"{name} ({'+'.join(modes)}): {cfg} — {param_count(cfg):,d} params")
     results.append({"name": name, "config": list(cfg), "modes": modes, "peers": peers, "rounds": args.rounds[name],
                     "pooled": run_rounds(name, cfg, modes, peers, args, log)})
-    run = {"header": header, "command": command, "device": args.device, "wall_min": (time.perf_counter() - started) / 60,
+    run = {"header": header, "command": command, "device": args.device,
+           "wall_min": (time.perf_counter() - started) / 60,
            "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
            "warmup": args.warmup, "omp_spin": args.omp_spin, "torch_denormals": args.torch_denormals,
            "jobs": results}

@@ -158,7 +158,8 @@ def run_rounds(name: str, cfg: Config, modes: list, peers: list, args, log) -> d
   """
   rounds = args.rounds[name]
   steps_per_round = max(1, -(-args.steps[name] // rounds))
-  pooled = {p: {"status": "ok", "error": None, **{m: {"times_s": [], "first_s": [], "faults": [], "params": None} for m in modes}}
+  pooled = {p: {"status": "ok", "error": None,
+                **{m: {"times_s": [], "first_s": [], "faults": [], "params": None} for m in modes}}
             for p in peers}
   pooled["ceiling"] = {"status": "ok", "error": None, "jax": [], "torch": []}
   for r in range(rounds):

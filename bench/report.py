@@ -47,7 +47,8 @@ def job_table(name: str, cfg: Config, mode: str, pooled: dict, peers: list, roun
   ref_median = statistics.median(ref_times) if ref_times else None
   title = "training step (fwd + bwd + Adam)" if mode == "train" else "inference (forward only)"
   lines = [
-      f"### {name} {mode}: {title} — B={cfg.B}, T={cfg.T}, in={cfg.I}, H={cfg.H}, layers={cfg.layers}, Dense({NUM_CLASSES})",
+      f"### {name} {mode}: {title} — B={cfg.B}, T={cfg.T}, in={cfg.I}, H={cfg.H}, layers={cfg.layers}, "
+      f"Dense({NUM_CLASSES})",
       "",
       f"Model: {expected:,d} parameters; {flops / 1e9:.2f} GFLOP per step; {rounds} round(s). "
       f"Matmul ceiling (jitted JAX {GPU_CEILING_N if device == 'gpu' else CEILING_N}² f32): "

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from jaxlstm.models import SequenceModel
 from jaxlstm._src.stack import stack
+from jaxlstm.models import SequenceModel
 
 
 def _logits(params: SequenceModel, states, ids: jax.Array, vocab_size: int, compute_dtype):

@@ -10,11 +10,11 @@ that it did, from a directory outside the checkout.
 
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
-import re
 import tarfile
 import zipfile
 

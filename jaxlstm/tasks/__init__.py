@@ -27,10 +27,10 @@ statsmodels; those are imported only when the task is built.
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
-from jaxlstm.tasks._base import KINDS, UNITS, Split, Task, check_seed
 from jaxlstm.tasks._adding import adding, adding_var
+from jaxlstm.tasks._base import KINDS, UNITS, Split, Task, check_seed
 from jaxlstm.tasks._copy import copy_task
 from jaxlstm.tasks._digits import digits, pixel_digits
 from jaxlstm.tasks._keras_example import keras_example
