@@ -1,4 +1,5 @@
-r"""Weights to and from Flax cells, Linen and NNX: ``LSTMCell``, ``OptimizedLSTMCell``, ``GRUCell``, ``SimpleCell``.
+r"""Weights to and from Flax cells, Linen and NNX: ``LSTMCell``, ``OptimizedLSTMCell``, ``GRUCell``, ``SimpleCell``,
+and Linen's ``ConvLSTMCell``.
 
 Flax is imported only when a function here is called. Flax kernels are
 ``(in, out)`` like ours.
@@ -33,6 +34,18 @@ Layouts, as Flax 0.12 defines them:
   :func:`to_flax` refuses to write params into a cell of the other
   activation.
 
+* Linen ``ConvLSTMCell`` (Flax 0.12 has no NNX one): two ``Conv``, ``ih`` on
+  the input and ``hh`` on ``h``, each ``(*kernel_size, in, 4F)`` with a bias,
+  gates **i, g, f, o**, and ``f = sigmoid(z_f + 1)``: Flax adds 1 to the
+  forget gate at run time. :func:`from_flax` reorders the gates to our i, f,
+  g, o, sums the two biases into ``b`` and returns params with
+  ``forget_offset=1.0``, the same function; :func:`to_flax` takes such params
+  only (an offset folded into ``b`` would round, and round trips are exact).
+  Flax applies its ``strides`` and ``padding`` to ``hh`` too, where Keras and
+  jaxlstm keep the recurrent convolution ``"same"`` with stride 1, so only
+  ``padding="SAME"`` with unit strides converts, both ways; other settings
+  raise.
+
 Carries. Flax's LSTM carry is ``(c, h)``, ours is ``LSTMState(h, c)``; convert
 with :func:`from_flax_carry` and :func:`to_flax_carry`. Both libraries update
 ``h' = (1 - z) n + z h`` in the GRU.
@@ -44,12 +57,13 @@ from typing import Any
 
 import numpy as np
 
+from jaxlstm._src.cells.convlstm import ConvLSTM1DParams, ConvLSTM2DParams, ConvLSTMParams, ConvLSTMState
 from jaxlstm._src.cells.gru import GRUParams, GRUState
 from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
 from jaxlstm._src.cells.rnn import RNNParams, RNNState
 from jaxlstm.interop import _common
 
-_SUPPORTED = "flax LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell (Linen or NNX)"
+_SUPPORTED = "flax LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell (Linen or NNX), or Linen's ConvLSTMCell"
 _LSTM_GATES = ("i", "f", "g", "o")
 
 
@@ -66,6 +80,8 @@ def _kind(cell: Any, name: str = "cell") -> tuple[str, str, type]:
   linen, nnx = _flax()
   if isinstance(cell, linen.RNN):
     return _kind(cell.cell, f"{name}.cell")
+  if isinstance(cell, linen.ConvLSTMCell):
+    return "linen", "conv_lstm", _check_conv_cell(cell, name)
   table = [(linen.OptimizedLSTMCell, "linen", "lstm", LSTMParams), (linen.LSTMCell, "linen", "lstm", LSTMParams),
            (linen.GRUCell, "linen", "gru", GRUParams), (linen.SimpleCell, "linen", "simple", RNNParams),
            (nnx.OptimizedLSTMCell, "nnx", "fused_lstm", LSTMParams), (nnx.LSTMCell, "nnx", "lstm", LSTMParams),
@@ -94,6 +110,28 @@ def _check_cell(cell: Any, cls: type, name: str) -> None:
   gate = _fn_name(cell.gate_fn)
   if gate != "sigmoid":
     raise ValueError(f"{name}.gate_fn must be sigmoid; got {gate}")
+
+
+def _check_conv_cell(cell: Any, name: str) -> type:
+  """The params type of a Linen ``ConvLSTMCell`` by its rank; raises for the settings jaxlstm does not compute."""
+  rank = len(cell.kernel_size)
+  if rank not in (1, 2):
+    raise TypeError(f"{name} is a rank-{rank} ConvLSTMCell; jaxlstm has ConvLSTM1D and ConvLSTM2D cells only")
+  if not isinstance(cell.padding, str) or cell.padding.upper() != "SAME":
+    raise ValueError(f"{name}.padding must be 'SAME': Flax pads the recurrent convolution as the input one, "
+                     f"which keeps the carry's shape only with 'SAME'; got {cell.padding!r}")
+  if cell.strides is not None and any(s != 1 for s in cell.strides):
+    raise ValueError(f"{name}.strides must be None or 1: Flax strides the recurrent convolution too, which "
+                     f"would shrink the carry at every step; got {cell.strides!r}")
+  return ConvLSTM1DParams if rank == 1 else ConvLSTM2DParams
+
+
+# Flax's ConvLSTMCell gates i, g, f, o -> our i, f, g, o (the permutation is its own inverse).
+_CONV_GATES = (0, 2, 1, 3)
+
+
+def _conv_gates(a: np.ndarray) -> np.ndarray:
+  return np.concatenate([np.split(a, 4, axis=-1)[g] for g in _CONV_GATES], axis=-1)
 
 
 def _unwrap(cell: Any) -> Any:
@@ -174,6 +212,14 @@ def from_flax(cell: Any, variables: Any = None) -> Any:
   api, layout, cls = _kind(cell)
   if api == "linen":
     tree = _linen_tree(variables, cell)
+    if layout == "conv_lstm":
+      inner = _unwrap(cell)
+      w_x, w_h = _get(tree, "ih", "kernel"), _get(tree, "hh", "kernel")  # (*K, C, 4F), (*K, F, 4F)
+      b = _get(tree, "ih", "bias") + _get(tree, "hh", "bias") if inner.use_bias else np.zeros(w_x.shape[-1:],
+                                                                                           w_x.dtype)
+      r = w_x.ndim - 2
+      return _common.to_jax(cls(_conv_gates(w_x), _conv_gates(w_h), _conv_gates(b), padding="same",
+                                strides=(1,) * r, dilation=(1,) * r, forget_offset=1.0))
     if layout == "lstm":
       w_x = np.concatenate([_get(tree, "i" + g, "kernel") for g in _LSTM_GATES], axis=1)
       w_h = np.concatenate([_get(tree, "h" + g, "kernel") for g in _LSTM_GATES], axis=1)
@@ -280,6 +326,8 @@ def to_flax(params: Any, cell: Any) -> Any:
   inner = _unwrap(cell)
   peer = f"flax {type(inner).__name__}"
   _common.check_cell_params("params", params, cls, peer)
+  if layout == "conv_lstm":
+    return _to_flax_conv(params, cell, inner, peer)
   if cls is RNNParams:
     _common.check_activation("params", params, _activation(cell), peer, "activation_fn")
   f = _common.array_fields(params)
@@ -338,6 +386,37 @@ def to_flax(params: Any, cell: Any) -> Any:
   return cell
 
 
+def _to_flax_conv(params: ConvLSTMParams, cell: Any, inner: Any, peer: str) -> dict:
+  """:func:`to_flax` for a Linen ``ConvLSTMCell``: every check first, then ``{"params": {"ih": ..., "hh": ...}}``."""
+  import jax.numpy as jnp
+  if params.forget_offset != 1.0:
+    raise ValueError(f"params.forget_offset must be 1.0: {peer} adds 1 to the forget gate at run time; got "
+                     f"{params.forget_offset} (build the params with forget_offset=1.0, or fold the difference "
+                     f"into b yourself, which rounds)")
+  r = params.rank
+  for field, want in (("padding", "same"), ("strides", (1,) * r), ("dilation", (1,) * r)):
+    if getattr(params, field) != want:
+      raise ValueError(f"params.{field} must be {want!r}: {peer} runs its recurrent convolution with its input "
+                       f"one's settings, which match jaxlstm's only for 'SAME' padding, unit strides and no "
+                       f"dilation; got {getattr(params, field)!r}")
+  f = _common.array_fields(params)
+  K, F = tuple(inner.kernel_size), inner.features
+  C = f["w_x"].shape[-2]
+  _common.check_shape("params.w_x", f["w_x"], (*K, C, 4 * F), f" to match the cell's kernel_size={K} and {F} features")
+  _common.check_shape("params.w_h", f["w_h"], (*K, F, 4 * F))
+  dtype = np.dtype(inner.param_dtype)
+  for k, v in f.items():
+    _common.check_dtype(f"params.{k}", v, dtype, "cell (param_dtype)")
+  ih, hh = {"kernel": _conv_gates(f["w_x"])}, {"kernel": _conv_gates(f["w_h"])}
+  if inner.use_bias:
+    ih["bias"], hh["bias"] = _conv_gates(f["b"]), np.zeros_like(f["b"])
+  else:
+    _common.check_zero("params.b", f["b"], f"{peer}.use_bias is False")
+  tree = {"ih": {n: jnp.asarray(v) for n, v in ih.items()}, "hh": {n: jnp.asarray(v) for n, v in hh.items()}}
+  linen, _ = _flax()
+  return {"params": {"cell": tree} if isinstance(cell, linen.RNN) else tree}
+
+
 def from_flax_carry(carry: Any, cell: Any) -> Any:
   """Converts a Flax carry to a jaxlstm state.
 
@@ -363,11 +442,11 @@ def from_flax_carry(carry: Any, cell: Any) -> Any:
     ('LSTMState', True)
   """
   _, _, cls = _kind(cell)
-  if cls is LSTMParams:
+  if cls is LSTMParams or issubclass(cls, ConvLSTMParams):
     if not (isinstance(carry, (tuple, list)) and len(carry) == 2):
       raise TypeError(f"carry must be Flax's LSTM carry (c, h); got {type(carry).__name__}")
     c, h = carry
-    return LSTMState(h, c)
+    return LSTMState(h, c) if cls is LSTMParams else ConvLSTMState(h, c)
   if isinstance(carry, (tuple, list)):
     raise TypeError(f"carry must be one array h for {type(_unwrap(cell)).__name__}; got a {type(carry).__name__}")
   return GRUState(carry) if cls is GRUParams else RNNState(carry)
@@ -377,11 +456,11 @@ def to_flax_carry(state: Any) -> Any:
   """Converts a jaxlstm state to a Flax carry; the inverse of :func:`from_flax_carry`.
 
   Args:
-    state: :class:`jaxlstm.LSTMState`, :class:`jaxlstm.GRUState` or
-      :class:`jaxlstm.RNNState`.
+    state: :class:`jaxlstm.LSTMState`, :class:`jaxlstm.GRUState`,
+      :class:`jaxlstm.RNNState` or :class:`jaxlstm.ConvLSTMState`.
 
   Returns:
-    ``(c, h)`` for an ``LSTMState(h, c)``, else ``state.h``.
+    ``(c, h)`` for an ``LSTMState(h, c)`` or a ``ConvLSTMState(h, c)``, else ``state.h``.
 
   Raises:
     TypeError: for anything else.
@@ -392,8 +471,8 @@ def to_flax_carry(state: Any) -> Any:
     >>> float(c.sum()), float(h.sum())
     (0.0, 8.0)
   """
-  if isinstance(state, LSTMState):
+  if isinstance(state, (LSTMState, ConvLSTMState)):
     return (state.c, state.h)
   if isinstance(state, (GRUState, RNNState)):
     return state.h
-  raise TypeError(f"state must be LSTMState, GRUState or RNNState; got {type(state).__name__}")
+  raise TypeError(f"state must be LSTMState, GRUState, RNNState or ConvLSTMState; got {type(state).__name__}")
