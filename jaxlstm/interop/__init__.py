@@ -1,4 +1,4 @@
-"""Weight converters between jaxlstm and PyTorch, Keras 3 and Flax.
+"""Weight converters between jaxlstm and PyTorch, Keras 3, Flax, Equinox and Haiku.
 
 Each framework has its own module, imported lazily: importing
 :mod:`jaxlstm.interop` imports none of the peers.
@@ -11,9 +11,16 @@ Each framework has its own module, imported lazily: importing
   ``OptimizedLSTMCell`` and ``GRUCell``.
 * :mod:`jaxlstm.interop.xlstm`: NX-AI's ``xlstm`` sLSTM cell and layer, read
   only (``from_xlstm``, and its state both ways); import it from there.
+* :mod:`jaxlstm.interop.equinox`: ``eqx.nn.LSTMCell`` and ``eqx.nn.GRUCell``
+  (``from_equinox``, ``to_equinox`` and their states); import it from there.
+* :mod:`jaxlstm.interop.haiku`: ``hk.LSTM`` and ``hk.VanillaRNN`` params dicts
+  (``from_haiku``, ``to_haiku`` and their states); ``hk.GRU``, which resets
+  ``h`` before the recurrent matmul, is refused. Import it from there.
 
 ``from_*`` reads a peer's weights into jaxlstm params; ``to_*`` writes jaxlstm
-params into a peer. ``to_*`` then ``from_*`` gives the params back bit for bit.
+params into a peer. ``to_*`` then ``from_*`` gives the params back bit for bit
+(for Haiku's LSTM, whose run-time +1 on the forget gate is folded into our
+bias, up to that sum's rounding where a forget bias is below 0.5).
 What a layer computes travels in its params, the Elman RNN's activation
 included (PyTorch's ``nonlinearity``, Keras' and Flax's activation): ``to_*``
 refuses a peer that computes another one. ``*_options`` gives only the call
