@@ -7,7 +7,7 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxlstm._src import checks
+from jaxlstm._src import checks, regularizers
 from jaxlstm._src.cells.registry import cell_of, get_cell, is_cell_params
 from jaxlstm._src.cells.rnn import check_call_activation
 from jaxlstm._src.layers import check_options, check_params, check_sequence, check_state, run_checked, zero_state_shape
@@ -186,7 +186,8 @@ def check_stack(params: Any, merge: str | None) -> None:
 def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = None, *, lengths=None, mask=None,
           resets=None, dropout: float = 0.0, key: jax.Array | None = None, merge: str = "concat",
           activation: str | None = None, time_major: bool = False, unroll: int | bool | None = None,
-          impl: str = "auto", remat: int | None = None):
+          impl: str = "auto", remat: int | None = None, input_dropout: float = 0.0,
+          recurrent_dropout: float = 0.0, zoneout: float | dict = 0.0, weight_drop: float = 0.0):
   """Runs a stack of recurrent layers over a sequence.
 
   Each layer's output sequence is the next layer's input. ``lengths``, ``mask``
@@ -206,7 +207,7 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
     dropout: drop rate applied to each layer's output except the last, as
       PyTorch's ``dropout``. Needs ``key`` when positive; pass ``0.0`` to
       evaluate.
-    key: PRNG key for dropout.
+    key: PRNG key for dropout and the regularizers.
     merge: how bidirectional outputs are joined; must match :func:`stack_init`.
     activation: may restate the activation of ``rnn`` layers, which their
       params carry; a different value raises.
@@ -216,6 +217,10 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
     impl: ``"auto"`` (the fastest kernel that can run each layer) or a
       kernel's name, for every layer (see :func:`jaxlstm.layer`).
     remat: checkpoint every ``remat`` steps in each layer (see :func:`jaxlstm.lstm`).
+    input_dropout, recurrent_dropout, zoneout, weight_drop: the recurrent
+      regularizers of every layer and direction, as :func:`jaxlstm.layer`
+      takes them (Keras' ``dropout`` and ``recurrent_dropout`` of each layer),
+      each layer and direction with masks of its own.
 
   Returns:
     ``(states, hs)``: ``states`` is a tuple with every layer's final state, and
@@ -252,6 +257,15 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
   if dropout > 0.0 and key is None:
     raise ValueError("key must be a PRNG key when dropout > 0; pass dropout=0.0 for evaluation")
   keys = jax.random.split(key, len(params)) if dropout > 0.0 else [None] * len(params)
+  regs = [[regularizers.check_regularizers(cell_of(p), input_dropout=input_dropout,
+                                           recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+                                           weight_drop=weight_drop, key=key, name=f"params[{i}]")
+           for p in (layer if isinstance(layer, Bidirectional) else (layer,))] for i, layer in enumerate(params)]
+  # The regularizers' keys come from a fold of ``key``, so that dropout between layers draws the same
+  # masks with or without them.
+  use_key = key is not None and any(r.active for rs in regs for r in rs)
+  reg_keys = jax.random.split(jax.random.fold_in(key, 1), (len(params), 2)) if use_key else [[None, None]] * len(
+      params)
   kw = dict(lengths=lengths, mask=mask, resets=resets, time_major=time_major, unroll=unroll, impl=impl, remat=remat)
   h = xs
   finals = []
@@ -268,12 +282,15 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
                          f"got {type(s).__name__}")
       s_fw = check_state(f"{name}.forward", layer.forward, s[0], batch_shape)
       s_bw = check_state(f"{name}.backward", layer.backward, s[1], batch_shape)
-      fw_state, fw = run_checked(layer.forward, h, s_fw, reverse=False, name=f"params[{i}].forward", **kw)
-      bw_state, bw = run_checked(layer.backward, h, s_bw, reverse=True, name=f"params[{i}].backward", **kw)
+      fw_state, fw = run_checked(layer.forward, h, s_fw, reverse=False, name=f"params[{i}].forward",
+                                 reg=regs[i][0], key=reg_keys[i][0], **kw)
+      bw_state, bw = run_checked(layer.backward, h, s_bw, reverse=True, name=f"params[{i}].backward",
+                                 reg=regs[i][1], key=reg_keys[i][1], **kw)
       final, h = Bidirectional(fw_state, bw_state), merge_outputs(fw, bw, merge)
     else:
       s = check_state(name, layer, s, batch_shape)
-      final, h = run_checked(layer, h, s, reverse=False, name=f"params[{i}]", **kw)
+      final, h = run_checked(layer, h, s, reverse=False, name=f"params[{i}]", reg=regs[i][0], key=reg_keys[i][0],
+                             **kw)
     finals.append(final)
     if keys[i] is not None and i < len(params) - 1:
       keep = jax.random.bernoulli(keys[i], 1.0 - dropout, h.shape)
