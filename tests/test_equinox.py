@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 eqx = pytest.importorskip("equinox", reason="jaxlstm.equinox is built on Equinox")
-optax = pytest.importorskip("optax")
+
+import optax  # noqa: E402
 
 import jaxlstm  # noqa: E402
 import jaxlstm.equinox as jeqx  # noqa: E402

@@ -25,16 +25,17 @@ CORES = {"lstm": lambda: hk.LSTM(H), "rnn": lambda: hk.VanillaRNN(H),
 
 
 def unrolled(name, wrap=False):
-  """``hk.dynamic_unroll`` of the core, transformed: ``apply(params, xs (T, B, I), state) -> (ys, final)``."""
-  def fn(xs, state):
-    core = CORES[name]()
-    return hk.dynamic_unroll(core, xs, state)
-  if wrap:  # the core inside a module of the user's, so its params' paths are "model/..."
-    inner = fn
+  """``hk.dynamic_unroll`` of the core, transformed: ``apply(params, xs (T, B, I), state) -> (ys, final)``.
 
-    def fn(xs, state):  # noqa: F811
-      return hk.to_module(inner)(name="model")(xs, state)
-  return hk.without_apply_rng(hk.transform(fn))
+  With ``wrap``, the core sits inside a module of the user's, so its params' paths start with ``model/``.
+  """
+  def unroll(xs, state):
+    return hk.dynamic_unroll(CORES[name](), xs, state)
+
+  def wrapped(xs, state):
+    return hk.to_module(unroll)(name="model")(xs, state)
+
+  return hk.without_apply_rng(hk.transform(wrapped if wrap else unroll))
 
 
 def initial_state(name, seed=2):
