@@ -114,6 +114,8 @@ def test_round_trips_are_exact(name, use_bias):
     params = params._replace(b=jnp.zeros_like(params.b),
                              **({"b_hn": jnp.zeros_like(params.b_hn)} if name == "gru" else {}))
   assert_trees_equal(from_equinox(to_equinox(params, use_bias=use_bias)), params)
+  tiny = random_params(init, 1, 1, seed=10)  # I = H = 1
+  assert_trees_equal(from_equinox(to_equinox(tiny)), tiny)
 
 
 def test_layout_and_dtypes():

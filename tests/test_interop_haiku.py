@@ -136,6 +136,9 @@ def test_round_trips():
   np.testing.assert_array_equal(np.delete(got, np.s_[H:2 * H]), np.delete(want, np.s_[H:2 * H]))
   bound = np.spacing(np.abs(want[H:2 * H] - np.float32(1))) / 2
   assert np.all(np.abs(got[H:2 * H] - want[H:2 * H]) <= bound)
+  tiny = random_params(jaxlstm.lstm_init, 1, 1, seed=11)  # I = H = 1
+  tiny = tiny._replace(b=tiny.b.at[1].set(2.0))
+  assert_trees_equal(from_haiku(to_haiku(tiny)), tiny)
   relu = random_params(jaxlstm.rnn_init, I, H, activation="relu", seed=7)
   for double_bias in (True, False):
     assert_trees_equal(from_haiku(to_haiku(relu, double_bias=double_bias)), relu)
