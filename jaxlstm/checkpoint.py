@@ -19,6 +19,7 @@ import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -163,10 +164,14 @@ class Checkpointer:
     path = self.path(step)
     if not os.path.isdir(path):
       raise CheckpointError(f"no checkpoint for step {step}: {path} does not exist")
-    _check_structure(self._manager, step, like, path)
+    older = _check_structure(self._manager, step, like, path)
     _check_matches(self._manager, step, like, path)
     abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype), like)
     try:
+      if older:
+        # Saved before a None field was added: orbax would refuse the target that has it, so the saved tree
+        # is read as it is and its arrays put where ``like`` has them, by field name.
+        return _refill(like, self._manager.restore(step, args=ocp.args.StandardRestore()))
       restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # orbax and tensorstore raise many types for damaged files
       raise CheckpointError(f"checkpoint {path} could not be read (corrupt or incomplete): "
@@ -183,17 +188,38 @@ def _first_line(e: Exception) -> str:
   return text.splitlines()[0] if text else ""
 
 
-def _check_structure(manager, step: int, like: Any, path: str) -> None:
-  """Compares the saved pytree structure (types and static fields) with ``like``'s, where it was recorded."""
+def _check_structure(manager, step: int, like: Any, path: str) -> bool:
+  """Compares the saved pytree structure (types and static fields) with ``like``'s, where it was recorded.
+
+  Returns whether the checkpoint is of an older version of ``like``'s types, one without some of the
+  ``None`` fields that ``like`` has (see :func:`_without_trailing_none`).
+  """
   try:
     saved = (manager.metadata(step).custom_metadata or {}).get(STRUCTURE_KEY)
   except Exception:  # checkpoints written before the structure was recorded have no such metadata
-    return
+    return False
   want = str(jax.tree_util.tree_structure(like))
   if saved is not None and _without_trailing_none(saved) != _without_trailing_none(want):
     raise CheckpointError(f"checkpoint {path} was saved from a model of another structure (its types or "
                           f"static settings such as an RNN's activation differ): saved {saved}, the model is "
                           f"{want}")
+  return saved is not None and saved != want
+
+
+def _refill(like: Any, raw: Any) -> Any:
+  """``like`` with the arrays of ``raw``, orbax's reading of it (NamedTuples as dicts, tuples as lists).
+
+  A NamedTuple field that ``raw`` lacks must be ``None`` in ``like``.
+  """
+  if like is None:
+    return None
+  if isinstance(like, tuple) and hasattr(like, "_fields"):
+    return type(like)(*(_refill(getattr(like, f), raw[f] if f in raw else None) for f in like._fields))
+  if isinstance(like, (tuple, list)):
+    return type(like)(_refill(x, r) for x, r in zip(like, raw))
+  if isinstance(like, dict):
+    return {k: _refill(v, raw[k]) for k, v in like.items()}
+  return jnp.asarray(raw, np.asarray(like).dtype)
 
 
 def _without_trailing_none(structure: str) -> str:
