@@ -78,7 +78,7 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
   with tarfile.open(sdist) as t:
     in_sdist = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
   assert expected - in_sdist == set(), "missing from the sdist"
-  assert {"README.md", "pyproject.toml", "tests/conftest.py"} <= in_sdist
+  assert {"README.md", "CHANGELOG.md", "pyproject.toml", "tests/conftest.py"} <= in_sdist
 
   # A venv without pip (faster to make); this interpreter's pip installs into it.
   run(sys.executable, "-m", "venv", "--without-pip", venv)
