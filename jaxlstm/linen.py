@@ -179,6 +179,11 @@ class _LayerBase(_Recurrent):
   unroll: int | bool | None = _setting(None)
   remat: int | None = _setting(None)
   learn_initial_state: bool = _setting(False)
+  input_dropout: float = _setting(0.0)
+  recurrent_dropout: float = _setting(0.0)
+  zoneout: float | Mapping[str, float] = _setting(0.0)
+  weight_drop: float = _setting(0.0)
+  deterministic: bool | None = _setting(None)
 
   @classmethod
   def from_params(cls, params: Any, **attrs) -> tuple[Any, dict]:
@@ -212,7 +217,7 @@ class _LayerBase(_Recurrent):
   @linen.compact
   def __call__(self, xs: jax.Array, initial_state: Any = None, *, lengths: jax.Array | None = None,
                mask: jax.Array | None = None, resets: jax.Array | None = None, return_sequences: bool | None = None,
-               return_state: bool | None = None):
+               return_state: bool | None = None, deterministic: bool | None = None):
     """Runs the layer over a sequence.
 
     Args:
@@ -225,6 +230,7 @@ class _LayerBase(_Recurrent):
       resets: ``(*batch, T)`` flags, ``True`` = reset the state before the step.
       return_sequences: override the attribute for this call.
       return_state: override the attribute for this call.
+      deterministic: disable the regularizers' masks; give it here or as the attribute, not both.
 
     Returns:
       ``hs (*batch, T, F)``, or the last valid output ``(*batch, F)`` if not
@@ -245,9 +251,11 @@ class _LayerBase(_Recurrent):
     name, options = self._spec()
     params = self._declare(get_cell(name).init, _input_size(xs), (self.hidden_size,), options)
     initial_state = _initial_state(self, params, initial_state, xs)
+    training = needs_rng(self) and not linen.merge_param("deterministic", self.deterministic, deterministic)
     state, hs = jaxlstm.layer(params, xs, initial_state, lengths=lengths, mask=mask, resets=resets,
                               reverse=self.reverse, time_major=self.time_major, unroll=self.unroll, impl=self.impl,
-                              remat=self.remat)
+                              remat=self.remat, key=self.make_rng("dropout") if training else None,
+                              **regularizer_rates(self, training))
     return layer_output(state, hs, return_sequences=pick(return_sequences, self.return_sequences),
                         return_state=pick(return_state, self.return_state))
 
@@ -276,6 +284,12 @@ class Layer(_LayerBase):
       :data:`INITIAL_STATE` (zeros at first, :func:`jaxlstm.initial_state_init`),
       used when a call gives no ``initial_state``; ``resets`` go back to it too.
       The named variants (:class:`LSTM`, ...) take it as well.
+    input_dropout, recurrent_dropout, zoneout, weight_drop: the recurrent
+      regularizers (:mod:`jaxlstm.regularizers`), drawn from the
+      ``"dropout"`` rng; the named variants take them as well.
+    deterministic: disable the regularizers' masks, zoneout taking its
+      expectation; may be given at call time instead (one of the two, as
+      ``nn.Dropout``). Needed only when a regularizer is on.
 
   Example:
     >>> layer = jaxlstm.linen.Layer(4, cell="rnn", options={"activation": "relu"})

@@ -147,6 +147,48 @@ class _Weights(nnx.Module):
     return params_options(jax.tree.map(lambda v: v.get_value(), first, is_leaf=_is_var))
 
 
+class _Masked(nnx.Module):
+  """What :class:`Layer` and :class:`Stack` share: the regularizer rates, ``deterministic`` and the mask stream."""
+
+  def _set_masks(self, rngs: nnx.Rngs | None, deterministic: bool, *, dropout: float = 0.0, input_dropout: float,
+                 recurrent_dropout: float, zoneout: Any, weight_drop: float) -> None:
+    self.dropout, self.deterministic = dropout, deterministic
+    self.input_dropout, self.recurrent_dropout, self.weight_drop = input_dropout, recurrent_dropout, weight_drop
+    self.zoneout = dict(zoneout) if isinstance(zoneout, Mapping) else zoneout
+    self.rngs = nnx.data(None if rngs is None else rngs["dropout"].fork())
+
+  def set_view(self, deterministic: bool | None = None) -> None:
+    """Switches dropout and the regularizers' masks; used by ``nnx.view``, ``model.eval()`` and ``model.train()``.
+
+    Args:
+      deterministic: if ``True``, disables dropout and the masks (zoneout takes its expectation); ``None``
+        leaves it.
+
+    Returns:
+      Nothing; the module changes in place.
+
+    Example:
+      >>> model = jaxlstm.nnx.Stack(3, 4, cell="gru", dropout=0.5, rngs=nnx.Rngs(0))
+      >>> model.eval()
+      >>> model.deterministic
+      True
+    """
+    if deterministic is not None:
+      self.deterministic = deterministic
+
+  def _masks(self, deterministic: bool | None, rngs: nnx.Rngs | None) -> tuple[jax.Array | None, dict]:
+    """The call's key (``None`` when it draws no masks) and its :func:`jaxlstm.stack` regularizer options."""
+    training = not pick(deterministic, self.deterministic)
+    key = None
+    if training and needs_rng(self):
+      stream = self.rngs if rngs is None else rngs["dropout"]
+      if stream is None:
+        raise ValueError(f"{type(self).__name__} with dropout or regularizers needs rngs (at construction or in "
+                         f"the call) unless deterministic=True")
+      key = stream()
+    return key, regularizer_rates(self, training)
+
+
 class _OneCell(_Weights):
   """What :class:`Layer` and :class:`Cell` share: one cell's params, built from its name and options."""
 
@@ -168,7 +210,7 @@ class _OneCell(_Weights):
     return cls(params.input_size, params.hidden_size, **options, params=params, **settings)
 
 
-class Layer(_OneCell):
+class Layer(_OneCell, _Masked):
   """One recurrent layer of any registered cell over a sequence; runs :func:`jaxlstm.layer`.
 
   Args:
@@ -189,8 +231,16 @@ class Layer(_OneCell):
     learn_initial_state: a trainable initial state, ``module.h0`` (zeros at
       first, :func:`jaxlstm.initial_state_init`), used when a call gives no
       ``initial_state``; ``resets`` go back to it too.
-    rngs: ``nnx.Rngs`` whose ``params`` stream initializes the params; not
-      needed with ``params``.
+    input_dropout, recurrent_dropout, zoneout, weight_drop: the recurrent
+      regularizers (:mod:`jaxlstm.regularizers`): Keras' ``dropout`` and
+      ``recurrent_dropout``, zoneout (a rate, or ``{state field: rate}``) and
+      DropConnect on ``w_h``.
+    deterministic: disable the regularizers' masks, zoneout taking its
+      expectation (``model.eval()`` sets it); the call's ``deterministic``
+      takes precedence.
+    rngs: ``nnx.Rngs`` whose ``params`` stream initializes the params and
+      whose ``dropout`` stream (or default) draws the regularizers' masks; not
+      needed with ``params`` and no regularizer.
     params: existing functional params to wrap instead of initializing them;
       their layout must match the other arguments (see :meth:`from_params`).
     **cell_options: the cell's init options, such as ``peephole`` or
@@ -212,10 +262,13 @@ class Layer(_OneCell):
   def __init__(self, input_size: int, hidden_size: int, *, cell: str = "lstm", dtype: Any = jnp.float32,
                return_sequences: bool = True, return_state: bool = False, reverse: bool = False,
                time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto",
-               remat: int | None = None, learn_initial_state: bool = False, rngs: nnx.Rngs | None = None,
-               params: Any = None, **cell_options):
+               remat: int | None = None, learn_initial_state: bool = False, input_dropout: float = 0.0,
+               recurrent_dropout: float = 0.0, zoneout: float | dict = 0.0, weight_drop: float = 0.0,
+               deterministic: bool = False, rngs: nnx.Rngs | None = None, params: Any = None, **cell_options):
     self._set_cell(input_size, hidden_size, cell, dtype, cell_options, rngs, params)
     self._set_initial_state(learn_initial_state)
+    self._set_masks(rngs, deterministic, input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
+                    zoneout=zoneout, weight_drop=weight_drop)
     self.return_sequences, self.return_state = return_sequences, return_state
     self.reverse, self.time_major = reverse, time_major
     self.unroll, self.impl, self.remat = unroll, impl, remat
@@ -251,7 +304,8 @@ class Layer(_OneCell):
 
   def __call__(self, xs: jax.Array, initial_state: Any = None, *, lengths: jax.Array | None = None,
                mask: jax.Array | None = None, resets: jax.Array | None = None, return_sequences: bool | None = None,
-               return_state: bool | None = None, reverse: bool | None = None, time_major: bool | None = None):
+               return_state: bool | None = None, reverse: bool | None = None, time_major: bool | None = None,
+               deterministic: bool | None = None, rngs: nnx.Rngs | None = None):
     """Runs the layer over a sequence.
 
     Args:
@@ -266,6 +320,8 @@ class Layer(_OneCell):
       return_state: override the module's setting for this call.
       reverse: override the module's setting for this call.
       time_major: override the module's setting for this call.
+      deterministic: disable the regularizers' masks for this call.
+      rngs: ``nnx.Rngs`` for this call's masks, instead of the module's own stream.
 
     Returns:
       ``hs (*batch, T, F)``, or the last valid output ``(*batch, F)`` if not
@@ -280,9 +336,10 @@ class Layer(_OneCell):
     """
     time_major = pick(time_major, self.time_major)
     initial_state = given_or_initial(initial_state, self.initial_state_params, xs, time_major=time_major)
+    key, rates = self._masks(deterministic, rngs)
     state, hs = jaxlstm.layer(self.params, xs, initial_state, lengths=lengths, mask=mask, resets=resets,
                               reverse=pick(reverse, self.reverse), time_major=time_major,
-                              unroll=self.unroll, impl=self.impl, remat=self.remat)
+                              unroll=self.unroll, impl=self.impl, remat=self.remat, key=key, **rates)
     return layer_output(state, hs, return_sequences=pick(return_sequences, self.return_sequences),
                         return_state=pick(return_state, self.return_state))
 
@@ -418,7 +475,7 @@ class SLSTM(Layer):
     super().__init__(input_size, hidden_size, cell="slstm", num_heads=num_heads, forget_gate=forget_gate, **settings)
 
 
-class Stack(_Weights):
+class Stack(_Weights, _Masked):
   """A stack of recurrent layers of any registered cell, optionally bidirectional; runs :func:`jaxlstm.stack`.
 
   ``module.params`` is the tuple of :func:`jaxlstm.stack_init`: per layer, the
@@ -487,12 +544,11 @@ class Stack(_Weights):
     self._set_weights(jaxlstm.stack_init, (input_size, hidden_size, num_layers), options, rngs,
                       None if params is None else tuple(params))
     self._set_initial_state(learn_initial_state)
-    self.merge, self.dropout, self.deterministic = merge, dropout, deterministic
-    self.input_dropout, self.recurrent_dropout, self.weight_drop = input_dropout, recurrent_dropout, weight_drop
-    self.zoneout = dict(zoneout) if isinstance(zoneout, Mapping) else zoneout
+    self.merge = merge
+    self._set_masks(rngs, deterministic, dropout=dropout, input_dropout=input_dropout,
+                    recurrent_dropout=recurrent_dropout, zoneout=zoneout, weight_drop=weight_drop)
     self.return_sequences, self.return_state = return_sequences, return_state
     self.time_major, self.unroll, self.impl, self.remat = time_major, unroll, impl, remat
-    self.rngs = nnx.data(None if rngs is None else rngs["dropout"].fork())
 
   @classmethod
   def from_params(cls, params: Any, *, merge: str = "concat", rngs: nnx.Rngs | None = None, **settings) -> Stack:
@@ -525,24 +581,6 @@ class Stack(_Weights):
     settings = restated(options, settings)
     return cls(options.pop("input_size"), options.pop("hidden_size"), merge=merge, rngs=rngs, params=params,
                **options, **settings)
-
-  def set_view(self, deterministic: bool | None = None) -> None:
-    """Switches dropout; used by ``nnx.view``, ``model.eval()`` and ``model.train()``.
-
-    Args:
-      deterministic: if ``True``, disables dropout; ``None`` leaves it.
-
-    Returns:
-      Nothing; the module changes in place.
-
-    Example:
-      >>> model = jaxlstm.nnx.Stack(3, 4, cell="gru", dropout=0.5, rngs=nnx.Rngs(0))
-      >>> model.eval()
-      >>> model.deterministic
-      True
-    """
-    if deterministic is not None:
-      self.deterministic = deterministic
 
   def __call__(self, xs: jax.Array, initial_states: Any = None, *, lengths: jax.Array | None = None,
                mask: jax.Array | None = None, resets: jax.Array | None = None, deterministic: bool | None = None,
@@ -580,20 +618,13 @@ class Stack(_Weights):
       >>> len(states), last.shape
       (2, (2, 4))
     """
-    key = None
-    training = not pick(deterministic, self.deterministic)
-    if training and needs_rng(self):
-      stream = self.rngs if rngs is None else rngs["dropout"]
-      if stream is None:
-        raise ValueError("Stack with dropout or regularizers needs rngs (at construction or in the call) unless "
-                         "deterministic=True")
-      key = stream()
+    key, rates = self._masks(deterministic, rngs)
     time_major = pick(time_major, self.time_major)
     initial_states = given_or_initial(initial_states, self.initial_state_params, xs, time_major=time_major)
     states, hs = jaxlstm.stack(self.params, xs, initial_states, lengths=lengths, mask=mask, resets=resets,
                                dropout=0.0 if key is None else self.dropout, key=key, merge=self.merge,
                                time_major=time_major, unroll=self.unroll, impl=self.impl,
-                               remat=self.remat, **regularizer_rates(self, training))
+                               remat=self.remat, **rates)
     out = layer_output(states[-1], hs, return_sequences=pick(return_sequences, self.return_sequences),
                        return_state=False, merge=self.merge)
     return (states, out) if pick(return_state, self.return_state) else out
