@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-
 # Key of the saved pytree structure in each checkpoint's custom metadata.
 STRUCTURE_KEY = "jaxlstm_tree_structure"
 
