@@ -31,7 +31,9 @@ Layouts. Keras kernels are ``(in, out)`` like ours: ``kernel (I, G*H)``,
   ``strides`` and ``dilation_rate`` as static fields (Keras' recurrent
   convolution is always ``"same"`` with stride 1, as ours). Channels last
   only. Keras fixes a ConvLSTM's spatial input shape when it builds it, so
-  :func:`to_keras` needs a built layer.
+  :func:`to_keras` needs a built layer. Keras 3's ConvLSTM layers cannot take
+  a ``mask`` (their RNN broadcasts it against the state and fails); our
+  ``lengths`` give what they compute on each row cut to its length.
 * Bidirectional: a :class:`jaxlstm.Bidirectional` pair; ``merge_mode``
   ``"concat"``, ``"sum"``, ``"ave"``, ``"mul"`` is our ``merge`` ``"concat"``,
   ``"sum"``, ``"mean"``, ``"mul"``.
