@@ -46,6 +46,8 @@ weights).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Any
 
 import equinox as eqx
@@ -59,8 +61,10 @@ from jaxlstm._src.flax_common import (
   check_kind,
   check_layout,
   layer_output,
+  needs_rng,
   params_options,
   pick,
+  regularizer_rates,
   restated,
   shape_params,
   stack_options,
@@ -279,9 +283,14 @@ class Stack(_Shell):
     merge: how the two directions join: ``"concat"``, ``"sum"``, ``"mean"``
       or ``"mul"``.
     dropout: drop rate on each layer's output except the last, as PyTorch's.
-    inference: disable dropout, as ``eqx.nn.Dropout``'s (and
-      ``eqx.nn.inference_mode``) does; the call's ``inference`` argument
-      takes precedence.
+    input_dropout, recurrent_dropout, zoneout, weight_drop: the recurrent
+      regularizers of every layer (:mod:`jaxlstm.regularizers`): Keras'
+      ``dropout`` and ``recurrent_dropout``, zoneout (a rate, or
+      ``{state field: rate}``) and DropConnect on ``w_h``; their masks come
+      from the call's ``key``.
+    inference: disable dropout and the regularizers' masks (zoneout takes its
+      expectation), as ``eqx.nn.Dropout``'s (and ``eqx.nn.inference_mode``)
+      does; the call's ``inference`` argument takes precedence.
     dtype: parameter dtype.
     return_sequences: return the last layer's whole output sequence (the
       default); if ``False``, only its last valid output ``(*batch, F)``.
@@ -313,6 +322,10 @@ class Stack(_Shell):
 
   params: tuple  # the stack_init tuple: one cell's params or a Bidirectional pair per layer
   dropout: float = eqx.field(static=True)
+  input_dropout: float = eqx.field(static=True)
+  recurrent_dropout: float = eqx.field(static=True)
+  zoneout: Any = eqx.field(static=True)
+  weight_drop: float = eqx.field(static=True)
   inference: bool  # a field, not static, so that eqx.nn.inference_mode can switch it
   merge: str = eqx.field(static=True)
   return_sequences: bool = eqx.field(static=True)
@@ -323,8 +336,9 @@ class Stack(_Shell):
   remat: int | None = eqx.field(static=True)
 
   def __init__(self, input_size: int, hidden_size: int, *, num_layers: int = 1, cell: str = "lstm",
-               bidirectional: bool = False, merge: str = "concat", dropout: float = 0.0, inference: bool = False,
-               dtype: Any = jnp.float32, return_sequences: bool = True, return_state: bool = False,
+               bidirectional: bool = False, merge: str = "concat", dropout: float = 0.0,
+               input_dropout: float = 0.0, recurrent_dropout: float = 0.0, zoneout: Any = 0.0,
+               weight_drop: float = 0.0, inference: bool = False, dtype: Any = jnp.float32, return_sequences: bool = True, return_state: bool = False,
                time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto",
                remat: int | None = None, key: jax.Array | None = None, params: Any = None, **cell_options):
     options = dict(check_cell_options(get_cell(cell), cell_options), cell=cell, bidirectional=bidirectional,
@@ -332,6 +346,9 @@ class Stack(_Shell):
     self.params = _init_or_check("Stack", jaxlstm.stack_init, (input_size, hidden_size, num_layers), options, key,
                                  None if params is None else tuple(params))
     self.dropout, self.inference, self.merge = dropout, inference, merge
+    self.input_dropout, self.recurrent_dropout, self.weight_drop = input_dropout, recurrent_dropout, weight_drop
+    # A static field must hash: a {field: rate} zoneout is kept as its sorted items.
+    self.zoneout = tuple(sorted(dict(zoneout).items())) if isinstance(zoneout, Mapping) else zoneout
     self.return_sequences, self.return_state = return_sequences, return_state
     self.time_major, self.unroll, self.impl, self.remat = time_major, unroll, impl, remat
 
@@ -399,13 +416,18 @@ class Stack(_Shell):
       >>> len(states), last.shape
       (2, (2, 4))
     """
-    drop = self.dropout > 0.0 and not pick(inference, self.inference)
+    rates = SimpleNamespace(dropout=self.dropout, input_dropout=self.input_dropout,
+                            recurrent_dropout=self.recurrent_dropout, weight_drop=self.weight_drop,
+                            zoneout=dict(self.zoneout) if isinstance(self.zoneout, tuple) else self.zoneout)
+    drop = not pick(inference, self.inference) and needs_rng(rates)
     if drop and key is None:
-      raise ValueError(f"Stack with dropout={self.dropout} needs key= in the call unless inference=True")
+      raise ValueError(f"Stack with dropout={self.dropout} or regularizers needs key= in the call unless "
+                       f"inference=True")
+    rates = regularizer_rates(rates, drop)
     states, hs = jaxlstm.stack(self.params, xs, initial_states, lengths=lengths, mask=mask, resets=resets,
                                dropout=self.dropout if drop else 0.0, key=key if drop else None, merge=self.merge,
                                time_major=pick(time_major, self.time_major), unroll=self.unroll, impl=self.impl,
-                               remat=self.remat)
+                               remat=self.remat, **rates)
     out = layer_output(states[-1], hs, return_sequences=pick(return_sequences, self.return_sequences),
                        return_state=False, merge=self.merge)
     return (states, out) if pick(return_state, self.return_state) else out

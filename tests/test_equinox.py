@@ -175,7 +175,7 @@ def test_stack_equals_functional_and_dropout_is_reproducible():
   assert_trees_equal(states, expected_states)
   np.testing.assert_array_equal(last, jnp.concatenate([expected_states[-1].forward.h,
                                                        expected_states[-1].backward.h], axis=-1))
-  with pytest.raises(ValueError, match=r"Stack with dropout=0\.5 needs key= in the call unless inference=True"):
+  with pytest.raises(ValueError, match=r"Stack with dropout=0\.5 or regularizers needs key= in the call unless"):
     model(xs)
 
 

@@ -319,3 +319,15 @@ def test_recurrent_dropout_matches_keras_with_the_same_masks(cell, monkeypatch):
   to_keras((params,), layer)
   want = np.asarray(layer(np.asarray(xs), training=True))
   np.testing.assert_allclose(hs, want, rtol=1e-5, atol=1e-6)
+
+
+def test_equinox_stack_carries_the_rates():
+  equinox_shell = pytest.importorskip("jaxlstm.equinox")
+  xs = normal((B, T, I), jnp.float32, seed=12)
+  reg = dict(input_dropout=0.1, recurrent_dropout=0.3, zoneout={"c": 0.5}, weight_drop=0.2)
+  model = equinox_shell.Stack(I, H, key=jax.random.key(0), **reg)
+  key = jax.random.key(4)
+  np.testing.assert_array_equal(model(xs, key=key), jaxlstm.stack(model.params, xs, key=key, **reg)[1])
+  np.testing.assert_array_equal(model(xs, inference=True), jaxlstm.stack(model.params, xs, zoneout={"c": 0.5})[1])
+  with pytest.raises(ValueError, match=r"needs key= in the call unless inference=True"):
+    model(xs)
