@@ -17,6 +17,7 @@ import warnings
 from docutils import nodes
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
+from sphinx.util.inspect import stringify_signature
 
 
 def import_module(name: str):
@@ -123,6 +124,21 @@ def _drop_type_docstring(app, what, name, obj, options, lines) -> None:
       lines.clear()
 
 
+def _linen_signature(app, what, name, obj, options, signature, return_annotation):
+  """A Linen module's signature without the ``parent`` and ``name`` fields that every Linen module has."""
+  if what != "class" or not signature or "parent" not in signature:
+    return None
+  try:
+    from flax import linen
+  except ImportError:
+    return None
+  if not (inspect.isclass(obj) and issubclass(obj, linen.Module)):
+    return None
+  sig = inspect.signature(obj)
+  kept = [p for p in sig.parameters.values() if p.name not in ("parent", "name")]
+  return stringify_signature(sig.replace(parameters=kept, return_annotation=inspect.Signature.empty)), None
+
+
 class PublicAPI(SphinxDirective):
   """Documents every public name of the module given as the argument."""
 
@@ -144,4 +160,5 @@ class PublicAPI(SphinxDirective):
 def setup(app):
   app.add_directive("public-api", PublicAPI)
   app.connect("autodoc-process-docstring", _drop_type_docstring)
+  app.connect("autodoc-process-signature", _linen_signature)
   return {"parallel_read_safe": True, "parallel_write_safe": True}
