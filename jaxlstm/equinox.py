@@ -338,8 +338,8 @@ class Stack(_Shell):
   def __init__(self, input_size: int, hidden_size: int, *, num_layers: int = 1, cell: str = "lstm",
                bidirectional: bool = False, merge: str = "concat", dropout: float = 0.0,
                input_dropout: float = 0.0, recurrent_dropout: float = 0.0, zoneout: Any = 0.0,
-               weight_drop: float = 0.0, inference: bool = False, dtype: Any = jnp.float32, return_sequences: bool = True, return_state: bool = False,
-               time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto",
+               weight_drop: float = 0.0, inference: bool = False, dtype: Any = jnp.float32,
+               return_sequences: bool = True, return_state: bool = False, time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto",
                remat: int | None = None, key: jax.Array | None = None, params: Any = None, **cell_options):
     options = dict(check_cell_options(get_cell(cell), cell_options), cell=cell, bidirectional=bidirectional,
                    merge=merge, dtype=dtype)
