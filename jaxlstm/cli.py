@@ -52,9 +52,10 @@ def _parse_options(pairs: list[str]) -> dict:
 
 
 # Run flags whose destination is a RunConfig field of the same name.
-_FIELD_FLAGS = ("hidden", "layers", "bidirectional", "forget_bias", "dropout", "optimizer", "lr", "schedule",
-                "warmup", "weight_decay", "batch_size", "steps", "eval_every", "save_every", "keep",
-                "early_stopping", "restore_best", "seed", "dtype", "learn_initial_state", "stateful")
+_FIELD_FLAGS = ("hidden", "layers", "bidirectional", "forget_bias", "dropout", "input_dropout", "recurrent_dropout",
+                "zoneout", "weight_drop", "optimizer", "lr", "schedule", "warmup", "weight_decay", "batch_size",
+                "steps", "eval_every", "save_every", "keep", "early_stopping", "restore_best", "seed", "dtype",
+                "learn_initial_state", "stateful")
 
 
 def _config(args: argparse.Namespace):
@@ -251,6 +252,14 @@ def _add_run_flags(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
                  help="both directions, concatenated" + preset(d.bidirectional))
   p.add_argument("--forget-bias", type=float, default=None, help="initial LSTM forget-gate bias" + preset(d.forget_bias))
   p.add_argument("--dropout", type=float, default=None, help="between recurrent layers" + preset(d.dropout))
+  p.add_argument("--input-dropout", type=float, default=None,
+                 help="variational dropout on each layer's input, one mask per sequence" + preset(d.input_dropout))
+  p.add_argument("--recurrent-dropout", type=float, default=None,
+                 help="variational dropout on h in each gate's recurrent projection" + preset(d.recurrent_dropout))
+  p.add_argument("--zoneout", type=float, default=None,
+                 help="probability that a state unit keeps its value at a step" + preset(d.zoneout))
+  p.add_argument("--weight-drop", type=float, default=None,
+                 help="DropConnect on the recurrent weights w_h" + preset(d.weight_drop))
   p.add_argument("--optimizer", default=None, choices=["adam", "adamw", "rmsprop", "sgd"],
                  help="optax optimizer" + preset(d.optimizer))
   if not sweep:

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jaxlstm.checkpoint import Checkpointer
 from jaxlstm.models import SequenceModel, initial_states, model_apply, model_init, task_loss
 from jaxlstm.optim import make_optimizer, make_schedule
+from jaxlstm.regularizers import check_rate
 from jaxlstm.train import evaluate, fit, init_train_state
 
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
@@ -45,7 +46,9 @@ class RunConfig:
   ``dropout`` the model (:func:`jaxlstm.models.model_init`); ``optimizer`` to ``weight_decay`` the
   optimizer (:func:`jaxlstm.optim.make_optimizer`); ``batch_size`` to ``restore_best`` the loop
   (:func:`jaxlstm.fit`); ``dtype`` is ``"float32"`` or ``"bfloat16"``, the compute dtype.
-  ``learn_initial_state`` gives the model a trained initial state (``model_init``'s). ``stateful``, for
+  ``input_dropout``, ``recurrent_dropout``, ``zoneout`` and ``weight_drop`` are the recurrent
+  regularizers of every layer (:mod:`jaxlstm.regularizers`): masks in training, and zoneout's expectation
+  in evaluation. ``learn_initial_state`` gives the model a trained initial state (``model_init``'s). ``stateful``, for
   an ``lm`` task, trains with truncated backpropagation through time over ``batch_size`` streams of the
   training text (``fit(stateful=True)``) and evaluates each split as one stream
   (``evaluate(stateful=True)``). A config saved before a field existed loads with its default.
@@ -70,6 +73,10 @@ class RunConfig:
   bidirectional: bool = False
   forget_bias: float = 1.0
   dropout: float = 0.0
+  input_dropout: float = 0.0
+  recurrent_dropout: float = 0.0
+  zoneout: float = 0.0
+  weight_drop: float = 0.0
   optimizer: str = "adam"
   lr: float = 1e-3
   schedule: str = "constant"
@@ -90,7 +97,7 @@ class RunConfig:
 
   def validate(self) -> None:
     """Raises ``ValueError`` for an unknown ``dtype``, a size or step count below 1, a non-positive ``lr``,
-    a ``dropout`` outside ``[0, 1)``, or a ``weight_decay`` that is negative or given to an optimizer
+    a ``dropout`` or regularizer rate outside ``[0, 1)``, or a ``weight_decay`` that is negative or given to an optimizer
     other than ``"adamw"``."""
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
@@ -101,6 +108,8 @@ class RunConfig:
       raise ValueError(f"lr must be positive; got {self.lr}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+    for name in ("input_dropout", "recurrent_dropout", "zoneout", "weight_drop"):
+      check_rate(name, getattr(self, name))
     if self.weight_decay is not None and self.weight_decay < 0:
       raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay}")
     if self.weight_decay is not None and self.optimizer != "adamw":
@@ -157,7 +166,8 @@ def split_batch(split) -> dict:
 
 
 def make_loss(task, cfg: RunConfig, *, train: bool, stateful: bool | None = None):
-  """``loss_fn(params, batch, key)`` of the task's kind, with dropout only when ``train``.
+  """``loss_fn(params, batch, key)`` of the task's kind, with dropout and the regularizers' masks only when
+  ``train`` (in evaluation zoneout takes its expectation).
 
   With ``stateful`` (``cfg.stateful`` when ``None``) the loss is the stateful one of :func:`jaxlstm.fit`:
   ``loss_fn(params, batch, key, carry) -> ((loss, metrics), states)``, starting from ``carry`` (the previous
@@ -177,10 +187,17 @@ def make_loss(task, cfg: RunConfig, *, train: bool, stateful: bool | None = None
   vocab = task.input_size if task.kind == "lm" else None
   stateful = cfg.stateful if stateful is None else stateful
 
+  regularizers = dict(zoneout=cfg.zoneout)
+  if train:
+    regularizers.update(input_dropout=cfg.input_dropout, recurrent_dropout=cfg.recurrent_dropout,
+                        weight_drop=cfg.weight_drop)
+
   def run(params, batch, key, states, return_state):
+    # Evaluation gets no key: with it zoneout would draw masks instead of taking its expectation.
     return model_apply(params, batch["xs"], per_step=per_step, lengths=batch.get("lengths"),
-                       mask=batch.get("mask"), dropout=cfg.dropout if train else 0.0, key=key,
-                       compute_dtype=DTYPES[cfg.dtype], vocab_size=vocab, states=states, return_state=return_state)
+                       mask=batch.get("mask"), dropout=cfg.dropout if train else 0.0, key=key if train else None,
+                       compute_dtype=DTYPES[cfg.dtype], vocab_size=vocab, states=states, return_state=return_state,
+                       **regularizers)
 
   def loss_fn(params: SequenceModel, batch: dict, key):
     return task_loss(task.kind, run(params, batch, key, None, False), batch)

@@ -154,7 +154,8 @@ def initial_states(params: SequenceModel, batch_shape: tuple[int, ...]) -> tuple
 
 def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths=None, mask=None,
                 dropout: float = 0.0, key=None, compute_dtype=None, vocab_size: int | None = None,
-                states=None, return_state: bool = False):
+                states=None, return_state: bool = False, input_dropout: float = 0.0,
+                recurrent_dropout: float = 0.0, zoneout: float | dict = 0.0, weight_drop: float = 0.0):
   """Runs the model.
 
   Args:
@@ -164,7 +165,7 @@ def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths
       sequence ``(B, O)``, read from the last layer's final state (the last
       valid step under ``lengths`` or ``mask``).
     lengths, mask: passed to :func:`jaxlstm.stack`.
-    dropout, key: dropout between recurrent layers.
+    dropout, key: dropout between recurrent layers, and the key of the regularizers' masks.
     compute_dtype: e.g. ``jnp.bfloat16``: params and inputs are cast to it for
       the forward pass, the recurrent state stays float32, and the outputs are
       float32. The master params keep their own dtype.
@@ -172,6 +173,8 @@ def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths
     states: the stack's initial states, one per layer with leaves ``(B, F)`` (a stateful run's carry);
       when ``None``, the model's learned ``h0`` broadcast to the batch, or zeros if it has none.
     return_state: also return every layer's final state, for the next window of a stream.
+    input_dropout, recurrent_dropout, zoneout, weight_drop: the recurrent regularizers of every layer, as
+      :func:`jaxlstm.stack` takes them (:mod:`jaxlstm.regularizers`).
 
   Returns:
     Outputs in float32: ``(B, T, O)`` with ``per_step``, else ``(B, O)``; with ``return_state``,
@@ -209,7 +212,9 @@ def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths
   if states is None and params.h0 is not None:
     # The learned state stays in its own dtype (float32 under bf16), as the stack's carry does.
     states = initial_states(params, xs.shape[:-2])
-  states, hs = stack(rnn, xs, states, lengths=lengths, mask=mask, dropout=dropout, key=key)
+  states, hs = stack(rnn, xs, states, lengths=lengths, mask=mask, dropout=dropout, key=key,
+                     input_dropout=input_dropout, recurrent_dropout=recurrent_dropout, zoneout=zoneout,
+                     weight_drop=weight_drop)
   if per_step:
     feats = hs
   else:

@@ -185,3 +185,18 @@ def test_weight_decay_needs_adamw(tmp_path, capsys):
   assert main(["train", *TINY, "--optimizer", "adam", "--weight-decay", "0.1", "--out", str(tmp_path / "r")]) == 2
   assert "weight_decay needs optimizer 'adamw'" in capsys.readouterr().err
   assert not (tmp_path / "r").exists()
+
+
+def test_regularizer_flags_travel_with_the_run(tmp_path, capsys):
+  out = str(tmp_path / "run")
+  assert main(["train", *TINY, "--steps", "2", "--recurrent-dropout", "0.2", "--zoneout", "0.1",
+               "--weight-drop", "0.3", "--input-dropout", "0.1", "--out", out]) == 0
+  with open(os.path.join(out, "config.json")) as f:
+    cfg = json.load(f)
+  assert (cfg["recurrent_dropout"], cfg["zoneout"], cfg["weight_drop"], cfg["input_dropout"]) == (0.2, 0.1, 0.3, 0.1)
+  capsys.readouterr()
+  assert main(["train", "--resume", "--out", out, "--zoneout", "0.5", "--quiet"]) == 2
+  assert "--zoneout gives zoneout=0.5 (the run has 0.1)" in capsys.readouterr().err
+  assert main(["train", *TINY, "--steps", "2", "--zoneout", "1.0", "--out", str(tmp_path / "bad")]) == 2
+  assert "zoneout must be a rate in [0, 1); got 1.0" in capsys.readouterr().err
+  assert main(["eval", "--out", out]) == 0  # evaluation: zoneout's expectation, no masks
