@@ -286,12 +286,11 @@ def _add_run_flags(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
   p.add_argument("--seed", type=int, default=None, help="seeds the init, the data and the batch order" + preset(d.seed))
   p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                  help="compute dtype; the state and master params stay float32" + preset(d.dtype))
-  if not sweep:
-    p.add_argument("--learn-initial-state", action=argparse.BooleanOptionalAction, default=None,
-                   help="train the initial state of every layer, as params" + preset(d.learn_initial_state))
-    p.add_argument("--stateful", action=argparse.BooleanOptionalAction, default=None,
-                   help="text tasks: truncated backpropagation through time, each batch row's state carried to "
-                        "its next window, and evaluation of each split as one stream" + preset(d.stateful))
+  p.add_argument("--learn-initial-state", action=argparse.BooleanOptionalAction, default=None,
+                 help="train the initial state of every layer, as params" + preset(d.learn_initial_state))
+  p.add_argument("--stateful", action=argparse.BooleanOptionalAction, default=None,
+                 help="text tasks: truncated backpropagation through time, each batch row's state carried to "
+                      "its next window, and evaluation of each split as one stream" + preset(d.stateful))
   p.add_argument("--seq-len", type=_positive_int, default=None, help="sequence length T of the task (default: the task's)")
   p.add_argument("--n-train", type=_positive_int, default=None, help="training examples (default: the task's)")
   p.add_argument("--n-val", type=_positive_int, default=None, help="validation examples (default: the task's)")

@@ -68,7 +68,13 @@ def train_ensemble(task, cfg: RunConfig, lrs: Sequence[float], seeds: Sequence[i
 
   Returns:
     One dict per member: ``hidden``, ``lr``, ``seed`` and its ``val_`` metrics.
+
+  Raises:
+    ValueError: ``cfg.stateful``: the ensemble trains on shuffled windows, without carrying the state.
   """
+  if cfg.stateful:
+    raise ValueError("sweep trains stateless models (shuffled windows, no carried state), but the config has "
+                     "stateful=True; pass --no-stateful to sweep it stateless")
   members = list(itertools.product(lrs, seeds))
   loss_fn = make_loss(task, cfg, train=True)
   eval_fn = make_loss(task, cfg, train=False)
@@ -78,7 +84,8 @@ def train_ensemble(task, cfg: RunConfig, lrs: Sequence[float], seeds: Sequence[i
   params = jax.vmap(lambda k: model_init(k, task.input_size, task.num_outputs, hidden=cfg.hidden,
                                          layers=cfg.layers, cell=cfg.cell, bidirectional=cfg.bidirectional,
                                          forget_bias=cfg.forget_bias,
-                                         activation=cfg.activation if cfg.cell == "rnn" else None))(keys)
+                                         activation=cfg.activation if cfg.cell == "rnn" else None,
+                                         learn_initial_state=cfg.learn_initial_state))(keys)
   opt_state = _set_lr(jax.vmap(opt.init)(params), jnp.asarray([lr for lr, _ in members]))
 
   def one_step(p, s, batch, key):
