@@ -177,11 +177,11 @@ def hand_loop(params, data, steps, batch_size, lr, *, reset=True, stop=True):
   per_epoch = n // batch_size
   carry = None
   for s in range(steps):
-    batch = jax.tree_util.tree_map(lambda a: a[np.arange(batch_size) * per_epoch + s % per_epoch], data)
+    batch = {k: a[np.arange(batch_size) * per_epoch + s % per_epoch] for k, a in data.items()}
     if reset and s % per_epoch == 0:
       carry = None
     start = carry if (carry is None or not stop) else jax.lax.stop_gradient(carry)
-    (_, carry), grads = jax.value_and_grad(lambda p: lm_loss(p, batch, None, start), has_aux=True)(params)
+    (_, carry), grads = jax.value_and_grad(lambda p, b=batch, c=start: lm_loss(p, b, None, c), has_aux=True)(params)
     params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
   return params
 
