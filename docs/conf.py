@@ -3,8 +3,8 @@
 Build: ``pip install -e '.[docs]' && sphinx-build -W --keep-going -b html docs docs/_build/html``.
 """
 
+import os
 import pathlib
-import shutil
 import sys
 
 DOCS = pathlib.Path(__file__).resolve().parent
@@ -32,35 +32,47 @@ extensions = [
 # (docs/notebooks/, ignored by git) and rendered with the outputs they were committed with: nothing is executed.
 NOTEBOOKS = DOCS / "notebooks"
 NOTEBOOKS.mkdir(exist_ok=True)
+
+
+def _write(path: pathlib.Path, data: bytes) -> None:
+  """Writes ``path`` if its content differs, atomically: two builds at once (pytest-xdist) never read half a file."""
+  if path.exists() and path.read_bytes() == data:
+    return
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  tmp.write_bytes(data)
+  os.replace(tmp, path)
+
+
 for _nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
-  _dest = NOTEBOOKS / _nb.name
-  if not _dest.exists() or _dest.read_bytes() != _nb.read_bytes():
-    shutil.copyfile(_nb, _dest)
+  _write(NOTEBOOKS / _nb.name, _nb.read_bytes())
 for _stale in NOTEBOOKS.glob("*.ipynb"):
   if not (ROOT / "notebooks" / _stale.name).exists():
-    _stale.unlink()
+    _stale.unlink(missing_ok=True)
 nb_execution_mode = "off"
 
 # The API reference: one page per public module (every module outside jaxlstm._src, found by walking the
 # package, so a module added later gets its page), each listing the module's public names at build time
-# (docs/_ext/public_api.py). The pages (reST, since the directive writes autodoc's reST) are written to docs/api/modules/, ignored by git.
+# (docs/_ext/public_api.py). The pages are reST, since the directive writes autodoc's reST; they are written to
+# docs/api/modules/, ignored by git.
 from public_api import public_modules  # noqa: E402
 
 API_PAGES = DOCS / "api" / "modules"
 API_PAGES.mkdir(parents=True, exist_ok=True)
 _pages = {}
-for _i, _name in enumerate(public_modules()):
+for _name in public_modules():
   _title = f"``{_name}``"
-  _pages[f"{_i:02d}_{_name}.rst"] = f"{_title}\n{'=' * len(_title)}\n\n.. public-api:: {_name}\n"
+  _pages[f"{_name}.rst"] = f"{_title}\n{'=' * len(_title)}\n\n.. public-api:: {_name}\n"
+# The reference's table of contents, in public_modules() order; api/index.md includes it.
+_pages["_toctree.md"] = ("```{toctree}\n:maxdepth: 1\n\n" + "".join(f"modules/{_n}\n" for _n in public_modules())
+                         + "```\n")
 for _file in API_PAGES.glob("*"):
-  if _file.name not in _pages:
-    _file.unlink()
+  if _file.name not in _pages and not _file.name.startswith("."):
+    _file.unlink(missing_ok=True)
 for _file, _text in _pages.items():
-  if not (API_PAGES / _file).exists() or (API_PAGES / _file).read_text() != _text:
-    (API_PAGES / _file).write_text(_text)
+  _write(API_PAGES / _file, _text.encode())
 
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
-exclude_patterns = ["_build", "_ext", "figures/*.py", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_ext", "figures/*.py", "api/modules/_toctree.md", "Thumbs.db", ".DS_Store"]
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 

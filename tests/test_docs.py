@@ -36,9 +36,8 @@ EXPECTED_MODULES = ["jaxlstm", "jaxlstm.nnx", "jaxlstm.linen", "jaxlstm.kernels"
                     "jaxlstm.models", "jaxlstm.optim", "jaxlstm.sample"]
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory) -> pathlib.Path:
-  out = tmp_path_factory.mktemp("docs")
+def build(out: pathlib.Path) -> pathlib.Path:
+  """Builds the site into ``out`` with the README's flags; returns the HTML directory."""
   proc = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
                          "-d", str(out / "doctrees"), str(DOCS), str(out / "html")],
                         capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
@@ -56,13 +55,22 @@ def inventory(site: pathlib.Path) -> set[str]:
   return {name for kind, items in data.items() if kind.startswith("py:") for name in items}
 
 
-def test_the_site_builds_without_warnings(site):
+def test_the_site(tmp_path):
+  """One build, every check on it (one test, so that pytest-xdist builds it once)."""
+  site = build(tmp_path)
+  check_pages(site)
+  check_every_public_name(site)
+  check_notebooks(site)
+  check_figures_tables_and_math(site)
+
+
+def check_pages(site):
   for page in ["index", "getting_started", "concepts", "guides/keras", "guides/pytorch", "guides/flax_equinox",
                "training", "speed", "notebooks", "api/index"]:
     assert (site / f"{page}.html").exists(), page
 
 
-def test_the_reference_documents_every_public_name(site):
+def check_every_public_name(site):
   names = inventory(site)
   modules = public_modules()
   assert set(EXPECTED_MODULES) <= set(modules), sorted(set(EXPECTED_MODULES) - set(modules))
@@ -79,7 +87,7 @@ def test_the_reference_documents_every_public_name(site):
   assert not missing, f"public names missing from the API reference: {missing}"
 
 
-def test_the_notebooks_render_with_their_outputs(site):
+def check_notebooks(site):
   import nbformat
 
   for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
@@ -91,7 +99,7 @@ def test_the_notebooks_render_with_their_outputs(site):
       assert "<img" in html, notebook.name
 
 
-def test_the_pages_show_their_figures_tables_and_math(site):
+def check_figures_tables_and_math(site):
   concepts = (site / "concepts.html").read_text()
   for figure in ("lengths", "mask", "resets"):
     assert f"{figure}.svg" in concepts and (site / "_images" / f"{figure}.svg").exists(), figure
@@ -104,7 +112,7 @@ def test_the_pages_show_their_figures_tables_and_math(site):
     first = next(i for i, line in enumerate(lines) if re.match(r"^\|\s*:?-+", line)) + 1
     cell = lines[first].strip("|").split("|")[1].strip().strip("`*")
     assert html.escape(cell, quote=False) in speed, (report, cell)
-  assert '<div class="math notranslate nohighlight">' in (site / "api/modules/00_jaxlstm.html").read_text()
+  assert '<div class="math notranslate nohighlight">' in (site / "api/modules/jaxlstm.html").read_text()
 
 
 def test_the_figures_script_runs(tmp_path):
