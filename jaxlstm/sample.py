@@ -8,20 +8,15 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxlstm._src.stack import stack
-from jaxlstm.models import SequenceModel
+from jaxlstm.models import SequenceModel, model_apply
 
 
 def _logits(params: SequenceModel, states, ids: jax.Array, vocab_size: int, compute_dtype):
-  """Feeds token ids ``(1, T)`` through the stack from ``states``; returns the new states and last logits."""
-  xs = jax.nn.one_hot(ids, vocab_size, dtype=jnp.float32)
-  rnn, head = params.rnn, params.head
-  if compute_dtype is not None:
-    rnn, head = jax.tree_util.tree_map(lambda a: a.astype(compute_dtype), (rnn, head))
-    xs = xs.astype(compute_dtype)
-  states, hs = stack(rnn, xs, states)
-  logits = hs[:, -1].astype(head.w.dtype) @ head.w + head.b
-  return states, logits[0].astype(jnp.float32)
+  """Feeds token ids ``(1, T)`` from ``states`` (the model's initial states when ``None``, its learned ``h0``
+  if it has one); returns the new states and the last logits."""
+  logits, states = model_apply(params, ids, per_step=True, vocab_size=vocab_size, compute_dtype=compute_dtype,
+                               states=states, return_state=True)
+  return states, logits[0, -1]
 
 
 @functools.partial(jax.jit, static_argnames=("length", "vocab_size", "compute_dtype"))
