@@ -232,7 +232,7 @@ def test_errors():
     to_flax(g, nnx_gru)
   to_flax(g._replace(b_hn=np.zeros((H,), np.float32)), nnx_gru)
   with pytest.raises(TypeError, match=r"cell must be a flax LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell "
-                                      r"\(Linen or NNX\); got flax\.linen\.linear\.Dense"):
+                                      r"\(Linen or NNX\), or Linen's ConvLSTMCell; got flax\.linen\.linear\.Dense"):
     from_flax(nn.Dense(3), {})
   with pytest.raises(ValueError, match=r"variables must be given for a Linen cell .*; got None"):
     from_flax(nn.LSTMCell(H))
@@ -263,5 +263,5 @@ def test_errors():
     to_flax(random_params(jaxlstm.lstm_init, I, H, layer_norm=True), nn.LSTMCell(H))
   with pytest.raises(TypeError, match=r"carry must be Flax's LSTM carry \(c, h\); got ArrayImpl"):
     from_flax_carry(jnp.zeros((B, H)), nn.LSTMCell(H))
-  with pytest.raises(TypeError, match=r"state must be LSTMState, GRUState or RNNState; got tuple"):
+  with pytest.raises(TypeError, match=r"state must be LSTMState, GRUState, RNNState or ConvLSTMState; got tuple"):
     to_flax_carry((1, 2))
