@@ -326,7 +326,8 @@ def output_spatial(params: ConvLSTMParams, spatial: tuple[int, ...]) -> tuple[in
     (4, 3)
     >>> output_spatial(params, (2, 8))
     Traceback (most recent call last):
-    ValueError: the input's spatial axis 0 has size 2, smaller than the kernel's 3 (dilated), which padding='valid' needs
+    ValueError: the input's spatial axis 0 has size 2, smaller than the kernel's 3 (dilated), which
+      padding='valid' needs
   """
   spatial = tuple(spatial)
   if len(spatial) != params.rank:
@@ -431,7 +432,8 @@ def convlstm_options(params: ConvLSTMParams) -> dict:
   Example:
     >>> from jaxlstm._src.cells.convlstm import convlstm_options
     >>> convlstm_options(jaxlstm.convlstm1d_init(jax.random.key(0), 2, 3, kernel_size=5, padding="valid"))
-    {'dtype': dtype('float32'), 'kernel_size': (5,), 'padding': 'valid', 'strides': (1,), 'dilation': (1,), 'forget_offset': 0.0}
+    {'dtype': dtype('float32'), 'kernel_size': (5,), 'padding': 'valid', 'strides': (1,), 'dilation': (1,),
+     'forget_offset': 0.0}
   """
   return {"dtype": params.dtype, "kernel_size": params.kernel_size, "padding": params.padding,
           "strides": params.strides, "dilation": params.dilation, "forget_offset": params.forget_offset}
