@@ -442,3 +442,13 @@ def test_cli_refuses_it_for_flat_tasks(tmp_path, capsys):
   assert main(["train", "--task", "adding", "--cell", "convlstm2d", "--steps", "1", "--out", str(tmp_path / "a"),
                "--quiet"]) == 2
   assert "cell 'convlstm2d' reads sequences of feature maps" in capsys.readouterr().err
+
+
+def test_generic_scan_takes_a_convolutional_step():
+  p = init(2, kernel_size=2, padding="valid")
+  xs = normal((B, T, 5, 4, C), jnp.float64, seed=11)
+  state = jaxlstm.zero_state(p, (B, 5, 4))
+  got = jaxlstm.scan(jaxlstm.convlstm_step, p, xs, state, lengths=LENGTHS, reverse=True, feature_axes=3)
+  want = jaxlstm.layer(p, xs, state, lengths=LENGTHS, reverse=True)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert rel_err(a, b) < 1e-12

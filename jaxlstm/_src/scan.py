@@ -15,7 +15,7 @@ Step = Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]]
 
 def scan(step: Step, params: Any, xs: jax.Array, state: Any, *, lengths: jax.Array | None = None,
          mask: jax.Array | None = None, resets: jax.Array | None = None, reverse: bool = False,
-         time_major: bool = False, unroll: int | bool = 1) -> tuple[Any, jax.Array]:
+         time_major: bool = False, unroll: int | bool = 1, feature_axes: int = 1) -> tuple[Any, jax.Array]:
   """Runs ``step(params, state, x) -> (state, y)`` over a sequence with ``lax.scan``.
 
   Every leaf of the state must have shape ``(*batch, F)``; ``y`` has shape
@@ -57,6 +57,8 @@ def scan(step: Step, params: Any, xs: jax.Array, state: Any, *, lengths: jax.Arr
     reverse: run backwards in time.
     time_major: whether the time axis of ``xs``, ``mask`` and ``resets`` comes first.
     unroll: passed to ``lax.scan``.
+    feature_axes: how many trailing axes of ``xs`` (and of the outputs) a step takes: 1 for ``(..., I)``,
+      ``rank + 1`` for a convolutional step such as :func:`jaxlstm.convlstm_step`, ``(..., *spatial, C)``.
 
   Returns:
     ``(final_state, ys)`` with ``ys`` of shape ``(*batch, T, F_out)``, or
@@ -71,14 +73,17 @@ def scan(step: Step, params: Any, xs: jax.Array, state: Any, *, lengths: jax.Arr
     ((2, 7, 5), True)
   """
   xs = checks.as_array("xs", xs)
-  if xs.ndim < 2:
+  checks.check_positive_int("feature_axes", feature_axes)
+  if xs.ndim < 1 + feature_axes:
     layout = "(T, *batch, I)" if time_major else "(*batch, T, I)"
-    raise ValueError(f"xs must have shape {layout}; got shape {xs.shape} (rank {xs.ndim})")
+    extra = "" if feature_axes == 1 else f" with {feature_axes} trailing feature axes"
+    raise ValueError(f"xs must have shape {layout}{extra}; got shape {xs.shape} (rank {xs.ndim})")
   checks.check_float("xs", xs)
+  n = xs.ndim - feature_axes
   if time_major:
-    T, batch_shape = xs.shape[0], tuple(xs.shape[1:-1])
+    T, batch_shape = xs.shape[0], tuple(xs.shape[1:n])
   else:
-    T, batch_shape = xs.shape[-2], tuple(xs.shape[:-2])
+    T, batch_shape = xs.shape[n - 1], tuple(xs.shape[:n - 1])
   lengths, mask, resets = checks.check_missing_data(lengths, mask, resets, T, batch_shape, time_major=time_major)
   return shell.run(functools.partial(scan_core, step), params, xs, state, lengths=lengths, mask=mask, resets=resets,
-                   reverse=reverse, time_major=time_major, unroll=unroll)
+                   reverse=reverse, time_major=time_major, unroll=unroll, feature_axes=feature_axes)
