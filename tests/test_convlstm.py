@@ -452,3 +452,16 @@ def test_generic_scan_takes_a_convolutional_step():
   want = jaxlstm.layer(p, xs, state, lengths=LENGTHS, reverse=True)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     assert rel_err(a, b) < 1e-12
+
+
+@pytest.mark.standard_promotion
+def test_keras_bidirectional_conv_lstm_concatenates_channels():
+  if keras is None or keras.backend.backend() != "jax":
+    pytest.skip("needs Keras on its JAX backend")
+  layer = keras.layers.Bidirectional(keras.layers.ConvLSTM2D(F, 2, padding="same", return_sequences=True))
+  xs = normal((B, T, 6, 5, C), seed=12)
+  want = layer(xs)
+  params = jaxlstm.interop.from_keras(layer)
+  assert isinstance(params[0], jaxlstm.Bidirectional)
+  _, hs = jaxlstm.stack(params, xs, **jaxlstm.interop.keras_options(layer))
+  assert hs.shape == (B, T, 6, 5, 2 * F) and float(jnp.abs(hs - want).max()) < 2e-6
