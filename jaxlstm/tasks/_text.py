@@ -61,7 +61,7 @@ def decode(ids, vocab: str) -> str:
 
 
 def _windows(ids: np.ndarray, T: int) -> Split:
-  """Non-overlapping windows: ``xs = ids[k T : (k+1) T]``, ``ys`` the same shifted by one."""
+  """Non-overlapping windows in text order: ``xs = ids[k T : (k+1) T]``, ``ys`` the same shifted by one."""
   n = (len(ids) - 1) // T
   xs = ids[: n * T].reshape(n, T)  # (N, T)
   ys = ids[1 : n * T + 1].reshape(n, T)  # (N, T): the next character of each input
@@ -87,7 +87,11 @@ def text(*, seed: int = 0, path: str | os.PathLike | None = None, max_chars: int
   window is full, so there is no padding). The last ``test_fraction`` of the
   characters is the test text and the ``val_fraction`` before it the
   validation text; each part is cut into non-overlapping windows of ``T``
-  steps, and a trailing part shorter than a window is dropped.
+  steps, and a trailing part shorter than a window is dropped. The windows
+  of a split follow each other in the text (window ``k + 1`` starts where
+  window ``k`` ends: ``xs[k + 1, 0] == ys[k, -1]``), so a split can be read as
+  streams, carrying the state from one window to the next
+  (``jaxlstm.fit(..., stateful=True)``, ``jaxlstm.evaluate(..., stateful=True)``).
 
   Args:
     seed: unused (the split is the text's tail), accepted for a uniform API.
