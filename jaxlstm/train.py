@@ -2,8 +2,9 @@
 
 Data is a dict (or any pytree) of NumPy arrays that share their leading axis
 ``N``. The order of batches is a pure function of ``(seed, step)``, and the
-train state carries the step, the optimizer state and the PRNG key, so a run
-resumed from a checkpoint continues exactly as if it had never stopped.
+train state carries the step, the optimizer state and the PRNG key (and, for
+a stateful run, every stream's recurrent state), so a run resumed from a
+checkpoint continues exactly as if it had never stopped.
 """
 
 from __future__ import annotations
