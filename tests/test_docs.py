@@ -107,7 +107,7 @@ def check_figures_tables_and_math(site):
   # The benchmark reports are included from bench/, so the site shows their current numbers: the second cell
   # of each report's first table row is on the page.
   for report in ("results.md", "results_torch.md", "results_torch_defaults.md", "results_gpu.md",
-                 "results_gpu_unroll1.md", "results_mingru.md"):
+                 "results_gpu_unroll1.md", "results_mingru.md", "results_cells.md"):
     lines = (ROOT / "bench" / report).read_text().splitlines()
     first = next(i for i, line in enumerate(lines) if re.match(r"^\|\s*:?-+", line)) + 1
     cell = lines[first].strip("|").split("|")[1].strip().strip("`*")
