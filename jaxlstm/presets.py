@@ -33,9 +33,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sunspots": {"hidden": 64, "lr": 1e-2, "optimizer": "adamw", "weight_decay": 1e-2, "batch_size": 32,
                  "steps": 1000, "eval_every": 20, "early_stopping": 15, "restore_best": True},
     # Stateful: at equal steps and seeds, TBPTT over streams lowers the test bits per character with the test
-    # text read in order (1.697 against 1.758 for the stateless preset's model at 4000 steps, seed 0; 2.20 and
-    # 2.24 against 2.29 at 1500 steps, seeds 0 and 1), though a window read alone from the initial state does
-    # worse (1.875 against 1.823). The README's tasks section has the figures.
+    # text read in order (1.697, 1.725, 1.699 against 1.758, 1.768, 1.775 for the stateless preset's models at
+    # 4000 steps, seeds 0-2; 2.20 and 2.24 against 2.29 at 1500 steps), though a window read alone from the
+    # initial state does worse (1.875-1.885 against 1.823-1.840). The README's tasks section has the figures.
     "text": {"hidden": 128, "lr": 5e-3, "schedule": "cosine", "warmup": 100, "steps": 4000, "eval_every": 500,
              "restore_best": True, "stateful": True},
 }
