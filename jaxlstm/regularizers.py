@@ -45,12 +45,19 @@ axes, ``G`` the cell's gate blocks, ``P`` the width of ``h``)::
 
   k_input, k_recurrent, k_zoneout, k_weight = jax.random.split(key, 4)
   keep(k, rate, shape) = bernoulli(k, 1 - rate, shape) / (1 - rate)
-  input_dropout alone:   keep(k_input, rate, (*batch, I)), the same at every step
-  with recurrent_dropout: keep(k_input, rate, (*batch, G, I)) and keep(k_recurrent, rate, (*batch, G, P))
-  weight_drop:           keep(k_weight, rate, w_h.shape)
-  zoneout, training:     field j of the zoned fields (in the state's field order) keeps its old value where
-                         bernoulli(jax.random.split(k_zoneout, n_zoned)[j], rate_j, (*batch, T, F_j))
-                         (time-major: (T, *batch, F_j))
+
+  input_dropout alone:
+    keep(k_input, rate, (*batch, I)), the same at every step
+  input_dropout with recurrent_dropout:
+    keep(k_input, rate, (*batch, G, I))
+  recurrent_dropout:
+    keep(k_recurrent, rate, (*batch, G, P))
+  weight_drop:
+    keep(k_weight, rate, w_h.shape)
+  zoneout, training: the j-th zoned field (in the state's field order)
+    keeps its old value where
+    bernoulli(jax.random.split(k_zoneout, n_zoned)[j], rate_j, (*batch, T, F_j))
+    (time-major: (T, *batch, F_j))
 
 :func:`jaxlstm.stack` gives layer ``i``'s direction ``d`` (0 forward, 1
 backward) the key ``jax.random.split(jax.random.fold_in(key, 1), (L, 2))[i, d]``,
