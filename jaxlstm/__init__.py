@@ -5,18 +5,26 @@ ConvLSTM ``i, f, g, o``. Weights are ``(in, out)`` (ConvLSTM kernels ``(*kernel_
 """
 
 from jaxlstm._src.cells import Cell, Recurrence, cell_names, get_cell, register_cell, static_fields, unregister_cell
-from jaxlstm._src.cells.convlstm import (ConvLSTM1DParams, ConvLSTM2DParams, ConvLSTMParams, ConvLSTMState,
-                                        convlstm1d_init, convlstm2d_init, convlstm_step, convlstm_zero_state)
+from jaxlstm._src.cells.convlstm import (
+  ConvLSTM1DParams,
+  ConvLSTM2DParams,
+  ConvLSTMParams,
+  ConvLSTMState,
+  convlstm1d_init,
+  convlstm2d_init,
+  convlstm_step,
+  convlstm_zero_state,
+)
 from jaxlstm._src.cells.gru import GRUParams, GRUState, gru_init, gru_step, gru_zero_state
-from jaxlstm._src.initial_state import broadcast_state, initial_state_init
-from jaxlstm._src.initializers import glorot_uniform, orthogonal_blocks
-from jaxlstm._src.kernels import Kernel, KernelChoice, LayerCall, kernel_names, register_kernel, unregister_kernel
-from jaxlstm._src.layers import explain, gru, layer, lstm, rnn, zero_state
 from jaxlstm._src.cells.lstm import LayerNormParams, LSTMParams, LSTMState, lstm_init, lstm_step, lstm_zero_state
 from jaxlstm._src.cells.mingru import MinGRUParams, MinGRUState, mingru_init, mingru_step, mingru_zero_state
 from jaxlstm._src.cells.minlstm import MinLSTMParams, MinLSTMState, minlstm_init, minlstm_step, minlstm_zero_state
 from jaxlstm._src.cells.rnn import RNNParams, RNNState, rnn_init, rnn_step, rnn_zero_state
 from jaxlstm._src.cells.slstm import SLSTMParams, SLSTMState, slstm_init, slstm_step, slstm_zero_state
+from jaxlstm._src.initial_state import broadcast_state, initial_state_init
+from jaxlstm._src.initializers import glorot_uniform, orthogonal_blocks
+from jaxlstm._src.kernels import Kernel, KernelChoice, LayerCall, kernel_names, register_kernel, unregister_kernel
+from jaxlstm._src.layers import explain, gru, layer, lstm, rnn, zero_state
 from jaxlstm._src.scan import scan
 from jaxlstm._src.stack import Bidirectional, stack, stack_init
 from jaxlstm.interop import from_flax, from_keras, from_torch, to_flax, to_keras, to_torch

@@ -250,7 +250,8 @@ def _add_run_flags(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
   p.add_argument("--layers", type=_positive_int, default=None, help="stacked recurrent layers" + preset(d.layers))
   p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
                  help="both directions, concatenated" + preset(d.bidirectional))
-  p.add_argument("--forget-bias", type=float, default=None, help="initial LSTM forget-gate bias" + preset(d.forget_bias))
+  p.add_argument("--forget-bias", type=float, default=None,
+                 help="initial LSTM forget-gate bias" + preset(d.forget_bias))
   p.add_argument("--dropout", type=float, default=None, help="between recurrent layers" + preset(d.dropout))
   p.add_argument("--input-dropout", type=float, default=None,
                  help="variational dropout on each layer's input, one mask per sequence" + preset(d.input_dropout))
@@ -291,7 +292,8 @@ def _add_run_flags(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
   p.add_argument("--stateful", action=argparse.BooleanOptionalAction, default=None,
                  help="text tasks: truncated backpropagation through time, each batch row's state carried to "
                       "its next window, and evaluation of each split as one stream" + preset(d.stateful))
-  p.add_argument("--seq-len", type=_positive_int, default=None, help="sequence length T of the task (default: the task's)")
+  p.add_argument("--seq-len", type=_positive_int, default=None,
+                 help="sequence length T of the task (default: the task's)")
   p.add_argument("--n-train", type=_positive_int, default=None, help="training examples (default: the task's)")
   p.add_argument("--n-val", type=_positive_int, default=None, help="validation examples (default: the task's)")
   p.add_argument("--n-test", type=_positive_int, default=None, help="test examples (default: the task's)")

@@ -339,8 +339,9 @@ class Stack(_Shell):
                bidirectional: bool = False, merge: str = "concat", dropout: float = 0.0,
                input_dropout: float = 0.0, recurrent_dropout: float = 0.0, zoneout: Any = 0.0,
                weight_drop: float = 0.0, inference: bool = False, dtype: Any = jnp.float32,
-               return_sequences: bool = True, return_state: bool = False, time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto",
-               remat: int | None = None, key: jax.Array | None = None, params: Any = None, **cell_options):
+               return_sequences: bool = True, return_state: bool = False, time_major: bool = False,
+               unroll: int | bool | None = None, impl: str = "auto", remat: int | None = None,
+               key: jax.Array | None = None, params: Any = None, **cell_options):
     options = dict(check_cell_options(get_cell(cell), cell_options), cell=cell, bidirectional=bidirectional,
                    merge=merge, dtype=dtype)
     self.params = _init_or_check("Stack", jaxlstm.stack_init, (input_size, hidden_size, num_layers), options, key,

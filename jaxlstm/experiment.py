@@ -97,8 +97,8 @@ class RunConfig:
 
   def validate(self) -> None:
     """Raises ``ValueError`` for an unknown ``dtype``, a size or step count below 1, a non-positive ``lr``,
-    a ``dropout`` or regularizer rate outside ``[0, 1)``, or a ``weight_decay`` that is negative or given to an optimizer
-    other than ``"adamw"``."""
+    a ``dropout`` or regularizer rate outside ``[0, 1)``, or a ``weight_decay`` that is negative or given to an
+    optimizer other than ``"adamw"``."""
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {sorted(DTYPES)}; got {self.dtype!r}")
     for name in ("hidden", "layers", "batch_size", "steps", "eval_every"):
@@ -219,7 +219,8 @@ def init_model(task, cfg: RunConfig) -> SequenceModel:
 
   Example:
     >>> from jaxlstm.experiment import RunConfig, init_model, load_task
-    >>> cfg = RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_val": 4, "n_test": 4}, hidden=4, cell="rnn")
+    >>> cfg = RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_val": 4, "n_test": 4},
+    ...                 hidden=4, cell="rnn")
     >>> model = init_model(load_task(cfg), cfg)
     >>> model.rnn[0].w_x.shape, model.rnn[0].activation, model.head.w.shape
     ((2, 4), 'tanh', (4, 1))
@@ -380,7 +381,8 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool
     summary = {"task": task.name, "metric": task.metric, "mode": task.mode, "unit": task.units[task.metric],
                "selected_step": final["step"], "selected_by": f"{monitor(task)} (validation)" if cfg.restore_best
                else "last step", "last_step": history[-1]["step"] if history else final["step"],
-               "test": test, "val": {k: v for k, v in derived_metrics(task, selected or {}, "val_").items() if k.startswith("val_")},
+               "test": test,
+               "val": {k: v for k, v in derived_metrics(task, selected or {}, "val_").items() if k.startswith("val_")},
                "baselines": task.baselines, "units": {k: task.units[k] for k in _metric_names(test)},
                "train_seconds": wall, "config": dataclasses.asdict(cfg)}
     if cfg.stateful:

@@ -15,8 +15,18 @@ record plus one :func:`register_kernel` call.
 
 from jaxlstm._src import shell
 from jaxlstm._src.kernels import cudnn, fused, parallel, reference
-from jaxlstm._src.kernels.registry import (Kernel, KernelChoice, LayerCall, check_impl, impls, kernel_names, reasons,
-                                           register_kernel, select, unregister_kernel)
+from jaxlstm._src.kernels.registry import (
+  Kernel,
+  KernelChoice,
+  LayerCall,
+  check_impl,
+  impls,
+  kernel_names,
+  reasons,
+  register_kernel,
+  select,
+  unregister_kernel,
+)
 
 __all__ = ["Kernel", "KernelChoice", "LayerCall", "check_impl", "cudnn", "fused", "impls", "kernel_names",
            "parallel", "reasons", "reference", "register_kernel", "select", "shell", "unregister_kernel"]

@@ -50,8 +50,19 @@ from flax.core import FrozenDict
 
 import jaxlstm
 from jaxlstm._src.cells.registry import get_cell
-from jaxlstm._src.flax_common import (check_cell_options, check_kind, check_layout, layer_output, needs_rng,
-                                      params_options, pick, regularizer_rates, restated, shape_params, stack_options)
+from jaxlstm._src.flax_common import (
+  check_cell_options,
+  check_kind,
+  check_layout,
+  layer_output,
+  needs_rng,
+  params_options,
+  pick,
+  regularizer_rates,
+  restated,
+  shape_params,
+  stack_options,
+)
 from jaxlstm._src.initial_state import given_or_initial
 
 __all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "MinGRU", "MinGRUCell", "MinLSTM", "MinLSTMCell",

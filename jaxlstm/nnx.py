@@ -52,8 +52,19 @@ from flax import nnx
 
 import jaxlstm
 from jaxlstm._src.cells.registry import cell_of, get_cell, is_cell_params
-from jaxlstm._src.flax_common import (check_cell_options, check_kind, check_layout, layer_output, needs_rng,
-                                      params_options, pick, regularizer_rates, restated, shape_params, stack_options)
+from jaxlstm._src.flax_common import (
+  check_cell_options,
+  check_kind,
+  check_layout,
+  layer_output,
+  needs_rng,
+  params_options,
+  pick,
+  regularizer_rates,
+  restated,
+  shape_params,
+  stack_options,
+)
 from jaxlstm._src.initial_state import given_or_initial
 from jaxlstm._src.stack import Bidirectional
 

@@ -29,7 +29,7 @@ def python_unroll(step, params, xs, state, *, lengths=None, mask=None, resets=No
   rows = []
   finals = []
   for b in np.ndindex(*batch):
-    s0 = jax.tree.map(lambda a: a[b], state)
+    s0 = jax.tree.map(lambda a, b=b: a[b], state)
     L = T if lengths is None else int(np.clip(np.asarray(lengths)[b], 0, T))
     valid = [t < L and (mask is None or bool(np.asarray(mask)[b][t])) for t in range(T)]
     seg = [False] * T if resets is None else [bool(v) for v in np.asarray(resets)[b]]

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 import jaxlstm
-from jaxlstm.kernels import shell
-from jaxlstm.kernels import cudnn
+from jaxlstm.kernels import cudnn, shell
 from tests.helpers import normal, random_params, rel_err
 from tests.test_fused import assert_same, layer, setup
 

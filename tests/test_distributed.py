@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-
 COMMON = textwrap.dedent("""
     import json, os, sys
     import jax, jax.numpy as jnp, numpy as np, optax

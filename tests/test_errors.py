@@ -32,8 +32,8 @@ def test_init_errors():
   with pytest.raises(TypeError, match=r"dtype must be a floating-point dtype; got int32"):
     jaxlstm.rnn_init(key, 3, 4, dtype=jnp.int32)
   with pytest.raises(ValueError,
-                     match=r"cell must be one of \['convlstm1d', 'convlstm2d', 'gru', 'lstm', 'mingru', 'minlstm', 'rnn', "
-                           r"'slstm'\]; got 'lstmm'"):
+                     match=r"cell must be one of \['convlstm1d', 'convlstm2d', 'gru', 'lstm', 'mingru', 'minlstm', "
+                           r"'rnn', 'slstm'\]; got 'lstmm'"):
     jaxlstm.stack_init(key, 3, 4, 2, cell="lstmm")
   with pytest.raises(ValueError, match=r"num_layers must be a positive int; got 0"):
     jaxlstm.stack_init(key, 3, 4, 0)

@@ -8,12 +8,10 @@ import numpy as np
 import pytest
 
 flax = pytest.importorskip("flax", reason="Flax is the oracle for jaxlstm.interop.flax")
-from flax import linen as nn  # noqa: E402
-from flax import nnx  # noqa: E402
+from flax import linen as nn, nnx  # noqa: E402
 
 import jaxlstm  # noqa: E402
-from jaxlstm.interop.flax import (flax_options, from_flax, from_flax_carry, to_flax,  # noqa: E402
-                                  to_flax_carry)
+from jaxlstm.interop.flax import flax_options, from_flax, from_flax_carry, to_flax, to_flax_carry  # noqa: E402
 from tests.helpers import random_params, rel_err  # noqa: E402
 
 pytestmark = pytest.mark.standard_promotion  # Flax promotes dtypes implicitly inside its layers
@@ -75,7 +73,7 @@ def grads_to_ours(cell, variables, grads):
   return from_flax(clone)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def our_grad(step):
   """One jitted gradient per step function, shared by the Linen and NNX cells of each kind.
 

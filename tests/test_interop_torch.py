@@ -17,8 +17,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is the oracle for jaxlstm.interop.torch")
 
 import jaxlstm  # noqa: E402
-from jaxlstm.interop.torch import (from_torch, from_torch_state, to_torch, to_torch_state,  # noqa: E402
-                                   torch_options)
+from jaxlstm.interop.torch import from_torch, from_torch_state, to_torch, to_torch_state, torch_options  # noqa: E402
 from tests.helpers import random_params, rel_err  # noqa: E402
 
 # PyTorch's own notice that it runs proj_size without oneDNN.
@@ -117,7 +116,7 @@ def torch_run(module, xs, hx, lengths, batch_first):
   return out, h_n
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ours(opts_items, with_lengths):
   """``(states, hs)`` and the gradients of ``sum(hs*r) + sum(states*s)``, jitted once per setting."""
   opts = dict(opts_items)

@@ -11,11 +11,11 @@ so the cache cannot change a result.
 import pathlib
 import shutil
 
-import pytest
-
-# Imported outright, not skipped when missing: CI installs them with the test extra and must run every notebook.
+# nbclient and nbformat are imported outright, not skipped when missing: CI installs them with the test extra
+# and must run every notebook.
 import nbclient
 import nbformat
+import pytest
 
 pytestmark = pytest.mark.standard_promotion
 

@@ -178,7 +178,7 @@ def test_batch_rows_are_independent():
   params, xs, state0, _, _ = setup("lstm", jnp.float32)
   _, hs = jaxlstm.lstm(params, xs, state0, lengths=jnp.asarray(LENGTHS))
   for b in range(B):
-    _, hb = jaxlstm.lstm(params, xs[b:b + 1], jax.tree_util.tree_map(lambda s: s[b:b + 1], state0),
+    _, hb = jaxlstm.lstm(params, xs[b:b + 1], jax.tree_util.tree_map(lambda s, b=b: s[b:b + 1], state0),
                          lengths=jnp.asarray(LENGTHS[b:b + 1]))
     np.testing.assert_allclose(hs[b], hb[0], rtol=1e-6, atol=1e-7)
 

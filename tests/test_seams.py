@@ -166,7 +166,7 @@ def python_loop_kernel():
     ys = []
     for t in range(xs.shape[0]):
       new, y = jaxlstm.gru_step(params, state, xs[t])
-      state = new if valid is None else jax.tree.map(lambda a, b: jnp.where(valid[t][:, None], a, b), new, state)
+      state = new if valid is None else jax.tree.map(lambda a, b, t=t: jnp.where(valid[t][:, None], a, b), new, state)
       ys.append(y)
     return state, jnp.stack(ys)
 

@@ -30,11 +30,11 @@ def import_module(name: str):
 SKIP = {"jaxlstm.nn", "jaxlstm.__main__"}
 
 # The order of the reference's pages; a public module not named here follows them, in alphabetical order.
-ORDER = ["jaxlstm", "jaxlstm.nnx", "jaxlstm.linen", "jaxlstm.equinox", "jaxlstm.regularizers", "jaxlstm.kernels", "jaxlstm.interop",
-         "jaxlstm.interop.torch", "jaxlstm.interop.keras", "jaxlstm.interop.flax", "jaxlstm.interop.equinox",
-         "jaxlstm.interop.haiku", "jaxlstm.interop.xlstm", "jaxlstm.train", "jaxlstm.optim", "jaxlstm.checkpoint",
-         "jaxlstm.distributed", "jaxlstm.tasks", "jaxlstm.presets", "jaxlstm.models", "jaxlstm.experiment",
-         "jaxlstm.sweep", "jaxlstm.sample", "jaxlstm.cli"]
+ORDER = ["jaxlstm", "jaxlstm.nnx", "jaxlstm.linen", "jaxlstm.equinox", "jaxlstm.regularizers", "jaxlstm.kernels",
+         "jaxlstm.interop", "jaxlstm.interop.torch", "jaxlstm.interop.keras", "jaxlstm.interop.flax",
+         "jaxlstm.interop.equinox", "jaxlstm.interop.haiku", "jaxlstm.interop.xlstm", "jaxlstm.train", "jaxlstm.optim",
+         "jaxlstm.checkpoint", "jaxlstm.distributed", "jaxlstm.tasks", "jaxlstm.presets", "jaxlstm.models",
+         "jaxlstm.experiment", "jaxlstm.sweep", "jaxlstm.sample", "jaxlstm.cli"]
 
 
 def public_modules() -> list[str]:

@@ -1,8 +1,8 @@
 """Draws the missing-data figures of the Concepts page: ``python docs/figures/make_figures.py [OUT_DIR]``.
 
 Writes ``lengths.svg``, ``mask.svg`` and ``resets.svg`` beside this file, or into ``OUT_DIR`` (the committed
-ones are beside it, so the docs build needs no matplotlib). Each shows three sequences of T = 8 steps as rows of boxes, what the layer computes at each step,
-and where the final state comes from.
+ones are beside it, so the docs build needs no matplotlib). Each shows three sequences of T = 8 steps as rows of
+boxes, what the layer computes at each step, and where the final state comes from.
 """
 
 import pathlib
@@ -12,7 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, Rectangle  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 OUT = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else HERE

@@ -47,7 +47,8 @@ def needs_rng(module: Any) -> bool:
   """Whether a training call of the module draws random masks: dropout between layers or any regularizer."""
   zoneout = module.zoneout
   zoned = any(zoneout.values()) if isinstance(zoneout, Mapping) else bool(zoneout)
-  return bool(getattr(module, "dropout", 0.0) or module.input_dropout or module.recurrent_dropout or module.weight_drop or zoned)
+  return bool(getattr(module, "dropout", 0.0) or module.input_dropout or module.recurrent_dropout or module.weight_drop
+              or zoned)
 
 
 def check_cell_options(cell: Cell, options: Mapping[str, Any]) -> dict:

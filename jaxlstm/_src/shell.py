@@ -25,7 +25,8 @@ of a step are its features: one, ``I``, for the vector cells, and
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -70,8 +70,8 @@ from jaxlstm._src.cells.convlstm import ConvLSTM1DParams, ConvLSTM2DParams, Conv
 from jaxlstm._src.cells.gru import GRUParams
 from jaxlstm._src.cells.lstm import LSTMParams
 from jaxlstm._src.cells.rnn import RNNParams
-from jaxlstm.interop import _common
 from jaxlstm._src.stack import Bidirectional
+from jaxlstm.interop import _common
 
 _MERGES = {"concat": "concat", "sum": "sum", "ave": "mean", "mul": "mul"}
 _SUPPORTED = ("keras.layers.LSTM, GRU, SimpleRNN, ConvLSTM1D, ConvLSTM2D, RNN (of one such cell), Bidirectional (of "

@@ -42,8 +42,8 @@ import numpy as np
 from jaxlstm._src.cells.gru import GRUParams, GRUState
 from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
 from jaxlstm._src.cells.rnn import RNNParams, RNNState
-from jaxlstm.interop import _common
 from jaxlstm._src.stack import Bidirectional
+from jaxlstm.interop import _common
 
 _SUPPORTED = "torch.nn.LSTM, GRU, RNN, LSTMCell, GRUCell or RNNCell"
 

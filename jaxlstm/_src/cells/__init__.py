@@ -5,8 +5,17 @@ A new cell is one module that builds a :class:`~jaxlstm.Cell` record plus one
 """
 
 from jaxlstm._src.cells import convlstm, gru, lstm, mingru, minlstm, rnn, slstm
-from jaxlstm._src.cells.registry import (Cell, Recurrence, cell_names, cell_of, get_cell, is_cell_params,
-                                         register_cell, static_fields, unregister_cell)
+from jaxlstm._src.cells.registry import (
+  Cell,
+  Recurrence,
+  cell_names,
+  cell_of,
+  get_cell,
+  is_cell_params,
+  register_cell,
+  static_fields,
+  unregister_cell,
+)
 
 register_cell(lstm.CELL)
 register_cell(gru.CELL)

@@ -16,7 +16,8 @@ call cannot forget them. :func:`static_fields` declares them.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 

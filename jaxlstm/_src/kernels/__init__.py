@@ -17,8 +17,18 @@ one :func:`~jaxlstm.register_kernel` line here.
 """
 
 from jaxlstm._src.kernels import cudnn, fused, parallel, reference
-from jaxlstm._src.kernels.registry import (Kernel, KernelChoice, LayerCall, check_impl, impls, kernel_names, reasons,
-                                           register_kernel, select, unregister_kernel)
+from jaxlstm._src.kernels.registry import (
+  Kernel,
+  KernelChoice,
+  LayerCall,
+  check_impl,
+  impls,
+  kernel_names,
+  reasons,
+  register_kernel,
+  select,
+  unregister_kernel,
+)
 
 register_kernel(fused.KERNEL)
 register_kernel(parallel.KERNEL)

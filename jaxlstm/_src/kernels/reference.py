@@ -8,7 +8,8 @@ to in the tests. It differentiates and batches with JAX's own rules, so
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -23,7 +23,8 @@ The contract of ``run``::
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from jaxlstm._src.cells.registry import Cell
 
