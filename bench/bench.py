@@ -52,27 +52,54 @@ from report import machine_lines, write_report
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--device", choices=["cpu", "gpu"], default="cpu",
-                 help="cpu (default), or gpu: JAX on CUDA, PyTorch on CUDA, cuDNN peers, more steps, config XL")
-  p.add_argument("--configs", default=None, help="training configs, from S, M, L, XL (default S,M,L; GPU "
-                 "S,M,L,XL); '' for none")
+  p = argparse.ArgumentParser(
+    description=__doc__.split("\n", 1)[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+    "--device",
+    choices=["cpu", "gpu"],
+    default="cpu",
+    help="cpu (default), or gpu: JAX on CUDA, PyTorch on CUDA, cuDNN peers, more steps, config XL",
+  )
+  p.add_argument(
+    "--configs", default=None, help="training configs, from S, M, L, XL (default S,M,L; GPU S,M,L,XL); '' for none"
+  )
   p.add_argument("--infer-configs", default=None, help="inference configs (default S,M; GPU S,M,L,XL); '' for none")
-  p.add_argument("--peers", default=None, help=f"comma list from {', '.join(ALL_PEERS)} (default "
-                 f"{','.join(DEFAULT_PEERS)}; GPU {','.join(DEFAULT_GPU_PEERS)})")
-  p.add_argument("--steps", default="", help="timed steps per peer, pooled over the rounds: N for every config "
-                 "or per config, e.g. S=20,L=6 (default " + per_config_text(DEFAULT_STEPS) + ")")
+  p.add_argument(
+    "--peers",
+    default=None,
+    help=f"comma list from {', '.join(ALL_PEERS)} (default "
+    f"{','.join(DEFAULT_PEERS)}; GPU {','.join(DEFAULT_GPU_PEERS)})",
+  )
+  p.add_argument(
+    "--steps",
+    default="",
+    help="timed steps per peer, pooled over the rounds: N for every config "
+    "or per config, e.g. S=20,L=6 (default " + per_config_text(DEFAULT_STEPS) + ")",
+  )
   p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first, in each round")
-  p.add_argument("--rounds", default="", help="rounds of the whole peer list: N, or per config as for "
-                 "--steps (default " + per_config_text(DEFAULT_ROUNDS) + ")")
+  p.add_argument(
+    "--rounds",
+    default="",
+    help="rounds of the whole peer list: N, or per config as for "
+    "--steps (default " + per_config_text(DEFAULT_ROUNDS) + ")",
+  )
   p.add_argument("--timeout", type=float, default=900, help="seconds before a worker is killed")
-  p.add_argument("--torch-denormals", action="store_true",
-                 help="leave PyTorch's denormal handling alone (by default it flushes them to zero, as XLA does)")
-  p.add_argument("--omp-spin", action="store_true",
-                 help="leave OMP_WAIT_POLICY alone (by default workers get PASSIVE, see worker_env)")
-  p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md"),
-                 help="Markdown report (default bench/results.md)")
+  p.add_argument(
+    "--torch-denormals",
+    action="store_true",
+    help="leave PyTorch's denormal handling alone (by default it flushes them to zero, as XLA does)",
+  )
+  p.add_argument(
+    "--omp-spin",
+    action="store_true",
+    help="leave OMP_WAIT_POLICY alone (by default workers get PASSIVE, see worker_env)",
+  )
+  p.add_argument(
+    "--out",
+    default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md"),
+    help="Markdown report (default bench/results.md)",
+  )
   p.add_argument("--quick", action="store_true", help="tiny shapes, 2 timed steps, 1 round: a smoke run")
   p.add_argument("--render", metavar="JSON", help="rewrite the report of a saved run (its .json) to --out")
   p.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)
@@ -138,13 +165,27 @@ def main(argv=None) -> None:
   for name, modes in jobs:
     cfg = CONFIGS[name]
     log(f"{name} ({'+'.join(modes)}): {cfg} — {param_count(cfg):,d} params")
-    results.append({"name": name, "config": list(cfg), "modes": modes, "peers": peers, "rounds": args.rounds[name],
-                    "pooled": run_rounds(name, cfg, modes, peers, args, log)})
-    run = {"header": header, "command": command, "device": args.device,
-           "wall_min": (time.perf_counter() - started) / 60,
-           "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-           "warmup": args.warmup, "omp_spin": args.omp_spin, "torch_denormals": args.torch_denormals,
-           "jobs": results}
+    results.append(
+      {
+        "name": name,
+        "config": list(cfg),
+        "modes": modes,
+        "peers": peers,
+        "rounds": args.rounds[name],
+        "pooled": run_rounds(name, cfg, modes, peers, args, log),
+      }
+    )
+    run = {
+      "header": header,
+      "command": command,
+      "device": args.device,
+      "wall_min": (time.perf_counter() - started) / 60,
+      "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+      "warmup": args.warmup,
+      "omp_spin": args.omp_spin,
+      "torch_denormals": args.torch_denormals,
+      "jobs": results,
+    }
     if args.out:  # the configs so far, in case the run is cut short (render it with --render)
       with open(os.path.splitext(args.out)[0] + ".partial.json", "w") as f:
         json.dump(run, f)

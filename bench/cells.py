@@ -26,18 +26,18 @@ import jaxlstm
 
 # name: (stack_init options, layer options)
 VARIANTS = {
-    "lstm": ({"cell": "lstm"}, {}),
-    "lstm, peephole": ({"cell": "lstm", "peephole": True}, {}),
-    "lstm, layer_norm": ({"cell": "lstm", "layer_norm": True}, {}),
-    "lstm, proj_size=H/2": ({"cell": "lstm", "proj_size": "H/2"}, {}),
-    "gru": ({"cell": "gru"}, {}),
-    "rnn": ({"cell": "rnn"}, {}),
-    "mingru": ({"cell": "mingru"}, {}),
-    "minlstm": ({"cell": "minlstm"}, {}),
-    "slstm, 4 heads": ({"cell": "slstm", "num_heads": 4}, {}),
-    "lstm + input_dropout, weight_drop": ({"cell": "lstm"}, {"input_dropout": 0.25, "weight_drop": 0.25}),
-    "lstm + recurrent_dropout": ({"cell": "lstm"}, {"recurrent_dropout": 0.25}),
-    "lstm + zoneout": ({"cell": "lstm"}, {"zoneout": {"h": 0.05, "c": 0.5}}),
+  "lstm": ({"cell": "lstm"}, {}),
+  "lstm, peephole": ({"cell": "lstm", "peephole": True}, {}),
+  "lstm, layer_norm": ({"cell": "lstm", "layer_norm": True}, {}),
+  "lstm, proj_size=H/2": ({"cell": "lstm", "proj_size": "H/2"}, {}),
+  "gru": ({"cell": "gru"}, {}),
+  "rnn": ({"cell": "rnn"}, {}),
+  "mingru": ({"cell": "mingru"}, {}),
+  "minlstm": ({"cell": "minlstm"}, {}),
+  "slstm, 4 heads": ({"cell": "slstm", "num_heads": 4}, {}),
+  "lstm + input_dropout, weight_drop": ({"cell": "lstm"}, {"input_dropout": 0.25, "weight_drop": 0.25}),
+  "lstm + recurrent_dropout": ({"cell": "lstm"}, {"recurrent_dropout": 0.25}),
+  "lstm + zoneout": ({"cell": "lstm"}, {"zoneout": {"h": 0.05, "c": 0.5}}),
 }
 
 
@@ -88,25 +88,28 @@ def main(argv=None) -> int:
   base = med.get("lstm")
   load = os.getloadavg()[0]
   lines = [
-      "# Every cell at one shape: training-step time",
-      "",
-      "One jitted forward and backward pass through one layer and a dense readout, median of "
-      f"{args.steps} calls after 2 warm-up calls, the variants called in turn. Compare the ratios; the "
-      "machine is shared and absolute times move between runs. One run.",
-      "",
-      "```",
-      "python bench/cells.py",
-      "```",
-      "",
-      "| variant | kernel | ms | / lstm |",
-      "|---|---|---:|---:|",
+    "# Every cell at one shape: training-step time",
+    "",
+    "One jitted forward and backward pass through one layer and a dense readout, median of "
+    f"{args.steps} calls after 2 warm-up calls, the variants called in turn. Compare the ratios; the "
+    "machine is shared and absolute times move between runs. One run.",
+    "",
+    "```",
+    "python bench/cells.py",
+    "```",
+    "",
+    "| variant | kernel | ms | / lstm |",
+    "|---|---|---:|---:|",
   ]
   for name in steps:
     ratio = f"{med[name] / base:.2f}" if base else "-"
     lines.append(f"| {name} | {kernels[name]} | {med[name]:.1f} | {ratio} |")
-  lines += ["", f"B={args.B}, T={args.T}, I={args.I}, H={args.H}, float32; jax {jax.__version__} on "
-            f"{jax.default_backend()} ({platform.machine()}, {os.cpu_count()} cores, 1-minute load {load:.2f} at the "
-            "end)."]
+  lines += [
+    "",
+    f"B={args.B}, T={args.T}, I={args.I}, H={args.H}, float32; jax {jax.__version__} on "
+    f"{jax.default_backend()} ({platform.machine()}, {os.cpu_count()} cores, 1-minute load {load:.2f} at the "
+    "end).",
+  ]
   text = "\n".join(lines) + "\n"
   with open(args.out, "w") as f:
     f.write(text)

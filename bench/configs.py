@@ -16,6 +16,7 @@ GPU_CEILING_N = 8192
 
 class Config(NamedTuple):
   """One benchmark shape: batch, time steps, input size, hidden size, layers."""
+
   B: int
   T: int
   I: int
@@ -24,11 +25,11 @@ class Config(NamedTuple):
 
 
 CONFIGS = {
-    "S": Config(B=32, T=100, I=10, H=128, layers=3),
-    "M": Config(B=64, T=256, I=64, H=256, layers=2),
-    "L": Config(B=128, T=512, I=128, H=512, layers=1),
-    "XL": Config(B=256, T=512, I=512, H=1024, layers=2),  # for GPUs
-    "Q": Config(B=4, T=8, I=3, H=8, layers=2),  # --quick
+  "S": Config(B=32, T=100, I=10, H=128, layers=3),
+  "M": Config(B=64, T=256, I=64, H=256, layers=2),
+  "L": Config(B=128, T=512, I=128, H=512, layers=1),
+  "XL": Config(B=256, T=512, I=512, H=1024, layers=2),  # for GPUs
+  "Q": Config(B=4, T=8, I=3, H=8, layers=2),  # --quick
 }
 # Timed steps per peer per config, pooled over the rounds, when --steps does not say (L steps take seconds).
 DEFAULT_STEPS = {"S": 20, "M": 12, "L": 10, "XL": 10, "Q": 2}

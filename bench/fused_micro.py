@@ -32,7 +32,7 @@ def make(cfg, seed=0):
   B, T, I, H, L, O = cfg
   params = jaxlstm.stack_init(jax.random.key(seed), I, H, L)
   rng = np.random.default_rng(seed)
-  dense = (jnp.asarray(rng.standard_normal((H, O)) / H ** 0.5, jnp.float32), jnp.zeros((O,), jnp.float32))
+  dense = (jnp.asarray(rng.standard_normal((H, O)) / H**0.5, jnp.float32), jnp.zeros((O,), jnp.float32))
   xs = jnp.asarray(rng.standard_normal((B, T, I)), jnp.float32)
   ys = jnp.asarray(rng.standard_normal((B, T, O)), jnp.float32)
   return (params, dense), xs, ys
@@ -91,6 +91,7 @@ def remat_run(T, B, I, H, remat, steps):
     def loss(params):
       _, hs = jaxlstm.lstm(params, xs, state, impl="fused", remat=remat)
       return jnp.mean(jnp.square(hs))
+
     return jax.grad(loss)(params)
 
   ms = median_time(grad, (params,), steps)

@@ -55,7 +55,6 @@ def time_calls(call, steps: int, warmup: int) -> dict:
   return {"first_s": first, "times_s": times, "faults": faults}
 
 
-
 def measure_ceiling(kind: str, steps: int, device: str = "cpu") -> list:
   """GFLOP/s samples of the square matmul of :func:`peers.build_matmul`."""
   call, flops = build_matmul(kind, device)
@@ -130,13 +129,19 @@ def spawn(spec: dict, timeout: float, omp_passive: bool = True, keep_denormals: 
   """Runs one worker subprocess; a crash, a timeout or a missing result line becomes an error result."""
   cmd = [sys.executable, BENCH_SCRIPT, "--worker", json.dumps(spec)]
   try:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
-                          env=worker_env(omp_passive, spec.get("device", "cpu"), keep_denormals))
+    proc = subprocess.run(
+      cmd,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+      check=False,
+      env=worker_env(omp_passive, spec.get("device", "cpu"), keep_denormals),
+    )
   except subprocess.TimeoutExpired:
     return {"status": "error", "error": f"timed out after {timeout:.0f} s"}
   for line in reversed(proc.stdout.splitlines()):
     if line.startswith(RESULT_TAG):
-      return json.loads(line[len(RESULT_TAG):])
+      return json.loads(line[len(RESULT_TAG) :])
   lines = [l.strip() for l in proc.stderr.splitlines() if l.strip()]
   # The exception's own line, rather than a framework's closing remark after it.
   errors = [l for l in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b", l)]
@@ -158,17 +163,28 @@ def run_rounds(name: str, cfg: Config, modes: list, peers: list, args, log) -> d
   """
   rounds = args.rounds[name]
   steps_per_round = max(1, -(-args.steps[name] // rounds))
-  pooled = {p: {"status": "ok", "error": None,
-                **{m: {"times_s": [], "first_s": [], "faults": [], "params": None} for m in modes}}
-            for p in peers}
+  pooled = {
+    p: {
+      "status": "ok",
+      "error": None,
+      **{m: {"times_s": [], "first_s": [], "faults": [], "params": None} for m in modes},
+    }
+    for p in peers
+  }
   pooled["ceiling"] = {"status": "ok", "error": None, "jax": [], "torch": []}
   for r in range(rounds):
     for peer in rotated(peers, r) + ["ceiling"]:
       entry = pooled[peer]
       if entry["status"] != "ok":
         continue  # missing or crashed in an earlier round: don't retry
-      spec = {"peer": peer, "config": list(cfg), "modes": modes, "steps": steps_per_round, "warmup": args.warmup,
-              "device": args.device}
+      spec = {
+        "peer": peer,
+        "config": list(cfg),
+        "modes": modes,
+        "steps": steps_per_round,
+        "warmup": args.warmup,
+        "device": args.device,
+      }
       t0 = time.perf_counter()
       res = spawn(spec, args.timeout, omp_passive=not args.omp_spin, keep_denormals=args.torch_denormals)
       tag = f"  [{name} round {r + 1}/{rounds}] {peer:14s}"
@@ -179,8 +195,11 @@ def run_rounds(name: str, cfg: Config, modes: list, peers: list, args, log) -> d
       if peer == "ceiling":
         for lib in ("jax", "torch"):
           entry[lib] += res.get(lib, [])
-        log(f"{tag} matmul " + ", ".join(f"{lib} {statistics.median(res[lib]):.1f}" for lib in ("jax", "torch")
-                                         if res.get(lib)) + " GFLOP/s")
+        log(
+          f"{tag} matmul "
+          + ", ".join(f"{lib} {statistics.median(res[lib]):.1f}" for lib in ("jax", "torch") if res.get(lib))
+          + " GFLOP/s"
+        )
         continue
       parts = []
       for mode in modes:
@@ -190,6 +209,9 @@ def run_rounds(name: str, cfg: Config, modes: list, peers: list, args, log) -> d
         entry[mode]["faults"].append(m["faults"])
         entry[mode]["params"] = m["params"]
         parts.append(f"{mode}: first {m['first_s']:.2f} s, median {1e3 * statistics.median(m['times_s']):.2f} ms")
-      log(f"{tag} params {res[modes[0]]['params']:>9,d}; " + "; ".join(parts)
-          + f"  ({time.perf_counter() - t0:.0f} s wall)")
+      log(
+        f"{tag} params {res[modes[0]]['params']:>9,d}; "
+        + "; ".join(parts)
+        + f"  ({time.perf_counter() - t0:.0f} s wall)"
+      )
   return pooled

@@ -43,15 +43,15 @@ def block_size(n):
 
 # name: (cell, impl, block)
 IMPLS = {
-    "mingru parallel": ("mingru", "parallel", None),
-    "minlstm parallel": ("minlstm", "parallel", None),
-    "lstm fused": ("lstm", "fused", None),
-    "mingru parallel, block=T": ("mingru", "parallel", "T"),
-    "mingru reference": ("mingru", "reference", None),
-    # Not run by default: the block sweep behind parallel.default_block.
-    "mingru parallel, block=1": ("mingru", "parallel", 1),
-    "mingru parallel, block=8": ("mingru", "parallel", 8),
-    "mingru parallel, block=64": ("mingru", "parallel", 64),
+  "mingru parallel": ("mingru", "parallel", None),
+  "minlstm parallel": ("minlstm", "parallel", None),
+  "lstm fused": ("lstm", "fused", None),
+  "mingru parallel, block=T": ("mingru", "parallel", "T"),
+  "mingru reference": ("mingru", "reference", None),
+  # Not run by default: the block sweep behind parallel.default_block.
+  "mingru parallel, block=1": ("mingru", "parallel", 1),
+  "mingru parallel, block=8": ("mingru", "parallel", 8),
+  "mingru parallel, block=64": ("mingru", "parallel", 64),
 }
 DEFAULT = ["mingru parallel", "minlstm parallel", "lstm fused", "mingru parallel, block=T", "mingru reference"]
 
@@ -60,7 +60,7 @@ def make_step(name, B, T, I, H, seed=0):
   cell, impl, block = IMPLS[name]
   rng = np.random.default_rng(seed)
   layer = jaxlstm.get_cell(cell).init(jax.random.key(seed), I, H)
-  readout = jnp.asarray(rng.standard_normal((H, 1)) / H ** 0.5, jnp.float32)
+  readout = jnp.asarray(rng.standard_normal((H, 1)) / H**0.5, jnp.float32)
   xs = jnp.asarray(rng.standard_normal((B, T, I)), jnp.float32)
   ys = jnp.asarray(rng.standard_normal((B, T, 1)), jnp.float32)
 
@@ -115,9 +115,14 @@ def main():
     line += f" | {ms['lstm fused'] / ms['mingru parallel']:.2f}x |" if ratio else " |"
     lines.append(line)
   load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-  lines += ["", (f"B={args.B}, I={args.I}, H={args.H}, float32; median of {args.steps} calls after {args.warmup} "
-                 f"warm-up calls; jax {jax.__version__} on {jax.default_backend()} ({platform.machine()}, "
-                 f"{os.cpu_count()} cores, 1-minute load {load:.2f} at the end).")]
+  lines += [
+    "",
+    (
+      f"B={args.B}, I={args.I}, H={args.H}, float32; median of {args.steps} calls after {args.warmup} "
+      f"warm-up calls; jax {jax.__version__} on {jax.default_backend()} ({platform.machine()}, "
+      f"{os.cpu_count()} cores, 1-minute load {load:.2f} at the end)."
+    ),
+  ]
   table = "\n".join(lines)
   print(table)
   if args.out:

@@ -45,6 +45,7 @@ DEFAULT_GPU_PEERS = ("jaxlstm-fused", "jaxlstm-ref", "jaxlstm-cudnn", "jax-cudnn
 def make_data(cfg: Config, seed: int = 0):
   """Random inputs ``(B, T, I)`` float32 and labels ``(B,)`` int32, as NumPy arrays."""
   import numpy as np
+
   rng = np.random.default_rng(seed)
   xs = rng.standard_normal((cfg.B, cfg.T, cfg.I)).astype(np.float32)
   labels = rng.integers(0, NUM_CLASSES, size=(cfg.B,)).astype(np.int32)
@@ -54,12 +55,14 @@ def make_data(cfg: Config, seed: int = 0):
 def count_leaves(tree) -> int:
   """Number of scalars in a pytree of arrays."""
   import jax
+
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
 
 
 def jax_xent(logits, labels):
   """Mean softmax cross-entropy of integer labels."""
   import optax
+
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
@@ -72,6 +75,7 @@ def jax_runner(init_fn, apply_fn, cfg: Config, mode: str):
   import jax
   import jax.numpy as jnp
   import optax
+
   xs_np, labels_np = make_data(cfg)
   xs, labels = jnp.asarray(xs_np), jnp.asarray(labels_np)
   params = init_fn(jax.random.key(0), xs)
@@ -107,7 +111,7 @@ def build_jaxlstm(cfg: Config, mode: str, impl: str):
   def init_fn(key, xs):
     k_rnn, k_head = jax.random.split(key)
     stack = jaxlstm.stack_init(k_rnn, cfg.I, cfg.H, cfg.layers)
-    w = jax.random.normal(k_head, (cfg.H, NUM_CLASSES), jnp.float32) / cfg.H ** 0.5
+    w = jax.random.normal(k_head, (cfg.H, NUM_CLASSES), jnp.float32) / cfg.H**0.5
     return {"stack": stack, "head": {"w": w, "b": jnp.zeros((NUM_CLASSES,), jnp.float32)}}
 
   def apply_fn(params, xs):
@@ -125,16 +129,28 @@ def build_jax_cudnn(cfg: Config, mode: str):
 
   def init_fn(key, xs):
     k_rnn, k_head = jax.random.split(key)
-    w = jax.random.normal(k_head, (cfg.H, NUM_CLASSES), jnp.float32) / cfg.H ** 0.5
+    w = jax.random.normal(k_head, (cfg.H, NUM_CLASSES), jnp.float32) / cfg.H**0.5
     # cuDNN keeps two bias vectors per layer (b_ih, b_hh), like PyTorch: +4H params per layer.
-    return {"rnn": rnn.init_lstm_weight(k_rnn, cfg.I, cfg.H, cfg.layers, False),
-            "head": {"w": w, "b": jnp.zeros((NUM_CLASSES,), jnp.float32)}}
+    return {
+      "rnn": rnn.init_lstm_weight(k_rnn, cfg.I, cfg.H, cfg.layers, False),
+      "head": {"w": w, "b": jnp.zeros((NUM_CLASSES,), jnp.float32)},
+    }
 
   def apply_fn(params, xs):
     h0 = jnp.zeros((cfg.layers, cfg.B, cfg.H), jnp.float32)
     seq = jnp.full((cfg.B,), cfg.T, jnp.int32)
-    hs, _, _ = rnn.lstm(xs, h0, h0, params["rnn"], seq, input_size=cfg.I, hidden_size=cfg.H,
-                        num_layers=cfg.layers, dropout=0.0, bidirectional=False)
+    hs, _, _ = rnn.lstm(
+      xs,
+      h0,
+      h0,
+      params["rnn"],
+      seq,
+      input_size=cfg.I,
+      hidden_size=cfg.H,
+      num_layers=cfg.layers,
+      dropout=0.0,
+      bidirectional=False,
+    )
     return hs[:, -1] @ params["head"]["w"] + params["head"]["b"]
 
   return jax_runner(init_fn, apply_fn, cfg, mode)
@@ -158,6 +174,7 @@ def build_flax(cfg: Config, mode: str):
 def build_keras_model(cfg: Config):
   """The Keras model: ``LSTM(return_sequences=True)`` layers, a last ``LSTM``, ``Dense(10)``."""
   import keras
+
   inputs = keras.Input(shape=(cfg.T, cfg.I), batch_size=cfg.B)
   x = inputs
   for i in range(cfg.layers):
@@ -169,13 +186,16 @@ def build_keras_model(cfg: Config):
 def build_keras(cfg: Config, mode: str):
   """Keras 3 (JAX backend) through ``train_on_batch`` / ``predict_on_batch``."""
   import keras
+
   xs, labels = make_data(cfg)
   model = build_keras_model(cfg)
   n_params = model.count_params()
   if mode == "infer":
     return (lambda: model.predict_on_batch(xs)), n_params
-  model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE, epsilon=ADAM_EPS),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  model.compile(
+    optimizer=keras.optimizers.Adam(LEARNING_RATE, epsilon=ADAM_EPS),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+  )
   # train_on_batch returns the loss as a Python float, so it blocks until the step is done.
   return (lambda: model.train_on_batch(xs, labels)), n_params
 
@@ -185,6 +205,7 @@ def build_keras_jit(cfg: Config, mode: str):
   import jax
   import jax.numpy as jnp
   import keras
+
   xs_np, labels_np = make_data(cfg)
   xs, labels = jnp.asarray(xs_np), jnp.asarray(labels_np)
   model = build_keras_model(cfg)
@@ -220,6 +241,7 @@ def build_keras_jit(cfg: Config, mode: str):
 def build_torch(cfg: Config, mode: str, device: str = "cpu"):
   """PyTorch: ``nn.LSTM(num_layers=L, batch_first=True)`` + ``nn.Linear``, Adam; on CPU with 2 threads, or CUDA."""
   import torch
+
   torch.set_num_threads(TORCH_THREADS)
   # XLA's CPU backend flushes denormals to zero; PyTorch does not by default, and at M the gradients that
   # decay through 256 steps turn denormal and make its steps ~15x slower. Compare like with like.
@@ -240,10 +262,12 @@ def build_torch(cfg: Config, mode: str, device: str = "cpu"):
     return head(hs[:, -1])
 
   if mode == "infer":
+
     def infer():
       with torch.inference_mode():
         forward()
       sync()
+
     return infer, n_params
 
   optimizer = torch.optim.Adam(modules.parameters(), lr=LEARNING_RATE, eps=ADAM_EPS)
@@ -262,25 +286,27 @@ def build_torch(cfg: Config, mode: str, device: str = "cpu"):
 def cudnn_available() -> bool:
   """Whether the cuDNN peers can run here: a CUDA backend with jaxlib's GPU RNN kernels."""
   from jaxlstm.kernels import cudnn
+
   return cudnn.available()
 
 
 class Peer(NamedTuple):
   """How a worker builds one peer."""
+
   library: str  # imported first: if it is missing, the peer is skipped
   build: Callable  # (cfg, mode, device) -> (call, n_params)
   needs_cuda: bool = False
 
 
 PEERS = {
-    "jaxlstm-fused": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "fused")),
-    "jaxlstm-ref": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "reference")),
-    "jaxlstm-cudnn": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "cudnn"), needs_cuda=True),
-    "jax-cudnn": Peer("jax.experimental.rnn", lambda cfg, mode, device: build_jax_cudnn(cfg, mode), needs_cuda=True),
-    "flax": Peer("flax", lambda cfg, mode, device: build_flax(cfg, mode)),
-    "keras": Peer("keras", lambda cfg, mode, device: build_keras(cfg, mode)),
-    "keras-jit": Peer("keras", lambda cfg, mode, device: build_keras_jit(cfg, mode)),
-    "torch": Peer("torch", build_torch),
+  "jaxlstm-fused": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "fused")),
+  "jaxlstm-ref": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "reference")),
+  "jaxlstm-cudnn": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "cudnn"), needs_cuda=True),
+  "jax-cudnn": Peer("jax.experimental.rnn", lambda cfg, mode, device: build_jax_cudnn(cfg, mode), needs_cuda=True),
+  "flax": Peer("flax", lambda cfg, mode, device: build_flax(cfg, mode)),
+  "keras": Peer("keras", lambda cfg, mode, device: build_keras(cfg, mode)),
+  "keras-jit": Peer("keras", lambda cfg, mode, device: build_keras_jit(cfg, mode)),
+  "torch": Peer("torch", build_torch),
 }
 ALL_PEERS = tuple(PEERS)
 
@@ -291,15 +317,17 @@ def build_matmul(kind: str, device: str = "cpu"):
   ``CEILING_N`` on CPU (PyTorch with 2 threads), ``GPU_CEILING_N`` on a GPU.
   """
   n = GPU_CEILING_N if device == "gpu" else CEILING_N
-  flops = 2.0 * n ** 3
+  flops = 2.0 * n**3
   if kind == "jax":
     import jax
     import jax.numpy as jnp
+
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     matmul = jax.jit(jnp.matmul)
     return (lambda: matmul(a, b).block_until_ready()), flops
   import torch
+
   torch.set_num_threads(TORCH_THREADS)
   dev = "cuda" if device == "gpu" else "cpu"
   a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)

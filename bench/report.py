@@ -47,19 +47,25 @@ def job_table(name: str, cfg: Config, mode: str, pooled: dict, peers: list, roun
   ref_median = statistics.median(ref_times) if ref_times else None
   title = "training step (fwd + bwd + Adam)" if mode == "train" else "inference (forward only)"
   lines = [
-      f"### {name} {mode}: {title} — B={cfg.B}, T={cfg.T}, in={cfg.I}, H={cfg.H}, layers={cfg.layers}, "
-      f"Dense({NUM_CLASSES})",
-      "",
-      f"Model: {expected:,d} parameters; {flops / 1e9:.2f} GFLOP per step; {rounds} round(s). "
-      f"Matmul ceiling (jitted JAX {GPU_CEILING_N if device == 'gpu' else CEILING_N}² f32): "
-      f"**{ceiling:.1f} GFLOP/s**"
-      + (f" (PyTorch{'' if device == 'gpu' else f', {TORCH_THREADS} threads'}: "
-         f"{statistics.median(torch_ceiling):.1f} GFLOP/s)" if torch_ceiling
-         else "") + ".",
-      "",
-      ("| peer | params | first step (s) | median (ms) | IQR (ms) | min–max (ms) | n | GFLOP/s | % of ceiling "
-      f"| page faults / step | × {REFERENCE_PEER} time |"),
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    f"### {name} {mode}: {title} — B={cfg.B}, T={cfg.T}, in={cfg.I}, H={cfg.H}, layers={cfg.layers}, "
+    f"Dense({NUM_CLASSES})",
+    "",
+    f"Model: {expected:,d} parameters; {flops / 1e9:.2f} GFLOP per step; {rounds} round(s). "
+    f"Matmul ceiling (jitted JAX {GPU_CEILING_N if device == 'gpu' else CEILING_N}² f32): "
+    f"**{ceiling:.1f} GFLOP/s**"
+    + (
+      f" (PyTorch{'' if device == 'gpu' else f', {TORCH_THREADS} threads'}: "
+      f"{statistics.median(torch_ceiling):.1f} GFLOP/s)"
+      if torch_ceiling
+      else ""
+    )
+    + ".",
+    "",
+    (
+      "| peer | params | first step (s) | median (ms) | IQR (ms) | min–max (ms) | n | GFLOP/s | % of ceiling "
+      f"| page faults / step | × {REFERENCE_PEER} time |"
+    ),
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for peer in peers:
     if pooled[peer]["status"] != "ok":
@@ -74,17 +80,24 @@ def job_table(name: str, cfg: Config, mode: str, pooled: dict, peers: list, roun
     firsts = "/".join(f"{f:.2f}" for f in e["first_s"])
     ratio = f"{med / ref_median:.2f}" if ref_median else "—"
     faults = f"{statistics.median(e['faults']):,.0f}" if e.get("faults") else "—"  # runs saved before the column
-    lines.append(f"| {peer} | {params} | {firsts} | {fmt_ms(med)} | {fmt_ms(q1)}–{fmt_ms(q3)} | "
-                 f"{fmt_ms(min(e['times_s']))}–{fmt_ms(max(e['times_s']))} | {len(e['times_s'])} | "
-                 f"{gflops:.1f} | {100 * gflops / ceiling:.1f}% | {faults} | {ratio} |")
+    lines.append(
+      f"| {peer} | {params} | {firsts} | {fmt_ms(med)} | {fmt_ms(q1)}–{fmt_ms(q3)} | "
+      f"{fmt_ms(min(e['times_s']))}–{fmt_ms(max(e['times_s']))} | {len(e['times_s'])} | "
+      f"{gflops:.1f} | {100 * gflops / ceiling:.1f}% | {faults} | {ratio} |"
+    )
   return lines + [""]
 
 
 def gpu_name() -> str:
   """The GPU's name, memory and driver from ``nvidia-smi``, or why they are unknown."""
   try:
-    out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True, timeout=60, check=False).stdout.strip()
+    out = subprocess.run(
+      ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+      capture_output=True,
+      text=True,
+      timeout=60,
+      check=False,
+    ).stdout.strip()
   except (OSError, subprocess.TimeoutExpired) as e:
     return f"unknown ({e})"
   return out.replace("\n", "; ") or "unknown (nvidia-smi printed nothing)"
@@ -107,11 +120,13 @@ def machine_lines(device: str = "cpu") -> list:
       versions.append(f"{dist} (not installed)")
   load = " ".join(f"{x:.2f}" for x in os.getloadavg())
   return [
-      f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
-      *([f"- GPU: {gpu_name()}"] if device == "gpu" else []),
-      (f"- Machine: {cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, "
-      f"load average at start {load}"),
-      f"- Versions: {', '.join(versions)}",
+    f"- Date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
+    *([f"- GPU: {gpu_name()}"] if device == "gpu" else []),
+    (
+      f"- Machine: {cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}, "
+      f"load average at start {load}"
+    ),
+    f"- Versions: {', '.join(versions)}",
   ]
 
 
@@ -125,9 +140,12 @@ def median_of(pooled: dict, peer: str, mode: str) -> float | None:
 def summary_table(jobs: list) -> list:
   """Markdown lines: every peer's median time over jaxlstm-fused's, one column per config and mode."""
   cols = [(job, mode) for job in jobs for mode in job["modes"]]
-  lines = ["## Summary: median step time relative to jaxlstm-fused (> 1: jaxlstm-fused is faster)", "",
-           "| peer | " + " | ".join(f"{job['name']} {mode}" for job, mode in cols) + " |",
-           "|---|" + "---:|" * len(cols)]
+  lines = [
+    "## Summary: median step time relative to jaxlstm-fused (> 1: jaxlstm-fused is faster)",
+    "",
+    "| peer | " + " | ".join(f"{job['name']} {mode}" for job, mode in cols) + " |",
+    "|---|" + "---:|" * len(cols),
+  ]
   for peer in jobs[0]["peers"]:
     cells = []
     for job, mode in cols:
@@ -142,53 +160,74 @@ def summary_table(jobs: list) -> list:
   return lines + [""]
 
 
-GPU_NOTE = ("GPU run: every peer on the one GPU, each framework at its default float32 matmul precision "
-            "(JAX's default lets XLA and cuDNN use TF32 on Ampere and newer cards; PyTorch's default keeps "
-            "full float32 in matmuls). `jaxlstm-cudnn` is `jaxlstm.stack(..., impl=\"cudnn\")`, one cuDNN call "
-            "per layer; `jax-cudnn` is `jax.experimental.rnn.lstm` with all layers in one call; both, like "
-            "PyTorch, carry a second bias vector per layer in cuDNN's layout (zero and frozen in jaxlstm's "
-            "case, trained in the others). Timed calls wait for the GPU (`block_until_ready`, "
-            "`torch.cuda.synchronize`).")
+GPU_NOTE = (
+  "GPU run: every peer on the one GPU, each framework at its default float32 matmul precision "
+  "(JAX's default lets XLA and cuDNN use TF32 on Ampere and newer cards; PyTorch's default keeps "
+  'full float32 in matmuls). `jaxlstm-cudnn` is `jaxlstm.stack(..., impl="cudnn")`, one cuDNN call '
+  "per layer; `jax-cudnn` is `jax.experimental.rnn.lstm` with all layers in one call; both, like "
+  "PyTorch, carry a second bias vector per layer in cuDNN's layout (zero and frozen in jaxlstm's "
+  "case, trained in the others). Timed calls wait for the GPU (`block_until_ready`, "
+  "`torch.cuda.synchronize`)."
+)
 
 
 def report(run: dict) -> str:
   """The whole Markdown report of a run (see ``bench.main`` for its fields)."""
-  lines = ["# jaxlstm side-by-side benchmark", "", *run["header"],
-           f"- Command: `{run['command']}`",
-           f"- Wall time: {run['wall_min']:.1f} min; load average at end: {run['load_end']}",
-           "",
-           ("How to read: each peer ran in its own subprocess, peers alternating (order rotated) over "
-           "the rounds given per config; **median** and **IQR** pool the timed steps of all rounds "
-           f"(`n` of them, after the first step and {run['warmup']} more warm-up step(s) of each round). "
-           "**first step** is each round's first call: tracing and XLA compilation for the JAX peers. "
-           "GFLOP/s counts the LSTM work (gate GEMMs `2·B·T·(I+H)·4H` per layer plus elementwise; "
-           "training = 3× forward), and **% of ceiling** compares it with the jitted JAX matmul measured "
-           "in the same rounds. **page faults / step** is the worker process's minor page faults per timed "
-           "step (median over rounds): memory touched for the first time in that step. "
-           f"**× {REFERENCE_PEER} time** is a peer's median over jaxlstm-fused's: "
-           "above 1 means jaxlstm-fused is faster. `params` ✓ means the peer's parameter count equals the "
-           "shared model's; PyTorch's LSTM has two bias vectors (`b_ih`, `b_hh`) where the others have one, "
-           "hence its +4H per layer."),
-           "",
-           (GPU_NOTE if run.get("device") == "gpu" else
-            "PyTorch runs with `torch.set_num_threads(2)` and "
-            + ("`OMP_WAIT_POLICY` left alone (threads spin)." if run["omp_spin"] else
-               "`OMP_WAIT_POLICY=PASSIVE` (on a loaded machine spinning OpenMP threads made small PyTorch steps "
-               "10–100× slower; `--omp-spin` turns this off).") + " JAX uses XLA's default CPU thread pool. "
-            + ("PyTorch keeps its default denormal handling (`--torch-denormals`)." if run.get("torch_denormals") else
-               "PyTorch runs with `torch.set_flush_denormal(True)`, as XLA flushes denormals on CPU: without it, "
-               "the gradients that decay through M's 256 steps turn denormal and its training step is ~15× "
-               "slower (`--torch-denormals` keeps PyTorch's default).")),
-           "",
-           ("Keras peer: `model.train_on_batch` / `model.predict_on_batch`, which Keras 3 compiles with "
-           "`jax.jit` (the train function donates its state). `keras-jit`, if listed, is the same model "
-           "through a hand-written jitted `stateless_call` + `optimizer.stateless_apply` step."),
-           ""]
+  lines = [
+    "# jaxlstm side-by-side benchmark",
+    "",
+    *run["header"],
+    f"- Command: `{run['command']}`",
+    f"- Wall time: {run['wall_min']:.1f} min; load average at end: {run['load_end']}",
+    "",
+    (
+      "How to read: each peer ran in its own subprocess, peers alternating (order rotated) over "
+      "the rounds given per config; **median** and **IQR** pool the timed steps of all rounds "
+      f"(`n` of them, after the first step and {run['warmup']} more warm-up step(s) of each round). "
+      "**first step** is each round's first call: tracing and XLA compilation for the JAX peers. "
+      "GFLOP/s counts the LSTM work (gate GEMMs `2·B·T·(I+H)·4H` per layer plus elementwise; "
+      "training = 3× forward), and **% of ceiling** compares it with the jitted JAX matmul measured "
+      "in the same rounds. **page faults / step** is the worker process's minor page faults per timed "
+      "step (median over rounds): memory touched for the first time in that step. "
+      f"**× {REFERENCE_PEER} time** is a peer's median over jaxlstm-fused's: "
+      "above 1 means jaxlstm-fused is faster. `params` ✓ means the peer's parameter count equals the "
+      "shared model's; PyTorch's LSTM has two bias vectors (`b_ih`, `b_hh`) where the others have one, "
+      "hence its +4H per layer."
+    ),
+    "",
+    (
+      GPU_NOTE
+      if run.get("device") == "gpu"
+      else "PyTorch runs with `torch.set_num_threads(2)` and "
+      + (
+        "`OMP_WAIT_POLICY` left alone (threads spin)."
+        if run["omp_spin"]
+        else "`OMP_WAIT_POLICY=PASSIVE` (on a loaded machine spinning OpenMP threads made small PyTorch steps "
+        "10–100× slower; `--omp-spin` turns this off)."
+      )
+      + " JAX uses XLA's default CPU thread pool. "
+      + (
+        "PyTorch keeps its default denormal handling (`--torch-denormals`)."
+        if run.get("torch_denormals")
+        else "PyTorch runs with `torch.set_flush_denormal(True)`, as XLA flushes denormals on CPU: without it, "
+        "the gradients that decay through M's 256 steps turn denormal and its training step is ~15× "
+        "slower (`--torch-denormals` keeps PyTorch's default)."
+      )
+    ),
+    "",
+    (
+      "Keras peer: `model.train_on_batch` / `model.predict_on_batch`, which Keras 3 compiles with "
+      "`jax.jit` (the train function donates its state). `keras-jit`, if listed, is the same model "
+      "through a hand-written jitted `stateless_call` + `optimizer.stateless_apply` step."
+    ),
+    "",
+  ]
   lines += summary_table(run["jobs"])
   for job in run["jobs"]:
     for mode in job["modes"]:
-      lines += job_table(job["name"], Config(*job["config"]), mode, job["pooled"], job["peers"], job["rounds"],
-                         run.get("device", "cpu"))
+      lines += job_table(
+        job["name"], Config(*job["config"]), mode, job["pooled"], job["peers"], job["rounds"], run.get("device", "cpu")
+      )
   return "\n".join(lines)
 
 

@@ -20,12 +20,12 @@ copyright = "the jaxlstm authors"
 release = version = jaxlstm.__version__
 
 extensions = [
-    "myst_nb",
-    "sphinx.ext.autodoc",
-    "sphinx.ext.autosummary",
-    "sphinx.ext.napoleon",
-    "sphinx.ext.mathjax",
-    "public_api",
+  "myst_nb",
+  "sphinx.ext.autodoc",
+  "sphinx.ext.autosummary",
+  "sphinx.ext.napoleon",
+  "sphinx.ext.mathjax",
+  "public_api",
 ]
 
 # The notebooks live in notebooks/ at the repository root; they are copied into the source tree at each build
@@ -63,8 +63,9 @@ for _name in public_modules():
   _title = f"``{_name}``"
   _pages[f"{_name}.rst"] = f"{_title}\n{'=' * len(_title)}\n\n.. public-api:: {_name}\n"
 # The reference's table of contents, in public_modules() order; api/index.md includes it.
-_pages["_toctree.md"] = ("```{toctree}\n:maxdepth: 1\n\n" + "".join(f"modules/{_n}\n" for _n in public_modules())
-                         + "```\n")
+_pages["_toctree.md"] = (
+  "```{toctree}\n:maxdepth: 1\n\n" + "".join(f"modules/{_n}\n" for _n in public_modules()) + "```\n"
+)
 for _file in API_PAGES.glob("*"):
   if _file.name not in _pages and not _file.name.startswith("."):
     _file.unlink(missing_ok=True)

@@ -77,8 +77,9 @@ class Checkpointer:
     self.directory = os.path.abspath(os.fspath(directory))
     self.save_every = save_every
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_handlers=ocp.StandardCheckpointHandler())
+    self._manager = ocp.CheckpointManager(
+      self.directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+    )
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or ``None``; see the class's example."""
@@ -102,8 +103,7 @@ class Checkpointer:
       self._manager.delete(step)
     structure = str(jax.tree_util.tree_structure(state))
     state = jax.tree_util.tree_map(np.asarray, state)
-    self._manager.save(step, args=ocp.args.StandardSave(state), force=True,
-                       custom_metadata={STRUCTURE_KEY: structure})
+    self._manager.save(step, args=ocp.args.StandardSave(state), force=True, custom_metadata={STRUCTURE_KEY: structure})
     self._manager.wait_until_finished()
 
   def maybe_save(self, step: int, state: Any) -> bool:
@@ -173,8 +173,9 @@ class Checkpointer:
         return _refill(like, self._manager.restore(step, args=ocp.args.StandardRestore()))
       restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # orbax and tensorstore raise many types for damaged files
-      raise CheckpointError(f"checkpoint {path} could not be read (corrupt or incomplete): "
-                            f"{type(e).__name__}: {_first_line(e)}") from e
+      raise CheckpointError(
+        f"checkpoint {path} could not be read (corrupt or incomplete): {type(e).__name__}: {_first_line(e)}"
+      ) from e
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), jax.tree_util.tree_leaves(restored))
 
   def close(self) -> None:
@@ -199,9 +200,11 @@ def _check_structure(manager, step: int, like: Any, path: str) -> bool:
     return False
   want = str(jax.tree_util.tree_structure(like))
   if saved is not None and _without_trailing_none(saved) != _without_trailing_none(want):
-    raise CheckpointError(f"checkpoint {path} was saved from a model of another structure (its types or "
-                          f"static settings such as an RNN's activation differ): saved {saved}, the model is "
-                          f"{want}")
+    raise CheckpointError(
+      f"checkpoint {path} was saved from a model of another structure (its types or "
+      f"static settings such as an RNN's activation differ): saved {saved}, the model is "
+      f"{want}"
+    )
   return saved is not None and saved != want
 
 
@@ -238,22 +241,29 @@ def _check_matches(manager, step: int, like: Any, path: str) -> None:
     tree = getattr(meta, "tree", meta)
     saved = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
   except Exception as e:
-    raise CheckpointError(f"checkpoint {path} has unreadable metadata (corrupt or incomplete): "
-                          f"{type(e).__name__}: {_first_line(e)}") from e
+    raise CheckpointError(
+      f"checkpoint {path} has unreadable metadata (corrupt or incomplete): {type(e).__name__}: {_first_line(e)}"
+    ) from e
   expected = jax.tree_util.tree_leaves_with_path(like)
   if len(saved) != len(expected):
-    raise CheckpointError(f"checkpoint {path} does not match the model: it holds {len(saved)} arrays, "
-                          f"the model has {len(expected)}")
+    raise CheckpointError(
+      f"checkpoint {path} does not match the model: it holds {len(saved)} arrays, the model has {len(expected)}"
+    )
   # Orbax stores containers as dicts and lists, so compare leaves in their saved order by shape multiset
   # first, then one by one when the orders line up.
   saved_shapes = sorted((tuple(m.shape), str(np.dtype(m.dtype))) for _, m in saved)
   want_shapes = sorted((tuple(np.shape(a)), str(np.asarray(a).dtype)) for _, a in expected)
   if saved_shapes != want_shapes:
-    for (kp, m), (kq, a) in zip(sorted(saved, key=lambda t: jax.tree_util.keystr(t[0])),
-                                sorted(expected, key=lambda t: jax.tree_util.keystr(t[0]))):
+    for (kp, m), (kq, a) in zip(
+      sorted(saved, key=lambda t: jax.tree_util.keystr(t[0])),
+      sorted(expected, key=lambda t: jax.tree_util.keystr(t[0])),
+    ):
       if tuple(m.shape) != tuple(np.shape(a)) or np.dtype(m.dtype) != np.asarray(a).dtype:
-        raise CheckpointError(f"checkpoint {path} does not match the model: saved array "
-                              f"{jax.tree_util.keystr(kp)} is {np.dtype(m.dtype)}{list(m.shape)}, the model "
-                              f"expects {np.asarray(a).dtype}{list(np.shape(a))} at {jax.tree_util.keystr(kq)}")
-    raise CheckpointError(f"checkpoint {path} does not match the model: saved shapes {saved_shapes} "
-                          f"differ from {want_shapes}")
+        raise CheckpointError(
+          f"checkpoint {path} does not match the model: saved array "
+          f"{jax.tree_util.keystr(kp)} is {np.dtype(m.dtype)}{list(m.shape)}, the model "
+          f"expects {np.asarray(a).dtype}{list(np.shape(a))} at {jax.tree_util.keystr(kq)}"
+        )
+    raise CheckpointError(
+      f"checkpoint {path} does not match the model: saved shapes {saved_shapes} differ from {want_shapes}"
+    )

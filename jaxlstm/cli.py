@@ -23,7 +23,7 @@ def _demo(args: argparse.Namespace) -> int:
 
   def loss_fn(params):
     states, hs = jaxlstm.stack(params, xs, lengths=lengths, dropout=0.1, key=key_d)
-    return jnp.mean(states[-1].h ** 2) + jnp.mean(hs ** 2)
+    return jnp.mean(states[-1].h ** 2) + jnp.mean(hs**2)
 
   t0 = time.perf_counter()
   loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
@@ -32,8 +32,10 @@ def _demo(args: argparse.Namespace) -> int:
   states, hs = jaxlstm.stack(params, xs, lengths=lengths)
   print(f"stacked LSTM: {args.layers} layers, hidden {args.hidden}, peephole={args.peephole}")
   print(f"xs {tuple(xs.shape)} -> hs {tuple(hs.shape)}; final h per layer {[tuple(s.h.shape) for s in states]}")
-  print(f"loss {float(loss):.6f}, gradient global norm {float(optax.tree.norm(grads)):.6f} "
-        f"(compiled and run in {dt:.2f} s on {jax.devices()[0].platform})")
+  print(
+    f"loss {float(loss):.6f}, gradient global norm {float(optax.tree.norm(grads)):.6f} "
+    f"(compiled and run in {dt:.2f} s on {jax.devices()[0].platform})"
+  )
   return 0
 
 
@@ -52,18 +54,47 @@ def _parse_options(pairs: list[str]) -> dict:
 
 
 # Run flags whose destination is a RunConfig field of the same name.
-_FIELD_FLAGS = ("hidden", "layers", "bidirectional", "forget_bias", "dropout", "input_dropout", "recurrent_dropout",
-                "zoneout", "weight_drop", "optimizer", "lr", "schedule", "warmup", "weight_decay", "batch_size",
-                "steps", "eval_every", "save_every", "keep", "early_stopping", "restore_best", "seed", "dtype",
-                "learn_initial_state", "stateful")
+_FIELD_FLAGS = (
+  "hidden",
+  "layers",
+  "bidirectional",
+  "forget_bias",
+  "dropout",
+  "input_dropout",
+  "recurrent_dropout",
+  "zoneout",
+  "weight_drop",
+  "optimizer",
+  "lr",
+  "schedule",
+  "warmup",
+  "weight_decay",
+  "batch_size",
+  "steps",
+  "eval_every",
+  "save_every",
+  "keep",
+  "early_stopping",
+  "restore_best",
+  "seed",
+  "dtype",
+  "learn_initial_state",
+  "stateful",
+)
 
 
 def _config(args: argparse.Namespace):
   """The run's RunConfig: the task's preset, overridden by every flag given (flags left out are None)."""
   from jaxlstm.presets import resolve
+
   opts = _parse_options(args.option)
-  for flag, key in (("seq_len", "T"), ("text", "path"), ("n_train", "n_train"), ("n_val", "n_val"),
-                    ("n_test", "n_test")):
+  for flag, key in (
+    ("seq_len", "T"),
+    ("text", "path"),
+    ("n_train", "n_train"),
+    ("n_val", "n_val"),
+    ("n_test", "n_test"),
+  ):
     if getattr(args, flag, None) is not None:
       opts[key] = getattr(args, flag)
   overrides = {name: getattr(args, name) for name in _FIELD_FLAGS if getattr(args, name, None) is not None}
@@ -87,6 +118,7 @@ def _train(args: argparse.Namespace) -> int:
 
   from jaxlstm import distributed
   from jaxlstm.experiment import headline, load_task, read_config, train_run
+
   cfg = _config(args)
   if args.resume:
     _check_resume_flags(args, cfg)
@@ -97,8 +129,14 @@ def _train(args: argparse.Namespace) -> int:
   # Before anything touches a device, as jax.distributed requires.
   multi = distributed.maybe_initialize(args.coordinator, args.num_processes, args.process_id)
   progress = False if args.quiet else None
-  train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress,
-            devices=args.devices or ("all" if multi else None))
+  train_run(
+    cfg,
+    args.out,
+    resume=args.resume,
+    overwrite=args.overwrite,
+    progress=progress,
+    devices=args.devices or ("all" if multi else None),
+  )
   with open(os.path.join(args.out, "summary.json")) as f:
     summary = json.load(f)
   task = load_task(read_config(args.out))
@@ -111,8 +149,20 @@ def _train(args: argparse.Namespace) -> int:
 # Flags that shape the run only through task_options, and the flags that set cell and activation together.
 _TASK_FLAGS = ("seq_len", "n_train", "n_val", "n_test", "text", "option")
 # Flags about how this process runs, which a resumed run may change freely; --steps may extend the run.
-_FREE_FLAGS = ("out", "resume", "overwrite", "quiet", "devices", "coordinator", "num_processes", "process_id",
-               "steps", "command", "func", "show_config")
+_FREE_FLAGS = (
+  "out",
+  "resume",
+  "overwrite",
+  "quiet",
+  "devices",
+  "coordinator",
+  "num_processes",
+  "process_id",
+  "steps",
+  "command",
+  "func",
+  "show_config",
+)
 
 
 def _explicit_flags(argv: list[str]) -> set[str]:
@@ -131,6 +181,7 @@ def _explicit_flags(argv: list[str]) -> set[str]:
 def _check_resume_flags(args: argparse.Namespace, cfg) -> None:
   """Refuses ``--resume`` with a flag that contradicts the saved run: it would be silently ignored."""
   from jaxlstm.experiment import read_config
+
   if not os.path.exists(os.path.join(args.out, "config.json")):
     return  # train_run says that there is nothing to resume
   saved = read_config(args.out)
@@ -144,15 +195,19 @@ def _check_resume_flags(args: argparse.Namespace, cfg) -> None:
     fields = ("cell", "activation") if dest == "cell" else (dest,)
     for field in fields:
       if getattr(cfg, field) != getattr(saved, field):
-        conflicts.append(f"--{dest.replace('_', '-')} gives {field}={getattr(cfg, field)!r} "
-                         f"(the run has {getattr(saved, field)!r})")
+        conflicts.append(
+          f"--{dest.replace('_', '-')} gives {field}={getattr(cfg, field)!r} (the run has {getattr(saved, field)!r})"
+        )
   if conflicts:
-    raise ValueError(f"--resume continues the run in {args.out} with its saved config, which these flags "
-                     f"contradict: {'; '.join(sorted(set(conflicts)))}; drop them, or start a new run")
+    raise ValueError(
+      f"--resume continues the run in {args.out} with its saved config, which these flags "
+      f"contradict: {'; '.join(sorted(set(conflicts)))}; drop them, or start a new run"
+    )
 
 
 def _eval(args: argparse.Namespace) -> int:
   from jaxlstm.experiment import eval_run, headline, load_task, read_config
+
   result = eval_run(args.out)
   if args.json:
     print(json.dumps(result, indent=2))
@@ -165,16 +220,19 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace) -> int:
   from jaxlstm.experiment import sample_run
+
   print(sample_run(args.out, args.prompt, length=args.length, temperature=args.temperature, seed=args.seed))
   return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
   from jaxlstm import sweep
+
   cfg = _config(args)
   cfg.validate()
   if args.show_config:
     import dataclasses
+
     print(json.dumps(dataclasses.asdict(cfg), indent=2))
     return 0
   hidden = _int_list("--hidden-sizes", args.hidden_sizes)
@@ -236,64 +294,121 @@ def _add_run_flags(p: argparse.ArgumentParser, *, sweep: bool = False) -> None:
   from jaxlstm.experiment import RunConfig
   from jaxlstm.models import cell_presets
   from jaxlstm.tasks import TASKS
+
   d = RunConfig()
 
   def preset(default) -> str:
     return f" (default: the task's preset, else {default})"
 
   p.add_argument("--task", default="adding", help=f"one of {', '.join(sorted(TASKS))}")
-  p.add_argument("--show-config", action="store_true",
-                 help="print the resolved config (the task's preset and the flags given) and exit")
+  p.add_argument(
+    "--show-config",
+    action="store_true",
+    help="print the resolved config (the task's preset and the flags given) and exit",
+  )
   p.add_argument("--cell", default=None, choices=sorted(cell_presets()), help="recurrent cell" + preset(d.cell))
   if not sweep:
     p.add_argument("--hidden", type=_positive_int, default=None, help="hidden units per layer" + preset(d.hidden))
   p.add_argument("--layers", type=_positive_int, default=None, help="stacked recurrent layers" + preset(d.layers))
-  p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
-                 help="both directions, concatenated" + preset(d.bidirectional))
-  p.add_argument("--forget-bias", type=float, default=None,
-                 help="initial LSTM forget-gate bias" + preset(d.forget_bias))
+  p.add_argument(
+    "--bidirectional",
+    action=argparse.BooleanOptionalAction,
+    default=None,
+    help="both directions, concatenated" + preset(d.bidirectional),
+  )
+  p.add_argument(
+    "--forget-bias", type=float, default=None, help="initial LSTM forget-gate bias" + preset(d.forget_bias)
+  )
   p.add_argument("--dropout", type=float, default=None, help="between recurrent layers" + preset(d.dropout))
-  p.add_argument("--input-dropout", type=float, default=None,
-                 help="variational dropout on each layer's input, one mask per sequence" + preset(d.input_dropout))
-  p.add_argument("--recurrent-dropout", type=float, default=None,
-                 help="variational dropout on h in each gate's recurrent projection" + preset(d.recurrent_dropout))
-  p.add_argument("--zoneout", type=float, default=None,
-                 help="probability that a state unit keeps its value at a step" + preset(d.zoneout))
-  p.add_argument("--weight-drop", type=float, default=None,
-                 help="DropConnect on the recurrent weights w_h" + preset(d.weight_drop))
-  p.add_argument("--optimizer", default=None, choices=["adam", "adamw", "rmsprop", "sgd"],
-                 help="optax optimizer" + preset(d.optimizer))
+  p.add_argument(
+    "--input-dropout",
+    type=float,
+    default=None,
+    help="variational dropout on each layer's input, one mask per sequence" + preset(d.input_dropout),
+  )
+  p.add_argument(
+    "--recurrent-dropout",
+    type=float,
+    default=None,
+    help="variational dropout on h in each gate's recurrent projection" + preset(d.recurrent_dropout),
+  )
+  p.add_argument(
+    "--zoneout",
+    type=float,
+    default=None,
+    help="probability that a state unit keeps its value at a step" + preset(d.zoneout),
+  )
+  p.add_argument(
+    "--weight-drop", type=float, default=None, help="DropConnect on the recurrent weights w_h" + preset(d.weight_drop)
+  )
+  p.add_argument(
+    "--optimizer",
+    default=None,
+    choices=["adam", "adamw", "rmsprop", "sgd"],
+    help="optax optimizer" + preset(d.optimizer),
+  )
   if not sweep:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate" + preset(d.lr))
-  p.add_argument("--schedule", default=None, choices=["constant", "cosine"],
-                 help="learning-rate schedule" + preset(d.schedule))
+  p.add_argument(
+    "--schedule", default=None, choices=["constant", "cosine"], help="learning-rate schedule" + preset(d.schedule)
+  )
   p.add_argument("--warmup", type=int, default=None, help="linear warmup steps" + preset(d.warmup))
-  p.add_argument("--weight-decay", type=float, default=None,
-                 help="decoupled weight decay, for --optimizer adamw" + preset("adamw's own, 1e-4"))
-  p.add_argument("--clip-norm", type=float, default=None,
-                 help="clip gradients to this global norm, 0 for none" + preset(d.clip_norm))
+  p.add_argument(
+    "--weight-decay",
+    type=float,
+    default=None,
+    help="decoupled weight decay, for --optimizer adamw" + preset("adamw's own, 1e-4"),
+  )
+  p.add_argument(
+    "--clip-norm", type=float, default=None, help="clip gradients to this global norm, 0 for none" + preset(d.clip_norm)
+  )
   p.add_argument("--batch-size", type=_positive_int, default=None, help="examples per step" + preset(d.batch_size))
   p.add_argument("--steps", type=_positive_int, default=None, help="training steps" + preset(d.steps))
-  p.add_argument("--eval-every", type=_positive_int, default=None,
-                 help="steps between validation evaluations" + preset(d.eval_every))
-  p.add_argument("--save-every", type=_positive_int, default=None,
-                 help="checkpoint interval (default: the task's preset, else eval-every)")
+  p.add_argument(
+    "--eval-every", type=_positive_int, default=None, help="steps between validation evaluations" + preset(d.eval_every)
+  )
+  p.add_argument(
+    "--save-every",
+    type=_positive_int,
+    default=None,
+    help="checkpoint interval (default: the task's preset, else eval-every)",
+  )
   p.add_argument("--keep", type=_positive_int, default=None, help="checkpoints to keep" + preset(d.keep))
-  p.add_argument("--early-stopping", type=_positive_int, default=None,
-                 help="patience, in validation evaluations (default: the task's preset, else none)")
-  p.add_argument("--restore-best", action=argparse.BooleanOptionalAction, default=None,
-                 help="end with the params of the best validation evaluation, not the last"
-                      + preset(d.restore_best))
+  p.add_argument(
+    "--early-stopping",
+    type=_positive_int,
+    default=None,
+    help="patience, in validation evaluations (default: the task's preset, else none)",
+  )
+  p.add_argument(
+    "--restore-best",
+    action=argparse.BooleanOptionalAction,
+    default=None,
+    help="end with the params of the best validation evaluation, not the last" + preset(d.restore_best),
+  )
   p.add_argument("--seed", type=int, default=None, help="seeds the init, the data and the batch order" + preset(d.seed))
-  p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                 help="compute dtype; the state and master params stay float32" + preset(d.dtype))
-  p.add_argument("--learn-initial-state", action=argparse.BooleanOptionalAction, default=None,
-                 help="train the initial state of every layer, as params" + preset(d.learn_initial_state))
-  p.add_argument("--stateful", action=argparse.BooleanOptionalAction, default=None,
-                 help="text tasks: truncated backpropagation through time, each batch row's state carried to "
-                      "its next window, and evaluation of each split as one stream" + preset(d.stateful))
-  p.add_argument("--seq-len", type=_positive_int, default=None,
-                 help="sequence length T of the task (default: the task's)")
+  p.add_argument(
+    "--dtype",
+    default=None,
+    choices=["float32", "bfloat16"],
+    help="compute dtype; the state and master params stay float32" + preset(d.dtype),
+  )
+  p.add_argument(
+    "--learn-initial-state",
+    action=argparse.BooleanOptionalAction,
+    default=None,
+    help="train the initial state of every layer, as params" + preset(d.learn_initial_state),
+  )
+  p.add_argument(
+    "--stateful",
+    action=argparse.BooleanOptionalAction,
+    default=None,
+    help="text tasks: truncated backpropagation through time, each batch row's state carried to "
+    "its next window, and evaluation of each split as one stream" + preset(d.stateful),
+  )
+  p.add_argument(
+    "--seq-len", type=_positive_int, default=None, help="sequence length T of the task (default: the task's)"
+  )
   p.add_argument("--n-train", type=_positive_int, default=None, help="training examples (default: the task's)")
   p.add_argument("--n-val", type=_positive_int, default=None, help="validation examples (default: the task's)")
   p.add_argument("--n-test", type=_positive_int, default=None, help="test examples (default: the task's)")
@@ -320,11 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
   train = sub.add_parser("train", formatter_class=_Help, help="train a model on a task")
   _add_run_flags(train)
   train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-  train.add_argument("--overwrite", action="store_true",
-                     help="replace the run already in --out (its config, metrics and checkpoints)")
+  train.add_argument(
+    "--overwrite", action="store_true", help="replace the run already in --out (its config, metrics and checkpoints)"
+  )
   train.add_argument("--devices", default=None, help="data-parallel over 'all' devices or the first N")
-  train.add_argument("--coordinator", default=None,
-                     help="multi-host: coordinator HOST:PORT (or JAX_COORDINATOR_ADDRESS)")
+  train.add_argument(
+    "--coordinator", default=None, help="multi-host: coordinator HOST:PORT (or JAX_COORDINATOR_ADDRESS)"
+  )
   train.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: process count")
   train.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
   train.set_defaults(func=_train)
@@ -342,16 +459,16 @@ def build_parser() -> argparse.ArgumentParser:
   sample.add_argument("--seed", type=int, default=0, help="sampling seed")
   sample.set_defaults(func=_sample)
 
-  sweep = sub.add_parser("sweep", formatter_class=_Help,
-                         help="train a vmapped ensemble over seeds and learning rates per hidden size")
+  sweep = sub.add_parser(
+    "sweep", formatter_class=_Help, help="train a vmapped ensemble over seeds and learning rates per hidden size"
+  )
   _add_run_flags(sweep, sweep=True)
   sweep.add_argument("--hidden-sizes", default="16,32,64,128", help="comma-separated hidden sizes")
   sweep.add_argument("--lrs", default="3e-4,1e-3,3e-3", help="comma-separated learning rates")
   sweep.add_argument("--seeds", type=_positive_int, default=3, help="seeds per (hidden, lr)")
   sweep.set_defaults(func=_sweep)
 
-  demo = sub.add_parser("demo", formatter_class=_Help,
-                        help="run a stacked LSTM forward and backward and print shapes")
+  demo = sub.add_parser("demo", formatter_class=_Help, help="run a stacked LSTM forward and backward and print shapes")
   demo.add_argument("--batch", type=_positive_int, default=4, help="batch size")
   demo.add_argument("--steps", type=_positive_int, default=20, help="sequence length T")
   demo.add_argument("--input-size", type=_positive_int, default=8, help="input features")
@@ -366,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
   from jaxlstm._src.extras import MissingExtra
   from jaxlstm.checkpoint import CheckpointError
+
   parser = build_parser()
   args = parser.parse_args(argv)
   args.argv = sys.argv[1:] if argv is None else list(argv)  # which flags were given, for --resume's check
@@ -382,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     saved = None
     if args.command == "train" and os.path.isdir(os.path.join(args.out, "checkpoints")):
       from jaxlstm.checkpoint import Checkpointer
+
       saved = Checkpointer(os.path.join(args.out, "checkpoints")).latest_step()
     where = "" if saved is None else f" at step {saved}, which is saved"
     print(f"interrupted{where}; continue with --resume", file=sys.stderr)

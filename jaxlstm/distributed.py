@@ -17,8 +17,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 BATCH = "batch"
 
 
-def maybe_initialize(coordinator: str | None = None, num_processes: int | None = None,
-                     process_id: int | None = None) -> bool:
+def maybe_initialize(
+  coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
   """Calls ``jax.distributed.initialize`` when a multi-host run is configured.
 
   It is configured by the arguments, or by the standard environment
@@ -116,8 +117,10 @@ def check_divisible(batch_size: int, mesh: Mesh, name: str = "batch_size") -> No
   """
   n = mesh.devices.size
   if batch_size % n:
-    raise ValueError(f"{name}={batch_size} must be divisible by the number of devices ({n}); "
-                     f"use a multiple of {n}, such as {max(n, batch_size // n * n)}")
+    raise ValueError(
+      f"{name}={batch_size} must be divisible by the number of devices ({n}); "
+      f"use a multiple of {n}, such as {max(n, batch_size // n * n)}"
+    )
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:
@@ -154,7 +157,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   if jax.process_count() == 1:
     return jax.device_put(tree, sharding)
   return jax.tree_util.tree_map(
-      lambda a: jax.make_array_from_callback(np.shape(a), sharding, lambda idx: np.asarray(a)[idx]), tree)
+    lambda a: jax.make_array_from_callback(np.shape(a), sharding, lambda idx: np.asarray(a)[idx]), tree
+  )
 
 
 def local_replica(tree: Any) -> Any:
@@ -175,6 +179,7 @@ def local_replica(tree: Any) -> Any:
     if isinstance(a, jax.Array) and not a.is_fully_addressable:
       return a.addressable_data(0)
     return a
+
   return jax.tree_util.tree_map(local, tree)
 
 

@@ -84,8 +84,9 @@ def _init_or_check(who: str, init, args: tuple, options: dict, key: jax.Array | 
   return params
 
 
-def _one_cell(input_size: int, hidden_size: int, cell: str, dtype: Any, options: dict, key: jax.Array | None,
-              params: Any, who: str) -> Any:
+def _one_cell(
+  input_size: int, hidden_size: int, cell: str, dtype: Any, options: dict, key: jax.Array | None, params: Any, who: str
+) -> Any:
   """One layer's params of the cell named ``cell``: what :class:`Layer` and :class:`Cell` share."""
   record = get_cell(cell)
   options = dict(check_cell_options(record, options), dtype=dtype)
@@ -193,10 +194,24 @@ class Layer(_Shell):
   impl: str = eqx.field(static=True)
   remat: int | None = eqx.field(static=True)
 
-  def __init__(self, input_size: int, hidden_size: int, *, cell: str = "lstm", dtype: Any = jnp.float32,
-               return_sequences: bool = True, return_state: bool = False, reverse: bool = False,
-               time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto",
-               remat: int | None = None, key: jax.Array | None = None, params: Any = None, **cell_options):
+  def __init__(
+    self,
+    input_size: int,
+    hidden_size: int,
+    *,
+    cell: str = "lstm",
+    dtype: Any = jnp.float32,
+    return_sequences: bool = True,
+    return_state: bool = False,
+    reverse: bool = False,
+    time_major: bool = False,
+    unroll: int | bool | None = None,
+    impl: str = "auto",
+    remat: int | None = None,
+    key: jax.Array | None = None,
+    params: Any = None,
+    **cell_options,
+  ):
     self.params = _one_cell(input_size, hidden_size, cell, dtype, cell_options, key, params, "Layer")
     self.return_sequences, self.return_state = return_sequences, return_state
     self.reverse, self.time_major = reverse, time_major
@@ -229,9 +244,19 @@ class Layer(_Shell):
     """
     return _from_one_cell(cls, params, settings)
 
-  def __call__(self, xs: jax.Array, initial_state: Any = None, *, lengths: jax.Array | None = None,
-               mask: jax.Array | None = None, resets: jax.Array | None = None, return_sequences: bool | None = None,
-               return_state: bool | None = None, reverse: bool | None = None, time_major: bool | None = None):
+  def __call__(
+    self,
+    xs: jax.Array,
+    initial_state: Any = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    resets: jax.Array | None = None,
+    return_sequences: bool | None = None,
+    return_state: bool | None = None,
+    reverse: bool | None = None,
+    time_major: bool | None = None,
+  ):
     """Runs the layer over a sequence.
 
     Args:
@@ -260,11 +285,25 @@ class Layer(_Shell):
       >>> last.shape, bool((last == state.h).all())
       ((4,), True)
     """
-    state, hs = jaxlstm.layer(self.params, xs, initial_state, lengths=lengths, mask=mask, resets=resets,
-                              reverse=pick(reverse, self.reverse), time_major=pick(time_major, self.time_major),
-                              unroll=self.unroll, impl=self.impl, remat=self.remat)
-    return layer_output(state, hs, return_sequences=pick(return_sequences, self.return_sequences),
-                        return_state=pick(return_state, self.return_state))
+    state, hs = jaxlstm.layer(
+      self.params,
+      xs,
+      initial_state,
+      lengths=lengths,
+      mask=mask,
+      resets=resets,
+      reverse=pick(reverse, self.reverse),
+      time_major=pick(time_major, self.time_major),
+      unroll=self.unroll,
+      impl=self.impl,
+      remat=self.remat,
+    )
+    return layer_output(
+      state,
+      hs,
+      return_sequences=pick(return_sequences, self.return_sequences),
+      return_state=pick(return_state, self.return_state),
+    )
 
 
 class Stack(_Shell):
@@ -335,17 +374,43 @@ class Stack(_Shell):
   impl: str = eqx.field(static=True)
   remat: int | None = eqx.field(static=True)
 
-  def __init__(self, input_size: int, hidden_size: int, *, num_layers: int = 1, cell: str = "lstm",
-               bidirectional: bool = False, merge: str = "concat", dropout: float = 0.0,
-               input_dropout: float = 0.0, recurrent_dropout: float = 0.0, zoneout: Any = 0.0,
-               weight_drop: float = 0.0, inference: bool = False, dtype: Any = jnp.float32,
-               return_sequences: bool = True, return_state: bool = False, time_major: bool = False,
-               unroll: int | bool | None = None, impl: str = "auto", remat: int | None = None,
-               key: jax.Array | None = None, params: Any = None, **cell_options):
-    options = dict(check_cell_options(get_cell(cell), cell_options), cell=cell, bidirectional=bidirectional,
-                   merge=merge, dtype=dtype)
-    self.params = _init_or_check("Stack", jaxlstm.stack_init, (input_size, hidden_size, num_layers), options, key,
-                                 None if params is None else tuple(params))
+  def __init__(
+    self,
+    input_size: int,
+    hidden_size: int,
+    *,
+    num_layers: int = 1,
+    cell: str = "lstm",
+    bidirectional: bool = False,
+    merge: str = "concat",
+    dropout: float = 0.0,
+    input_dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    zoneout: Any = 0.0,
+    weight_drop: float = 0.0,
+    inference: bool = False,
+    dtype: Any = jnp.float32,
+    return_sequences: bool = True,
+    return_state: bool = False,
+    time_major: bool = False,
+    unroll: int | bool | None = None,
+    impl: str = "auto",
+    remat: int | None = None,
+    key: jax.Array | None = None,
+    params: Any = None,
+    **cell_options,
+  ):
+    options = dict(
+      check_cell_options(get_cell(cell), cell_options), cell=cell, bidirectional=bidirectional, merge=merge, dtype=dtype
+    )
+    self.params = _init_or_check(
+      "Stack",
+      jaxlstm.stack_init,
+      (input_size, hidden_size, num_layers),
+      options,
+      key,
+      None if params is None else tuple(params),
+    )
     self.dropout, self.inference, self.merge = dropout, inference, merge
     self.input_dropout, self.recurrent_dropout, self.weight_drop = input_dropout, recurrent_dropout, weight_drop
     # A static field must hash: a {field: rate} zoneout is kept as its sorted items.
@@ -381,13 +446,22 @@ class Stack(_Shell):
     """
     options = stack_options(params, merge)
     settings = restated(options, settings)
-    return cls(options.pop("input_size"), options.pop("hidden_size"), merge=merge, params=params, **options,
-               **settings)
+    return cls(options.pop("input_size"), options.pop("hidden_size"), merge=merge, params=params, **options, **settings)
 
-  def __call__(self, xs: jax.Array, initial_states: Any = None, *, lengths: jax.Array | None = None,
-               mask: jax.Array | None = None, resets: jax.Array | None = None, key: jax.Array | None = None,
-               inference: bool | None = None, return_sequences: bool | None = None,
-               return_state: bool | None = None, time_major: bool | None = None):
+  def __call__(
+    self,
+    xs: jax.Array,
+    initial_states: Any = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    resets: jax.Array | None = None,
+    key: jax.Array | None = None,
+    inference: bool | None = None,
+    return_sequences: bool | None = None,
+    return_state: bool | None = None,
+    time_major: bool | None = None,
+  ):
     """Runs the stack over a sequence.
 
     Args:
@@ -417,20 +491,42 @@ class Stack(_Shell):
       >>> len(states), last.shape
       (2, (2, 4))
     """
-    rates = SimpleNamespace(dropout=self.dropout, input_dropout=self.input_dropout,
-                            recurrent_dropout=self.recurrent_dropout, weight_drop=self.weight_drop,
-                            zoneout=dict(self.zoneout) if isinstance(self.zoneout, tuple) else self.zoneout)
+    rates = SimpleNamespace(
+      dropout=self.dropout,
+      input_dropout=self.input_dropout,
+      recurrent_dropout=self.recurrent_dropout,
+      weight_drop=self.weight_drop,
+      zoneout=dict(self.zoneout) if isinstance(self.zoneout, tuple) else self.zoneout,
+    )
     drop = not pick(inference, self.inference) and needs_rng(rates)
     if drop and key is None:
-      raise ValueError(f"Stack with dropout={self.dropout} or regularizers needs key= in the call unless "
-                       f"inference=True")
+      raise ValueError(
+        f"Stack with dropout={self.dropout} or regularizers needs key= in the call unless inference=True"
+      )
     rates = regularizer_rates(rates, drop)
-    states, hs = jaxlstm.stack(self.params, xs, initial_states, lengths=lengths, mask=mask, resets=resets,
-                               dropout=self.dropout if drop else 0.0, key=key if drop else None, merge=self.merge,
-                               time_major=pick(time_major, self.time_major), unroll=self.unroll, impl=self.impl,
-                               remat=self.remat, **rates)
-    out = layer_output(states[-1], hs, return_sequences=pick(return_sequences, self.return_sequences),
-                       return_state=False, merge=self.merge)
+    states, hs = jaxlstm.stack(
+      self.params,
+      xs,
+      initial_states,
+      lengths=lengths,
+      mask=mask,
+      resets=resets,
+      dropout=self.dropout if drop else 0.0,
+      key=key if drop else None,
+      merge=self.merge,
+      time_major=pick(time_major, self.time_major),
+      unroll=self.unroll,
+      impl=self.impl,
+      remat=self.remat,
+      **rates,
+    )
+    out = layer_output(
+      states[-1],
+      hs,
+      return_sequences=pick(return_sequences, self.return_sequences),
+      return_state=False,
+      merge=self.merge,
+    )
     return (states, out) if pick(return_state, self.return_state) else out
 
 
@@ -466,8 +562,17 @@ class Cell(_Shell):
 
   params: Any  # one layer's functional params, e.g. GRUParams
 
-  def __init__(self, input_size: int, hidden_size: int, *, cell: str = "lstm", dtype: Any = jnp.float32,
-               key: jax.Array | None = None, params: Any = None, **cell_options):
+  def __init__(
+    self,
+    input_size: int,
+    hidden_size: int,
+    *,
+    cell: str = "lstm",
+    dtype: Any = jnp.float32,
+    key: jax.Array | None = None,
+    params: Any = None,
+    **cell_options,
+  ):
     self.params = _one_cell(input_size, hidden_size, cell, dtype, cell_options, key, params, "Cell")
 
   @classmethod

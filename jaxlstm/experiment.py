@@ -64,6 +64,7 @@ class RunConfig:
     Traceback (most recent call last):
     ValueError: hidden must be >= 1; got 0
   """
+
   task: str = "adding"
   task_options: dict = dataclasses.field(default_factory=dict)
   cell: str = "lstm"
@@ -113,8 +114,7 @@ class RunConfig:
     if self.weight_decay is not None and self.weight_decay < 0:
       raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay}")
     if self.weight_decay is not None and self.optimizer != "adamw":
-      raise ValueError(f"weight_decay needs optimizer 'adamw' (decoupled decay); got optimizer "
-                       f"{self.optimizer!r}")
+      raise ValueError(f"weight_decay needs optimizer 'adamw' (decoupled decay); got optimizer {self.optimizer!r}")
 
 
 def check_stateful(task, cfg: RunConfig) -> None:
@@ -131,8 +131,10 @@ def check_stateful(task, cfg: RunConfig) -> None:
     ValueError: stateful needs a language-model task ('lm', such as 'text'), ...; got task 'adding' of kind 'regress'
   """
   if cfg.stateful and task.kind != "lm":
-    raise ValueError(f"stateful needs a language-model task ('lm', such as 'text'), whose windows follow each "
-                     f"other in the text; got task {task.name!r} of kind {task.kind!r}")
+    raise ValueError(
+      f"stateful needs a language-model task ('lm', such as 'text'), whose windows follow each "
+      f"other in the text; got task {task.name!r} of kind {task.kind!r}"
+    )
 
 
 def load_task(cfg: RunConfig):
@@ -145,6 +147,7 @@ def load_task(cfg: RunConfig):
     ('regress', (8, 5, 2))
   """
   from jaxlstm.tasks import make_task  # data code loads lazily: numpy, sklearn, statsmodels
+
   return make_task(cfg.task, seed=cfg.seed, **cfg.task_options)
 
 
@@ -189,15 +192,26 @@ def make_loss(task, cfg: RunConfig, *, train: bool, stateful: bool | None = None
 
   regularizers = dict(zoneout=cfg.zoneout)
   if train:
-    regularizers.update(input_dropout=cfg.input_dropout, recurrent_dropout=cfg.recurrent_dropout,
-                        weight_drop=cfg.weight_drop)
+    regularizers.update(
+      input_dropout=cfg.input_dropout, recurrent_dropout=cfg.recurrent_dropout, weight_drop=cfg.weight_drop
+    )
 
   def run(params, batch, key, states, return_state):
     # Evaluation gets no key: with it zoneout would draw masks instead of taking its expectation.
-    return model_apply(params, batch["xs"], per_step=per_step, lengths=batch.get("lengths"),
-                       mask=batch.get("mask"), dropout=cfg.dropout if train else 0.0, key=key if train else None,
-                       compute_dtype=DTYPES[cfg.dtype], vocab_size=vocab, states=states, return_state=return_state,
-                       **regularizers)
+    return model_apply(
+      params,
+      batch["xs"],
+      per_step=per_step,
+      lengths=batch.get("lengths"),
+      mask=batch.get("mask"),
+      dropout=cfg.dropout if train else 0.0,
+      key=key if train else None,
+      compute_dtype=DTYPES[cfg.dtype],
+      vocab_size=vocab,
+      states=states,
+      return_state=return_state,
+      **regularizers,
+    )
 
   def loss_fn(params: SequenceModel, batch: dict, key):
     return task_loss(task.kind, run(params, batch, key, None, False), batch)
@@ -206,8 +220,8 @@ def make_loss(task, cfg: RunConfig, *, train: bool, stateful: bool | None = None
     if carry is not None and batch.get("reset") is not None:
       fresh = initial_states(params, batch["reset"].shape)
       carry = jax.tree_util.tree_map(
-          lambda f, c: jnp.where(batch["reset"].reshape(batch["reset"].shape + (1,) * (c.ndim - 1)), f, c),
-          fresh, carry)
+        lambda f, c: jnp.where(batch["reset"].reshape(batch["reset"].shape + (1,) * (c.ndim - 1)), f, c), fresh, carry
+      )
     out, states = run(params, batch, key, carry, True)
     return task_loss(task.kind, out, batch), states
 
@@ -225,10 +239,18 @@ def init_model(task, cfg: RunConfig) -> SequenceModel:
     >>> model.rnn[0].w_x.shape, model.rnn[0].activation, model.head.w.shape
     ((2, 4), 'tanh', (4, 1))
   """
-  return model_init(jax.random.key(cfg.seed), task.input_size, task.num_outputs, hidden=cfg.hidden,
-                    layers=cfg.layers, cell=cfg.cell, bidirectional=cfg.bidirectional,
-                    forget_bias=cfg.forget_bias, activation=cfg.activation if cfg.cell == "rnn" else None,
-                    learn_initial_state=cfg.learn_initial_state)
+  return model_init(
+    jax.random.key(cfg.seed),
+    task.input_size,
+    task.num_outputs,
+    hidden=cfg.hidden,
+    layers=cfg.layers,
+    cell=cfg.cell,
+    bidirectional=cfg.bidirectional,
+    forget_bias=cfg.forget_bias,
+    activation=cfg.activation if cfg.cell == "rnn" else None,
+    learn_initial_state=cfg.learn_initial_state,
+  )
 
 
 def make_run_optimizer(cfg: RunConfig):
@@ -271,8 +293,15 @@ def derived_metrics(task, metrics: dict[str, float], prefix: str = "") -> dict[s
   return out
 
 
-def train_run(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool = False,
-              progress: bool | None = None, devices: str | int | None = None) -> list[dict]:
+def train_run(
+  cfg: RunConfig,
+  out: str,
+  *,
+  resume: bool = False,
+  overwrite: bool = False,
+  progress: bool | None = None,
+  devices: str | int | None = None,
+) -> list[dict]:
   """Trains ``cfg``, evaluates it on the test split, and writes the run's files under ``out``.
 
   Training validates on the task's validation split; with ``cfg.restore_best``
@@ -330,12 +359,15 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool
   summary_path = os.path.join(out, "summary.json")
   existing = [p for p in (config_path, metrics_path, checkpoints, summary_path) if os.path.exists(p)]
   if existing and not resume and not overwrite:
-    raise FileExistsError(f"{out} already holds a run ({', '.join(os.path.basename(p) for p in existing)}); "
-                          f"pass --resume to continue it or --overwrite to replace it")
+    raise FileExistsError(
+      f"{out} already holds a run ({', '.join(os.path.basename(p) for p in existing)}); "
+      f"pass --resume to continue it or --overwrite to replace it"
+    )
   # In a multi-host run every process trains; the first one writes the files, once every process has
   # looked for an existing run (else a later one would find the first one's new config and refuse).
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices("jaxlstm: run directory checked")
   writer = jax.process_index() == 0
   os.makedirs(out, exist_ok=True)
@@ -358,13 +390,30 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool
 
   t0 = time.perf_counter()
   params, history = fit(
-      init_model(task, cfg), make_loss(task, cfg, train=True), split_batch(task.train),
-      optimizer=make_run_optimizer(cfg), batch_size=min(cfg.batch_size, len(task.train.xs)), steps=cfg.steps,
-      validation_data=split_batch(task.val), eval_fn=make_loss(task, cfg, train=False),
-      eval_every=cfg.eval_every, early_stopping=cfg.early_stopping, monitor=monitor(task), mode=task.mode,
-      restore_best=cfg.restore_best, checkpoint_dir=checkpoints, save_every=cfg.save_every or cfg.eval_every,
-      keep=cfg.keep, resume=resume, seed=cfg.seed, progress=progress, callbacks=[log], devices=devices,
-      stateful=cfg.stateful, eval_batch_size=STATEFUL_EVAL_STREAMS if cfg.stateful else 256)
+    init_model(task, cfg),
+    make_loss(task, cfg, train=True),
+    split_batch(task.train),
+    optimizer=make_run_optimizer(cfg),
+    batch_size=min(cfg.batch_size, len(task.train.xs)),
+    steps=cfg.steps,
+    validation_data=split_batch(task.val),
+    eval_fn=make_loss(task, cfg, train=False),
+    eval_every=cfg.eval_every,
+    early_stopping=cfg.early_stopping,
+    monitor=monitor(task),
+    mode=task.mode,
+    restore_best=cfg.restore_best,
+    checkpoint_dir=checkpoints,
+    save_every=cfg.save_every or cfg.eval_every,
+    keep=cfg.keep,
+    resume=resume,
+    seed=cfg.seed,
+    progress=progress,
+    callbacks=[log],
+    devices=devices,
+    stateful=cfg.stateful,
+    eval_batch_size=STATEFUL_EVAL_STREAMS if cfg.stateful else 256,
+  )
   wall = time.perf_counter() - t0
   # The test split, read once: the params that model selection chose, or the last ones.
   selected = history.selected or (history[-1] if history else _last_record(metrics_path))
@@ -378,16 +427,26 @@ def train_run(cfg: RunConfig, out: str, *, resume: bool = False, overwrite: bool
   if writer:
     with open(metrics_path, "a") as f:
       f.write(json.dumps(final) + "\n")
-    summary = {"task": task.name, "metric": task.metric, "mode": task.mode, "unit": task.units[task.metric],
-               "selected_step": final["step"], "selected_by": f"{monitor(task)} (validation)" if cfg.restore_best
-               else "last step", "last_step": history[-1]["step"] if history else final["step"],
-               "test": test,
-               "val": {k: v for k, v in derived_metrics(task, selected or {}, "val_").items() if k.startswith("val_")},
-               "baselines": task.baselines, "units": {k: task.units[k] for k in _metric_names(test)},
-               "train_seconds": wall, "config": dataclasses.asdict(cfg)}
+    summary = {
+      "task": task.name,
+      "metric": task.metric,
+      "mode": task.mode,
+      "unit": task.units[task.metric],
+      "selected_step": final["step"],
+      "selected_by": f"{monitor(task)} (validation)" if cfg.restore_best else "last step",
+      "last_step": history[-1]["step"] if history else final["step"],
+      "test": test,
+      "val": {k: v for k, v in derived_metrics(task, selected or {}, "val_").items() if k.startswith("val_")},
+      "baselines": task.baselines,
+      "units": {k: task.units[k] for k in _metric_names(test)},
+      "train_seconds": wall,
+      "config": dataclasses.asdict(cfg),
+    }
     if cfg.stateful:
-      summary["test_evaluation"] = ("stateful: the test text as one stream, each window starting from the state "
-                                    "where the one before it ended; test_stateless starts every window afresh")
+      summary["test_evaluation"] = (
+        "stateful: the test text as one stream, each window starting from the state "
+        "where the one before it ended; test_stateless starts every window afresh"
+      )
       summary["test_stateless"] = final["test_stateless"]
     _write_json(os.path.join(out, "summary.json"), summary)
   return records
@@ -410,8 +469,13 @@ def test_metrics(task, cfg: RunConfig, params: SequenceModel, *, stateful: bool 
     (True, True)
   """
   stateful = cfg.stateful if stateful is None else stateful
-  return evaluate(make_loss(task, cfg, train=False, stateful=stateful), params, split_batch(task.test),
-                  batch_size=STATEFUL_EVAL_STREAMS if stateful else 256, stateful=stateful)
+  return evaluate(
+    make_loss(task, cfg, train=False, stateful=stateful),
+    params,
+    split_batch(task.test),
+    batch_size=STATEFUL_EVAL_STREAMS if stateful else 256,
+    stateful=stateful,
+  )
 
 
 def monitor(task) -> str:
@@ -578,8 +642,16 @@ def sample_run(out: str, prompt: str = "", *, length: int = 200, temperature: fl
     ('Th', 7)
   """
   from jaxlstm.sample import sample_text
+
   cfg, task, params, _ = load_run(out)
   if task.kind != "lm":
     raise ValueError(f"sample needs a language-model task such as 'text'; the run in {out} is {cfg.task!r}")
-  return sample_text(params, task.info["vocab"], prompt, length=length, temperature=temperature, seed=seed,
-                     compute_dtype=DTYPES[cfg.dtype])
+  return sample_text(
+    params,
+    task.info["vocab"],
+    prompt,
+    length=length,
+    temperature=temperature,
+    seed=seed,
+    compute_dtype=DTYPES[cfg.dtype],
+  )

@@ -28,5 +28,20 @@ from jaxlstm._src.kernels.registry import (
   unregister_kernel,
 )
 
-__all__ = ["Kernel", "KernelChoice", "LayerCall", "check_impl", "cudnn", "fused", "impls", "kernel_names",
-           "parallel", "reasons", "reference", "register_kernel", "select", "shell", "unregister_kernel"]
+__all__ = [
+  "Kernel",
+  "KernelChoice",
+  "LayerCall",
+  "check_impl",
+  "cudnn",
+  "fused",
+  "impls",
+  "kernel_names",
+  "parallel",
+  "reasons",
+  "reference",
+  "register_kernel",
+  "select",
+  "shell",
+  "unregister_kernel",
+]

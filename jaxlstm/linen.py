@@ -65,9 +65,27 @@ from jaxlstm._src.flax_common import (
 )
 from jaxlstm._src.initial_state import given_or_initial
 
-__all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "MinGRU", "MinGRUCell", "MinLSTM", "MinLSTMCell",
-           "RNN", "RNNCell", "SLSTM", "SLSTMCell", "Stack", "INITIAL_STATE", "WEIGHTS", "from_variables",
-           "to_variables"]
+__all__ = [
+  "Cell",
+  "GRU",
+  "GRUCell",
+  "LSTM",
+  "LSTMCell",
+  "Layer",
+  "MinGRU",
+  "MinGRUCell",
+  "MinLSTM",
+  "MinLSTMCell",
+  "RNN",
+  "RNNCell",
+  "SLSTM",
+  "SLSTMCell",
+  "Stack",
+  "INITIAL_STATE",
+  "WEIGHTS",
+  "from_variables",
+  "to_variables",
+]
 
 WEIGHTS = "weights"
 """Name of the one entry of the ``"params"`` collection that holds the functional params."""
@@ -125,6 +143,7 @@ def _setting(default: Any) -> Any:
 
 class _Recurrent(linen.Module):
   """Base of every module here: declares the ``weights`` param from a functional init; see the module docstring."""
+
   hidden_size: int
   dtype: Any = _setting(jnp.float32)
 
@@ -182,6 +201,7 @@ def _initial_state(module: linen.Module, params: Any, given: Any, xs: jax.Array)
 
 class _LayerBase(_Recurrent):
   """The call of :class:`Layer` and its named variants."""
+
   impl: str = _setting("auto")
   reverse: bool = _setting(False)
   return_sequences: bool = _setting(True)
@@ -226,9 +246,18 @@ class _LayerBase(_Recurrent):
     return cls._from_params(params, attrs)
 
   @linen.compact
-  def __call__(self, xs: jax.Array, initial_state: Any = None, *, lengths: jax.Array | None = None,
-               mask: jax.Array | None = None, resets: jax.Array | None = None, return_sequences: bool | None = None,
-               return_state: bool | None = None, deterministic: bool | None = None):
+  def __call__(
+    self,
+    xs: jax.Array,
+    initial_state: Any = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    resets: jax.Array | None = None,
+    return_sequences: bool | None = None,
+    return_state: bool | None = None,
+    deterministic: bool | None = None,
+  ):
     """Runs the layer over a sequence.
 
     Args:
@@ -263,12 +292,27 @@ class _LayerBase(_Recurrent):
     params = self._declare(get_cell(name).init, _input_size(xs), (self.hidden_size,), options)
     initial_state = _initial_state(self, params, initial_state, xs)
     training = needs_rng(self) and not linen.merge_param("deterministic", self.deterministic, deterministic)
-    state, hs = jaxlstm.layer(params, xs, initial_state, lengths=lengths, mask=mask, resets=resets,
-                              reverse=self.reverse, time_major=self.time_major, unroll=self.unroll, impl=self.impl,
-                              remat=self.remat, key=self.make_rng("dropout") if training else None,
-                              **regularizer_rates(self, training))
-    return layer_output(state, hs, return_sequences=pick(return_sequences, self.return_sequences),
-                        return_state=pick(return_state, self.return_state))
+    state, hs = jaxlstm.layer(
+      params,
+      xs,
+      initial_state,
+      lengths=lengths,
+      mask=mask,
+      resets=resets,
+      reverse=self.reverse,
+      time_major=self.time_major,
+      unroll=self.unroll,
+      impl=self.impl,
+      remat=self.remat,
+      key=self.make_rng("dropout") if training else None,
+      **regularizer_rates(self, training),
+    )
+    return layer_output(
+      state,
+      hs,
+      return_sequences=pick(return_sequences, self.return_sequences),
+      return_state=pick(return_state, self.return_state),
+    )
 
 
 class Layer(_LayerBase):
@@ -309,6 +353,7 @@ class Layer(_LayerBase):
     >>> jaxlstm.linen.from_variables(variables).activation, layer.apply(variables, xs).shape
     ('relu', (2, 5, 4))
   """
+
   cell: str = "lstm"
   options: Mapping[str, Any] = FrozenDict()
 
@@ -331,6 +376,7 @@ class LSTM(_LayerBase):
     >>> layer.apply(variables, jnp.zeros((2, 5, 3))).shape
     (2, 5, 4)
   """
+
   peephole: bool = False
   layer_norm: bool = False
   proj_size: int | None = None
@@ -372,6 +418,7 @@ class RNN(_LayerBase):
     >>> jaxlstm.linen.from_variables(variables).activation
     'relu'
   """
+
   activation: str = "tanh"
 
   CELL: ClassVar[str] = "rnn"
@@ -392,6 +439,7 @@ class MinGRU(_LayerBase):
     >>> layer.apply(variables, jnp.zeros((2, 5, 3))).shape
     (2, 5, 4)
   """
+
   log_space: bool = True
 
   CELL: ClassVar[str] = "mingru"
@@ -412,6 +460,7 @@ class MinLSTM(_LayerBase):
     >>> jaxlstm.linen.from_variables(variables).log_space
     False
   """
+
   log_space: bool = True
 
   CELL: ClassVar[str] = "minlstm"
@@ -433,6 +482,7 @@ class SLSTM(_LayerBase):
     >>> jaxlstm.linen.from_variables(variables).r.shape, layer.apply(variables, jnp.ones((2, 5, 3))).shape
     ((2, 2, 8), (2, 5, 4))
   """
+
   num_heads: int = 1
   forget_gate: str = "sigmoid"
 
@@ -490,6 +540,7 @@ class Stack(_Recurrent):
     >>> jaxlstm.linen.from_variables(relu.init(jax.random.key(0), xs))[0].activation
     'relu'
   """
+
   num_layers: int = 1
   cell: str = "lstm"
   bidirectional: bool = False
@@ -562,9 +613,18 @@ class Stack(_Recurrent):
     return module, _with_initial_state(module, tuple(params))
 
   @linen.compact
-  def __call__(self, xs: jax.Array, initial_states: Any = None, *, lengths: jax.Array | None = None,
-               mask: jax.Array | None = None, resets: jax.Array | None = None, deterministic: bool | None = None,
-               return_sequences: bool | None = None, return_state: bool | None = None):
+  def __call__(
+    self,
+    xs: jax.Array,
+    initial_states: Any = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    resets: jax.Array | None = None,
+    deterministic: bool | None = None,
+    return_sequences: bool | None = None,
+    return_state: bool | None = None,
+  ):
     """Runs the stack over a sequence.
 
     Args:
@@ -600,12 +660,29 @@ class Stack(_Recurrent):
     training = needs_rng(self) and not linen.merge_param("deterministic", self.deterministic, deterministic)
     if training:
       key = self.make_rng("dropout")
-    states, hs = jaxlstm.stack(params, xs, initial_states, lengths=lengths, mask=mask, resets=resets,
-                               dropout=0.0 if key is None else self.dropout, key=key, merge=self.merge,
-                               time_major=self.time_major, unroll=self.unroll, impl=self.impl, remat=self.remat,
-                               **regularizer_rates(self, training))
-    out = layer_output(states[-1], hs, return_sequences=pick(return_sequences, self.return_sequences),
-                       return_state=False, merge=self.merge)
+    states, hs = jaxlstm.stack(
+      params,
+      xs,
+      initial_states,
+      lengths=lengths,
+      mask=mask,
+      resets=resets,
+      dropout=0.0 if key is None else self.dropout,
+      key=key,
+      merge=self.merge,
+      time_major=self.time_major,
+      unroll=self.unroll,
+      impl=self.impl,
+      remat=self.remat,
+      **regularizer_rates(self, training),
+    )
+    out = layer_output(
+      states[-1],
+      hs,
+      return_sequences=pick(return_sequences, self.return_sequences),
+      return_state=False,
+      merge=self.merge,
+    )
     return (states, out) if pick(return_state, self.return_state) else out
 
 
@@ -700,6 +777,7 @@ class Cell(_CellBase):
     >>> y.shape, bool((y >= 0).all())
     ((2, 4), True)
   """
+
   cell: str = "lstm"
   options: Mapping[str, Any] = FrozenDict()
 
@@ -723,6 +801,7 @@ class LSTMCell(_CellBase):
     >>> h.shape
     (2, 4)
   """
+
   peephole: bool = False
   layer_norm: bool = False
   proj_size: int | None = None
@@ -760,6 +839,7 @@ class RNNCell(_CellBase):
     >>> jaxlstm.linen.from_variables(variables).activation
     'relu'
   """
+
   activation: str = "tanh"
 
   CELL: ClassVar[str] = "rnn"
@@ -777,6 +857,7 @@ class MinGRUCell(_CellBase):
     >>> jaxlstm.linen.MinGRUCell(4).initial_state((2,)).h.shape
     (2, 4)
   """
+
   log_space: bool = True
 
   CELL: ClassVar[str] = "mingru"
@@ -796,6 +877,7 @@ class MinLSTMCell(_CellBase):
     >>> cell.apply(variables, cell.initial_state(), jnp.ones(3))[1].shape
     (4,)
   """
+
   log_space: bool = True
 
   CELL: ClassVar[str] = "minlstm"
@@ -816,6 +898,7 @@ class SLSTMCell(_CellBase):
     >>> cell.apply(variables, cell.initial_state(), jnp.ones(3))[0].n
     Array([1., 1., 1., 1.], dtype=float32)
   """
+
   num_heads: int = 1
   forget_gate: str = "sigmoid"
 

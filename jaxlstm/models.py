@@ -20,9 +20,9 @@ from jaxlstm._src.stack import Bidirectional, stack, stack_init
 
 # Named variants of the command line's --cell beyond the registered cells' own names.
 VARIANTS = {
-    "peephole": {"cell": "lstm", "peephole": True},
-    "layernorm": {"cell": "lstm", "layer_norm": True},
-    "rnn-relu": {"cell": "rnn", "activation": "relu"},
+  "peephole": {"cell": "lstm", "peephole": True},
+  "layernorm": {"cell": "lstm", "layer_norm": True},
+  "rnn-relu": {"cell": "rnn", "activation": "relu"},
 }
 KINDS = ("classify", "regress", "seq_classify", "lm")
 
@@ -34,6 +34,7 @@ class Dense(NamedTuple):
     w: ``(F, O)`` weights, from the stack's ``F`` output features to ``O`` outputs.
     b: ``(O,)`` bias.
   """
+
   w: jax.Array  # (F, O)
   b: jax.Array  # (O,)
 
@@ -54,6 +55,7 @@ class SequenceModel(NamedTuple):
     >>> len(model.rnn), model.head.w.shape, model.head.b.shape
     (2, (5, 2), (2,))
   """
+
   rnn: tuple  # stack params from stack_init
   head: Dense
   h0: tuple | None = None  # per layer, the initial state without batch axes: leaves (F,)
@@ -73,9 +75,19 @@ def cell_presets() -> dict[str, dict]:
   return {**{name: {"cell": name} for name in cell_names()}, **VARIANTS}
 
 
-def model_init(key: jax.Array, input_size: int, num_outputs: int, *, hidden: int = 128, layers: int = 1,
-               cell: str = "lstm", bidirectional: bool = False, forget_bias: float = 1.0,
-               activation: str | None = None, learn_initial_state: bool = False) -> SequenceModel:
+def model_init(
+  key: jax.Array,
+  input_size: int,
+  num_outputs: int,
+  *,
+  hidden: int = 128,
+  layers: int = 1,
+  cell: str = "lstm",
+  bidirectional: bool = False,
+  forget_bias: float = 1.0,
+  activation: str | None = None,
+  learn_initial_state: bool = False,
+) -> SequenceModel:
   """Initializes a stack of ``layers`` recurrent layers and a dense head.
 
   Args:
@@ -114,9 +126,11 @@ def model_init(key: jax.Array, input_size: int, num_outputs: int, *, hidden: int
   options = dict(presets[cell])
   record = get_cell(options["cell"])
   if record.feature_axes != 1:
-    raise ValueError(f"cell {cell!r} reads sequences of feature maps, (B, T, *spatial, C), but this model (the "
-                     f"command line's) reads flat (B, T, I) sequences, so it cannot use it; run {record.name} "
-                     f"layers with jaxlstm.stack or the Flax modules on spatial data instead")
+    raise ValueError(
+      f"cell {cell!r} reads sequences of feature maps, (B, T, *spatial, C), but this model (the "
+      f"command line's) reads flat (B, T, I) sequences, so it cannot use it; run {record.name} "
+      f"layers with jaxlstm.stack or the Flax modules on spatial data instead"
+    )
   if options["cell"] == "lstm":
     options["forget_bias"] = forget_bias
   if activation is not None:
@@ -152,10 +166,24 @@ def initial_states(params: SequenceModel, batch_shape: tuple[int, ...]) -> tuple
   return broadcast_state(h0, batch_shape)
 
 
-def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths=None, mask=None,
-                dropout: float = 0.0, key=None, compute_dtype=None, vocab_size: int | None = None,
-                states=None, return_state: bool = False, input_dropout: float = 0.0,
-                recurrent_dropout: float = 0.0, zoneout: float | dict = 0.0, weight_drop: float = 0.0):
+def model_apply(
+  params: SequenceModel,
+  xs: jax.Array,
+  *,
+  per_step: bool,
+  lengths=None,
+  mask=None,
+  dropout: float = 0.0,
+  key=None,
+  compute_dtype=None,
+  vocab_size: int | None = None,
+  states=None,
+  return_state: bool = False,
+  input_dropout: float = 0.0,
+  recurrent_dropout: float = 0.0,
+  zoneout: float | dict = 0.0,
+  weight_drop: float = 0.0,
+):
   """Runs the model.
 
   Args:
@@ -212,15 +240,25 @@ def model_apply(params: SequenceModel, xs: jax.Array, *, per_step: bool, lengths
   if states is None and params.h0 is not None:
     # The learned state stays in its own dtype (float32 under bf16), as the stack's carry does.
     states = initial_states(params, xs.shape[:-2])
-  states, hs = stack(rnn, xs, states, lengths=lengths, mask=mask, dropout=dropout, key=key,
-                     input_dropout=input_dropout, recurrent_dropout=recurrent_dropout, zoneout=zoneout,
-                     weight_drop=weight_drop)
+  states, hs = stack(
+    rnn,
+    xs,
+    states,
+    lengths=lengths,
+    mask=mask,
+    dropout=dropout,
+    key=key,
+    input_dropout=input_dropout,
+    recurrent_dropout=recurrent_dropout,
+    zoneout=zoneout,
+    weight_drop=weight_drop,
+  )
   if per_step:
     feats = hs
   else:
     last = states[-1]
     # A backward direction ends at t = 0, so its final state is its output there.
-    feats = (jnp.concatenate([last.forward.h, last.backward.h], -1) if isinstance(last, Bidirectional) else last.h)
+    feats = jnp.concatenate([last.forward.h, last.backward.h], -1) if isinstance(last, Bidirectional) else last.h
   out = (feats.astype(head.w.dtype) @ head.w + head.b).astype(jnp.float32)
   return (out, states) if return_state else out
 

@@ -14,5 +14,4 @@ from jaxlstm import nnx as _nnx
 __all__ = list(_nnx.__all__)
 globals().update({name: getattr(_nnx, name) for name in __all__})
 
-warnings.warn("jaxlstm.nn is deprecated and will be removed in 0.3; use jaxlstm.nnx", DeprecationWarning,
-              stacklevel=2)
+warnings.warn("jaxlstm.nn is deprecated and will be removed in 0.3; use jaxlstm.nnx", DeprecationWarning, stacklevel=2)

@@ -68,8 +68,23 @@ from jaxlstm._src.flax_common import (
 from jaxlstm._src.initial_state import given_or_initial
 from jaxlstm._src.stack import Bidirectional
 
-__all__ = ["Cell", "GRU", "GRUCell", "LSTM", "LSTMCell", "Layer", "MinGRU", "MinGRUCell", "MinLSTM", "MinLSTMCell",
-           "RNN", "RNNCell", "SLSTM", "SLSTMCell", "Stack"]
+__all__ = [
+  "Cell",
+  "GRU",
+  "GRUCell",
+  "LSTM",
+  "LSTMCell",
+  "Layer",
+  "MinGRU",
+  "MinGRUCell",
+  "MinLSTM",
+  "MinLSTMCell",
+  "RNN",
+  "RNNCell",
+  "SLSTM",
+  "SLSTMCell",
+  "Stack",
+]
 
 
 def _is_var(x: Any) -> bool:
@@ -161,8 +176,17 @@ class _Weights(nnx.Module):
 class _Masked(nnx.Module):
   """What :class:`Layer` and :class:`Stack` share: the regularizer rates, ``deterministic`` and the mask stream."""
 
-  def _set_masks(self, rngs: nnx.Rngs | None, deterministic: bool, *, dropout: float = 0.0, input_dropout: float,
-                 recurrent_dropout: float, zoneout: Any, weight_drop: float) -> None:
+  def _set_masks(
+    self,
+    rngs: nnx.Rngs | None,
+    deterministic: bool,
+    *,
+    dropout: float = 0.0,
+    input_dropout: float,
+    recurrent_dropout: float,
+    zoneout: Any,
+    weight_drop: float,
+  ) -> None:
     self.dropout, self.deterministic = dropout, deterministic
     self.input_dropout, self.recurrent_dropout, self.weight_drop = input_dropout, recurrent_dropout, weight_drop
     self.zoneout = dict(zoneout) if isinstance(zoneout, Mapping) else zoneout
@@ -194,8 +218,10 @@ class _Masked(nnx.Module):
     if training and needs_rng(self):
       stream = self.rngs if rngs is None else rngs["dropout"]
       if stream is None:
-        raise ValueError(f"{type(self).__name__} with dropout or regularizers needs rngs (at construction or in "
-                         f"the call) unless deterministic=True")
+        raise ValueError(
+          f"{type(self).__name__} with dropout or regularizers needs rngs (at construction or in "
+          f"the call) unless deterministic=True"
+        )
       key = stream()
     return key, regularizer_rates(self, training)
 
@@ -205,8 +231,9 @@ class _OneCell(_Weights):
 
   CELL: ClassVar[str | None] = None  # set by the named variants (LSTM, GRUCell, ...)
 
-  def _set_cell(self, input_size: int, hidden_size: int, cell: str, dtype: Any, options: dict,
-                rngs: nnx.Rngs | None, params: Any) -> None:
+  def _set_cell(
+    self, input_size: int, hidden_size: int, cell: str, dtype: Any, options: dict, rngs: nnx.Rngs | None, params: Any
+  ) -> None:
     record = get_cell(cell)
     options = dict(check_cell_options(record, options), dtype=dtype)
     self._set_weights(record.init, (input_size, hidden_size), options, rngs, params)
@@ -270,16 +297,40 @@ class Layer(_OneCell, _Masked):
     ((2, 5, 4), True)
   """
 
-  def __init__(self, input_size: int, hidden_size: int, *, cell: str = "lstm", dtype: Any = jnp.float32,
-               return_sequences: bool = True, return_state: bool = False, reverse: bool = False,
-               time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto",
-               remat: int | None = None, learn_initial_state: bool = False, input_dropout: float = 0.0,
-               recurrent_dropout: float = 0.0, zoneout: float | dict = 0.0, weight_drop: float = 0.0,
-               deterministic: bool = False, rngs: nnx.Rngs | None = None, params: Any = None, **cell_options):
+  def __init__(
+    self,
+    input_size: int,
+    hidden_size: int,
+    *,
+    cell: str = "lstm",
+    dtype: Any = jnp.float32,
+    return_sequences: bool = True,
+    return_state: bool = False,
+    reverse: bool = False,
+    time_major: bool = False,
+    unroll: int | bool | None = None,
+    impl: str = "auto",
+    remat: int | None = None,
+    learn_initial_state: bool = False,
+    input_dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    zoneout: float | dict = 0.0,
+    weight_drop: float = 0.0,
+    deterministic: bool = False,
+    rngs: nnx.Rngs | None = None,
+    params: Any = None,
+    **cell_options,
+  ):
     self._set_cell(input_size, hidden_size, cell, dtype, cell_options, rngs, params)
     self._set_initial_state(learn_initial_state)
-    self._set_masks(rngs, deterministic, input_dropout=input_dropout, recurrent_dropout=recurrent_dropout,
-                    zoneout=zoneout, weight_drop=weight_drop)
+    self._set_masks(
+      rngs,
+      deterministic,
+      input_dropout=input_dropout,
+      recurrent_dropout=recurrent_dropout,
+      zoneout=zoneout,
+      weight_drop=weight_drop,
+    )
     self.return_sequences, self.return_state = return_sequences, return_state
     self.reverse, self.time_major = reverse, time_major
     self.unroll, self.impl, self.remat = unroll, impl, remat
@@ -313,10 +364,21 @@ class Layer(_OneCell, _Masked):
     """
     return cls._from_params(params, settings)
 
-  def __call__(self, xs: jax.Array, initial_state: Any = None, *, lengths: jax.Array | None = None,
-               mask: jax.Array | None = None, resets: jax.Array | None = None, return_sequences: bool | None = None,
-               return_state: bool | None = None, reverse: bool | None = None, time_major: bool | None = None,
-               deterministic: bool | None = None, rngs: nnx.Rngs | None = None):
+  def __call__(
+    self,
+    xs: jax.Array,
+    initial_state: Any = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    resets: jax.Array | None = None,
+    return_sequences: bool | None = None,
+    return_state: bool | None = None,
+    reverse: bool | None = None,
+    time_major: bool | None = None,
+    deterministic: bool | None = None,
+    rngs: nnx.Rngs | None = None,
+  ):
     """Runs the layer over a sequence.
 
     Args:
@@ -348,11 +410,27 @@ class Layer(_OneCell, _Masked):
     time_major = pick(time_major, self.time_major)
     initial_state = given_or_initial(initial_state, self.initial_state_params, xs, time_major=time_major)
     key, rates = self._masks(deterministic, rngs)
-    state, hs = jaxlstm.layer(self.params, xs, initial_state, lengths=lengths, mask=mask, resets=resets,
-                              reverse=pick(reverse, self.reverse), time_major=time_major,
-                              unroll=self.unroll, impl=self.impl, remat=self.remat, key=key, **rates)
-    return layer_output(state, hs, return_sequences=pick(return_sequences, self.return_sequences),
-                        return_state=pick(return_state, self.return_state))
+    state, hs = jaxlstm.layer(
+      self.params,
+      xs,
+      initial_state,
+      lengths=lengths,
+      mask=mask,
+      resets=resets,
+      reverse=pick(reverse, self.reverse),
+      time_major=time_major,
+      unroll=self.unroll,
+      impl=self.impl,
+      remat=self.remat,
+      key=key,
+      **rates,
+    )
+    return layer_output(
+      state,
+      hs,
+      return_sequences=pick(return_sequences, self.return_sequences),
+      return_state=pick(return_state, self.return_state),
+    )
 
 
 class LSTM(Layer):
@@ -375,10 +453,27 @@ class LSTM(Layer):
 
   CELL = "lstm"
 
-  def __init__(self, input_size: int, hidden_size: int, *, peephole: bool = False, layer_norm: bool = False,
-               proj_size: int | None = None, forget_bias: float = 1.0, **settings):
-    super().__init__(input_size, hidden_size, cell="lstm", peephole=peephole, layer_norm=layer_norm,
-                     proj_size=proj_size, forget_bias=forget_bias, **settings)
+  def __init__(
+    self,
+    input_size: int,
+    hidden_size: int,
+    *,
+    peephole: bool = False,
+    layer_norm: bool = False,
+    proj_size: int | None = None,
+    forget_bias: float = 1.0,
+    **settings,
+  ):
+    super().__init__(
+      input_size,
+      hidden_size,
+      cell="lstm",
+      peephole=peephole,
+      layer_norm=layer_norm,
+      proj_size=proj_size,
+      forget_bias=forget_bias,
+      **settings,
+    )
 
 
 class GRU(Layer):
@@ -463,6 +558,7 @@ class MinLSTM(Layer):
   def __init__(self, input_size: int, hidden_size: int, *, log_space: bool = True, **settings):
     super().__init__(input_size, hidden_size, cell="minlstm", log_space=log_space, **settings)
 
+
 class SLSTM(Layer):
   """One sLSTM layer (Beck et al., 2024, xLSTM): :class:`Layer` with ``cell="slstm"``.
 
@@ -481,8 +577,9 @@ class SLSTM(Layer):
 
   CELL = "slstm"
 
-  def __init__(self, input_size: int, hidden_size: int, *, num_heads: int = 1, forget_gate: str = "sigmoid",
-               **settings):
+  def __init__(
+    self, input_size: int, hidden_size: int, *, num_heads: int = 1, forget_gate: str = "sigmoid", **settings
+  ):
     super().__init__(input_size, hidden_size, cell="slstm", num_heads=num_heads, forget_gate=forget_gate, **settings)
 
 
@@ -542,22 +639,54 @@ class Stack(_Weights, _Masked):
     'relu'
   """
 
-  def __init__(self, input_size: int, hidden_size: int, *, num_layers: int = 1, cell: str = "lstm",
-               bidirectional: bool = False, merge: str = "concat", dropout: float = 0.0,
-               input_dropout: float = 0.0, recurrent_dropout: float = 0.0, zoneout: float | dict = 0.0,
-               weight_drop: float = 0.0, deterministic: bool = False, dtype: Any = jnp.float32,
-               return_sequences: bool = True, return_state: bool = False, time_major: bool = False,
-               unroll: int | bool | None = None, impl: str = "auto", remat: int | None = None,
-               learn_initial_state: bool = False, rngs: nnx.Rngs | None = None, params: Any = None,
-               **cell_options):
-    options = dict(check_cell_options(get_cell(cell), cell_options), cell=cell, bidirectional=bidirectional,
-                   merge=merge, dtype=dtype)
-    self._set_weights(jaxlstm.stack_init, (input_size, hidden_size, num_layers), options, rngs,
-                      None if params is None else tuple(params))
+  def __init__(
+    self,
+    input_size: int,
+    hidden_size: int,
+    *,
+    num_layers: int = 1,
+    cell: str = "lstm",
+    bidirectional: bool = False,
+    merge: str = "concat",
+    dropout: float = 0.0,
+    input_dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    zoneout: float | dict = 0.0,
+    weight_drop: float = 0.0,
+    deterministic: bool = False,
+    dtype: Any = jnp.float32,
+    return_sequences: bool = True,
+    return_state: bool = False,
+    time_major: bool = False,
+    unroll: int | bool | None = None,
+    impl: str = "auto",
+    remat: int | None = None,
+    learn_initial_state: bool = False,
+    rngs: nnx.Rngs | None = None,
+    params: Any = None,
+    **cell_options,
+  ):
+    options = dict(
+      check_cell_options(get_cell(cell), cell_options), cell=cell, bidirectional=bidirectional, merge=merge, dtype=dtype
+    )
+    self._set_weights(
+      jaxlstm.stack_init,
+      (input_size, hidden_size, num_layers),
+      options,
+      rngs,
+      None if params is None else tuple(params),
+    )
     self._set_initial_state(learn_initial_state)
     self.merge = merge
-    self._set_masks(rngs, deterministic, dropout=dropout, input_dropout=input_dropout,
-                    recurrent_dropout=recurrent_dropout, zoneout=zoneout, weight_drop=weight_drop)
+    self._set_masks(
+      rngs,
+      deterministic,
+      dropout=dropout,
+      input_dropout=input_dropout,
+      recurrent_dropout=recurrent_dropout,
+      zoneout=zoneout,
+      weight_drop=weight_drop,
+    )
     self.return_sequences, self.return_state = return_sequences, return_state
     self.time_major, self.unroll, self.impl, self.remat = time_major, unroll, impl, remat
 
@@ -590,13 +719,30 @@ class Stack(_Weights, _Masked):
     """
     options = stack_options(params, merge)
     settings = restated(options, settings)
-    return cls(options.pop("input_size"), options.pop("hidden_size"), merge=merge, rngs=rngs, params=params,
-               **options, **settings)
+    return cls(
+      options.pop("input_size"),
+      options.pop("hidden_size"),
+      merge=merge,
+      rngs=rngs,
+      params=params,
+      **options,
+      **settings,
+    )
 
-  def __call__(self, xs: jax.Array, initial_states: Any = None, *, lengths: jax.Array | None = None,
-               mask: jax.Array | None = None, resets: jax.Array | None = None, deterministic: bool | None = None,
-               rngs: nnx.Rngs | None = None, return_sequences: bool | None = None,
-               return_state: bool | None = None, time_major: bool | None = None):
+  def __call__(
+    self,
+    xs: jax.Array,
+    initial_states: Any = None,
+    *,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    resets: jax.Array | None = None,
+    deterministic: bool | None = None,
+    rngs: nnx.Rngs | None = None,
+    return_sequences: bool | None = None,
+    return_state: bool | None = None,
+    time_major: bool | None = None,
+  ):
     """Runs the stack over a sequence.
 
     Args:
@@ -632,12 +778,29 @@ class Stack(_Weights, _Masked):
     key, rates = self._masks(deterministic, rngs)
     time_major = pick(time_major, self.time_major)
     initial_states = given_or_initial(initial_states, self.initial_state_params, xs, time_major=time_major)
-    states, hs = jaxlstm.stack(self.params, xs, initial_states, lengths=lengths, mask=mask, resets=resets,
-                               dropout=0.0 if key is None else self.dropout, key=key, merge=self.merge,
-                               time_major=time_major, unroll=self.unroll, impl=self.impl,
-                               remat=self.remat, **rates)
-    out = layer_output(states[-1], hs, return_sequences=pick(return_sequences, self.return_sequences),
-                       return_state=False, merge=self.merge)
+    states, hs = jaxlstm.stack(
+      self.params,
+      xs,
+      initial_states,
+      lengths=lengths,
+      mask=mask,
+      resets=resets,
+      dropout=0.0 if key is None else self.dropout,
+      key=key,
+      merge=self.merge,
+      time_major=time_major,
+      unroll=self.unroll,
+      impl=self.impl,
+      remat=self.remat,
+      **rates,
+    )
+    out = layer_output(
+      states[-1],
+      hs,
+      return_sequences=pick(return_sequences, self.return_sequences),
+      return_state=False,
+      merge=self.merge,
+    )
     return (states, out) if pick(return_state, self.return_state) else out
 
 
@@ -671,8 +834,17 @@ class Cell(_OneCell):
     (2, 4)
   """
 
-  def __init__(self, input_size: int, hidden_size: int, *, cell: str = "lstm", dtype: Any = jnp.float32,
-               rngs: nnx.Rngs | None = None, params: Any = None, **cell_options):
+  def __init__(
+    self,
+    input_size: int,
+    hidden_size: int,
+    *,
+    cell: str = "lstm",
+    dtype: Any = jnp.float32,
+    rngs: nnx.Rngs | None = None,
+    params: Any = None,
+    **cell_options,
+  ):
     self._set_cell(input_size, hidden_size, cell, dtype, cell_options, rngs, params)
 
   @classmethod
@@ -762,10 +934,27 @@ class LSTMCell(Cell):
 
   CELL = "lstm"
 
-  def __init__(self, input_size: int, hidden_size: int, *, peephole: bool = False, layer_norm: bool = False,
-               proj_size: int | None = None, forget_bias: float = 1.0, **settings):
-    super().__init__(input_size, hidden_size, cell="lstm", peephole=peephole, layer_norm=layer_norm,
-                     proj_size=proj_size, forget_bias=forget_bias, **settings)
+  def __init__(
+    self,
+    input_size: int,
+    hidden_size: int,
+    *,
+    peephole: bool = False,
+    layer_norm: bool = False,
+    proj_size: int | None = None,
+    forget_bias: float = 1.0,
+    **settings,
+  ):
+    super().__init__(
+      input_size,
+      hidden_size,
+      cell="lstm",
+      peephole=peephole,
+      layer_norm=layer_norm,
+      proj_size=proj_size,
+      forget_bias=forget_bias,
+      **settings,
+    )
 
 
 class GRUCell(Cell):
@@ -870,6 +1059,7 @@ class SLSTMCell(Cell):
 
   CELL = "slstm"
 
-  def __init__(self, input_size: int, hidden_size: int, *, num_heads: int = 1, forget_gate: str = "sigmoid",
-               **settings):
+  def __init__(
+    self, input_size: int, hidden_size: int, *, num_heads: int = 1, forget_gate: str = "sigmoid", **settings
+  ):
     super().__init__(input_size, hidden_size, cell="slstm", num_heads=num_heads, forget_gate=forget_gate, **settings)

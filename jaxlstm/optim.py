@@ -7,8 +7,14 @@ import optax
 OPTIMIZERS = {"adam": optax.adam, "rmsprop": optax.rmsprop, "sgd": optax.sgd, "adamw": optax.adamw}
 
 
-def make_schedule(learning_rate: float, *, schedule: str = "constant", warmup_steps: int = 0,
-                  total_steps: int | None = None, end_factor: float = 0.0) -> optax.Schedule:
+def make_schedule(
+  learning_rate: float,
+  *,
+  schedule: str = "constant",
+  warmup_steps: int = 0,
+  total_steps: int | None = None,
+  end_factor: float = 0.0,
+) -> optax.Schedule:
   """A learning-rate schedule.
 
   Args:
@@ -39,19 +45,21 @@ def make_schedule(learning_rate: float, *, schedule: str = "constant", warmup_st
   if schedule == "constant":
     if warmup_steps == 0:
       return optax.constant_schedule(learning_rate)
-    return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps),
-                                 optax.constant_schedule(learning_rate)], [warmup_steps])
+    return optax.join_schedules(
+      [optax.linear_schedule(0.0, learning_rate, warmup_steps), optax.constant_schedule(learning_rate)], [warmup_steps]
+    )
   if schedule == "cosine":
     if total_steps is None or total_steps <= warmup_steps:
-      raise ValueError(f"total_steps must exceed warmup_steps={warmup_steps} for a cosine schedule; "
-                       f"got {total_steps}")
-    return optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(warmup_steps, 1), total_steps,
-                                              end_value=end_factor * learning_rate)
+      raise ValueError(f"total_steps must exceed warmup_steps={warmup_steps} for a cosine schedule; got {total_steps}")
+    return optax.warmup_cosine_decay_schedule(
+      0.0, learning_rate, max(warmup_steps, 1), total_steps, end_value=end_factor * learning_rate
+    )
   raise ValueError(f"schedule must be 'constant' or 'cosine'; got {schedule!r}")
 
 
-def make_optimizer(name: str = "adam", learning_rate: float | optax.Schedule = 1e-3, *,
-                   clip_norm: float | None = None, **kwargs) -> optax.GradientTransformation:
+def make_optimizer(
+  name: str = "adam", learning_rate: float | optax.Schedule = 1e-3, *, clip_norm: float | None = None, **kwargs
+) -> optax.GradientTransformation:
   """An optimizer by name, optionally clipping gradients by global norm first.
 
   Args:

@@ -20,24 +20,67 @@ from jaxlstm.experiment import RunConfig
 
 # Every preset selects on the validation split: restore_best returns the params of the best evaluation.
 PRESETS: dict[str, dict[str, Any]] = {
-    "keras-example": {"hidden": 32, "steps": 300, "eval_every": 50, "batch_size": 64},
-    "adding": {"hidden": 64, "lr": 1e-2, "clip_norm": 1.0, "steps": 2000, "eval_every": 250, "restore_best": True},
-    "adding-var": {"hidden": 64, "lr": 1e-2, "clip_norm": 1.0, "steps": 2000, "eval_every": 250,
-                   "restore_best": True},
-    "copy": {"task_options": {"T": 20}, "hidden": 128, "lr": 1e-2, "schedule": "cosine", "warmup": 200,
-             "clip_norm": 1.0, "steps": 12000, "eval_every": 1000, "restore_best": True},
-    "digits": {"hidden": 256, "lr": 1e-2, "schedule": "cosine", "warmup": 100, "optimizer": "adamw",
-               "weight_decay": 1e-4, "steps": 3000, "eval_every": 250, "restore_best": True},
-    "pixel-digits": {"hidden": 128, "lr": 3e-3, "schedule": "cosine", "warmup": 100, "optimizer": "adamw",
-                     "weight_decay": 1e-4, "steps": 3000, "eval_every": 250, "restore_best": True},
-    "sunspots": {"hidden": 64, "lr": 1e-2, "optimizer": "adamw", "weight_decay": 1e-2, "batch_size": 32,
-                 "steps": 1000, "eval_every": 20, "early_stopping": 15, "restore_best": True},
-    # Stateful: at equal steps and seeds, TBPTT over streams lowers the test bits per character with the test
-    # text read in order (1.697, 1.725, 1.699 against 1.758, 1.768, 1.775 for the stateless preset's models at
-    # 4000 steps, seeds 0-2; 2.20 and 2.24 against 2.29 at 1500 steps), though a window read alone from the
-    # initial state does worse (1.875-1.885 against 1.823-1.840). The README's tasks section has the figures.
-    "text": {"hidden": 128, "lr": 5e-3, "schedule": "cosine", "warmup": 100, "steps": 4000, "eval_every": 500,
-             "restore_best": True, "stateful": True},
+  "keras-example": {"hidden": 32, "steps": 300, "eval_every": 50, "batch_size": 64},
+  "adding": {"hidden": 64, "lr": 1e-2, "clip_norm": 1.0, "steps": 2000, "eval_every": 250, "restore_best": True},
+  "adding-var": {"hidden": 64, "lr": 1e-2, "clip_norm": 1.0, "steps": 2000, "eval_every": 250, "restore_best": True},
+  "copy": {
+    "task_options": {"T": 20},
+    "hidden": 128,
+    "lr": 1e-2,
+    "schedule": "cosine",
+    "warmup": 200,
+    "clip_norm": 1.0,
+    "steps": 12000,
+    "eval_every": 1000,
+    "restore_best": True,
+  },
+  "digits": {
+    "hidden": 256,
+    "lr": 1e-2,
+    "schedule": "cosine",
+    "warmup": 100,
+    "optimizer": "adamw",
+    "weight_decay": 1e-4,
+    "steps": 3000,
+    "eval_every": 250,
+    "restore_best": True,
+  },
+  "pixel-digits": {
+    "hidden": 128,
+    "lr": 3e-3,
+    "schedule": "cosine",
+    "warmup": 100,
+    "optimizer": "adamw",
+    "weight_decay": 1e-4,
+    "steps": 3000,
+    "eval_every": 250,
+    "restore_best": True,
+  },
+  "sunspots": {
+    "hidden": 64,
+    "lr": 1e-2,
+    "optimizer": "adamw",
+    "weight_decay": 1e-2,
+    "batch_size": 32,
+    "steps": 1000,
+    "eval_every": 20,
+    "early_stopping": 15,
+    "restore_best": True,
+  },
+  # Stateful: at equal steps and seeds, TBPTT over streams lowers the test bits per character with the test
+  # text read in order (1.697, 1.725, 1.699 against 1.758, 1.768, 1.775 for the stateless preset's models at
+  # 4000 steps, seeds 0-2; 2.20 and 2.24 against 2.29 at 1500 steps), though a window read alone from the
+  # initial state does worse (1.875-1.885 against 1.823-1.840). The README's tasks section has the figures.
+  "text": {
+    "hidden": 128,
+    "lr": 5e-3,
+    "schedule": "cosine",
+    "warmup": 100,
+    "steps": 4000,
+    "eval_every": 500,
+    "restore_best": True,
+    "stateful": True,
+  },
 }
 
 
@@ -53,6 +96,7 @@ def preset(task: str) -> dict[str, Any]:
     0.01
   """
   from jaxlstm.tasks import TASKS
+
   if task not in TASKS:
     raise ValueError(f"unknown task {task!r}; choose from {sorted(TASKS)}")
   return {k: dict(v) if isinstance(v, dict) else v for k, v in PRESETS.get(task, {}).items()}

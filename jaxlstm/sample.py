@@ -14,8 +14,9 @@ from jaxlstm.models import SequenceModel, model_apply
 def _logits(params: SequenceModel, states, ids: jax.Array, vocab_size: int, compute_dtype):
   """Feeds token ids ``(1, T)`` from ``states`` (the model's initial states when ``None``, its learned ``h0``
   if it has one); returns the new states and the last logits."""
-  logits, states = model_apply(params, ids, per_step=True, vocab_size=vocab_size, compute_dtype=compute_dtype,
-                               states=states, return_state=True)
+  logits, states = model_apply(
+    params, ids, per_step=True, vocab_size=vocab_size, compute_dtype=compute_dtype, states=states, return_state=True
+  )
   return states, logits[0, -1]
 
 
@@ -33,8 +34,16 @@ def _generate(params, prompt_ids, key, temperature, *, length, vocab_size, compu
   return tokens
 
 
-def sample_text(params: SequenceModel, vocab: Sequence[str], prompt: str = "", *, length: int = 200,
-                temperature: float = 1.0, seed: int = 0, compute_dtype=None) -> str:
+def sample_text(
+  params: SequenceModel,
+  vocab: Sequence[str],
+  prompt: str = "",
+  *,
+  length: int = 200,
+  temperature: float = 1.0,
+  seed: int = 0,
+  compute_dtype=None,
+) -> str:
   """Continues ``prompt`` by ``length`` characters sampled from the model.
 
   Args:
@@ -72,6 +81,13 @@ def sample_text(params: SequenceModel, vocab: Sequence[str], prompt: str = "", *
   if unknown:
     raise ValueError(f"prompt has characters that are not in the model's vocabulary: {unknown!r}")
   ids = [index[c] for c in prompt] or [index.get("\n", 0)]
-  tokens = _generate(params, jnp.asarray([ids], jnp.int32), jax.random.key(seed), jnp.float32(temperature),
-                     length=length, vocab_size=len(vocab), compute_dtype=compute_dtype)
+  tokens = _generate(
+    params,
+    jnp.asarray([ids], jnp.int32),
+    jax.random.key(seed),
+    jnp.float32(temperature),
+    length=length,
+    vocab_size=len(vocab),
+    compute_dtype=compute_dtype,
+  )
   return prompt + "".join(vocab[int(t)] for t in tokens)

@@ -41,6 +41,7 @@ def _ensemble_optimizer(cfg: RunConfig) -> optax.GradientTransformation:
 
 def _set_lr(opt_state, lrs: jax.Array):
   """Writes per-member learning rates ``(M,)`` into an ensemble's optimizer state."""
+
   def injected(s):  # optax's inject_hyperparams states (their class names vary across versions)
     return isinstance(getattr(s, "hyperparams", None), dict) and "learning_rate" in s.hyperparams
 
@@ -73,19 +74,30 @@ def train_ensemble(task, cfg: RunConfig, lrs: Sequence[float], seeds: Sequence[i
     ValueError: ``cfg.stateful``: the ensemble trains on shuffled windows, without carrying the state.
   """
   if cfg.stateful:
-    raise ValueError("sweep trains stateless models (shuffled windows, no carried state), but the config has "
-                     "stateful=True; pass --no-stateful to sweep it stateless")
+    raise ValueError(
+      "sweep trains stateless models (shuffled windows, no carried state), but the config has "
+      "stateful=True; pass --no-stateful to sweep it stateless"
+    )
   members = list(itertools.product(lrs, seeds))
   loss_fn = make_loss(task, cfg, train=True)
   eval_fn = make_loss(task, cfg, train=False)
   opt = _ensemble_optimizer(cfg)
 
   keys = jnp.stack([jax.random.key(s) for _, s in members])
-  params = jax.vmap(lambda k: model_init(k, task.input_size, task.num_outputs, hidden=cfg.hidden,
-                                         layers=cfg.layers, cell=cfg.cell, bidirectional=cfg.bidirectional,
-                                         forget_bias=cfg.forget_bias,
-                                         activation=cfg.activation if cfg.cell == "rnn" else None,
-                                         learn_initial_state=cfg.learn_initial_state))(keys)
+  params = jax.vmap(
+    lambda k: model_init(
+      k,
+      task.input_size,
+      task.num_outputs,
+      hidden=cfg.hidden,
+      layers=cfg.layers,
+      cell=cfg.cell,
+      bidirectional=cfg.bidirectional,
+      forget_bias=cfg.forget_bias,
+      activation=cfg.activation if cfg.cell == "rnn" else None,
+      learn_initial_state=cfg.learn_initial_state,
+    )
+  )(keys)
   opt_state = _set_lr(jax.vmap(opt.init)(params), jnp.asarray([lr for lr, _ in members]))
 
   def one_step(p, s, batch, key):
@@ -123,20 +135,31 @@ def train_ensemble(task, cfg: RunConfig, lrs: Sequence[float], seeds: Sequence[i
       continue
     now = validate()
     # Each member keeps its best evaluation (strictly better only, as fit does), or its last without restore_best.
-    better = (np.ones(len(members), bool) if chosen is None or not cfg.restore_best
-              else sign * now[watch] < sign * chosen[watch])
+    better = (
+      np.ones(len(members), bool)
+      if chosen is None or not cfg.restore_best
+      else sign * now[watch] < sign * chosen[watch]
+    )
     chosen = now if chosen is None else {k: np.where(better, now[k], chosen[k]) for k in now}
     chosen_step = np.where(better, done, chosen_step)
   rows = []
   for m, (lr, seed) in enumerate(members):
     metrics = {k: float(v[m]) for k, v in chosen.items()}
-    rows.append({"hidden": cfg.hidden, "lr": lr, "seed": seed, "step": int(chosen_step[m]),
-                 **derived_metrics(task, metrics, "val_")})
+    rows.append(
+      {
+        "hidden": cfg.hidden,
+        "lr": lr,
+        "seed": seed,
+        "step": int(chosen_step[m]),
+        **derived_metrics(task, metrics, "val_"),
+      }
+    )
   return rows
 
 
-def run_sweep(cfg: RunConfig, hidden_sizes: Sequence[int], lrs: Sequence[float], seeds: Sequence[int],
-              progress=print) -> list[dict]:
+def run_sweep(
+  cfg: RunConfig, hidden_sizes: Sequence[int], lrs: Sequence[float], seeds: Sequence[int], progress=print
+) -> list[dict]:
   """Loops over hidden sizes; each trains a vmapped ensemble over ``lrs`` × ``seeds``."""
   task = load_task(cfg)
   rows = []
@@ -150,8 +173,13 @@ def run_sweep(cfg: RunConfig, hidden_sizes: Sequence[int], lrs: Sequence[float],
 def headline_metric(rows: list[dict]) -> tuple[str, str]:
   """The metric to compare and whether higher is better."""
   keys = rows[0].keys()
-  for name, mode in (("val_accuracy", "max"), ("val_rmse", "min"), ("val_bits_per_char", "min"),
-                     ("val_mse", "min"), ("val_loss", "min")):
+  for name, mode in (
+    ("val_accuracy", "max"),
+    ("val_rmse", "min"),
+    ("val_bits_per_char", "min"),
+    ("val_mse", "min"),
+    ("val_loss", "min"),
+  ):
     if name in keys:
       return name, mode
   return "val_loss", "min"
@@ -163,8 +191,10 @@ def summarize(rows: list[dict]) -> list[dict]:
   groups: dict[tuple, list[float]] = {}
   for r in rows:
     groups.setdefault((r["hidden"], r["lr"]), []).append(r[metric])
-  return [{"hidden": h, "lr": lr, "metric": metric, "mean": float(np.mean(v)), "std": float(np.std(v)),
-           "seeds": len(v)} for (h, lr), v in sorted(groups.items())]
+  return [
+    {"hidden": h, "lr": lr, "metric": metric, "mean": float(np.mean(v)), "std": float(np.std(v)), "seeds": len(v)}
+    for (h, lr), v in sorted(groups.items())
+  ]
 
 
 def format_table(summary: list[dict]) -> str:
@@ -184,8 +214,14 @@ def plot_sweep(summary: list[dict], path: str, title: str = "") -> None:
   ax = fig.subplots()
   for lr in sorted({s["lr"] for s in summary}):
     pts = [s for s in summary if s["lr"] == lr]
-    ax.errorbar([s["hidden"] for s in pts], [s["mean"] for s in pts], yerr=[s["std"] for s in pts],
-                marker="o", capsize=3, label=f"lr = {lr:g}")
+    ax.errorbar(
+      [s["hidden"] for s in pts],
+      [s["mean"] for s in pts],
+      yerr=[s["std"] for s in pts],
+      marker="o",
+      capsize=3,
+      label=f"lr = {lr:g}",
+    )
   ax.set_xscale("log", base=2)
   ax.set_xlabel("hidden units per layer")
   ax.set_ylabel(summary[0]["metric"].replace("_", " "))

@@ -49,6 +49,7 @@ class TrainState(NamedTuple):
     >>> int(state.step), state.key.shape, state.key.dtype
     (0, (2,), dtype('uint32'))
   """
+
   step: jax.Array  # () int32, number of updates done
   params: Any
   opt_state: Any
@@ -86,15 +87,18 @@ def _split(out: Any) -> tuple[Any, dict]:
 def _with_metrics(loss_fn: LossFn) -> Callable:
   def wrapped(params, batch, key):
     return _split(loss_fn(params, batch, key))
+
   return wrapped
 
 
 def _stateful_with_metrics(loss_fn: StatefulLossFn) -> Callable:
   """``(params, batch, key, carry) -> (loss, (metrics, new_carry))``, for ``value_and_grad(has_aux=True)``."""
+
   def wrapped(params, batch, key, carry):
     out, new_carry = loss_fn(params, batch, key, carry)
     loss, metrics = _split(out)
     return loss, (metrics, new_carry)
+
   return wrapped
 
 
@@ -123,18 +127,23 @@ def check_loss_fn(name: str, fn: Callable, *, stateful: bool) -> None:
   """
   takes = _takes_carry(fn)
   if stateful and takes is False:
-    raise ValueError(f"stateful=True needs {name}(params, batch, key, carry) -> (loss or (loss, metrics), "
-                     f"new_carry); got a {name} that does not take carry")
+    raise ValueError(
+      f"stateful=True needs {name}(params, batch, key, carry) -> (loss or (loss, metrics), "
+      f"new_carry); got a {name} that does not take carry"
+    )
   if not stateful and takes is True:
     try:
       inspect.signature(fn).bind(None, None, None)
     except TypeError:
-      raise ValueError(f"{name} takes carry, a stateful loss; pass stateful=True, or give "
-                       f"{name}(params, batch, key) -> loss or (loss, metrics)") from None
+      raise ValueError(
+        f"{name} takes carry, a stateful loss; pass stateful=True, or give "
+        f"{name}(params, batch, key) -> loss or (loss, metrics)"
+      ) from None
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, jit: bool = True,
-                    mesh=None, stateful: bool = False):
+def make_train_step(
+  loss_fn: LossFn, optimizer: optax.GradientTransformation, *, jit: bool = True, mesh=None, stateful: bool = False
+):
   """Builds ``train_step(state, batch) -> (state, metrics)``.
 
   One call computes ``jax.value_and_grad`` of ``loss_fn``, applies the optax
@@ -182,8 +191,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
   check_loss_fn("loss_fn", loss_fn, stateful=stateful)
   if stateful and mesh is not None:
     raise ValueError("stateful=True runs on one device; got a mesh (leave devices=None)")
-  grad_fn = jax.value_and_grad(_stateful_with_metrics(loss_fn) if stateful else _with_metrics(loss_fn),
-                               has_aux=True)
+  grad_fn = jax.value_and_grad(_stateful_with_metrics(loss_fn) if stateful else _with_metrics(loss_fn), has_aux=True)
 
   def update(state: TrainState, loss, metrics, grads, key, carry):
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -264,7 +272,7 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> np.ndarray:
   per_epoch = n // batch_size
   epoch, i = divmod(step, per_epoch)
   perm = np.random.default_rng([seed, epoch]).permutation(n)
-  return perm[i * batch_size:(i + 1) * batch_size]
+  return perm[i * batch_size : (i + 1) * batch_size]
 
 
 def stream_indices(n: int, batch_size: int, step: int) -> np.ndarray:
@@ -290,8 +298,16 @@ def _prefix(carry: Any, rows: int) -> Any:
   return jax.tree_util.tree_map(lambda a: a[:rows], carry)
 
 
-def evaluate(eval_fn: LossFn, params: Any, data: Any, *, batch_size: int = 256, key: jax.Array | None = None,
-             stateful: bool = False, _jitted: dict | None = None) -> dict[str, float]:
+def evaluate(
+  eval_fn: LossFn,
+  params: Any,
+  data: Any,
+  *,
+  batch_size: int = 256,
+  key: jax.Array | None = None,
+  stateful: bool = False,
+  _jitted: dict | None = None,
+) -> dict[str, float]:
   """Mean loss and metrics of ``eval_fn`` over ``data``, weighted by batch size.
 
   ``eval_fn`` has the signature of a loss function (``(params, batch, key)``)
@@ -428,8 +444,11 @@ class _Lines(_Silent):
   def evaluated(self, record: dict) -> None:
     done, rate = record["step"], record.get("steps_per_s", 0.0)
     eta = (self.total - done) / rate if rate > 0 else float("nan")
-    shown = {k: v for k, v in record.items() if k not in ("step", "epoch", "steps_per_s", "grad_norm")
-             and not k.startswith(("examples_per_s", "mem_"))}
+    shown = {
+      k: v
+      for k, v in record.items()
+      if k not in ("step", "epoch", "steps_per_s", "grad_norm") and not k.startswith(("examples_per_s", "mem_"))
+    }
     print(f"step {done}/{self.total}: {_fmt(shown)} | {rate:.3g} steps/s, ETA {eta:.0f} s", flush=True)
 
 
@@ -438,6 +457,7 @@ class _Bar(_Silent):
 
   def __init__(self, total: int, initial: int):
     from tqdm.auto import tqdm
+
     self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, leave=True)
     self.total, self.last_eval = total, {}
 
@@ -492,8 +512,7 @@ class _Meter:
   def summary(self, batch_size: int, n_dev: int) -> dict[str, float]:
     """The means and the throughput since the last :meth:`reset`."""
     steps_per_s = self.count / max(time.perf_counter() - self.since, 1e-9)
-    return {**self.means(), "steps_per_s": steps_per_s,
-            "examples_per_s_per_device": steps_per_s * batch_size / n_dev}
+    return {**self.means(), "steps_per_s": steps_per_s, "examples_per_s_per_device": steps_per_s * batch_size / n_dev}
 
 
 class _Best:
@@ -509,8 +528,7 @@ class _Best:
   run would have.
   """
 
-  def __init__(self, monitor: str, mode: str, patience: int | None, keep_params: bool,
-               directory: str | None = None):
+  def __init__(self, monitor: str, mode: str, patience: int | None, keep_params: bool, directory: str | None = None):
     self.monitor, self.mode, self.patience, self.keep_params = monitor, mode, patience, keep_params
     self.value = None
     self.record = None  # the best evaluation record
@@ -528,6 +546,7 @@ class _Best:
   def _params_ckpt(self):
     if self._ckpt is None:
       from jaxlstm.checkpoint import Checkpointer  # orbax loads only when checkpointing
+
       # Two kept: best.json names the step to restore, and the older one must survive until it is rewritten.
       self._ckpt = Checkpointer(os.path.join(self.directory, "best"), keep=2)
     return self._ckpt
@@ -550,8 +569,18 @@ class _Best:
       self._params_ckpt().save(self.record["step"], distributed.to_host(self.params))
     tmp = self._json + ".tmp"
     with open(tmp, "w") as f:
-      json.dump({"monitor": self.monitor, "mode": self.mode, "value": self.value, "waited": self.waited,
-                 "last_step": self.last_step, "stopped": self.stopped, "record": self.record}, f)
+      json.dump(
+        {
+          "monitor": self.monitor,
+          "mode": self.mode,
+          "value": self.value,
+          "waited": self.waited,
+          "last_step": self.last_step,
+          "stopped": self.stopped,
+          "record": self.record,
+        },
+        f,
+      )
     os.replace(tmp, self._json)
 
   def update(self, record: dict, params: Any) -> bool:
@@ -588,6 +617,7 @@ def _open_checkpoints(directory: str | None, save_every: int, keep: int, resume:
       raise ValueError("resume=True needs checkpoint_dir")
     return None, state
   from jaxlstm.checkpoint import Checkpointer  # orbax loads only when checkpointing
+
   ckpt = Checkpointer(directory, save_every=save_every, keep=keep)
   if resume and ckpt.latest_step() is not None:
     # Checkpoints hold host arrays, so a run may resume on another device count.
@@ -607,13 +637,16 @@ def _zero_carry(loss_fn: StatefulLossFn, params: Any, batch: Any) -> Any:
   out = jax.eval_shape(loss_fn, params, batch, jax.random.key(0), None)
   if not (isinstance(out, tuple) and len(out) == 2) or isinstance(out[1], dict):
     got = type(out).__name__ if not isinstance(out, tuple) else f"a tuple whose second item is {type(out[1]).__name__}"
-    raise ValueError(f"stateful=True needs loss_fn(params, batch, key, carry) to return (loss or (loss, metrics), "
-                     f"new_carry); got {got}")
+    raise ValueError(
+      f"stateful=True needs loss_fn(params, batch, key, carry) to return (loss or (loss, metrics), "
+      f"new_carry); got {got}"
+    )
   return jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), out[1])
 
 
-def _validate(eval_fn: LossFn, data: Any, params: Any, *, batch_size: int, mesh, cache: dict,
-              stateful: bool) -> dict[str, float]:
+def _validate(
+  eval_fn: LossFn, data: Any, params: Any, *, batch_size: int, mesh, cache: dict, stateful: bool
+) -> dict[str, float]:
   """The ``val_``-prefixed evaluation record of ``params`` on ``data``; empty without ``data``."""
   if data is None:
     return {}
@@ -623,14 +656,33 @@ def _validate(eval_fn: LossFn, data: Any, params: Any, *, batch_size: int, mesh,
   return {f"val_{k}": v for k, v in val.items()}
 
 
-def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.GradientTransformation | None = None,
-        batch_size: int = 32, epochs: int | None = None, steps: int | None = None, validation_data: Any = None,
-        eval_fn: LossFn | None = None, eval_every: int | None = None, eval_batch_size: int = 256,
-        early_stopping: int | None = None, monitor: str = "val_loss", mode: str = "min",
-        restore_best: bool = False, checkpoint_dir: str | None = None, save_every: int | None = None,
-        keep: int = 3, resume: bool = False, seed: int = 0, progress: bool | str | None = None,
-        callbacks: list[Callable[[dict], None]] | None = None,
-        devices: str | int | None = None, stateful: bool = False) -> tuple[Any, History]:
+def fit(
+  params: Any,
+  loss_fn: LossFn,
+  train_data: Any,
+  *,
+  optimizer: optax.GradientTransformation | None = None,
+  batch_size: int = 32,
+  epochs: int | None = None,
+  steps: int | None = None,
+  validation_data: Any = None,
+  eval_fn: LossFn | None = None,
+  eval_every: int | None = None,
+  eval_batch_size: int = 256,
+  early_stopping: int | None = None,
+  monitor: str = "val_loss",
+  mode: str = "min",
+  restore_best: bool = False,
+  checkpoint_dir: str | None = None,
+  save_every: int | None = None,
+  keep: int = 3,
+  resume: bool = False,
+  seed: int = 0,
+  progress: bool | str | None = None,
+  callbacks: list[Callable[[dict], None]] | None = None,
+  devices: str | int | None = None,
+  stateful: bool = False,
+) -> tuple[Any, History]:
   """Trains ``params`` on ``train_data``, like Keras' ``Model.fit``.
 
   Args:
@@ -738,8 +790,9 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
   if mesh is not None:
     distributed.check_divisible(batch_size, mesh)
   train_step = make_train_step(loss_fn, optimizer, mesh=mesh, stateful=stateful)
-  validate = functools.partial(_validate, eval_fn or loss_fn, validation_data, batch_size=eval_batch_size,
-                               mesh=mesh, cache={}, stateful=stateful)
+  validate = functools.partial(
+    _validate, eval_fn or loss_fn, validation_data, batch_size=eval_batch_size, mesh=mesh, cache={}, stateful=stateful
+  )
   state = init_train_state(params, optimizer, seed)
   if stateful:
     state = state._replace(carry=_zero_carry(loss_fn, params, take(train_data, stream_indices(n, batch_size, 0))))
@@ -750,30 +803,35 @@ def fit(params: Any, loss_fn: LossFn, train_data: Any, *, optimizer: optax.Gradi
 
   history = History()
   tracking = early_stopping is not None or restore_best
-  best = _Best(monitor, mode, early_stopping, keep_params=restore_best,
-               directory=checkpoint_dir if tracking else None)
+  best = _Best(monitor, mode, early_stopping, keep_params=restore_best, directory=checkpoint_dir if tracking else None)
   if resume:
     best.load(distributed.to_host(state.params))
   meter = _Meter()
   start = int(state.step)
   bar = _progress(total, start, progress)
   if best.stopped:
-    bar.write(f"the run stopped early at step {best.last_step}: {monitor} had not improved for {best.waited} "
-              f"evaluations; nothing left to train")
+    bar.write(
+      f"the run stopped early at step {best.last_step}: {monitor} had not improved for {best.waited} "
+      f"evaluations; nothing left to train"
+    )
   stop = False
   try:
     for step in range(start, total if not best.stopped else start):
       done = step + 1
       batch = _train_batch(train_data, n, batch_size, step, seed, mesh, stateful)
       # An epoch start passes carry=None: every stream starts again from the model's initial state.
-      state, metrics = (train_step(state, batch, fresh=step % per_epoch == 0) if stateful
-                        else train_step(state, batch))
+      state, metrics = train_step(state, batch, fresh=step % per_epoch == 0) if stateful else train_step(state, batch)
       meter.add(metrics)
       bar.step(done, meter)
       evaluate_now = done % eval_every == 0 or done == total
       if evaluate_now:
-        record = {"step": done, "epoch": done / per_epoch, **meter.summary(batch_size, n_dev),
-                  **distributed.device_memory(), **validate(state.params)}
+        record = {
+          "step": done,
+          "epoch": done / per_epoch,
+          **meter.summary(batch_size, n_dev),
+          **distributed.device_memory(),
+          **validate(state.params),
+        }
         history.append(record)
         bar.evaluated(record)
         for cb in callbacks or ():

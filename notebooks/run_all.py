@@ -37,8 +37,9 @@ def main(argv=None) -> int:
   for path in paths:
     nb = nbformat.read(path, as_version=4)
     t0 = time.perf_counter()
-    client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(HERE)}})
+    client = NotebookClient(
+      nb, timeout=args.timeout, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
+    )
     client.execute()
     nbformat.write(nb, path)
     print(f"{path.name}: {time.perf_counter() - t0:.0f} s", flush=True)

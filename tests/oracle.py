@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def python_unroll(step, params, xs, state, *, lengths=None, mask=None, resets=None, reverse=False,
-                  time_major=False):
+def python_unroll(step, params, xs, state, *, lengths=None, mask=None, resets=None, reverse=False, time_major=False):
   """``(final_state, ys)`` of ``step`` over ``xs (*batch, T, I)``, in a Python loop over rows and steps.
 
   A step is valid where ``mask`` is True and ``t < lengths``; an invalid step

@@ -34,7 +34,7 @@ def to_numpy(params):
 
 def lstm_cell(p, h, c, x):
   H = p["w_x"].shape[1] // 4
-  blocks = lambda w: [w[..., k * H:(k + 1) * H] for k in range(4)]
+  blocks = lambda w: [w[..., k * H : (k + 1) * H] for k in range(4)]
   Wi, Wf, Wg, Wo = blocks(p["w_x"])
   Ui, Uf, Ug, Uo = blocks(p["w_h"])
   bi, bf, bg, bo = blocks(p["b"])
@@ -65,7 +65,7 @@ def lstm_cell(p, h, c, x):
 def gru_cell(p, h, x):
   """PyTorch's GRU: b_hn inside the reset product."""
   H = h.shape[-1]
-  W = lambda w, k: w[..., k * H:(k + 1) * H]
+  W = lambda w, k: w[..., k * H : (k + 1) * H]
   r = sigmoid(x @ W(p["w_x"], 0) + h @ W(p["w_h"], 0) + W(p["b"], 0))
   z = sigmoid(x @ W(p["w_x"], 1) + h @ W(p["w_h"], 1) + W(p["b"], 1))
   n = np.tanh(x @ W(p["w_x"], 2) + W(p["b"], 2) + r * (h @ W(p["w_h"], 2) + p["b_hn"]))
@@ -76,7 +76,7 @@ def gru_cell(p, h, x):
 def gru_cell_bias_outside(p, h, x):
   """The variant with b_hn outside the reset product (not PyTorch's)."""
   H = h.shape[-1]
-  W = lambda w, k: w[..., k * H:(k + 1) * H]
+  W = lambda w, k: w[..., k * H : (k + 1) * H]
   r = sigmoid(x @ W(p["w_x"], 0) + h @ W(p["w_h"], 0) + W(p["b"], 0))
   z = sigmoid(x @ W(p["w_x"], 1) + h @ W(p["w_h"], 1) + W(p["b"], 1))
   n = np.tanh(x @ W(p["w_x"], 2) + W(p["b"], 2) + r * (h @ W(p["w_h"], 2)) + p["b_hn"])

@@ -73,4 +73,5 @@ def test_cell_layouts_are_pinned():
 
 def jaxlstm_key():
   import jax
+
   return jax.random.key(0)

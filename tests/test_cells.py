@@ -10,11 +10,11 @@ from tests import reference as ref
 from tests.helpers import TOL, normal, random_params, rel_err
 
 LSTM_VARIANTS = {
-    "plain": {},
-    "peephole": {"peephole": True},
-    "layer_norm": {"layer_norm": True},
-    "proj": {"proj_size": 2},
-    "all": {"peephole": True, "layer_norm": True, "proj_size": 2},
+  "plain": {},
+  "peephole": {"peephole": True},
+  "layer_norm": {"layer_norm": True},
+  "proj": {"proj_size": 2},
+  "all": {"peephole": True, "layer_norm": True, "proj_size": 2},
 }
 
 
@@ -32,8 +32,9 @@ def test_lstm_step_matches_reference(variant, dtype, H):
   new, y = jax.jit(jaxlstm.lstm_step)(params, state, x)
   p = ref.to_numpy(params)
   for b in range(B):
-    (h_ref, c_ref), y_ref = ref.lstm_cell(p, np.asarray(state.h[b], np.float64), np.asarray(state.c[b], np.float64),
-                                          np.asarray(x[b], np.float64))
+    (h_ref, c_ref), y_ref = ref.lstm_cell(
+      p, np.asarray(state.h[b], np.float64), np.asarray(state.c[b], np.float64), np.asarray(x[b], np.float64)
+    )
     assert rel_err(new.h[b], h_ref) <= TOL[jnp.dtype(dtype)]
     assert rel_err(new.c[b], c_ref) <= TOL[jnp.dtype(dtype)]
     assert rel_err(y[b], y_ref) <= TOL[jnp.dtype(dtype)]
@@ -80,9 +81,12 @@ def test_gru_against_torch():
   w_ih, w_hh = cell.weight_ih.detach().numpy(), cell.weight_hh.detach().numpy()
   b_ih, b_hh = cell.bias_ih.detach().numpy(), cell.bias_hh.detach().numpy()
   H = 4
-  params = jaxlstm.GRUParams(w_x=jnp.asarray(w_ih.T), w_h=jnp.asarray(w_hh.T),
-                             b=jnp.asarray(np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])),
-                             b_hn=jnp.asarray(b_hh[2 * H:]))
+  params = jaxlstm.GRUParams(
+    w_x=jnp.asarray(w_ih.T),
+    w_h=jnp.asarray(w_hh.T),
+    b=jnp.asarray(np.concatenate([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :]])),
+    b_hn=jnp.asarray(b_hh[2 * H :]),
+  )
   x = np.random.default_rng(0).normal(size=(5, 3))
   h = np.random.default_rng(1).normal(size=(5, 4))
   expected = cell(torch.from_numpy(x), torch.from_numpy(h)).detach().numpy()
@@ -93,9 +97,11 @@ def test_gru_against_torch():
 def test_lstm_against_torch_cell():
   torch = pytest.importorskip("torch", reason="torch is not installed (extra 'test')")
   cell = torch.nn.LSTMCell(3, 4).double()
-  params = jaxlstm.LSTMParams(w_x=jnp.asarray(cell.weight_ih.detach().numpy().T),
-                              w_h=jnp.asarray(cell.weight_hh.detach().numpy().T),
-                              b=jnp.asarray((cell.bias_ih + cell.bias_hh).detach().numpy()))
+  params = jaxlstm.LSTMParams(
+    w_x=jnp.asarray(cell.weight_ih.detach().numpy().T),
+    w_h=jnp.asarray(cell.weight_hh.detach().numpy().T),
+    b=jnp.asarray((cell.bias_ih + cell.bias_hh).detach().numpy()),
+  )
   rng = np.random.default_rng(0)
   x, h, c = rng.normal(size=(5, 3)), rng.normal(size=(5, 4)), rng.normal(size=(5, 4))
   h_t, c_t = cell(torch.from_numpy(x), (torch.from_numpy(h), torch.from_numpy(c)))
@@ -111,8 +117,7 @@ def test_any_leading_batch_dims(batch_shape):
   state = jaxlstm.LSTMState(normal((*batch_shape, 4), seed=1), normal((*batch_shape, 4), seed=2))
   new, y = jaxlstm.lstm_step(params, state, x)
   assert y.shape == (*batch_shape, 4) and new.c.shape == (*batch_shape, 4)
-  flat_new, _ = jaxlstm.lstm_step(params, jax.tree_util.tree_map(lambda a: a.reshape(-1, 4), state),
-                                  x.reshape(-1, 3))
+  flat_new, _ = jaxlstm.lstm_step(params, jax.tree_util.tree_map(lambda a: a.reshape(-1, 4), state), x.reshape(-1, 3))
   np.testing.assert_allclose(y.reshape(-1, 4), flat_new.h, rtol=1e-6, atol=1e-7)
 
 
@@ -122,8 +127,11 @@ def test_peephole_output_gate_reads_new_cell_state():
   # whether the output gate saw c_t (Gers 2002) or c_{t-1} = 0 (o = 1/2).
   H = 1
   params = jaxlstm.LSTMParams(
-      w_x=jnp.zeros((1, 4), jnp.float64), w_h=jnp.zeros((1, 4), jnp.float64),
-      b=jnp.array([10.0, 0.0, 10.0, 0.0]), peephole=jnp.array([[0.0], [0.0], [5.0]]))
+    w_x=jnp.zeros((1, 4), jnp.float64),
+    w_h=jnp.zeros((1, 4), jnp.float64),
+    b=jnp.array([10.0, 0.0, 10.0, 0.0]),
+    peephole=jnp.array([[0.0], [0.0], [5.0]]),
+  )
   new, h = jaxlstm.lstm_step(params, jaxlstm.lstm_zero_state(params, (), jnp.float64), jnp.zeros((H,)))
   c_t = float(new.c[0])
   assert c_t > 0.99
@@ -142,7 +150,7 @@ def test_lstm_init_layout():
   # Orthogonal per gate block, so the whole (H, 4H) matrix is not orthogonal.
   w = np.asarray(params.w_h, np.float64)
   for k in range(4):
-    blk = w[:, k * H:(k + 1) * H]
+    blk = w[:, k * H : (k + 1) * H]
     np.testing.assert_allclose(blk.T @ blk, np.eye(H), atol=1e-5)
   np.testing.assert_allclose(w @ w.T, 4 * np.eye(H), atol=1e-4)
   ln = params.layer_norm

@@ -17,13 +17,16 @@ def run_cli(*args):
   return proc.returncode, proc.stdout, proc.stderr
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["train", "--out", "x", "--cell", "tcn"], "argument --cell: invalid choice: 'tcn'"),
     (["train", "--out", "x", "--hidden", "0"], "argument --hidden: expected a positive integer; got '0'"),
     (["train", "--out", "x", "--steps", "many"], "argument --steps: expected a positive integer; got 'many'"),
     (["train"], "the following arguments are required: --out"),
     (["fly"], "argument command: invalid choice: 'fly'"),
-])
+  ],
+)
 def test_bad_flags_one_line_exit_2(capsys, args, message):
   with pytest.raises(SystemExit) as e:
     main(args)
@@ -36,8 +39,10 @@ def test_unknown_task_and_missing_file(capsys, tmp_path):
   assert main(["train", "--task", "chess", "--out", str(tmp_path / "a"), "--quiet"]) == 2
   err = capsys.readouterr().err.strip()
   assert "unknown task 'chess'" in err and len(err.splitlines()) == 1
-  assert main(["train", "--task", "text", "--text", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "b"),
-               "--quiet"]) == 2
+  assert (
+    main(["train", "--task", "text", "--text", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "b"), "--quiet"])
+    == 2
+  )
   err = capsys.readouterr().err.strip()
   assert "nope.txt" in err and len(err.splitlines()) == 1
   assert main(["eval", "--out", str(tmp_path / "missing")]) == 2
@@ -46,8 +51,26 @@ def test_unknown_task_and_missing_file(capsys, tmp_path):
 
 def test_train_resume_eval_in_a_subprocess(tmp_path):
   out = str(tmp_path / "run")
-  base = ["--task", "adding", "--seq-len", "8", "--n-train", "64", "--n-val", "16", "--n-test", "32", "--hidden", "8",
-          "--batch-size", "16", "--eval-every", "4", "--out", out]
+  base = [
+    "--task",
+    "adding",
+    "--seq-len",
+    "8",
+    "--n-train",
+    "64",
+    "--n-val",
+    "16",
+    "--n-test",
+    "32",
+    "--hidden",
+    "8",
+    "--batch-size",
+    "16",
+    "--eval-every",
+    "4",
+    "--out",
+    out,
+  ]
   # Not a terminal: one progress line per evaluation, with the validation metrics, speed and ETA.
   code, stdout, stderr = run_cli("train", *base, "--steps", "4")
   assert code == 0, stderr
@@ -84,10 +107,39 @@ def test_train_resume_eval_in_a_subprocess(tmp_path):
 
 def test_sweep_command_end_to_end(tmp_path, capsys):
   out = tmp_path / "sweep"
-  assert main(["sweep", "--task", "adding", "--seq-len", "6", "--n-train", "32", "--n-val", "8", "--n-test", "16",
-               "--batch-size", "16",
-               "--hidden-sizes", "4,8", "--lrs", "1e-2", "--seeds", "2", "--steps", "2", "--eval-every", "2",
-               "--out", str(out), "--quiet"]) == 0
+  assert (
+    main(
+      [
+        "sweep",
+        "--task",
+        "adding",
+        "--seq-len",
+        "6",
+        "--n-train",
+        "32",
+        "--n-val",
+        "8",
+        "--n-test",
+        "16",
+        "--batch-size",
+        "16",
+        "--hidden-sizes",
+        "4,8",
+        "--lrs",
+        "1e-2",
+        "--seeds",
+        "2",
+        "--steps",
+        "2",
+        "--eval-every",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+      ]
+    )
+    == 0
+  )
   assert f"sweep written to {out}" in capsys.readouterr().out
   with open(out / "sweep.json") as f:
     report = json.load(f)
@@ -103,12 +155,32 @@ def test_missing_extra_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
   monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
   assert main(["train", "--task", "digits", "--steps", "1", "--out", str(tmp_path / "d"), "--quiet"]) == 1
   err = capsys.readouterr().err.strip()
-  assert err == ("jaxlstm train: error: task 'digits' needs the sklearn package, which is not installed: "
-                 "pip install 'jaxlstm[tasks]'")
+  assert err == (
+    "jaxlstm train: error: task 'digits' needs the sklearn package, which is not installed: "
+    "pip install 'jaxlstm[tasks]'"
+  )
 
 
-TINY = ["--task", "adding", "--seq-len", "6", "--n-train", "32", "--n-val", "8", "--n-test", "16", "--hidden", "4",
-        "--batch-size", "16", "--eval-every", "2", "--no-restore-best", "--quiet"]
+TINY = [
+  "--task",
+  "adding",
+  "--seq-len",
+  "6",
+  "--n-train",
+  "32",
+  "--n-val",
+  "8",
+  "--n-test",
+  "16",
+  "--hidden",
+  "4",
+  "--batch-size",
+  "16",
+  "--eval-every",
+  "2",
+  "--no-restore-best",
+  "--quiet",
+]
 
 
 def test_a_run_directory_is_never_reused_silently(tmp_path, capsys):
@@ -118,9 +190,11 @@ def test_a_run_directory_is_never_reused_silently(tmp_path, capsys):
   # A second run into the same directory would have its checkpoints mixed with the first one's.
   assert main(["train", *TINY, "--steps", "2", "--out", out]) == 2
   err = capsys.readouterr().err.strip()
-  assert err == (f"jaxlstm train: error: {out} already holds a run (config.json, metrics.jsonl, checkpoints, "
-                 "summary.json); "
-                 "pass --resume to continue it or --overwrite to replace it")
+  assert err == (
+    f"jaxlstm train: error: {out} already holds a run (config.json, metrics.jsonl, checkpoints, "
+    "summary.json); "
+    "pass --resume to continue it or --overwrite to replace it"
+  )
   assert main(["train", *TINY, "--steps", "2", "--out", out, "--overwrite"]) == 0
   capsys.readouterr()
   assert main(["eval", "--out", out]) == 0
@@ -136,8 +210,11 @@ def test_resume_refuses_flags_that_contradict_the_saved_run(tmp_path, capsys):
   assert main(["train", "--resume", "--out", out, "--hidden", "8", "--cell", "gru", "--seq-len", "9", "--quiet"]) == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith(f"jaxlstm train: error: --resume continues the run in {out} with its saved config")
-  for part in ("--hidden gives hidden=8 (the run has 4)", "--cell gives cell='gru' (the run has 'lstm')",
-               "task option T=9 (the run has 6)"):
+  for part in (
+    "--hidden gives hidden=8 (the run has 4)",
+    "--cell gives cell='gru' (the run has 'lstm')",
+    "task option T=9 (the run has 6)",
+  ):
     assert part in err, part
   # Restating the saved values, extending --steps and changing how this process runs are fine.
   assert main(["train", "--resume", "--out", out, "--hidden", "4", "--steps", "4", "--quiet"]) == 0
@@ -151,6 +228,7 @@ def test_help_shows_defaults_and_every_task(capsys):
   assert "peak learning rate (default: the task's preset, else 0.001)" in text
   assert "training steps (default: the task's preset, else 2000)" in text and "--show-config" in text
   from jaxlstm.tasks import TASKS
+
   assert all(name in text for name in TASKS) and "adding-var" in text
 
 
@@ -168,13 +246,18 @@ def test_bad_dropout_writes_nothing_and_eval_names_the_step_once(tmp_path, capsy
 
 def test_presets_resolve_and_flags_override_them(capsys, tmp_path):
   from jaxlstm.presets import PRESETS
+
   out = str(tmp_path / "never")
   assert main(["train", "--task", "copy", "--show-config", "--out", out]) == 0
   cfg = json.loads(capsys.readouterr().out)
   for key, value in PRESETS["copy"].items():
     assert cfg[key] == value, key
-  assert main(["train", "--task", "copy", "--lr", "0.5", "--seq-len", "7", "--clip-norm", "0", "--show-config",
-               "--out", out]) == 0
+  assert (
+    main(
+      ["train", "--task", "copy", "--lr", "0.5", "--seq-len", "7", "--clip-norm", "0", "--show-config", "--out", out]
+    )
+    == 0
+  )
   cfg = json.loads(capsys.readouterr().out)
   assert (cfg["lr"], cfg["task_options"], cfg["clip_norm"]) == (0.5, {"T": 7}, None)
   assert cfg["hidden"] == PRESETS["copy"]["hidden"] and cfg["steps"] == PRESETS["copy"]["steps"]
@@ -189,8 +272,27 @@ def test_weight_decay_needs_adamw(tmp_path, capsys):
 
 def test_regularizer_flags_travel_with_the_run(tmp_path, capsys):
   out = str(tmp_path / "run")
-  assert main(["train", *TINY, "--steps", "2", "--recurrent-dropout", "0.2", "--zoneout", "0.1",
-               "--weight-drop", "0.3", "--input-dropout", "0.1", "--out", out]) == 0
+  assert (
+    main(
+      [
+        "train",
+        *TINY,
+        "--steps",
+        "2",
+        "--recurrent-dropout",
+        "0.2",
+        "--zoneout",
+        "0.1",
+        "--weight-drop",
+        "0.3",
+        "--input-dropout",
+        "0.1",
+        "--out",
+        out,
+      ]
+    )
+    == 0
+  )
   with open(os.path.join(out, "config.json")) as f:
     cfg = json.load(f)
   assert (cfg["recurrent_dropout"], cfg["zoneout"], cfg["weight_drop"], cfg["input_dropout"]) == (0.2, 0.1, 0.3, 0.1)

@@ -49,7 +49,7 @@ def test_layout_is_pinned():
   # The static fields live in the structure, not the leaves.
   assert len(jax.tree.leaves(p)) == 3
   # Each gate block of w_h, flattened over the kernel taps, has orthonormal columns.
-  blk = np.asarray(p.w_h).reshape(3 * F, 4 * F)[:, F:2 * F]
+  blk = np.asarray(p.w_h).reshape(3 * F, 4 * F)[:, F : 2 * F]
   np.testing.assert_allclose(blk.T @ blk, np.eye(F), atol=1e-5)
 
 
@@ -59,7 +59,7 @@ def test_layout_is_pinned():
 def np_conv(x, w, strides, padding, dilation):
   """``x (N, *S, C)`` with ``w (*K, C, O)``, channels last, by explicit loops over outputs and taps."""
   r = w.ndim - 2
-  K, S = w.shape[:r], x.shape[1:1 + r]
+  K, S = w.shape[:r], x.shape[1 : 1 + r]
   if padding == "same":
     out = [-(-n // s) for n, s in zip(S, strides)]
     pads = [max((o - 1) * s + d * (k - 1) + 1 - n, 0) for o, s, d, k, n in zip(out, strides, dilation, K, S)]
@@ -81,8 +81,7 @@ def np_convlstm(p, xs, h, c):
   r = p.rank
   hs = []
   for t in range(xs.shape[1]):
-    z = (np_conv(xs[:, t], w_x, p.strides, p.padding, p.dilation) + b
-         + np_conv(h, w_h, (1,) * r, "same", (1,) * r))
+    z = np_conv(xs[:, t], w_x, p.strides, p.padding, p.dilation) + b + np_conv(h, w_h, (1,) * r, "same", (1,) * r)
     i, f, g, o = np.split(z, 4, axis=-1)
     c = sig(f + p.forget_offset) * c + sig(i) * np.tanh(g)
     h = sig(o) * np.tanh(c)
@@ -91,10 +90,10 @@ def np_convlstm(p, xs, h, c):
 
 
 SETTINGS = [
-    (1, dict(kernel_size=3)),
-    (1, dict(kernel_size=2, padding="valid", dilation=2)),
-    (2, dict(kernel_size=(3, 2), padding="valid", strides=(2, 1))),
-    (2, dict(kernel_size=2, strides=2, forget_offset=1.0)),
+  (1, dict(kernel_size=3)),
+  (1, dict(kernel_size=2, padding="valid", dilation=2)),
+  (2, dict(kernel_size=(3, 2), padding="valid", strides=(2, 1))),
+  (2, dict(kernel_size=2, strides=2, forget_offset=1.0)),
 ]
 
 
@@ -117,11 +116,11 @@ LENGTHS = np.array([4, 1])
 MASK = np.array([[1, 0, 1, 1], [1, 1, 0, 0]], bool)
 RESETS = np.array([[0, 0, 1, 0], [1, 0, 0, 1]], bool)
 CASES = {
-    "lengths": {"lengths": LENGTHS},
-    "mask_resets": {"mask": MASK, "resets": RESETS},
-    "reverse_lengths_mask": {"reverse": True, "lengths": LENGTHS, "mask": MASK},
-    "reverse_lengths_resets": {"reverse": True, "lengths": LENGTHS, "resets": RESETS},
-    "batch2d_time_major": {"time_major": True, "lengths": np.array([[3, 1], [0, 4]])},
+  "lengths": {"lengths": LENGTHS},
+  "mask_resets": {"mask": MASK, "resets": RESETS},
+  "reverse_lengths_mask": {"reverse": True, "lengths": LENGTHS, "mask": MASK},
+  "reverse_lengths_resets": {"reverse": True, "lengths": LENGTHS, "resets": RESETS},
+  "batch2d_time_major": {"time_major": True, "lengths": np.array([[3, 1], [0, 4]])},
 }
 
 
@@ -133,6 +132,7 @@ def flat_step(p, spatial_in):
     s = jaxlstm.ConvLSTMState(*(a.reshape(*spatial_out, F) for a in state))
     s, y = jaxlstm.convlstm_step(params, s, x.reshape(*spatial_in, C))
     return jaxlstm.ConvLSTMState(*(a.reshape(-1) for a in s)), y.reshape(-1)
+
   return step, spatial_out
 
 
@@ -149,8 +149,9 @@ def test_missing_data_and_reverse_match_the_python_loop(case):
   assert [k for k, why in choice.reasons.items() if why is None] == ["reference"]
   step, out = flat_step(p, (W,))
   flat_state = jax.tree.map(lambda a: a.reshape(*batch, -1), state)
-  want_final, want_hs = python_unroll(step, p, xs.reshape(*batch, T, W * C), flat_state, **{
-      k: v for k, v in kw.items() if k != "time_major"})
+  want_final, want_hs = python_unroll(
+    step, p, xs.reshape(*batch, T, W * C), flat_state, **{k: v for k, v in kw.items() if k != "time_major"}
+  )
   if kw.get("time_major"):
     xs = jnp.moveaxis(xs, len(batch), 0)
   final, hs = jaxlstm.layer(p, xs, state, **kw)
@@ -200,8 +201,11 @@ def test_entry_checks_name_what_is_wrong():
   with pytest.raises(ValueError, match=r"padding must be 'same' or 'valid'; got 'causal'"):
     jaxlstm.convlstm1d_init(jax.random.key(0), C, F, padding="causal")
   mixed = (jaxlstm.convlstm1d_init(jax.random.key(0), C, F), jaxlstm.lstm_init(jax.random.key(0), F, F))
-  with pytest.raises(ValueError, match=r"params\[1\] is a lstm layer, whose steps have 1 feature axes, but params\[0\] "
-                                       r"is a convlstm1d layer, with 2"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\[1\] is a lstm layer, whose steps have 1 feature axes, but params\[0\] "
+    r"is a convlstm1d layer, with 2",
+  ):
     jaxlstm.stack(mixed, jnp.ones((B, T, 5, C), jnp.float32))
 
 
@@ -224,14 +228,16 @@ def test_bfloat16_params_keep_a_float32_state():
   p = jax.tree.map(lambda a: a.astype(jnp.bfloat16), init(1, jnp.float32))
   final, hs = jaxlstm.layer(p, normal((B, T, 5, C), jnp.bfloat16))
   assert hs.dtype == jnp.bfloat16 and final.c.dtype == jnp.float32
-  want = jaxlstm.layer(jax.tree.map(lambda a: a.astype(jnp.float32), p), normal((B, T, 5, C), jnp.bfloat16)
-                       .astype(jnp.float32))[1]
+  want = jaxlstm.layer(
+    jax.tree.map(lambda a: a.astype(jnp.float32), p), normal((B, T, 5, C), jnp.bfloat16).astype(jnp.float32)
+  )[1]
   assert rel_err(hs, want) < 3e-2
 
 
 def test_bidirectional_stack_of_valid_layers_is_the_layers_composed():
-  params = jaxlstm.stack_init(jax.random.key(0), C, F, 2, cell="convlstm1d", bidirectional=True, padding="valid",
-                              kernel_size=2, dtype=jnp.float64)
+  params = jaxlstm.stack_init(
+    jax.random.key(0), C, F, 2, cell="convlstm1d", bidirectional=True, padding="valid", kernel_size=2, dtype=jnp.float64
+  )
   assert params[1].forward.input_size == 2 * F
   xs = normal((B, T, 6, C), jnp.float64, seed=5)
   states, hs = jaxlstm.stack(params, xs, lengths=LENGTHS)
@@ -260,10 +266,10 @@ def keras_layer(rank, seed=0, spatial=(6, 5), **kw):
 
 
 KERAS = [
-    (2, dict(kernel_size=(3, 2), padding="valid", strides=(2, 1))),
-    (2, dict(kernel_size=3, padding="same", dilation_rate=2)),
-    (1, dict(kernel_size=3, padding="same", go_backwards=True)),
-    (1, dict(kernel_size=2, padding="valid", use_bias=False)),
+  (2, dict(kernel_size=(3, 2), padding="valid", strides=(2, 1))),
+  (2, dict(kernel_size=3, padding="same", dilation_rate=2)),
+  (1, dict(kernel_size=3, padding="same", go_backwards=True)),
+  (1, dict(kernel_size=2, padding="valid", use_bias=False)),
 ]
 
 
@@ -284,12 +290,12 @@ def test_keras_outputs_states_and_gradients(rank, kw):
 
   def keras_loss(tv, xs):
     (hs, h, c), _ = layer.stateless_call(tv, ntv, xs)
-    return jnp.sum(hs * r) + jnp.sum(h ** 2) + jnp.sum(c), (hs, h, c)
+    return jnp.sum(hs * r) + jnp.sum(h**2) + jnp.sum(c), (hs, h, c)
 
   def our_loss(p, xs):
     final, hs = jaxlstm.layer(p[0], xs, reverse=backwards, **run)
     hs = hs[:, ::-1] if backwards else hs  # Keras returns a go_backwards layer's outputs in reversed time order
-    return jnp.sum(hs * r) + jnp.sum(final.h ** 2) + jnp.sum(final.c), (hs, final.h, final.c)
+    return jnp.sum(hs * r) + jnp.sum(final.h**2) + jnp.sum(final.c), (hs, final.h, final.c)
 
   (kl, kout), kg = jax.value_and_grad(keras_loss, argnums=(0, 1), has_aux=True)(tv, xs)
   (ol, oout), og = jax.value_and_grad(our_loss, argnums=(0, 1), has_aux=True)(params, xs)
@@ -317,7 +323,7 @@ def test_keras_masks_round_trip_and_refusals():
   # fails), so lengths are checked against Keras on each row cut to its length.
   final, hs = jaxlstm.stack(params, xs, lengths=LENGTHS)
   for b, L in enumerate(LENGTHS):
-    hs_k, h_k, c_k = layer(xs[b:b + 1, :L])
+    hs_k, h_k, c_k = layer(xs[b : b + 1, :L])
     assert float(jnp.abs(final[0].h[b] - h_k[0]).max()) < 2e-6 and float(jnp.abs(final[0].c[b] - c_k[0]).max()) < 2e-6
     assert float(jnp.abs(hs[b, :L] - hs_k[0]).max()) < 2e-6 and float(jnp.abs(hs[b, L:]).sum()) == 0.0
   # ours -> Keras -> ours is exact, and Keras then computes what we do.
@@ -328,11 +334,13 @@ def test_keras_masks_round_trip_and_refusals():
   assert_trees_equal(back, mine)
   assert float(jnp.abs(other(xs) - jaxlstm.stack(mine, xs)[1]).max()) < 2e-6
   with pytest.raises(ValueError, match=r"params\[0\].padding is 'valid' but layer.cell has padding='same'"):
-    jaxlstm.interop.to_keras(jaxlstm.stack_init(jax.random.key(1), C, F, 1, cell="convlstm2d", kernel_size=2,
-                                                padding="valid"), other)
+    jaxlstm.interop.to_keras(
+      jaxlstm.stack_init(jax.random.key(1), C, F, 1, cell="convlstm2d", kernel_size=2, padding="valid"), other
+    )
   with pytest.raises(ValueError, match=r"forget_offset is 1.0 but Keras' ConvLSTM adds nothing"):
-    jaxlstm.interop.to_keras(jaxlstm.stack_init(jax.random.key(1), C, F, 1, cell="convlstm2d", kernel_size=2,
-                                                forget_offset=1.0), other)
+    jaxlstm.interop.to_keras(
+      jaxlstm.stack_init(jax.random.key(1), C, F, 1, cell="convlstm2d", kernel_size=2, forget_offset=1.0), other
+    )
   with pytest.raises(ValueError, match=r"layer must be built before params can be written into it"):
     jaxlstm.interop.to_keras(mine, keras.layers.ConvLSTM2D(F, 2, padding="same"))
 
@@ -345,6 +353,7 @@ def test_flax_conv_lstm_cell_outputs_gradients_and_round_trip():
   from flax import linen
 
   from jaxlstm.interop.flax import from_flax, from_flax_carry, to_flax, to_flax_carry
+
   cell = linen.ConvLSTMCell(F, (3, 2))
   rnn = linen.RNN(cell)
   xs = normal((B, T, 6, 5, C), seed=9)
@@ -361,7 +370,7 @@ def test_flax_conv_lstm_cell_outputs_gradients_and_round_trip():
 
   def our_loss(p, xs):
     final, hs = jaxlstm.layer(p, xs, from_flax_carry(carry0, cell))
-    return jnp.sum(hs * r) + jnp.sum(final.c ** 2), (hs, to_flax_carry(final))
+    return jnp.sum(hs * r) + jnp.sum(final.c**2), (hs, to_flax_carry(final))
 
   (_, (hs_f, carry_f)), g_f = jax.value_and_grad(flax_loss, argnums=(0, 1), has_aux=True)(variables, xs)
   (_, (hs_o, carry_o)), g_o = jax.value_and_grad(our_loss, argnums=(0, 1), has_aux=True)(params, xs)
@@ -390,6 +399,7 @@ def test_flax_modules_run_the_functional_layer_and_stack():
 
   import jaxlstm.linen
   import jaxlstm.nnx
+
   xs = normal((B, T, 6, 5, C))
   layer = jaxlstm.nnx.Layer(C, F, cell="convlstm2d", kernel_size=(3, 2), padding="valid", rngs=nnx.Rngs(0))
   assert layer.cell == "convlstm2d" and layer.options["padding"] == "valid"
@@ -414,19 +424,24 @@ def test_flax_modules_run_the_functional_layer_and_stack():
 @pytest.mark.standard_promotion  # optax promotes implicitly
 def test_fit_trains_it_and_a_checkpoint_keeps_its_settings(tmp_path):
   key = jax.random.key(0)
-  params = {"rnn": jaxlstm.stack_init(key, C, F, 1, cell="convlstm1d", kernel_size=3, padding="valid"),
-            "head": jnp.zeros((F, 1))}
+  params = {
+    "rnn": jaxlstm.stack_init(key, C, F, 1, cell="convlstm1d", kernel_size=3, padding="valid"),
+    "head": jnp.zeros((F, 1)),
+  }
   rng = np.random.default_rng(0)
-  data = {"xs": rng.standard_normal((32, T, 6, C)).astype(np.float32),
-          "ys": rng.standard_normal((32, 1)).astype(np.float32)}
+  data = {
+    "xs": rng.standard_normal((32, T, 6, C)).astype(np.float32),
+    "ys": rng.standard_normal((32, 1)).astype(np.float32),
+  }
 
   def loss_fn(p, batch, key):
     states, _ = jaxlstm.stack(p["rnn"], batch["xs"])
     pred = states[-1].h.mean(axis=1) @ p["head"]  # mean over the feature map's positions
     return jnp.mean((pred - batch["ys"]) ** 2)
 
-  trained, history = jaxlstm.fit(params, loss_fn, data, steps=4, batch_size=16, checkpoint_dir=str(tmp_path),
-                                 save_every=2, progress=False)
+  trained, history = jaxlstm.fit(
+    params, loss_fn, data, steps=4, batch_size=16, checkpoint_dir=str(tmp_path), save_every=2, progress=False
+  )
   assert np.isfinite(history[-1]["loss"])
   ckpt = Checkpointer(tmp_path)
   back = ckpt.restore(jaxlstm.init_train_state(params, optax.adam(1e-3)))
@@ -439,8 +454,11 @@ def test_fit_trains_it_and_a_checkpoint_keeps_its_settings(tmp_path):
 
 def test_cli_refuses_it_for_flat_tasks(tmp_path, capsys):
   from jaxlstm.cli import main
-  assert main(["train", "--task", "adding", "--cell", "convlstm2d", "--steps", "1", "--out", str(tmp_path / "a"),
-               "--quiet"]) == 2
+
+  assert (
+    main(["train", "--task", "adding", "--cell", "convlstm2d", "--steps", "1", "--out", str(tmp_path / "a"), "--quiet"])
+    == 2
+  )
   assert "cell 'convlstm2d' reads sequences of feature maps" in capsys.readouterr().err
 
 

@@ -29,8 +29,9 @@ def test_packed_weights_match_jax_cudnn_reference():
 
   params, xs, state = setup(jnp.float32)
   W_ih, W_hh, b_ih, b_hh = rnn.unpack_lstm_weights(cudnn.pack_weights(params), I, H, 1, False)
-  y, h, c = rnn.lstm_ref(xs, state.h[None], state.c[None], W_ih, W_hh, b_ih, b_hh,
-                         jnp.full((B,), T, jnp.int32), I, H, 1, 0.0, False)
+  y, h, c = rnn.lstm_ref(
+    xs, state.h[None], state.c[None], W_ih, W_hh, b_ih, b_hh, jnp.full((B,), T, jnp.int32), I, H, 1, 0.0, False
+  )
   final, hs = jaxlstm.lstm(params, xs, state, impl="reference")
   assert rel_err(y, hs) < 1e-5
   assert rel_err(h[0], final.h) < 1e-5 and rel_err(c[0], final.c) < 1e-5
@@ -43,13 +44,16 @@ def test_packed_size_is_cudnn_param_count():
   assert cudnn.pack_weights(params).shape == (rnn.get_num_params_in_lstm(I, H, 1, False),)
 
 
-@pytest.mark.parametrize("make, kw, match", [
+@pytest.mark.parametrize(
+  "make, kw, match",
+  [
     (lambda: random_params(jaxlstm.lstm_init, I, H, peephole=True), {}, "plain LSTMs only"),
     (lambda: random_params(jaxlstm.lstm_init, I, H, layer_norm=True), {}, "plain LSTMs only"),
     (lambda: random_params(jaxlstm.lstm_init, I, H, dtype=jnp.float64), {}, "float32 params only"),
     (lambda: random_params(jaxlstm.lstm_init, I, H), {"mask": np.ones((B, T), bool)}, "not mask or resets"),
     (lambda: random_params(jaxlstm.lstm_init, I, H), {"resets": np.zeros((B, T), bool)}, "not mask or resets"),
-])
+  ],
+)
 def test_unsupported_layers_are_refused(make, kw, match):
   params = make()
   xs = normal((B, T, I), params.w_x.dtype)
@@ -75,9 +79,11 @@ def test_reverse_and_time_major_are_refused(kw):
 
 def swap_outputs(run):
   """``run`` with its outputs transposed: the cotangent reaching cuDNN's backward call is then a transpose."""
+
   def f(p, x, s):
     final, hs = run(p, x, s)
     return final, jnp.swapaxes(hs, 0, 1)
+
   return f
 
 
@@ -91,11 +97,14 @@ def test_cudnn_matches_reference_on_gpu():
   params, xs, state = setup(jnp.float32)
   _, x23, s23 = setup(jnp.float32, batch=(2, B))
   lengths = {"lengths": LENGTHS}
-  assert_same([
+  assert_same(
+    [
       (layer("cudnn"), layer("reference"), params, x23, s23),
       (layer("cudnn", **lengths), layer("reference", **lengths), params, xs, state),
       (swap_outputs(layer("cudnn", **lengths)), swap_outputs(layer("reference", **lengths)), params, xs, state),
-  ], 2e-5)
+    ],
+    2e-5,
+  )
 
 
 @gpu

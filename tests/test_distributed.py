@@ -33,8 +33,9 @@ COMMON = textwrap.dedent("""
 
 def run_script(body, devices=4, env=None, args=()):
   e = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **(env or {})}
-  proc = subprocess.run([sys.executable, "-c", COMMON + textwrap.dedent(body), *args], capture_output=True,
-                        text=True, env=e, timeout=300)
+  proc = subprocess.run(
+    [sys.executable, "-c", COMMON + textwrap.dedent(body), *args], capture_output=True, text=True, env=e, timeout=300
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -95,9 +96,16 @@ def test_two_processes_on_loopback_match_one_process(tmp_path):
   port = _free_port()
   env = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2"}
   e = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", **env}
-  procs = [subprocess.Popen([sys.executable, "-c", COMMON + textwrap.dedent(body), str(tmp_path)],
-                            env={**e, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", COMMON + textwrap.dedent(body), str(tmp_path)],
+      env={**e, "JAX_PROCESS_ID": str(i)},
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = []
   for p in procs:
     stdout, stderr = p.communicate(timeout=300)

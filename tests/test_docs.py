@@ -25,22 +25,59 @@ sys.path.insert(0, str(DOCS / "_ext"))
 from public_api import public_modules, public_names  # noqa: E402
 
 # Every page written by hand, whose code blocks run.
-PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")
-               if not p.relative_to(DOCS).parts[0].startswith(("_", "notebooks", "api")))
+PAGES = sorted(
+  p.relative_to(DOCS).as_posix()
+  for p in DOCS.rglob("*.md")
+  if not p.relative_to(DOCS).parts[0].startswith(("_", "notebooks", "api"))
+)
 
 # Modules the reference must have a page for, whatever the package walk finds.
-EXPECTED_MODULES = ["jaxlstm", "jaxlstm.nnx", "jaxlstm.linen", "jaxlstm.kernels", "jaxlstm.interop",
-                    "jaxlstm.interop.torch", "jaxlstm.interop.keras", "jaxlstm.interop.flax",
-                    "jaxlstm.interop.xlstm", "jaxlstm.train", "jaxlstm.checkpoint", "jaxlstm.presets",
-                    "jaxlstm.tasks", "jaxlstm.experiment", "jaxlstm.sweep", "jaxlstm.distributed",
-                    "jaxlstm.models", "jaxlstm.optim", "jaxlstm.sample"]
+EXPECTED_MODULES = [
+  "jaxlstm",
+  "jaxlstm.nnx",
+  "jaxlstm.linen",
+  "jaxlstm.kernels",
+  "jaxlstm.interop",
+  "jaxlstm.interop.torch",
+  "jaxlstm.interop.keras",
+  "jaxlstm.interop.flax",
+  "jaxlstm.interop.xlstm",
+  "jaxlstm.train",
+  "jaxlstm.checkpoint",
+  "jaxlstm.presets",
+  "jaxlstm.tasks",
+  "jaxlstm.experiment",
+  "jaxlstm.sweep",
+  "jaxlstm.distributed",
+  "jaxlstm.models",
+  "jaxlstm.optim",
+  "jaxlstm.sample",
+]
 
 
 def build(out: pathlib.Path) -> pathlib.Path:
   """Builds the site into ``out`` with the README's flags; returns the HTML directory."""
-  proc = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
-                         "-d", str(out / "doctrees"), str(DOCS), str(out / "html")],
-                        capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "sphinx",
+      "-W",
+      "--keep-going",
+      "-q",
+      "-b",
+      "html",
+      "-d",
+      str(out / "doctrees"),
+      str(DOCS),
+      str(out / "html"),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+    cwd=ROOT,
+  )
   assert proc.returncode == 0, f"the docs build failed or warned:\n{proc.stderr[-6000:]}"
   return out / "html"
 
@@ -65,8 +102,18 @@ def test_the_site(tmp_path):
 
 
 def check_pages(site):
-  for page in ["index", "getting_started", "concepts", "guides/keras", "guides/pytorch", "guides/flax_equinox",
-               "training", "speed", "notebooks", "api/index"]:
+  for page in [
+    "index",
+    "getting_started",
+    "concepts",
+    "guides/keras",
+    "guides/pytorch",
+    "guides/flax_equinox",
+    "training",
+    "speed",
+    "notebooks",
+    "api/index",
+  ]:
     assert (site / f"{page}.html").exists(), page
 
 
@@ -106,8 +153,15 @@ def check_figures_tables_and_math(site):
   speed = (site / "speed.html").read_text()
   # The benchmark reports are included from bench/, so the site shows their current numbers: the second cell
   # of each report's first table row is on the page.
-  for report in ("results.md", "results_torch.md", "results_torch_defaults.md", "results_gpu.md",
-                 "results_gpu_unroll1.md", "results_mingru.md", "results_cells.md"):
+  for report in (
+    "results.md",
+    "results_torch.md",
+    "results_torch_defaults.md",
+    "results_gpu.md",
+    "results_gpu_unroll1.md",
+    "results_mingru.md",
+    "results_cells.md",
+  ):
     lines = (ROOT / "bench" / report).read_text().splitlines()
     first = next(i for i, line in enumerate(lines) if re.match(r"^\|\s*:?-+", line)) + 1
     cell = lines[first].strip("|").split("|")[1].strip().strip("`*")
@@ -117,8 +171,13 @@ def check_figures_tables_and_math(site):
 
 def test_the_figures_script_runs(tmp_path):
   pytest.importorskip("matplotlib")
-  proc = subprocess.run([sys.executable, str(DOCS / "figures" / "make_figures.py"), str(tmp_path)],
-                        capture_output=True, text=True, timeout=300, check=False)
+  proc = subprocess.run(
+    [sys.executable, str(DOCS / "figures" / "make_figures.py"), str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["lengths.svg", "mask.svg", "resets.svg"]
 

@@ -47,8 +47,16 @@ MODULES = documented_modules()
 
 
 def test_discovery_finds_every_module():
-  for name in ("jaxlstm", "jaxlstm._src.layers", "jaxlstm._src.cells.lstm", "jaxlstm._src.kernels.fused",
-               "jaxlstm.kernels", "jaxlstm.train", "jaxlstm.interop.torch", "jaxlstm.nnx"):
+  for name in (
+    "jaxlstm",
+    "jaxlstm._src.layers",
+    "jaxlstm._src.cells.lstm",
+    "jaxlstm._src.kernels.fused",
+    "jaxlstm.kernels",
+    "jaxlstm.train",
+    "jaxlstm.interop.torch",
+    "jaxlstm.nnx",
+  ):
     assert name in MODULES, name
   assert "jaxlstm.nn" not in MODULES
 
@@ -74,5 +82,4 @@ def test_docstring_examples(name, tmp_path, monkeypatch):
     for test in sorted(tests, key=lambda t: t.name):
       runner.run(test, out=report.append)
   if runner.failures:
-    pytest.fail(f"{runner.failures} of {runner.tries} examples failed in {name}:\n" + "".join(report),
-                pytrace=False)
+    pytest.fail(f"{runner.failures} of {runner.tries} examples failed in {name}:\n" + "".join(report), pytrace=False)

@@ -25,10 +25,10 @@ LENGTHS = jnp.asarray([5, 2, 0])
 
 # (cell name, functional layer, functional init, init options): the options go into the params.
 LAYERS = {
-    "lstm": (jaxlstm.lstm, jaxlstm.lstm_init, {}),
-    "lstm_proj": (jaxlstm.lstm, jaxlstm.lstm_init, {"proj_size": 2}),
-    "gru": (jaxlstm.gru, jaxlstm.gru_init, {}),
-    "rnn": (jaxlstm.rnn, jaxlstm.rnn_init, {"activation": "relu"}),
+  "lstm": (jaxlstm.lstm, jaxlstm.lstm_init, {}),
+  "lstm_proj": (jaxlstm.lstm, jaxlstm.lstm_init, {"proj_size": 2}),
+  "gru": (jaxlstm.gru, jaxlstm.gru_init, {}),
+  "rnn": (jaxlstm.rnn, jaxlstm.rnn_init, {"activation": "relu"}),
 }
 
 
@@ -53,9 +53,12 @@ def test_layer_equals_functional(name):
 
   @eqx.filter_jit
   def run(layer, xs):
-    return (layer(xs, lengths=LENGTHS), layer(xs, state0, lengths=LENGTHS, reverse=True, return_sequences=False,
-                                              return_state=True),
-            fn(layer.params, xs, lengths=LENGTHS), fn(layer.params, xs, state0, lengths=LENGTHS, reverse=True))
+    return (
+      layer(xs, lengths=LENGTHS),
+      layer(xs, state0, lengths=LENGTHS, reverse=True, return_sequences=False, return_state=True),
+      fn(layer.params, xs, lengths=LENGTHS),
+      fn(layer.params, xs, state0, lengths=LENGTHS, reverse=True),
+    )
 
   hs, (state, last), (_, expected_hs), (expected_state, _) = run(layer, normal((B, T, I)))
   np.testing.assert_array_equal(hs, expected_hs)
@@ -66,11 +69,12 @@ def test_layer_equals_functional(name):
 def test_init_is_the_functional_init():
   key = jax.random.key(0)
   assert_trees_equal(jeqx.Layer(3, 5, cell="gru", key=key).params, jaxlstm.gru_init(key, 3, 5))
-  assert_trees_equal(jeqx.Cell(3, 5, peephole=True, forget_bias=0.5, key=key).params,
-                     jaxlstm.lstm_init(key, 3, 5, peephole=True, forget_bias=0.5))
+  assert_trees_equal(
+    jeqx.Cell(3, 5, peephole=True, forget_bias=0.5, key=key).params,
+    jaxlstm.lstm_init(key, 3, 5, peephole=True, forget_bias=0.5),
+  )
   stack = jeqx.Stack(3, 5, num_layers=2, cell="rnn", bidirectional=True, activation="relu", key=key)
-  assert_trees_equal(stack.params, jaxlstm.stack_init(key, 3, 5, 2, cell="rnn", bidirectional=True,
-                                                      activation="relu"))
+  assert_trees_equal(stack.params, jaxlstm.stack_init(key, 3, 5, 2, cell="rnn", bidirectional=True, activation="relu"))
   assert stack.cell == "rnn" and stack.options["activation"] == "relu"
   # The only arrays of a module are its params: what optax and eqx.filter_grad see.
   assert_trees_equal(jax.tree.leaves(eqx.filter(stack, eqx.is_array)), jax.tree.leaves(stack.params))
@@ -87,15 +91,21 @@ def test_constructors_check_their_arguments():
     jeqx.Cell(4, H, params=params)
   with pytest.raises(ValueError, match=r"params must have the layout .* that the module's options describe"):
     jeqx.Layer(I, H, cell="gru", params=params)
-  with pytest.raises(ValueError, match=r"params must have the layout .*: the params were built with "
-                                       r"activation='relu', but the module has activation='tanh'"):
+  with pytest.raises(
+    ValueError,
+    match=r"params must have the layout .*: the params were built with "
+    r"activation='relu', but the module has activation='tanh'",
+  ):
     jeqx.Layer(I, H, cell="rnn", params=random_params(jaxlstm.rnn_init, I, H, activation="relu"))
   with pytest.raises(TypeError, match=r"'peephole' is not an option of the 'gru' cell; its options are \[\]"):
     jeqx.Layer(I, H, cell="gru", peephole=True, key=jax.random.key(0))
   with pytest.raises(ValueError, match=r"cell must be one of \[.*\]; got 'lsmt'"):
     jeqx.Cell(I, H, cell="lsmt", key=jax.random.key(0))
-  with pytest.raises(ValueError, match=r"peephole=False conflicts with the params, which were built with "
-                                       r"peephole=True"):
+  with pytest.raises(
+    ValueError,
+    match=r"peephole=False conflicts with the params, which were built with "
+    r"peephole=True",
+  ):
     jeqx.Layer.from_params(random_params(jaxlstm.lstm_init, I, H, peephole=True), peephole=False)
   stack = random_params(jaxlstm.stack_init, I, H, 2, cell="gru")
   assert jeqx.Stack.from_params(stack, dropout=0.5).params == stack
@@ -159,11 +169,16 @@ def test_stack_equals_functional_and_dropout_is_reproducible():
 
   @eqx.filter_jit
   def run(model, xs):
-    return (model(xs, lengths=LENGTHS, key=k1), model(xs, lengths=LENGTHS, key=k1), model(xs, lengths=LENGTHS, key=k2),
-            model(xs, lengths=LENGTHS, inference=True), eqx.nn.inference_mode(model)(xs, lengths=LENGTHS),
-            model(xs, lengths=LENGTHS, inference=True, return_sequences=False, return_state=True),
-            jaxlstm.stack(model.params, xs, lengths=LENGTHS, dropout=0.5, key=k1),
-            jaxlstm.stack(model.params, xs, lengths=LENGTHS))
+    return (
+      model(xs, lengths=LENGTHS, key=k1),
+      model(xs, lengths=LENGTHS, key=k1),
+      model(xs, lengths=LENGTHS, key=k2),
+      model(xs, lengths=LENGTHS, inference=True),
+      eqx.nn.inference_mode(model)(xs, lengths=LENGTHS),
+      model(xs, lengths=LENGTHS, inference=True, return_sequences=False, return_state=True),
+      jaxlstm.stack(model.params, xs, lengths=LENGTHS, dropout=0.5, key=k1),
+      jaxlstm.stack(model.params, xs, lengths=LENGTHS),
+    )
 
   a, a_again, b, det, det_mode, (states, last), (_, expected_dropped), (expected_states, expected) = run(model, xs)
   np.testing.assert_array_equal(a, a_again)  # the same key gives the same masks
@@ -173,8 +188,9 @@ def test_stack_equals_functional_and_dropout_is_reproducible():
   np.testing.assert_array_equal(det_mode, expected)
   assert eqx.nn.inference_mode(model).inference and not model.inference
   assert_trees_equal(states, expected_states)
-  np.testing.assert_array_equal(last, jnp.concatenate([expected_states[-1].forward.h,
-                                                       expected_states[-1].backward.h], axis=-1))
+  np.testing.assert_array_equal(
+    last, jnp.concatenate([expected_states[-1].forward.h, expected_states[-1].backward.h], axis=-1)
+  )
   with pytest.raises(ValueError, match=r"Stack with dropout=0\.5 or regularizers needs key= in the call unless"):
     model(xs)
 
@@ -190,6 +206,7 @@ def test_trains_a_step_with_optax():
   def step(model, opt_state, key):
     def loss(m):
       return jnp.mean((m(xs, key=key) - ys) ** 2)
+
     value, grads = eqx.filter_value_and_grad(loss)(model)
     updates, opt_state = opt.update(grads, opt_state, eqx.filter(model, eqx.is_array))
     return eqx.apply_updates(model, updates), opt_state, value

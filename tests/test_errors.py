@@ -31,9 +31,11 @@ def test_init_errors():
     jaxlstm.lstm_init(key, 3, 4, proj_size=4)
   with pytest.raises(TypeError, match=r"dtype must be a floating-point dtype; got int32"):
     jaxlstm.rnn_init(key, 3, 4, dtype=jnp.int32)
-  with pytest.raises(ValueError,
-                     match=r"cell must be one of \['convlstm1d', 'convlstm2d', 'gru', 'lstm', 'mingru', 'minlstm', "
-                           r"'rnn', 'slstm'\]; got 'lstmm'"):
+  with pytest.raises(
+    ValueError,
+    match=r"cell must be one of \['convlstm1d', 'convlstm2d', 'gru', 'lstm', 'mingru', 'minlstm', "
+    r"'rnn', 'slstm'\]; got 'lstmm'",
+  ):
     jaxlstm.stack_init(key, 3, 4, 2, cell="lstmm")
   with pytest.raises(ValueError, match=r"num_layers must be a positive int; got 0"):
     jaxlstm.stack_init(key, 3, 4, 0)
@@ -96,16 +98,23 @@ def test_lengths_mask_resets_errors(p, xs):
 
 
 def test_option_errors(p, xs):
-  with pytest.raises(ValueError,
-                     match=r"impl must be one of \('auto', 'fused', 'parallel', 'cudnn', 'reference'\); got 'cuda'"):
+  with pytest.raises(
+    ValueError, match=r"impl must be one of \('auto', 'fused', 'parallel', 'cudnn', 'reference'\); got 'cuda'"
+  ):
     jaxlstm.lstm(p, xs, impl="cuda")
   with pytest.raises(ValueError, match=r"remat must be a positive int or None; got 0"):
     jaxlstm.lstm(p, xs, remat=0)
-  with pytest.raises(ValueError, match=r"impl='reference' cannot run this layer: remat is implemented by the fused "
-                                       r"kernel only"):
+  with pytest.raises(
+    ValueError,
+    match=r"impl='reference' cannot run this layer: remat is implemented by the fused "
+    r"kernel only",
+  ):
     jaxlstm.lstm(p, xs, remat=2, impl="reference")
-  with pytest.raises(ValueError, match=r"no kernel can run this gru layer: fused: it runs LSTM layers only, not gru; .*"
-                                       r"reference: remat is implemented by the fused kernel only"):
+  with pytest.raises(
+    ValueError,
+    match=r"no kernel can run this gru layer: fused: it runs LSTM layers only, not gru; .*"
+    r"reference: remat is implemented by the fused kernel only",
+  ):
     jaxlstm.stack((random_params(jaxlstm.gru_init, I, H),), xs, remat=2)
   r = random_params(jaxlstm.rnn_init, I, H)
   with pytest.raises(ValueError, match=r"activation must be one of \['relu', 'tanh'\]; got 'gelu'"):
@@ -114,16 +123,22 @@ def test_option_errors(p, xs):
 
 def test_stack_errors(p, xs):
   params = random_params(jaxlstm.stack_init, I, H, 2)
-  with pytest.raises(TypeError, match=r"params must be a tuple of layer params from stack_init; got a single "
-                                      r"LSTMParams \(wrap it in a tuple\)"):
+  with pytest.raises(
+    TypeError,
+    match=r"params must be a tuple of layer params from stack_init; got a single "
+    r"LSTMParams \(wrap it in a tuple\)",
+  ):
     jaxlstm.stack(p, xs)
   with pytest.raises(TypeError, match=r"params must be a non-empty tuple of layer params from stack_init; got tuple"):
     jaxlstm.stack((), xs)
   with pytest.raises(ValueError, match=r"params\[1\] has input size 3, but layer 0 outputs 4 features"):
     jaxlstm.stack((random_params(jaxlstm.lstm_init, I, 4), p), xs)
   bi = random_params(jaxlstm.stack_init, I, H, 2, bidirectional=True)
-  with pytest.raises(ValueError, match=r"params\[1\].forward has input size 10, but layer 0 outputs 5 features "
-                                       r"with merge='sum'"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\[1\].forward has input size 10, but layer 0 outputs 5 features "
+    r"with merge='sum'",
+  ):
     jaxlstm.stack(bi, xs, merge="sum")
   with pytest.raises(ValueError, match=r"states must be a sequence of 2 layer states \(one per layer\); got 1"):
     jaxlstm.stack(params, xs, (jaxlstm.lstm_zero_state(p, (B,)),))
@@ -135,8 +150,11 @@ def test_stack_errors(p, xs):
     jaxlstm.stack(params, xs, dropout=0.5)
   with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\); got 1.0"):
     jaxlstm.stack(params, xs, dropout=1.0, key=jax.random.key(0))
-  with pytest.raises(TypeError, match=r"params\[0\] must be the params of a registered cell "
-                                      r"\(LSTMParams, GRUParams, RNNParams, MinGRUParams, MinLSTMParams, SLSTMParams, "
-                                      r"ConvLSTM1DParams, ConvLSTM2DParams\); "
-                                      r"got dict"):
+  with pytest.raises(
+    TypeError,
+    match=r"params\[0\] must be the params of a registered cell "
+    r"\(LSTMParams, GRUParams, RNNParams, MinGRUParams, MinLSTMParams, SLSTMParams, "
+    r"ConvLSTM1DParams, ConvLSTM2DParams\); "
+    r"got dict",
+  ):
     jaxlstm.stack(({},), xs)

@@ -30,17 +30,29 @@ def table_loss(params, batch, key):
 
 def run(**kw):
   kw = {"steps": len(TABLE) - 1, "eval_every": 1, **kw}
-  params, hist = fit({"b": jnp.zeros((), jnp.float32)}, rise, DATA, optimizer=optax.sgd(1.0), batch_size=1,
-                     validation_data=DATA, eval_fn=table_loss, progress=False, **kw)
+  params, hist = fit(
+    {"b": jnp.zeros((), jnp.float32)},
+    rise,
+    DATA,
+    optimizer=optax.sgd(1.0),
+    batch_size=1,
+    validation_data=DATA,
+    eval_fn=table_loss,
+    progress=False,
+    **kw,
+  )
   return float(params["b"]), hist
 
 
-@pytest.mark.parametrize("patience, mode, stop, best", [
+@pytest.mark.parametrize(
+  "patience, mode, stop, best",
+  [
     (2, "min", 4, 2),  # 5, 3 (best), 4, 3: an equal value is no improvement
     (3, "min", 8, 8),  # 2 at step 5 and 1 at step 8 reset the count
     (2, "max", 3, 1),
     (None, "min", 8, 8),
-])
+  ],
+)
 def test_early_stopping_and_restore_best(capsys, patience, mode, stop, best):
   last, hist = run(early_stopping=patience, mode=mode)
   assert [r["step"] for r in hist] == list(range(1, stop + 1)) and last == stop
@@ -95,12 +107,32 @@ def test_an_interrupted_run_keeps_its_last_step(tmp_path):
       raise KeyboardInterrupt
 
   with pytest.raises(KeyboardInterrupt):
-    fit(jnp.float32(0.0), loss, data, batch_size=4, steps=9, eval_every=3, save_every=2, progress=False,
-        checkpoint_dir=str(tmp_path), callbacks=[interrupt])
+    fit(
+      jnp.float32(0.0),
+      loss,
+      data,
+      batch_size=4,
+      steps=9,
+      eval_every=3,
+      save_every=2,
+      progress=False,
+      checkpoint_dir=str(tmp_path),
+      callbacks=[interrupt],
+    )
   # Step 2 was saved by the policy; step 3, where the run stopped, on the way out.
   assert Checkpointer(tmp_path).all_steps() == [2, 3]
-  resumed, _ = fit(jnp.float32(0.0), loss, data, batch_size=4, steps=9, eval_every=3, save_every=2, progress=False,
-                   checkpoint_dir=str(tmp_path), resume=True)
+  resumed, _ = fit(
+    jnp.float32(0.0),
+    loss,
+    data,
+    batch_size=4,
+    steps=9,
+    eval_every=3,
+    save_every=2,
+    progress=False,
+    checkpoint_dir=str(tmp_path),
+    resume=True,
+  )
   straight, _ = fit(jnp.float32(0.0), loss, data, batch_size=4, steps=9, eval_every=3, progress=False)
   np.testing.assert_array_equal(resumed, straight)
 

@@ -56,8 +56,12 @@ class LeakyState(NamedTuple):
 
 def leaky_init(key, input_size, hidden_size, *, leak=0.5, dtype=jnp.float32):
   kx, kh = jax.random.split(key)
-  return LeakyParams(jax.random.normal(kx, (input_size, hidden_size), dtype),
-                     jax.random.normal(kh, (hidden_size, hidden_size), dtype), jnp.zeros((hidden_size,), dtype), leak)
+  return LeakyParams(
+    jax.random.normal(kx, (input_size, hidden_size), dtype),
+    jax.random.normal(kh, (hidden_size, hidden_size), dtype),
+    jnp.zeros((hidden_size,), dtype),
+    leak,
+  )
 
 
 def leaky_step(params, state, x):
@@ -69,9 +73,17 @@ def leaky_zero_state(params, batch_shape=(), dtype=None):
   return LeakyState(jnp.zeros((*batch_shape, params.hidden_size), params.dtype if dtype is None else dtype))
 
 
-LEAKY = jaxlstm.Cell(name=NAME, params_type=LeakyParams, state_type=LeakyState, init=leaky_init, step=leaky_step,
-                     zero_state=leaky_zero_state, options_of=lambda p: {"dtype": p.dtype, "leak": p.leak}, gates=1,
-                     options=("leak",))
+LEAKY = jaxlstm.Cell(
+  name=NAME,
+  params_type=LeakyParams,
+  state_type=LeakyState,
+  init=leaky_init,
+  step=leaky_step,
+  zero_state=leaky_zero_state,
+  options_of=lambda p: {"dtype": p.dtype, "leak": p.leak},
+  gates=1,
+  options=("leak",),
+)
 
 
 @pytest.fixture
@@ -97,9 +109,14 @@ def test_nnx_modules_run_a_user_cell(leaky):
     for t in range(T):  # the loop oracle: the cell's own step, one call per step
       state, y = cell(state, xs[:, t])
       ys.append(y)
-    return (layer(xs, lengths=LENGTHS, return_state=True), jaxlstm.layer(p, xs, lengths=LENGTHS),
-            stack(xs, lengths=LENGTHS, return_sequences=False), jaxlstm.stack(sp, xs, lengths=LENGTHS)[0],
-            (state, jnp.stack(ys, axis=1)), jaxlstm.layer(p, xs))
+    return (
+      layer(xs, lengths=LENGTHS, return_state=True),
+      jaxlstm.layer(p, xs, lengths=LENGTHS),
+      stack(xs, lengths=LENGTHS, return_sequences=False),
+      jaxlstm.stack(sp, xs, lengths=LENGTHS)[0],
+      (state, jnp.stack(ys, axis=1)),
+      jaxlstm.layer(p, xs),
+    )
 
   (state, hs), expected, last, states, loop, full = run(params, stack_params, xs)
   assert_trees_equal((state, hs), expected)
@@ -130,9 +147,14 @@ def test_linen_modules_run_a_user_cell(leaky):
     for t in range(T):
       state, y = cell.apply(v, state, xs[:, t])
       ys.append(y)
-    return (layer.apply(v, xs, lengths=LENGTHS, return_state=True), jaxlstm.layer(p, xs, lengths=LENGTHS),
-            stack.apply(sv, xs), jaxlstm.stack(jl.from_variables(sv), xs)[1], (state, jnp.stack(ys, axis=1)),
-            jaxlstm.layer(p, xs))
+    return (
+      layer.apply(v, xs, lengths=LENGTHS, return_state=True),
+      jaxlstm.layer(p, xs, lengths=LENGTHS),
+      stack.apply(sv, xs),
+      jaxlstm.stack(jl.from_variables(sv), xs)[1],
+      (state, jnp.stack(ys, axis=1)),
+      jaxlstm.layer(p, xs),
+    )
 
   got, expected, stack_hs, expected_stack_hs, loop, full = run(variables, stack_variables, xs)
   assert_trees_equal(got, expected)

@@ -18,8 +18,9 @@ TIGHT = {jnp.dtype(jnp.float32): 2e-5, jnp.dtype(jnp.float64): 1e-11}
 def setup(dtype, *, peephole=False, batch=(B,), t=T, i=I, h=H, seed=0):
   params = random_params(jaxlstm.lstm_init, i, h, dtype=dtype, peephole=peephole, seed=seed)
   xs = normal((*batch, t, i), dtype, seed=seed + 1)
-  state = jaxlstm.LSTMState(normal((*batch, h), dtype, seed=seed + 2, scale=0.5),
-                            normal((*batch, h), dtype, seed=seed + 3, scale=0.5))
+  state = jaxlstm.LSTMState(
+    normal((*batch, h), dtype, seed=seed + 2, scale=0.5), normal((*batch, h), dtype, seed=seed + 3, scale=0.5)
+  )
   return params, xs, state
 
 
@@ -51,10 +52,11 @@ def assert_same(cases, tol):
   All cases go through one jitted function per side: every compile costs
   about a second on a small CPU, and one big compile is cheaper than many.
   """
+
   def all_grads(side):
     def f(args):
-      return [jax.grad(weighted_loss(case[side]), argnums=(0, 1, 2), has_aux=True)(*a)
-              for case, a in zip(cases, args)]
+      return [jax.grad(weighted_loss(case[side]), argnums=(0, 1, 2), has_aux=True)(*a) for case, a in zip(cases, args)]
+
     return jax.jit(f)([case[2:] for case in cases])
 
   for k, (got, want) in enumerate(zip(all_grads(0), all_grads(1))):
@@ -71,13 +73,13 @@ def both(**kw):
 
 
 CASES = {
-    "plain": {},
-    "lengths": {"lengths": LENGTHS},
-    "mask": {"mask": MASK},
-    "reverse": {"reverse": True},
-    "reverse_lengths": {"reverse": True, "lengths": LENGTHS},
-    "reverse_lengths_mask": {"reverse": True, "lengths": LENGTHS, "mask": MASK},
-    "time_major_mask": {"time_major": True, "mask": MASK.T},
+  "plain": {},
+  "lengths": {"lengths": LENGTHS},
+  "mask": {"mask": MASK},
+  "reverse": {"reverse": True},
+  "reverse_lengths": {"reverse": True, "lengths": LENGTHS},
+  "reverse_lengths_mask": {"reverse": True, "lengths": LENGTHS, "mask": MASK},
+  "time_major_mask": {"time_major": True, "mask": MASK.T},
 }
 
 
@@ -158,14 +160,16 @@ def test_stack_matches_reference():
   xs = normal((B, T, I), jnp.float64, seed=1)
   cases = []
   for bidirectional in (False, True):
-    params = random_params(jaxlstm.stack_init, I, H, 2, bidirectional=bidirectional, peephole=bidirectional,
-                           dtype=jnp.float64)
+    params = random_params(
+      jaxlstm.stack_init, I, H, 2, bidirectional=bidirectional, peephole=bidirectional, dtype=jnp.float64
+    )
 
     def run(impl, bidirectional=bidirectional):
       def f(p, x, s):
         states, hs = jaxlstm.stack(p, x, lengths=LENGTHS, impl=impl)
         last = states[-1].backward if bidirectional else states[-1]
         return last, hs
+
       return f
 
     # The stack starts from zero states; the state argument is there for the helper's signature.
@@ -183,8 +187,16 @@ def test_check_grads_float64(peephole):
 def test_remat_matches_reference():
   params, xs, state = setup(jnp.float64, peephole=True, t=7)
   kw = {"lengths": np.array([7, 4, 0]), "reverse": True}
-  cases = [(lambda p, x, s, k=k: jaxlstm.lstm(p, x, s, remat=k, impl="fused", **kw), layer("reference", **kw),
-            params, xs, state) for k in (1, 3, 7)]
+  cases = [
+    (
+      lambda p, x, s, k=k: jaxlstm.lstm(p, x, s, remat=k, impl="fused", **kw),
+      layer("reference", **kw),
+      params,
+      xs,
+      state,
+    )
+    for k in (1, 3, 7)
+  ]
   # And through the public entry point.
   cases.append((lambda p, x, s: jaxlstm.lstm(p, x, s, remat=2, **kw), layer("reference", **kw), params, xs, state))
   assert_same(cases, TIGHT[jnp.dtype(jnp.float64)])

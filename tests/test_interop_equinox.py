@@ -73,7 +73,8 @@ def test_sequence_parity(name, use_bias):
   grad = (0, 1, 2)
   (e_gw, e_gh, e_gx), (e_final, e_ys) = jax.jit(jax.grad(eqx_loss, grad, has_aux=True))(cell, hidden, xs)
   (o_gp, o_gs, o_gx), (o_final, o_ys) = jax.jit(jax.grad(our_loss, grad, has_aux=True))(
-      params, from_equinox_state(hidden, cell), xs)
+    params, from_equinox_state(hidden, cell), xs
+  )
   diffs = []
   assert_close(o_ys, e_ys, "outputs", diffs)
   assert_close(o_final, e_final, "final state", diffs)
@@ -111,8 +112,9 @@ def test_round_trips_are_exact(name, use_bias):
   init = {"lstm": jaxlstm.lstm_init, "gru": jaxlstm.gru_init}[name]
   params = random_params(init, I, H, seed=9)
   if not use_bias:
-    params = params._replace(b=jnp.zeros_like(params.b),
-                             **({"b_hn": jnp.zeros_like(params.b_hn)} if name == "gru" else {}))
+    params = params._replace(
+      b=jnp.zeros_like(params.b), **({"b_hn": jnp.zeros_like(params.b_hn)} if name == "gru" else {})
+    )
   assert_trees_equal(from_equinox(to_equinox(params, use_bias=use_bias)), params)
   tiny = random_params(init, 1, 1, seed=10)  # I = H = 1
   assert_trees_equal(from_equinox(to_equinox(tiny)), tiny)
@@ -123,7 +125,7 @@ def test_layout_and_dtypes():
   cell = make("gru")
   p = from_equinox(cell)
   np.testing.assert_array_equal(p.w_x, cell.weight_ih.T)
-  np.testing.assert_array_equal(p.w_h[:, H:2 * H], cell.weight_hh[H:2 * H].T)
+  np.testing.assert_array_equal(p.w_h[:, H : 2 * H], cell.weight_hh[H : 2 * H].T)
   np.testing.assert_array_equal(p.b, cell.bias)
   np.testing.assert_array_equal(p.b_hn, cell.bias_n)
   no_bias = from_equinox(make("lstm", use_bias=False))
@@ -142,28 +144,46 @@ def test_layout_and_dtypes():
 
 def test_errors():
   lstm = random_params(jaxlstm.lstm_init, I, H)
-  with pytest.raises(TypeError, match=r"cell must be an equinox\.nn\.LSTMCell or equinox\.nn\.GRUCell; got "
-                                      r"equinox\.nn\._linear\.Linear"):
+  with pytest.raises(
+    TypeError,
+    match=r"cell must be an equinox\.nn\.LSTMCell or equinox\.nn\.GRUCell; got "
+    r"equinox\.nn\._linear\.Linear",
+  ):
     from_equinox(eqx.nn.Linear(I, H, key=jax.random.key(0)))
-  with pytest.raises(TypeError, match=r"params must be LSTMParams or GRUParams for an equinox\.nn\.LSTMCell or "
-                                      r"equinox\.nn\.GRUCell; got RNNParams"):
+  with pytest.raises(
+    TypeError,
+    match=r"params must be LSTMParams or GRUParams for an equinox\.nn\.LSTMCell or "
+    r"equinox\.nn\.GRUCell; got RNNParams",
+  ):
     to_equinox(random_params(jaxlstm.rnn_init, I, H))
-  with pytest.raises(TypeError, match=r"got tuple \(a stack tuple was given where one layer's params were "
-                                      r"expected\)"):
+  with pytest.raises(
+    TypeError,
+    match=r"got tuple \(a stack tuple was given where one layer's params were "
+    r"expected\)",
+  ):
     to_equinox((lstm,))
   with pytest.raises(ValueError, match=r"params\.peephole must be None: equinox\.nn\.LSTMCell has no peephole"):
     to_equinox(random_params(jaxlstm.lstm_init, I, H, peephole=True))
-  with pytest.raises(ValueError, match=r"params\.w_proj must be None: equinox\.nn\.LSTMCell has no output "
-                                       r"projection"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\.w_proj must be None: equinox\.nn\.LSTMCell has no output "
+    r"projection",
+  ):
     to_equinox(random_params(jaxlstm.lstm_init, I, H, proj_size=2))
   with pytest.raises(ValueError, match=r"params\.b must be all zeros because the Equinox cell has use_bias=False"):
     to_equinox(lstm, use_bias=False)
   gru = random_params(jaxlstm.gru_init, I, H)
-  with pytest.raises(ValueError, match=r"params\.b_hn must be all zeros because the Equinox cell has "
-                                       r"use_bias=False"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\.b_hn must be all zeros because the Equinox cell has "
+    r"use_bias=False",
+  ):
     to_equinox(gru._replace(b=jnp.zeros_like(gru.b)), use_bias=False)
-  with pytest.raises(TypeError, match=r"params\.b has dtype float64 but equinox\.nn\.LSTMCell \(built in "
-                                      r"params\.w_x's dtype\) holds float32"):
+  with pytest.raises(
+    TypeError,
+    match=r"params\.b has dtype float64 but equinox\.nn\.LSTMCell \(built in "
+    r"params\.w_x's dtype\) holds float32",
+  ):
     to_equinox(lstm._replace(b=np.asarray(lstm.b, np.float64)))
   with pytest.raises(ValueError, match=r"params\.w_h must have shape \(4, 16\); got \(5, 16\)"):
     to_equinox(lstm._replace(w_h=jnp.zeros((H + 1, 4 * H))))

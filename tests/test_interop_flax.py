@@ -22,20 +22,23 @@ TOL = 1e-5
 ZEROS = dict(kernel_init=nnx.initializers.zeros, recurrent_kernel_init=nnx.initializers.zeros)
 
 LINEN = {
-    "linen-lstm": lambda: nn.LSTMCell(H),
-    "linen-optimized-lstm": lambda: nn.OptimizedLSTMCell(H),
-    "linen-gru": lambda: nn.GRUCell(H),
-    "linen-simple-relu": lambda: nn.SimpleCell(H, activation_fn=jax.nn.relu),
+  "linen-lstm": lambda: nn.LSTMCell(H),
+  "linen-optimized-lstm": lambda: nn.OptimizedLSTMCell(H),
+  "linen-gru": lambda: nn.GRUCell(H),
+  "linen-simple-relu": lambda: nn.SimpleCell(H, activation_fn=jax.nn.relu),
 }
 NNX = {
-    "nnx-lstm": lambda: nnx.LSTMCell(I, H, rngs=nnx.Rngs(0), **ZEROS),
-    "nnx-optimized-lstm": lambda: nnx.OptimizedLSTMCell(I, H, rngs=nnx.Rngs(0), **ZEROS),
-    "nnx-gru": lambda: nnx.GRUCell(I, H, rngs=nnx.Rngs(0), **ZEROS),
-    "nnx-simple": lambda: nnx.SimpleCell(I, H, rngs=nnx.Rngs(0), **ZEROS),
-    "nnx-simple-relu": lambda: nnx.SimpleCell(I, H, activation_fn=jax.nn.relu, rngs=nnx.Rngs(0), **ZEROS),
+  "nnx-lstm": lambda: nnx.LSTMCell(I, H, rngs=nnx.Rngs(0), **ZEROS),
+  "nnx-optimized-lstm": lambda: nnx.OptimizedLSTMCell(I, H, rngs=nnx.Rngs(0), **ZEROS),
+  "nnx-gru": lambda: nnx.GRUCell(I, H, rngs=nnx.Rngs(0), **ZEROS),
+  "nnx-simple": lambda: nnx.SimpleCell(I, H, rngs=nnx.Rngs(0), **ZEROS),
+  "nnx-simple-relu": lambda: nnx.SimpleCell(I, H, activation_fn=jax.nn.relu, rngs=nnx.Rngs(0), **ZEROS),
 }
-STEPS = {jaxlstm.LSTMParams: jaxlstm.lstm_step, jaxlstm.GRUParams: jaxlstm.gru_step,
-         jaxlstm.RNNParams: jaxlstm.rnn_step}
+STEPS = {
+  jaxlstm.LSTMParams: jaxlstm.lstm_step,
+  jaxlstm.GRUParams: jaxlstm.gru_step,
+  jaxlstm.RNNParams: jaxlstm.rnn_step,
+}
 
 
 def random_tree(tree, seed, scale=0.5):
@@ -52,8 +55,9 @@ def make(name, seed=0):
   cell = LINEN[name]()
   x = jax.ShapeDtypeStruct((B, I), jnp.float32)
   # eval_shape traces init without compiling it.
-  shapes = jax.eval_shape(lambda x: cell.init(jax.random.key(0), cell.initialize_carry(jax.random.key(0), x.shape), x),
-                          x)
+  shapes = jax.eval_shape(
+    lambda x: cell.init(jax.random.key(0), cell.initialize_carry(jax.random.key(0), x.shape), x), x
+  )
   return cell, random_tree(shapes, seed)
 
 
@@ -116,8 +120,7 @@ def test_cell_parity(name):
     new_state = from_flax_carry(new, cell)
     return sum(jnp.sum(a * b) for a, b in zip(new_state, s)) + jnp.sum(y * r), (new_state, y)
 
-  (f_gw, f_gc, f_gx), (f_new, f_y) = jax.jit(jax.grad(flax_loss, argnums=(0, 1, 2), has_aux=True))(
-      weights, carry, x)
+  (f_gw, f_gc, f_gx), (f_new, f_y) = jax.jit(jax.grad(flax_loss, argnums=(0, 1, 2), has_aux=True))(weights, carry, x)
   step = STEPS[type(params)]
   assert flax_options(cell) == {}
   (o_gp, o_gs, o_gx), (o_new, o_y) = our_grad(step)(params, state, x, s, r)
@@ -166,8 +169,11 @@ def test_relu_simple_cell_over_a_sequence(api):
 def test_to_flax_refuses_the_other_activation():
   """relu weights are never written into a tanh SimpleCell, nor tanh into relu; NNX cells are left unchanged."""
   relu = random_params(jaxlstm.rnn_init, I, H, activation="relu")
-  with pytest.raises(ValueError, match=r"params\.activation is 'relu' but flax SimpleCell has activation_fn='tanh'; "
-                                       r"build the peer with activation_fn='relu'"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\.activation is 'relu' but flax SimpleCell has activation_fn='tanh'; "
+    r"build the peer with activation_fn='relu'",
+  ):
     to_flax(relu, nn.SimpleCell(H))
   with pytest.raises(ValueError, match=r"params\.activation is 'tanh' but flax SimpleCell has activation_fn='relu'"):
     to_flax(relu._replace(activation="tanh"), nn.RNN(nn.SimpleCell(H, activation_fn=jax.nn.relu)))
@@ -205,8 +211,8 @@ def test_layout():
   cell, variables = make("linen-lstm")
   p = from_flax(cell, variables)
   v = variables["params"]
-  np.testing.assert_array_equal(p.w_x[:, H:2 * H], v["if"]["kernel"])
-  np.testing.assert_array_equal(p.b[3 * H:], v["ho"]["bias"])
+  np.testing.assert_array_equal(p.w_x[:, H : 2 * H], v["if"]["kernel"])
+  np.testing.assert_array_equal(p.b[3 * H :], v["ho"]["bias"])
   gru, gv = make("linen-gru")
   np.testing.assert_array_equal(from_flax(gru, gv).b_hn, gv["params"]["hn"]["bias"])
   nnx_gru, _ = make("nnx-gru")
@@ -225,17 +231,26 @@ def test_layout():
 def test_errors():
   nnx_gru, _ = make("nnx-gru")
   g = random_params(jaxlstm.gru_init, I, H)
-  with pytest.raises(ValueError, match=r"params\.b_hn must be all zeros because flax NNX's GRUCell has no "
-                                       r"recurrent candidate bias"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\.b_hn must be all zeros because flax NNX's GRUCell has no "
+    r"recurrent candidate bias",
+  ):
     to_flax(g, nnx_gru)
   to_flax(g._replace(b_hn=np.zeros((H,), np.float32)), nnx_gru)
-  with pytest.raises(TypeError, match=r"cell must be a flax LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell "
-                                      r"\(Linen or NNX\), or Linen's ConvLSTMCell; got flax\.linen\.linear\.Dense"):
+  with pytest.raises(
+    TypeError,
+    match=r"cell must be a flax LSTMCell, OptimizedLSTMCell, GRUCell or SimpleCell "
+    r"\(Linen or NNX\), or Linen's ConvLSTMCell; got flax\.linen\.linear\.Dense",
+  ):
     from_flax(nn.Dense(3), {})
   with pytest.raises(ValueError, match=r"variables must be given for a Linen cell .*; got None"):
     from_flax(nn.LSTMCell(H))
-  with pytest.raises(ValueError, match=r"variables\['params'\] must hold ii/kernel for this cell; got keys "
-                                       r"\['hn', 'hr'"):
+  with pytest.raises(
+    ValueError,
+    match=r"variables\['params'\] must hold ii/kernel for this cell; got keys "
+    r"\['hn', 'hr'",
+  ):
     from_flax(nn.LSTMCell(H), make("linen-gru")[1])
   with pytest.raises(ValueError, match=r"cell\.activation_fn must be tanh; got relu"):
     from_flax(nn.LSTMCell(H, activation_fn=jax.nn.relu), {})
@@ -246,14 +261,23 @@ def test_errors():
   lstm = random_params(jaxlstm.lstm_init, I, H)
   with pytest.raises(TypeError, match=r"params must be GRUParams for this flax GRUCell; got LSTMParams"):
     to_flax(lstm, nn.GRUCell(H))
-  with pytest.raises(TypeError, match=r"params must be LSTMParams for this flax LSTMCell; got tuple \(a stack "
-                                      r"tuple was given"):
+  with pytest.raises(
+    TypeError,
+    match=r"params must be LSTMParams for this flax LSTMCell; got tuple \(a stack "
+    r"tuple was given",
+  ):
     to_flax((lstm,), nn.LSTMCell(H))
-  with pytest.raises(ValueError, match=r"params\.w_x must have shape \(3, 20\) to match the cell's 5 features; "
-                                       r"got \(3, 16\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\.w_x must have shape \(3, 20\) to match the cell's 5 features; "
+    r"got \(3, 16\)",
+  ):
     to_flax(lstm, nn.LSTMCell(5))
-  with pytest.raises(ValueError, match=r"params\.w_x must have shape \(2, 16\) to match cell\.in_features=2; "
-                                       r"got \(3, 16\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\.w_x must have shape \(2, 16\) to match cell\.in_features=2; "
+    r"got \(3, 16\)",
+  ):
     to_flax(lstm, nnx.OptimizedLSTMCell(2, H, rngs=nnx.Rngs(0), **ZEROS))
   with pytest.raises(TypeError, match=r"params\.w_x has dtype float64 but cell \(param_dtype\) holds float32"):
     to_flax(jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), lstm), nn.LSTMCell(H))

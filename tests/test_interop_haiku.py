@@ -20,8 +20,11 @@ from tests.helpers import assert_trees_equal, normal, random_params, rel_err  # 
 
 B, T, I, H = 3, 5, 3, 4
 TOL = 1e-5
-CORES = {"lstm": lambda: hk.LSTM(H), "rnn": lambda: hk.VanillaRNN(H),
-         "rnn-single-bias": lambda: hk.VanillaRNN(H, double_bias=False)}
+CORES = {
+  "lstm": lambda: hk.LSTM(H),
+  "rnn": lambda: hk.VanillaRNN(H),
+  "rnn-single-bias": lambda: hk.VanillaRNN(H, double_bias=False),
+}
 
 
 def unrolled(name, wrap=False):
@@ -29,6 +32,7 @@ def unrolled(name, wrap=False):
 
   With ``wrap``, the core sits inside a module of the user's, so its params' paths start with ``model/``.
   """
+
   def unroll(xs, state):
     return hk.dynamic_unroll(CORES[name](), xs, state)
 
@@ -96,7 +100,8 @@ def test_sequence_parity(name):
   grad = (0, 1, 2)
   (h_gw, h_gs, h_gx), (h_final, h_ys) = jax.jit(jax.grad(hk_loss, grad, has_aux=True))(hk_params, state, xs)
   (o_gp, o_gs, o_gx), (o_final, o_ys) = jax.jit(jax.grad(our_loss, grad, has_aux=True))(
-      params, from_haiku_state(state), xs)
+    params, from_haiku_state(state), xs
+  )
   diffs = []
   assert_close(o_ys, h_ys, "outputs", diffs)
   assert_close(o_final, h_final, "final state", diffs)
@@ -112,14 +117,14 @@ def test_lstm_forget_gate_plus_one_is_folded_into_the_bias():
   w, b = np.asarray(hk_params["lstm/linear"]["w"]), np.asarray(hk_params["lstm/linear"]["b"])
   p = from_haiku(hk_params)
   np.testing.assert_array_equal(p.w_x[:, :H], w[:I, :H])  # i
-  np.testing.assert_array_equal(p.w_x[:, H:2 * H], w[:I, 2 * H:3 * H])  # f is Haiku's third block
-  np.testing.assert_array_equal(p.w_h[:, 2 * H:3 * H], w[I:, H:2 * H])  # g is its second
-  np.testing.assert_array_equal(p.b[H:2 * H], b[2 * H:3 * H] + np.float32(1))
-  np.testing.assert_array_equal(p.b[3 * H:], b[3 * H:])
+  np.testing.assert_array_equal(p.w_x[:, H : 2 * H], w[:I, 2 * H : 3 * H])  # f is Haiku's third block
+  np.testing.assert_array_equal(p.w_h[:, 2 * H : 3 * H], w[I:, H : 2 * H])  # g is its second
+  np.testing.assert_array_equal(p.b[H : 2 * H], b[2 * H : 3 * H] + np.float32(1))
+  np.testing.assert_array_equal(p.b[3 * H :], b[3 * H :])
   # Haiku's own init (zero bias) reads as our default forget bias of 1, and back.
   f = unrolled("lstm")
   init = f.init(jax.random.key(0), jnp.zeros((T, B, I), jnp.float32), initial_state("lstm"))
-  assert_trees_equal(from_haiku(init).b, jnp.zeros(4 * H, jnp.float32).at[H:2 * H].set(1))
+  assert_trees_equal(from_haiku(init).b, jnp.zeros(4 * H, jnp.float32).at[H : 2 * H].set(1))
   assert_trees_equal(to_haiku(from_haiku(init)), init)
 
 
@@ -128,14 +133,14 @@ def test_round_trips():
   ``b_f - 1``; an RNN's is exact, and so is its split bias read back through one bias."""
   lstm = random_params(jaxlstm.lstm_init, I, H, seed=6)
   # Forget biases of at least 0.5, where b - 1 is exact (Sterbenz): the trip is exact.
-  high = lstm._replace(b=lstm.b.at[H:2 * H].set(0.5 + jnp.abs(lstm.b[H:2 * H])))
+  high = lstm._replace(b=lstm.b.at[H : 2 * H].set(0.5 + jnp.abs(lstm.b[H : 2 * H])))
   assert_trees_equal(from_haiku(to_haiku(high)), high)
   back = from_haiku(to_haiku(lstm))
   assert_trees_equal(back._replace(b=lstm.b), lstm)  # every weight exact
   got, want = np.asarray(back.b), np.asarray(lstm.b)
-  np.testing.assert_array_equal(np.delete(got, np.s_[H:2 * H]), np.delete(want, np.s_[H:2 * H]))
-  bound = np.spacing(np.abs(want[H:2 * H] - np.float32(1))) / 2
-  assert np.all(np.abs(got[H:2 * H] - want[H:2 * H]) <= bound)
+  np.testing.assert_array_equal(np.delete(got, np.s_[H : 2 * H]), np.delete(want, np.s_[H : 2 * H]))
+  bound = np.spacing(np.abs(want[H : 2 * H] - np.float32(1))) / 2
+  assert np.all(np.abs(got[H : 2 * H] - want[H : 2 * H]) <= bound)
   tiny = random_params(jaxlstm.lstm_init, 1, 1, seed=11)  # I = H = 1
   tiny = tiny._replace(b=tiny.b.at[1].set(2.0))
   assert_trees_equal(from_haiku(to_haiku(tiny)), tiny)
@@ -147,7 +152,7 @@ def test_round_trips():
   # bfloat16 and float64 keep their dtype.
   for dtype in (jnp.bfloat16, jnp.float64):
     p = random_params(jaxlstm.lstm_init, I, H, dtype=dtype, seed=8)
-    p = p._replace(b=p.b.at[H:2 * H].set(1))
+    p = p._replace(b=p.b.at[H : 2 * H].set(1))
     assert_trees_equal(from_haiku(to_haiku(p)), p)
 
 
@@ -165,17 +170,23 @@ def test_whole_dict_entry_and_name():
   # Haiku -> ours -> Haiku: the weights bit for bit; the forget bias through b + 1 - 1, within half an ulp of b + 1.
   back, want = to_haiku(p, name="model/lstm")["model/lstm/linear"], hk_params["model/lstm/linear"]
   np.testing.assert_array_equal(back["w"], want["w"])
-  f_block = np.s_[2 * H:3 * H]  # Haiku's third block
+  f_block = np.s_[2 * H : 3 * H]  # Haiku's third block
   np.testing.assert_array_equal(np.delete(back["b"], f_block), np.delete(want["b"], f_block))
   b_f = np.asarray(want["b"][f_block])
   assert np.all(np.abs(back["b"][f_block] - b_f) <= np.spacing(b_f + np.float32(1)) / 2)
   both = {**hk_params, **make("rnn")[1]}
-  with pytest.raises(ValueError, match=r"params hold several cores, \['model/lstm', 'vanilla_rnn'\]; pass name=, "
-                                       r"the core's module path"):
+  with pytest.raises(
+    ValueError,
+    match=r"params hold several cores, \['model/lstm', 'vanilla_rnn'\]; pass name=, "
+    r"the core's module path",
+  ):
     from_haiku(both)
   assert from_haiku(both, name="vanilla_rnn").activation == "relu"
-  with pytest.raises(ValueError, match=r"name='lstm' is not a recurrent core of params; its cores are "
-                                       r"\['model/lstm', 'vanilla_rnn'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"name='lstm' is not a recurrent core of params; its cores are "
+    r"\['model/lstm', 'vanilla_rnn'\]",
+  ):
     from_haiku(both, name="lstm")
 
 
@@ -189,8 +200,11 @@ def test_gru_is_refused_both_ways():
     from_haiku(gru)
   with pytest.raises(ValueError, match=r"params are an hk\.GRU's: " + why):
     from_haiku(gru["gru"])
-  with pytest.raises(ValueError, match=r"params are GRUParams: " + why + r".*jaxlstm's GRU \(PyTorch's\) resets after "
-                                       r"it.*would need a cell of that formulation, added with jaxlstm\.register_cell"):
+  with pytest.raises(
+    ValueError,
+    match=r"params are GRUParams: " + why + r".*jaxlstm's GRU \(PyTorch's\) resets after "
+    r"it.*would need a cell of that formulation, added with jaxlstm\.register_cell",
+  ):
     to_haiku(random_params(jaxlstm.gru_init, I, H))
 
 
@@ -204,41 +218,68 @@ def test_states():
 
 
 def test_errors():
-  with pytest.raises(TypeError, match=r"params must be a Haiku params dict \(what transformed\.init returns\); got "
-                                      r"LSTMParams"):
+  with pytest.raises(
+    TypeError,
+    match=r"params must be a Haiku params dict \(what transformed\.init returns\); got "
+    r"LSTMParams",
+  ):
     from_haiku(random_params(jaxlstm.lstm_init, I, H))
-  with pytest.raises(ValueError, match=r"params hold no hk\.LSTM, hk\.VanillaRNN or hk\.GRU; pass name=.*got "
-                                       r"modules \['mlp/~/linear_0'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"params hold no hk\.LSTM, hk\.VanillaRNN or hk\.GRU; pass name=.*got "
+    r"modules \['mlp/~/linear_0'\]",
+  ):
     from_haiku({"mlp/~/linear_0": {"w": jnp.zeros((2, 2)), "b": jnp.zeros(2)}})
   with pytest.raises(ValueError, match=r"params\['lstm/linear'\] must hold 'b'; got keys \['w'\]"):
     from_haiku({"lstm/linear": {"w": jnp.zeros((7, 16))}})
-  with pytest.raises(ValueError, match=r"params must be an hk\.LSTM's linear, w \(I\+H, 4H\) and b \(4H,\) with "
-                                       r"I >= 1; got w \(4, 16\) and b \(16,\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"params must be an hk\.LSTM's linear, w \(I\+H, 4H\) and b \(4H,\) with "
+    r"I >= 1; got w \(4, 16\) and b \(16,\)",
+  ):
     from_haiku({"w": jnp.zeros((4, 16)), "b": jnp.zeros(16)})
-  with pytest.raises(ValueError, match=r"params must be a Haiku params dict, or an hk\.LSTM's linear entry "
-                                       r"\{'w', 'b'\}; got keys \['kernel'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"params must be a Haiku params dict, or an hk\.LSTM's linear entry "
+    r"\{'w', 'b'\}; got keys \['kernel'\]",
+  ):
     from_haiku({"kernel": jnp.zeros((3, 4))})
   _, rnn = make("rnn")
   bad = {**rnn, "vanilla_rnn/linear_1": {"w": jnp.zeros((H, H + 1))}}
-  with pytest.raises(ValueError, match=r"params\['vanilla_rnn/linear_1'\]\['w'\] must have shape \(4, 4\) \(the "
-                                       r"hk\.VanillaRNN's recurrent weights\); got \(4, 5\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\['vanilla_rnn/linear_1'\]\['w'\] must have shape \(4, 4\) \(the "
+    r"hk\.VanillaRNN's recurrent weights\); got \(4, 5\)",
+  ):
     from_haiku(bad)
-  with pytest.raises(ValueError, match=r"params\.activation is 'tanh' but hk\.VanillaRNN has activation='relu'; "
-                                       r"build the peer with activation='tanh'"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\.activation is 'tanh' but hk\.VanillaRNN has activation='relu'; "
+    r"build the peer with activation='tanh'",
+  ):
     to_haiku(random_params(jaxlstm.rnn_init, I, H))
   with pytest.raises(ValueError, match=r"params\.layer_norm must be None: hk\.LSTM has no layer normalization"):
     to_haiku(random_params(jaxlstm.lstm_init, I, H, layer_norm=True))
-  with pytest.raises(TypeError, match=r"params must be LSTMParams \(for an hk\.LSTM\) or RNNParams \(for an "
-                                      r"hk\.VanillaRNN\); got MinGRUParams"):
+  with pytest.raises(
+    TypeError,
+    match=r"params must be LSTMParams \(for an hk\.LSTM\) or RNNParams \(for an "
+    r"hk\.VanillaRNN\); got MinGRUParams",
+  ):
     to_haiku(random_params(jaxlstm.mingru_init, I, H))
   with pytest.raises(TypeError, match=r"got tuple \(a stack tuple was given where one layer's params were expected\)"):
     to_haiku((random_params(jaxlstm.lstm_init, I, H),))
   lstm = random_params(jaxlstm.lstm_init, I, H)
-  with pytest.raises(TypeError, match=r"params\.w_h has dtype float64 but hk\.LSTM \(params in params\.w_x's "
-                                      r"dtype\) holds float32"):
+  with pytest.raises(
+    TypeError,
+    match=r"params\.w_h has dtype float64 but hk\.LSTM \(params in params\.w_x's "
+    r"dtype\) holds float32",
+  ):
     to_haiku(lstm._replace(w_h=np.asarray(lstm.w_h, np.float64)))
-  with pytest.raises(TypeError, match=r"state must be an hk\.LSTMState or an hk\.VanillaRNN's array h; got "
-                                      r"LSTMState"):
+  with pytest.raises(
+    TypeError,
+    match=r"state must be an hk\.LSTMState or an hk\.VanillaRNN's array h; got "
+    r"LSTMState",
+  ):
     from_haiku_state(jaxlstm.LSTMState(jnp.zeros(H), jnp.zeros(H)))
   with pytest.raises(TypeError, match=r"state must be LSTMState or RNNState; got GRUState"):
     to_haiku_state(jaxlstm.GRUState(jnp.zeros(H)))

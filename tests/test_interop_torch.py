@@ -31,15 +31,15 @@ LENGTHS = np.array([5, 2, 4])
 # exercise num_layers, bidirectional, batch_first both ways, bias=False,
 # proj_size, both RNN nonlinearities (tanh in CELLS) and packed sequences.
 CONFIGS = {
-    "lstm-2layer-bi": (torch.nn.LSTM, dict(num_layers=2, bidirectional=True, batch_first=True)),
-    "lstm-proj-no-bias-time-major": (torch.nn.LSTM, dict(proj_size=2, bias=False)),
-    "gru-2layer-bi": (torch.nn.GRU, dict(num_layers=2, bidirectional=True, batch_first=True)),
-    "rnn-relu-bi-time-major": (torch.nn.RNN, dict(bidirectional=True, nonlinearity="relu")),
+  "lstm-2layer-bi": (torch.nn.LSTM, dict(num_layers=2, bidirectional=True, batch_first=True)),
+  "lstm-proj-no-bias-time-major": (torch.nn.LSTM, dict(proj_size=2, bias=False)),
+  "gru-2layer-bi": (torch.nn.GRU, dict(num_layers=2, bidirectional=True, batch_first=True)),
+  "rnn-relu-bi-time-major": (torch.nn.RNN, dict(bidirectional=True, nonlinearity="relu")),
 }
 # Only for the exact round trip, which compiles nothing.
 MORE_CONFIGS = {
-    "gru-no-bias-time-major": (torch.nn.GRU, dict(bias=False)),
-    "rnn-tanh-2layer": (torch.nn.RNN, dict(num_layers=2, batch_first=True)),
+  "gru-no-bias-time-major": (torch.nn.GRU, dict(bias=False)),
+  "rnn-tanh-2layer": (torch.nn.RNN, dict(num_layers=2, batch_first=True)),
 }
 
 
@@ -66,8 +66,10 @@ def j(x):
 
 def drop_biases(params):
   """Our params always have biases; with bias=False torch has none, so their gradients are not compared."""
+
   def drop(p):
     return p._replace(b=jnp.zeros_like(p.b), **({"b_hn": jnp.zeros_like(p.b_hn)} if hasattr(p, "b_hn") else {}))
+
   return jax.tree_util.tree_map(drop, params, is_leaf=lambda p: hasattr(p, "w_x"))
 
 
@@ -109,8 +111,9 @@ def torch_run(module, xs, hx, lengths, batch_first):
   """Runs the module, on a packed sequence when ``lengths`` is given; returns padded outputs."""
   if lengths is None:
     return module(xs, hx)
-  packed = torch.nn.utils.rnn.pack_padded_sequence(xs, torch.from_numpy(lengths), batch_first=batch_first,
-                                                   enforce_sorted=False)
+  packed = torch.nn.utils.rnn.pack_padded_sequence(
+    xs, torch.from_numpy(lengths), batch_first=batch_first, enforce_sorted=False
+  )
   out, h_n = module(packed, hx)
   out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first, total_length=T)
   return out, h_n
@@ -123,15 +126,23 @@ def ours(opts_items, with_lengths):
 
   def loss(params, xs, states, lengths, r, s):
     finals, hs = jaxlstm.stack(params, xs, states, lengths=lengths if with_lengths else None, **opts)
-    total = jnp.sum(hs * r) + sum(jnp.sum(a * b) for a, b in zip(jax.tree_util.tree_leaves(finals),
-                                                                  jax.tree_util.tree_leaves(s)))
+    total = jnp.sum(hs * r) + sum(
+      jnp.sum(a * b) for a, b in zip(jax.tree_util.tree_leaves(finals), jax.tree_util.tree_leaves(s))
+    )
     return total, (finals, hs)
 
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))
 
 
-@pytest.mark.parametrize("config,with_lengths", [("lstm-2layer-bi", True), ("lstm-proj-no-bias-time-major", False),
-                                                 ("gru-2layer-bi", True), ("rnn-relu-bi-time-major", True)])
+@pytest.mark.parametrize(
+  "config,with_lengths",
+  [
+    ("lstm-2layer-bi", True),
+    ("lstm-proj-no-bias-time-major", False),
+    ("gru-2layer-bi", True),
+    ("rnn-relu-bi-time-major", True),
+  ],
+)
 def test_sequence_parity(config, with_lengths):
   cls, kwargs = CONFIGS[config]
   module = make(cls, **kwargs)
@@ -164,8 +175,9 @@ def test_sequence_parity(config, with_lengths):
 
   s_ours = from_torch_state(tuple(t(a) for a in s) if cls is torch.nn.LSTM else t(s[0]), module)
   grad_fn = ours(tuple(sorted(opts.items())), with_lengths)
-  (g_params, g_xs, g_states), (finals, hs) = grad_fn(params, j(xs), states, jnp.asarray(LENGTHS), jnp.asarray(r),
-                                                      s_ours)
+  (g_params, g_xs, g_states), (finals, hs) = grad_fn(
+    params, j(xs), states, jnp.asarray(LENGTHS), jnp.asarray(r), s_ours
+  )
   assert_close(hs, out.detach().numpy(), "outputs")
   assert_close(to_torch_state(finals, module), h_n, "final state")
   assert_close(g_xs, xs.grad.numpy(), "d/dxs")
@@ -174,10 +186,10 @@ def test_sequence_parity(config, with_lengths):
 
 
 CELLS = {
-    "lstm-cell": (torch.nn.LSTMCell, {}, jaxlstm.lstm_step),
-    "gru-cell": (torch.nn.GRUCell, {}, jaxlstm.gru_step),
-    "rnn-cell-tanh": (torch.nn.RNNCell, {}, jaxlstm.rnn_step),
-    "rnn-cell-relu": (torch.nn.RNNCell, dict(nonlinearity="relu"), jaxlstm.rnn_step),
+  "lstm-cell": (torch.nn.LSTMCell, {}, jaxlstm.lstm_step),
+  "gru-cell": (torch.nn.GRUCell, {}, jaxlstm.gru_step),
+  "rnn-cell-tanh": (torch.nn.RNNCell, {}, jaxlstm.rnn_step),
+  "rnn-cell-relu": (torch.nn.RNNCell, dict(nonlinearity="relu"), jaxlstm.rnn_step),
 }
 
 
@@ -202,7 +214,8 @@ def test_cell_parity(config):
     return sum(jnp.sum(a * b) for a, b in zip(new_state, s)), new_state
 
   (g_params, g_state, g_x), new_state = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(
-      params, from_torch_state(hx, module), j(x), [jnp.asarray(a) for a in s])
+    params, from_torch_state(hx, module), j(x), [jnp.asarray(a) for a in s]
+  )
   assert_close(to_torch_state(new_state, module), new, "new state")
   assert_close(g_x, x.grad.numpy(), "d/dx")
   assert_close(to_torch_state(g_state, module), (h.grad, c.grad) if cls is torch.nn.LSTMCell else h.grad, "d/dhx")
@@ -220,7 +233,8 @@ def assert_bitwise(a, b):
 def test_round_trip_is_exact(config):
   """ours -> torch -> ours gives the params back bit for bit (b_hh is written as zeros)."""
   cls, kwargs = {**CONFIGS, **MORE_CONFIGS, "gru-cell-no-bias": (torch.nn.GRUCell, dict(bias=False))}.get(
-      config, CELLS.get(config, (None, None))[:2])
+    config, CELLS.get(config, (None, None))[:2]
+  )
   params = from_torch(make(cls, seed=3, **kwargs))  # folded biases: not what torch stored
   target = make(cls, seed=4, **kwargs)
   assert to_torch(params, target) is target
@@ -237,13 +251,13 @@ def test_round_trip_float64():
 def test_layout():
   """Pin the layout: w_x is weight_ih.T, the LSTM bias is the sum, the GRU keeps b_hn apart."""
   lstm = make(torch.nn.LSTM)
-  p, = from_torch(lstm)
+  (p,) = from_torch(lstm)
   np.testing.assert_array_equal(p.w_x, lstm.weight_ih_l0.detach().numpy().T)
   np.testing.assert_array_equal(p.b, (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach().numpy())
   gru = make(torch.nn.GRU)
-  g, = from_torch(gru)
-  np.testing.assert_array_equal(g.b_hn, gru.bias_hh_l0[2 * H:].detach().numpy())
-  np.testing.assert_array_equal(g.b[2 * H:], gru.bias_ih_l0[2 * H:].detach().numpy())
+  (g,) = from_torch(gru)
+  np.testing.assert_array_equal(g.b_hn, gru.bias_hh_l0[2 * H :].detach().numpy())
+  np.testing.assert_array_equal(g.b[2 * H :], gru.bias_ih_l0[2 * H :].detach().numpy())
   target = to_torch((g,), make(torch.nn.GRU, seed=1))
   np.testing.assert_array_equal(target.bias_hh_l0.detach().numpy(), np.concatenate([np.zeros(2 * H), g.b_hn]))
   np.testing.assert_array_equal(to_torch((p,), make(torch.nn.LSTM, seed=1)).bias_hh_l0.detach().numpy(), 0)
@@ -261,8 +275,9 @@ def test_relu_rnn_runs_as_a_plain_stack(bidirectional):
   Before the activation was part of the params this silently computed tanh;
   relu's outputs are never negative, so tanh could not pass.
   """
-  module = make(torch.nn.RNN, seed=6, num_layers=2, bidirectional=bidirectional, nonlinearity="relu",
-                batch_first=True)  # batch-major, jaxlstm.stack's default
+  module = make(
+    torch.nn.RNN, seed=6, num_layers=2, bidirectional=bidirectional, nonlinearity="relu", batch_first=True
+  )  # batch-major, jaxlstm.stack's default
   params = from_torch(module)
   xs = np.random.default_rng(7).standard_normal((B, T, I)).astype(np.float32)
   with torch.no_grad():
@@ -277,21 +292,30 @@ def test_to_torch_refuses_the_other_nonlinearity():
   relu = from_torch(make(torch.nn.RNN, seed=1, num_layers=2, bidirectional=True, nonlinearity="relu"))
   target = make(torch.nn.RNN, num_layers=2, bidirectional=True)
   before = [p.clone() for p in target.parameters()]
-  with pytest.raises(ValueError, match=r"params\[0\]\.forward\.activation is 'relu' but module \(RNN\) has "
-                                       r"nonlinearity='tanh'; build the peer with nonlinearity='relu'"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\[0\]\.forward\.activation is 'relu' but module \(RNN\) has "
+    r"nonlinearity='tanh'; build the peer with nonlinearity='relu'",
+  ):
     to_torch(relu, target)
   assert all(torch.equal(a, b) for a, b in zip(before, target.parameters())), "nothing may be written on error"
   # Only the second layer disagrees: the first layer must not be written either.
   mixed = (relu[0], jaxlstm.Bidirectional(*(p._replace(activation="tanh") for p in relu[1])))
   target = make(torch.nn.RNN, num_layers=2, bidirectional=True, nonlinearity="relu")
   before = [p.clone() for p in target.parameters()]
-  with pytest.raises(ValueError, match=r"params\[1\]\.forward\.activation is 'tanh' but module \(RNN\) has "
-                                       r"nonlinearity='relu'"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\[1\]\.forward\.activation is 'tanh' but module \(RNN\) has "
+    r"nonlinearity='relu'",
+  ):
     to_torch(mixed, target)
   assert all(torch.equal(a, b) for a, b in zip(before, target.parameters())), "nothing may be written on error"
   cell = from_torch(make(torch.nn.RNNCell))
-  with pytest.raises(ValueError, match=r"params\.activation is 'tanh' but module \(RNNCell\) has "
-                                       r"nonlinearity='relu'"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\.activation is 'tanh' but module \(RNNCell\) has "
+    r"nonlinearity='relu'",
+  ):
     to_torch(cell, make(torch.nn.RNNCell, nonlinearity="relu"))
   to_torch(relu, target)  # the same activation is written
   assert all(p.activation == "relu" for layer in from_torch(target) for p in layer)
@@ -312,32 +336,50 @@ def test_state_converters():
 def test_errors():
   lstm = make(torch.nn.LSTM, num_layers=2)
   params = from_torch(lstm)
-  with pytest.raises(TypeError, match=r"module must be a torch\.nn\.LSTM, GRU, RNN, LSTMCell, GRUCell or "
-                                      r"RNNCell; got torch\.nn\.modules\.linear\.Linear"):
+  with pytest.raises(
+    TypeError,
+    match=r"module must be a torch\.nn\.LSTM, GRU, RNN, LSTMCell, GRUCell or "
+    r"RNNCell; got torch\.nn\.modules\.linear\.Linear",
+  ):
     from_torch(torch.nn.Linear(3, 4))
   with pytest.raises(ValueError, match=r"params must have 2 layers to match module \(LSTM\); got 1"):
     to_torch(params[:1], lstm)
-  with pytest.raises(TypeError, match=r"params must be a tuple of layer params .*got a single LSTMParams "
-                                      r"\(wrap it in a tuple\)"):
+  with pytest.raises(
+    TypeError,
+    match=r"params must be a tuple of layer params .*got a single LSTMParams "
+    r"\(wrap it in a tuple\)",
+  ):
     to_torch(params[0], make(torch.nn.LSTM))
   with pytest.raises(TypeError, match=r"params\[0\] must be LSTMParams for this module \(LSTM\); got GRUParams"):
     to_torch(from_torch(make(torch.nn.GRU)), make(torch.nn.LSTM))
-  with pytest.raises(ValueError, match=r"params\[0\]\.w_x must have shape \(3, 20\) \(the transpose of "
-                                       r"module\.weight_ih_l0, \(20, 3\)\); got \(3, 16\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\[0\]\.w_x must have shape \(3, 20\) \(the transpose of "
+    r"module\.weight_ih_l0, \(20, 3\)\); got \(3, 16\)",
+  ):
     to_torch(params, torch.nn.LSTM(I, 5, num_layers=2))
-  with pytest.raises(TypeError, match=r"params\[0\] must be a Bidirectional\(forward, backward\) pair, since "
-                                      r"module \(LSTM\) is bidirectional; got LSTMParams"):
+  with pytest.raises(
+    TypeError,
+    match=r"params\[0\] must be a Bidirectional\(forward, backward\) pair, since "
+    r"module \(LSTM\) is bidirectional; got LSTMParams",
+  ):
     to_torch(params, torch.nn.LSTM(I, H, num_layers=2, bidirectional=True))
   with pytest.raises(TypeError, match=r"params\[0\]\.w_x has dtype float64 but module \(LSTM\) holds float32"):
     to_torch(jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params), lstm)
-  with pytest.raises(TypeError, match=r"params must be GRUParams for this module \(GRUCell\); got tuple "
-                                      r"\(a stack tuple was given"):
+  with pytest.raises(
+    TypeError,
+    match=r"params must be GRUParams for this module \(GRUCell\); got tuple "
+    r"\(a stack tuple was given",
+  ):
     to_torch(from_torch(make(torch.nn.GRU)), make(torch.nn.GRUCell))
   peep = random_params(jaxlstm.lstm_init, I, H, peephole=True)
   with pytest.raises(ValueError, match=r"params\[0\]\.peephole must be None: module \(LSTM\) has no peephole"):
     to_torch((peep,), make(torch.nn.LSTM))
-  with pytest.raises(ValueError, match=r"params\[0\]\.w_proj must be an array of shape \(H, P\) = \(4, 2\) since "
-                                       r"module\.proj_size=2; got None"):
+  with pytest.raises(
+    ValueError,
+    match=r"params\[0\]\.w_proj must be an array of shape \(H, P\) = \(4, 2\) since "
+    r"module\.proj_size=2; got None",
+  ):
     to_torch(from_torch(make(torch.nn.LSTM)), make(torch.nn.LSTM, proj_size=2))
   with pytest.raises(TypeError, match=r"hx must be a pair \(h, c\) for LSTM; got Tensor"):
     from_torch_state(torch.zeros(2, B, H), lstm)
@@ -348,9 +390,12 @@ def test_errors():
 def test_no_bias_module_refuses_a_nonzero_bias():
   module = make(torch.nn.GRU, bias=False)
   before = [p.clone() for p in module.parameters()]
-  p, = from_torch(make(torch.nn.GRU))  # has biases
-  with pytest.raises(ValueError, match=r"params\[0\]\.b must be all zeros because module \(GRU\) has "
-                                       r"bias=False; got max \|b\| = "):
+  (p,) = from_torch(make(torch.nn.GRU))  # has biases
+  with pytest.raises(
+    ValueError,
+    match=r"params\[0\]\.b must be all zeros because module \(GRU\) has "
+    r"bias=False; got max \|b\| = ",
+  ):
     to_torch((p,), module)
   assert all(torch.equal(a, b) for a, b in zip(before, module.parameters())), "nothing may be written on error"
   zero_b = p._replace(b=np.zeros(p.b.shape, np.float32))
@@ -364,6 +409,7 @@ def test_dropout_in_training_mode_warns():
   with pytest.warns(UserWarning, match=r"module\.dropout=0\.5 is active because the module is in training mode"):
     from_torch(module)
   import warnings
+
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     from_torch(module.eval())

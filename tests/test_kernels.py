@@ -23,26 +23,26 @@ MASK = np.array([[1, 0, 1, 1, 0], [1, 1, 1, 0, 0], [0, 1, 0, 1, 1]], bool)
 RESETS = np.array([[0, 0, 1, 0, 0], [1, 0, 0, 1, 0], [0, 1, 1, 0, 0]], bool)
 
 VARIANTS = {
-    "lstm": ("lstm", {}),
-    "lstm_peephole": ("lstm", {"peephole": True}),
-    "lstm_ln_proj": ("lstm", {"layer_norm": True, "proj_size": 3}),
-    "gru": ("gru", {}),
-    "rnn_tanh": ("rnn", {}),
-    "rnn_relu": ("rnn", {"activation": "relu"}),
-    "mingru": ("mingru", {}),
-    "mingru_plain": ("mingru", {"log_space": False}),
-    "minlstm": ("minlstm", {}),
-    "minlstm_plain": ("minlstm", {"log_space": False}),
-    "slstm_heads": ("slstm", {"num_heads": 2}),
-    "slstm_exp": ("slstm", {"forget_gate": "exp"}),
+  "lstm": ("lstm", {}),
+  "lstm_peephole": ("lstm", {"peephole": True}),
+  "lstm_ln_proj": ("lstm", {"layer_norm": True, "proj_size": 3}),
+  "gru": ("gru", {}),
+  "rnn_tanh": ("rnn", {}),
+  "rnn_relu": ("rnn", {"activation": "relu"}),
+  "mingru": ("mingru", {}),
+  "mingru_plain": ("mingru", {"log_space": False}),
+  "minlstm": ("minlstm", {}),
+  "minlstm_plain": ("minlstm", {"log_space": False}),
+  "slstm_heads": ("slstm", {"num_heads": 2}),
+  "slstm_exp": ("slstm", {"forget_gate": "exp"}),
 }
 CASES = {
-    "plain": {},
-    "lengths": {"lengths": LENGTHS},
-    "mask_resets": {"mask": MASK, "resets": RESETS},
-    "reverse_lengths_mask": {"reverse": True, "lengths": LENGTHS, "mask": MASK},
-    "reverse_lengths_resets": {"reverse": True, "lengths": LENGTHS, "resets": RESETS},
-    "batch2d_time_major": {"time_major": True, "lengths": np.array([[4, 1], [0, 5]])},
+  "plain": {},
+  "lengths": {"lengths": LENGTHS},
+  "mask_resets": {"mask": MASK, "resets": RESETS},
+  "reverse_lengths_mask": {"reverse": True, "lengths": LENGTHS, "mask": MASK},
+  "reverse_lengths_resets": {"reverse": True, "lengths": LENGTHS, "resets": RESETS},
+  "batch2d_time_major": {"time_major": True, "lengths": np.array([[4, 1], [0, 5]])},
 }
 
 
@@ -113,8 +113,12 @@ def test_explain_describes_a_stack_layer_by_layer():
   params = jaxlstm.stack_init(jax.random.key(0), I, H, 2, bidirectional=True)
   xs = normal((B, T, I))
   choices = jaxlstm.explain(params, xs, resets=RESETS)
-  assert [c.layer for c in choices] == ["params[0].forward", "params[0].backward", "params[1].forward",
-                                        "params[1].backward"]
+  assert [c.layer for c in choices] == [
+    "params[0].forward",
+    "params[0].backward",
+    "params[1].forward",
+    "params[1].backward",
+  ]
   assert {c.kernel for c in choices} == {"reference"}
   assert choices[0].reasons["fused"] == "it does not take resets; use impl='reference'"
   assert "runs on 'reference'" in str(choices[0]) and "fused: it does not take resets" in str(choices[0])

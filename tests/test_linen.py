@@ -20,14 +20,24 @@ LENGTHS = jnp.asarray([5, 2, 0])
 # (module, cell module, functional layer, functional init, init options). The options go into the params, so the
 # functional call takes none: an RNN's activation among them.
 LAYERS = {
-    "lstm": (jl.LSTM(H), jl.LSTMCell(H), jaxlstm.lstm, jaxlstm.lstm_init, {}),
-    "lstm_peephole": (jl.LSTM(H, peephole=True), None, jaxlstm.lstm, jaxlstm.lstm_init, {"peephole": True}),
-    "lstm_layer_norm": (jl.LSTM(H, layer_norm=True), None, jaxlstm.lstm, jaxlstm.lstm_init, {"layer_norm": True}),
-    "lstm_proj": (jl.LSTM(H, proj_size=2), jl.LSTMCell(H, proj_size=2), jaxlstm.lstm, jaxlstm.lstm_init,
-                  {"proj_size": 2}),
-    "gru": (jl.GRU(H), jl.GRUCell(H), jaxlstm.gru, jaxlstm.gru_init, {}),
-    "rnn_relu": (jl.RNN(H, activation="relu"), jl.RNNCell(H, activation="relu"), jaxlstm.rnn, jaxlstm.rnn_init,
-                 {"activation": "relu"}),
+  "lstm": (jl.LSTM(H), jl.LSTMCell(H), jaxlstm.lstm, jaxlstm.lstm_init, {}),
+  "lstm_peephole": (jl.LSTM(H, peephole=True), None, jaxlstm.lstm, jaxlstm.lstm_init, {"peephole": True}),
+  "lstm_layer_norm": (jl.LSTM(H, layer_norm=True), None, jaxlstm.lstm, jaxlstm.lstm_init, {"layer_norm": True}),
+  "lstm_proj": (
+    jl.LSTM(H, proj_size=2),
+    jl.LSTMCell(H, proj_size=2),
+    jaxlstm.lstm,
+    jaxlstm.lstm_init,
+    {"proj_size": 2},
+  ),
+  "gru": (jl.GRU(H), jl.GRUCell(H), jaxlstm.gru, jaxlstm.gru_init, {}),
+  "rnn_relu": (
+    jl.RNN(H, activation="relu"),
+    jl.RNNCell(H, activation="relu"),
+    jaxlstm.rnn,
+    jaxlstm.rnn_init,
+    {"activation": "relu"},
+  ),
 }
 
 
@@ -39,15 +49,17 @@ def test_layer_equals_functional(name):
   # init gives the functional layout, from the functional init.
   shapes = jax.eval_shape(module.init, jax.random.key(0), xs)
   assert jax.tree.map(lambda s: (s.shape, s.dtype), shapes) == jax.tree.map(
-      lambda s: (s.shape, s.dtype), jl.to_variables(jax.eval_shape(lambda k: init(k, I, H, **options),
-                                                                   jax.random.key(0))))
+    lambda s: (s.shape, s.dtype), jl.to_variables(jax.eval_shape(lambda k: init(k, I, H, **options), jax.random.key(0)))
+  )
 
   @jax.jit
   def run(variables, xs):
     p = jl.from_variables(variables)
-    return (module.apply(variables, xs, lengths=LENGTHS),
-            module.apply(variables, xs, lengths=LENGTHS, return_sequences=False, return_state=True),
-            fn(p, xs, lengths=LENGTHS))
+    return (
+      module.apply(variables, xs, lengths=LENGTHS),
+      module.apply(variables, xs, lengths=LENGTHS, return_sequences=False, return_state=True),
+      fn(p, xs, lengths=LENGTHS),
+    )
 
   hs, (state, last), (expected_state, expected_hs) = run(jl.to_variables(params), xs)
   np.testing.assert_array_equal(hs, expected_hs)
@@ -79,7 +91,7 @@ def test_init_uses_the_module_rng():
   c = jl.from_variables(jl.LSTM(H).init(jax.random.key(1), xs))
   assert_trees_equal(a, b)
   assert not np.array_equal(a.w_x, c.w_x)
-  np.testing.assert_array_equal(a.b[H:2 * H], 1.0)  # lstm_init's forget bias
+  np.testing.assert_array_equal(a.b[H : 2 * H], 1.0)  # lstm_init's forget bias
 
 
 def test_apply_checks_variables_layout():
@@ -99,9 +111,11 @@ def test_stack_bidirectional_with_lengths():
 
   @jax.jit
   def run(variables, xs):
-    return (model.apply(variables, xs, lengths=LENGTHS),
-            model.apply(variables, xs, lengths=LENGTHS, return_sequences=False, return_state=True),
-            jaxlstm.stack(jl.from_variables(variables), xs, lengths=LENGTHS))
+    return (
+      model.apply(variables, xs, lengths=LENGTHS),
+      model.apply(variables, xs, lengths=LENGTHS, return_sequences=False, return_state=True),
+      jaxlstm.stack(jl.from_variables(variables), xs, lengths=LENGTHS),
+    )
 
   hs, (states, last), (expected_states, expected_hs) = run(jl.to_variables(params), normal((B, T, I)))
   np.testing.assert_array_equal(hs, expected_hs)
@@ -121,15 +135,16 @@ def test_stack_dropout_and_grads():
 
   @jax.jit
   def run(variables, key):
-    return (model.apply(variables, xs, deterministic=True),
-            model.apply(variables, xs, deterministic=False, rngs={"dropout": key}),
-            jaxlstm.stack(jl.from_variables(variables), xs)[1],
-            jax.grad(loss)(variables, True, key),
-            jax.grad(lambda p: jnp.sum(jaxlstm.stack(p, xs)[1] ** 2))(jl.from_variables(variables)),
-            jax.grad(loss)(variables, False, key))
+    return (
+      model.apply(variables, xs, deterministic=True),
+      model.apply(variables, xs, deterministic=False, rngs={"dropout": key}),
+      jaxlstm.stack(jl.from_variables(variables), xs)[1],
+      jax.grad(loss)(variables, True, key),
+      jax.grad(lambda p: jnp.sum(jaxlstm.stack(p, xs)[1] ** 2))(jl.from_variables(variables)),
+      jax.grad(loss)(variables, False, key),
+    )
 
-  deterministic, dropped, clean, grads, expected_grads, dropped_grads = run(jl.to_variables(params),
-                                                                           jax.random.key(0))
+  deterministic, dropped, clean, grads, expected_grads, dropped_grads = run(jl.to_variables(params), jax.random.key(0))
   np.testing.assert_array_equal(deterministic, clean)
   assert not np.array_equal(dropped, clean)
   assert dropped.shape == clean.shape
@@ -149,7 +164,8 @@ def test_cells_in_a_python_loop(name):
   state = cell.initial_state((B,))  # works unbound
   assert_trees_equal(state, jaxlstm.zero_state(params, (B,)))
   assert jax.tree.structure(jax.eval_shape(cell.init, jax.random.key(0), state, xs[:, 0])) == jax.tree.structure(
-      jl.to_variables(params))
+    jl.to_variables(params)
+  )
 
   @jax.jit
   def run(variables, xs):
@@ -192,8 +208,14 @@ def test_relu_rnn_through_layer_stack_and_cell():
     for t in range(T):  # the loop oracle: the cell's own step, one call per step
       state, y = cell.apply(v, state, xs[:, t])
       ys.append(y)
-    return (layer.apply(v, xs, lengths=LENGTHS), jaxlstm.rnn(p, xs, lengths=LENGTHS)[1], stack.apply(sv, xs),
-            jaxlstm.stack(jl.from_variables(sv), xs)[1], jnp.stack(ys, axis=1), jaxlstm.rnn(p, xs)[1])
+    return (
+      layer.apply(v, xs, lengths=LENGTHS),
+      jaxlstm.rnn(p, xs, lengths=LENGTHS)[1],
+      stack.apply(sv, xs),
+      jaxlstm.stack(jl.from_variables(sv), xs)[1],
+      jnp.stack(ys, axis=1),
+      jaxlstm.rnn(p, xs)[1],
+    )
 
   hs, expected_hs, stack_hs, expected_stack_hs, loop_hs, full_hs = run(variables, stack_variables, xs)
   np.testing.assert_array_equal(hs, expected_hs)
@@ -208,8 +230,12 @@ def test_cell_options_go_into_the_params():
   relu = random_params(jaxlstm.rnn_init, I, H, activation="relu")
   for module in (jl.RNN(H, activation="relu"), jl.Layer(H, cell="rnn", options={"activation": "relu"})):
     assert jl.from_variables(jax.eval_shape(module.init, key, xs)).activation == "relu"
-  assert jl.from_variables(jax.eval_shape(jl.RNNCell(H, activation="relu").init, key,
-                                          jaxlstm.zero_state(relu, (B,)), xs[:, 0])).activation == "relu"
+  assert (
+    jl.from_variables(
+      jax.eval_shape(jl.RNNCell(H, activation="relu").init, key, jaxlstm.zero_state(relu, (B,)), xs[:, 0])
+    ).activation
+    == "relu"
+  )
   stack = jax.eval_shape(jl.Stack(H, num_layers=2, cell="rnn", activation="relu").init, key, xs)
   assert [p.activation for p in jl.from_variables(stack)] == ["relu", "relu"]
   # A module whose attributes contradict its params raises, at from_params and at apply.
@@ -226,4 +252,5 @@ def test_cell_options_go_into_the_params():
     jl.Stack(H, activation="relu").init(key, xs)
   # Options are frozen, so that the module hashes (jit static arguments, Flax's caches).
   assert hash(jl.Layer(H, cell="rnn", options={"activation": "relu"})) == hash(
-      jl.Layer(H, cell="rnn", options={"activation": "relu"}))
+    jl.Layer(H, cell="rnn", options={"activation": "relu"})
+  )

@@ -38,6 +38,7 @@ def setup(variant, dtype=jnp.float64, batch=(B,)):
 
 # --- The float64 NumPy references, from the paper's equations. ---
 
+
 def sigmoid(x):
   return 1.0 / (1.0 + np.exp(-x))
 
@@ -57,8 +58,8 @@ def numpy_loop(cell, params, xs, h0):
       z = sigmoid(k[:, :H])
       h = (1 - z) * h + z * cand(k[:, H:])
     else:
-      f, i = sigmoid(k[:, :H]), sigmoid(k[:, H:2 * H])
-      h = f / (f + i) * h + i / (f + i) * cand(k[:, 2 * H:])
+      f, i = sigmoid(k[:, :H]), sigmoid(k[:, H : 2 * H])
+      h = f / (f + i) * h + i / (f + i) * cand(k[:, 2 * H :])
     hs.append(h)
   return np.stack(hs, axis=1)
 
@@ -77,8 +78,8 @@ def numpy_heinsen(cell, params, xs, h0):
   if cell == "mingru":
     log_a, log_b = -softplus(k[..., :H]), -softplus(-k[..., :H]) + log_g(k[..., H:])
   else:
-    diff = softplus(-k[..., :H]) - softplus(-k[..., H:2 * H])
-    log_a, log_b = -softplus(diff), -softplus(-diff) + log_g(k[..., 2 * H:])
+    diff = softplus(-k[..., :H]) - softplus(-k[..., H : 2 * H])
+    log_a, log_b = -softplus(diff), -softplus(-diff) + log_g(k[..., 2 * H :])
   log_values = np.concatenate([np.log(np.asarray(h0, np.float64))[:, None], log_b], axis=1)
   a_star = np.pad(np.cumsum(log_a, axis=1), ((0, 0), (1, 0), (0, 0)))
   return np.exp(a_star + np.logaddexp.accumulate(log_values - a_star, axis=1))[:, 1:]
@@ -119,8 +120,8 @@ def test_step_follows_the_documented_layout():
 
 BLOCKS = [1, 3, T]  # one step at a time (the CPU default), blocks that do not divide T, one associative scan
 CASES = {  # test_kernels.py runs every case on the default block; here each block runs the hardest ones
-    "mingru_mask_resets": ("mingru", {"mask": MASK, "resets": RESETS}),
-    "minlstm_plain_reverse_lengths_resets": ("minlstm_plain", {"reverse": True, "lengths": LENGTHS, "resets": RESETS}),
+  "mingru_mask_resets": ("mingru", {"mask": MASK, "resets": RESETS}),
+  "minlstm_plain_reverse_lengths_resets": ("minlstm_plain", {"reverse": True, "lengths": LENGTHS, "resets": RESETS}),
 }
 
 
@@ -149,7 +150,8 @@ def test_parallel_gradients_match_reference_on_every_block(block):
   def loss(impl):
     def f(p, x, s):
       final, hs = jaxlstm.layer(p, x, s, impl=impl, **kw)
-      return jnp.sum(hs * w) + jnp.sum(final.h ** 2)
+      return jnp.sum(hs * w) + jnp.sum(final.h**2)
+
     return jax.grad(f, argnums=(0, 1, 2))
 
   got, want = loss("parallel")(params, xs, state), loss("reference")(params, xs, state)
@@ -174,8 +176,12 @@ def test_the_scan_of_a_long_float32_sequence_keeps_float64_accuracy():
     h = a[t] * h + b[t]
     want.append(h)
   k = jnp.asarray(np.concatenate([a, b], axis=-1), jnp.float32)  # gates read (a, b) straight out of k
-  scan = jax.jit(lambda k, n: parallel.recurrence_scan(lambda k: (k[..., :8], k[..., 8:]), k,
-                                                       jnp.zeros((2, 8), jnp.float32), block=n), static_argnums=1)
+  scan = jax.jit(
+    lambda k, n: parallel.recurrence_scan(
+      lambda k: (k[..., :8], k[..., 8:]), k, jnp.zeros((2, 8), jnp.float32), block=n
+    ),
+    static_argnums=1,
+  )
   for n in (1, 64, 4096):
     assert rel_err(scan(k, n), np.stack(want)) < 1e-5, n
 
@@ -203,8 +209,7 @@ def test_jit_and_vmap_over_an_ensemble():
   run = jax.jit(jax.vmap(lambda p: jaxlstm.layer(p, xs, lengths=LENGTHS)[1]))
   hs = run(ensemble)
   for k, p in enumerate((p0, p1)):
-    np.testing.assert_allclose(hs[k], jaxlstm.layer(p, xs, lengths=LENGTHS, impl="reference")[1], rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(hs[k], jaxlstm.layer(p, xs, lengths=LENGTHS, impl="reference")[1], rtol=1e-5, atol=1e-6)
   grads = jax.jit(jax.vmap(jax.grad(lambda p: jnp.sum(jaxlstm.layer(p, xs, lengths=LENGTHS)[1]))))(ensemble)
   assert grads.log_space is True and grads.w_x.shape == ensemble.w_x.shape
 
@@ -223,8 +228,11 @@ def test_what_the_parallel_kernel_refuses():
     jaxlstm.layer(params, xs, impl="parallel", remat=2)
   with pytest.raises(ValueError, match="no kernel can run this mingru layer: .*parallel: remat is implemented"):
     jaxlstm.layer(params, xs, remat=2)
-  with pytest.raises(ValueError, match="impl='parallel' cannot run this layer: it runs cells whose gates read only "
-                                       "the input .mingru, minlstm., not lstm"):
+  with pytest.raises(
+    ValueError,
+    match="impl='parallel' cannot run this layer: it runs cells whose gates read only "
+    "the input .mingru, minlstm., not lstm",
+  ):
     jaxlstm.lstm(random_params(jaxlstm.lstm_init, I, H), xs, impl="parallel")
   with pytest.raises(ValueError, match="impl='fused' cannot run this layer: it runs LSTM layers only, not mingru"):
     jaxlstm.layer(params, xs, impl="fused")
@@ -233,6 +241,7 @@ def test_what_the_parallel_kernel_refuses():
 
 
 # --- The Flax modules, fit with a checkpoint, the command line. ---
+
 
 def test_nnx_and_linen_modules():
   from flax import nnx
@@ -248,8 +257,10 @@ def test_nnx_and_linen_modules():
   assert stack.params[1].log_space is False
   np.testing.assert_array_equal(stack(xs), jaxlstm.stack(stack.params, xs)[1])
   cell = jaxlstm.nnx.MinLSTMCell(I, H, rngs=nnx.Rngs(0))
-  np.testing.assert_array_equal(cell(cell.initial_state((B,)), xs[:, 0])[1],
-                                jaxlstm.minlstm_step(cell.params, jaxlstm.zero_state(cell.params, (B,)), xs[:, 0])[1])
+  np.testing.assert_array_equal(
+    cell(cell.initial_state((B,)), xs[:, 0])[1],
+    jaxlstm.minlstm_step(cell.params, jaxlstm.zero_state(cell.params, (B,)), xs[:, 0])[1],
+  )
   module = jaxlstm.linen.MinLSTM(H, log_space=False)
   variables = module.init(jax.random.key(0), xs)
   params = jaxlstm.linen.from_variables(variables)
@@ -257,8 +268,9 @@ def test_nnx_and_linen_modules():
   np.testing.assert_array_equal(module.apply(variables, xs), jaxlstm.layer(params, xs)[1])
   linen_stack = jaxlstm.linen.Stack(H, num_layers=1, cell="mingru")
   variables = linen_stack.init(jax.random.key(0), xs)
-  np.testing.assert_array_equal(linen_stack.apply(variables, xs),
-                                jaxlstm.stack(jaxlstm.linen.from_variables(variables), xs)[1])
+  np.testing.assert_array_equal(
+    linen_stack.apply(variables, xs), jaxlstm.stack(jaxlstm.linen.from_variables(variables), xs)[1]
+  )
 
 
 @pytest.mark.standard_promotion  # optax promotes implicitly
@@ -267,14 +279,17 @@ def test_fit_and_a_checkpoint_round_trip(tmp_path):
 
   params = model_init(jax.random.key(0), I, 1, hidden=H, layers=2, cell="minlstm")
   rng = np.random.default_rng(0)
-  data = {"xs": rng.standard_normal((64, T, I)).astype(np.float32),
-          "ys": rng.standard_normal((64, 1)).astype(np.float32)}
+  data = {
+    "xs": rng.standard_normal((64, T, I)).astype(np.float32),
+    "ys": rng.standard_normal((64, 1)).astype(np.float32),
+  }
 
   def loss_fn(p, batch, key):
     return task_loss("regress", model_apply(p, batch["xs"], per_step=False), batch)
 
-  trained, history = jaxlstm.fit(params, loss_fn, data, steps=6, batch_size=16, checkpoint_dir=str(tmp_path),
-                                 save_every=3, progress=False)
+  trained, history = jaxlstm.fit(
+    params, loss_fn, data, steps=6, batch_size=16, checkpoint_dir=str(tmp_path), save_every=3, progress=False
+  )
   assert np.isfinite(history[-1]["loss"]) and history[-1]["loss"] < history[0]["loss"]
   ckpt = Checkpointer(tmp_path)
   back = ckpt.restore(jaxlstm.init_train_state(params, optax.adam(1e-3)))
@@ -293,12 +308,38 @@ def test_the_command_line_trains_a_mingru(tmp_path, capsys):
 
   assert cell_presets()["mingru"] == {"cell": "mingru"} and cell_presets()["minlstm"] == {"cell": "minlstm"}
   out = str(tmp_path / "run")
-  assert main(["train", "--task", "adding", "--cell", "mingru", "--seq-len", "8", "--n-train", "32", "--n-test",
-               "16", "--hidden", "8", "--batch-size", "16", "--steps", "2", "--out", out, "--quiet"]) == 0
+  assert (
+    main(
+      [
+        "train",
+        "--task",
+        "adding",
+        "--cell",
+        "mingru",
+        "--seq-len",
+        "8",
+        "--n-train",
+        "32",
+        "--n-test",
+        "16",
+        "--hidden",
+        "8",
+        "--batch-size",
+        "16",
+        "--steps",
+        "2",
+        "--out",
+        out,
+        "--quiet",
+      ]
+    )
+    == 0
+  )
   assert "test mse" in capsys.readouterr().out
 
 
 # --- Peer: the mingru-pytorch package (lucidrains), on converted weights. ---
+
 
 def torch_module(kind, dim, expansion):
   torch = pytest.importorskip("torch")

@@ -31,7 +31,7 @@ def test_task_losses_match_numpy():
   np.testing.assert_allclose(m["bits_per_char"], want / np.log(2), rtol=1e-5)
   pred = rng.normal(size=(3, 1)).astype(np.float32)
   loss, m = task_loss("regress", jnp.asarray(pred), {"ys": jnp.zeros((3, 1), jnp.float32)})
-  np.testing.assert_allclose(loss, (pred ** 2).mean(), rtol=1e-6)
+  np.testing.assert_allclose(loss, (pred**2).mean(), rtol=1e-6)
 
 
 def test_readout_is_last_valid_step():
@@ -71,8 +71,16 @@ def test_sample_text_is_deterministic_and_checks_prompt():
 def test_sweep_members_train_independently():
   from jaxlstm.experiment import RunConfig, load_task
   from jaxlstm.sweep import summarize, train_ensemble
-  cfg = RunConfig(task="adding", task_options={"T": 6, "n_train": 32, "n_val": 8, "n_test": 16}, hidden=4, steps=3,
-                  batch_size=8, schedule="cosine", warmup=1)
+
+  cfg = RunConfig(
+    task="adding",
+    task_options={"T": 6, "n_train": 32, "n_val": 8, "n_test": 16},
+    hidden=4,
+    steps=3,
+    batch_size=8,
+    schedule="cosine",
+    warmup=1,
+  )
   task = load_task(cfg)
   rows = train_ensemble(task, cfg, lrs=[1e-3, 1e-1], seeds=[0, 1])
   assert [(r["lr"], r["seed"]) for r in rows] == [(1e-3, 0), (1e-3, 1), (1e-1, 0), (1e-1, 1)]

@@ -23,12 +23,12 @@ LENGTHS = jnp.asarray([5, 2, 0])
 # (module class, cell class, functional layer, functional init, init options). The options go into the params,
 # so neither the module nor the functional call takes any: an RNN's activation among them.
 LAYERS = {
-    "lstm": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {}),
-    "lstm_peephole": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {"peephole": True}),
-    "lstm_layer_norm": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {"layer_norm": True}),
-    "lstm_proj": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {"proj_size": 2}),
-    "gru": (jnn.GRU, jnn.GRUCell, jaxlstm.gru, jaxlstm.gru_init, {}),
-    "rnn_relu": (jnn.RNN, jnn.RNNCell, jaxlstm.rnn, jaxlstm.rnn_init, {"activation": "relu"}),
+  "lstm": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {}),
+  "lstm_peephole": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {"peephole": True}),
+  "lstm_layer_norm": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {"layer_norm": True}),
+  "lstm_proj": (jnn.LSTM, jnn.LSTMCell, jaxlstm.lstm, jaxlstm.lstm_init, {"proj_size": 2}),
+  "gru": (jnn.GRU, jnn.GRUCell, jaxlstm.gru, jaxlstm.gru_init, {}),
+  "rnn_relu": (jnn.RNN, jnn.RNNCell, jaxlstm.rnn, jaxlstm.rnn_init, {"activation": "relu"}),
 }
 
 
@@ -41,8 +41,11 @@ def test_layer_equals_functional(name):
   @jax.jit
   def run(p, xs):
     layer = cls.from_params(p)
-    return (layer(xs, lengths=LENGTHS), layer(xs, lengths=LENGTHS, return_sequences=False, return_state=True),
-            fn(p, xs, lengths=LENGTHS))
+    return (
+      layer(xs, lengths=LENGTHS),
+      layer(xs, lengths=LENGTHS, return_sequences=False, return_state=True),
+      fn(p, xs, lengths=LENGTHS),
+    )
 
   hs, (state, last), (expected_state, expected_hs) = run(params, normal((B, T, I)))
   np.testing.assert_array_equal(hs, expected_hs)
@@ -97,19 +100,25 @@ def test_constructor_checks_params_layout():
 
 def test_stack_bidirectional_with_lengths():
   params = random_params(jaxlstm.stack_init, I, H, 2, bidirectional=True, peephole=True)
-  relu_params = random_params(jaxlstm.stack_init, I, H, 2, cell="rnn", bidirectional=True, merge="sum",
-                              activation="relu")
+  relu_params = random_params(
+    jaxlstm.stack_init, I, H, 2, cell="rnn", bidirectional=True, merge="sum", activation="relu"
+  )
 
   @jax.jit
   def run(p, q, xs):
     model = jnn.Stack.from_params(p)
     relu = jnn.Stack.from_params(q, merge="sum")  # relu from the params
-    return (model(xs, lengths=LENGTHS), model(xs, lengths=LENGTHS, return_sequences=False, return_state=True),
-            jaxlstm.stack(p, xs, lengths=LENGTHS), relu(xs, return_sequences=False),
-            jaxlstm.stack(q, xs, merge="sum")[0])
+    return (
+      model(xs, lengths=LENGTHS),
+      model(xs, lengths=LENGTHS, return_sequences=False, return_state=True),
+      jaxlstm.stack(p, xs, lengths=LENGTHS),
+      relu(xs, return_sequences=False),
+      jaxlstm.stack(q, xs, merge="sum")[0],
+    )
 
-  hs, (states, last), (expected_states, expected_hs), relu_last, relu_states = run(params, relu_params,
-                                                                               normal((B, T, I)))
+  hs, (states, last), (expected_states, expected_hs), relu_last, relu_states = run(
+    params, relu_params, normal((B, T, I))
+  )
   np.testing.assert_array_equal(hs, expected_hs)
   assert_trees_equal(states, expected_states)
   assert last.shape == (B, 2 * H)
@@ -127,8 +136,12 @@ def test_stack_dropout():
   @jax.jit
   def run(p, xs, key):
     model = jnn.Stack.from_params(p, dropout=0.5)
-    return (model(xs, deterministic=True), model(xs, rngs=nnx.Rngs(dropout=key)), jaxlstm.stack(p, xs)[1],
-            jaxlstm.stack(p, xs, dropout=0.5, key=nnx.Rngs(dropout=key).dropout())[1])
+    return (
+      model(xs, deterministic=True),
+      model(xs, rngs=nnx.Rngs(dropout=key)),
+      jaxlstm.stack(p, xs)[1],
+      jaxlstm.stack(p, xs, dropout=0.5, key=nnx.Rngs(dropout=key).dropout())[1],
+    )
 
   deterministic, dropped, clean, expected = run(params, xs, jax.random.key(7))
   np.testing.assert_array_equal(deterministic, clean)
@@ -173,8 +186,9 @@ def test_eager_call_time_major_reverse():
   _, hs = jax.jit(lambda p, x: jaxlstm.gru(p, x, time_major=True, reverse=True))(params, xs)
   np.testing.assert_allclose(layer(xs), hs, rtol=1e-6, atol=1e-7)
   # Call arguments override the module's settings.
-  np.testing.assert_allclose(layer(jnp.swapaxes(xs, 0, 1), time_major=False), jnp.swapaxes(hs, 0, 1), rtol=1e-6,
-                             atol=1e-7)
+  np.testing.assert_allclose(
+    layer(jnp.swapaxes(xs, 0, 1), time_major=False), jnp.swapaxes(hs, 0, 1), rtol=1e-6, atol=1e-7
+  )
 
 
 @pytest.mark.parametrize("name", ["lstm_proj", "gru", "rnn_relu"])
@@ -214,9 +228,15 @@ def test_relu_rnn_through_layer_stack_and_cell():
     for t in range(T):  # the loop oracle: the cell's own step, one call per step
       state, y = cell(state, xs[:, t])
       ys.append(y)
-    return (layer(xs, lengths=LENGTHS), jaxlstm.rnn(p, xs, lengths=LENGTHS)[1], stack(xs),
-            jaxlstm.stack(sp, xs)[1], jnp.stack(ys, axis=1), jaxlstm.rnn(p, xs)[1],
-            jaxlstm.rnn(p._replace(activation="tanh"), xs)[1])
+    return (
+      layer(xs, lengths=LENGTHS),
+      jaxlstm.rnn(p, xs, lengths=LENGTHS)[1],
+      stack(xs),
+      jaxlstm.stack(sp, xs)[1],
+      jnp.stack(ys, axis=1),
+      jaxlstm.rnn(p, xs)[1],
+      jaxlstm.rnn(p._replace(activation="tanh"), xs)[1],
+    )
 
   hs, expected_hs, stack_hs, expected_stack_hs, loop_hs, full_hs, tanh_hs = run(params, stack_params, xs)
   np.testing.assert_array_equal(hs, expected_hs)

@@ -43,8 +43,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch, compilation_cache):
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", compilation_cache)
   monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   monkeypatch.delenv("JAX_ENABLE_X64", raising=False)
-  client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                   resources={"metadata": {"path": str(tmp_path)}})
+  client = nbclient.NotebookClient(
+    nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+  )
   client.execute()  # raises CellExecutionError, naming the cell and its traceback, on any error
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
   assert not errors

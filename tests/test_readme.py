@@ -23,10 +23,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 # Per task, what makes a run tiny: the task's own size options, then few steps.
-TINY_TASK = {"adding": ["--seq-len", "6", "--n-train", "32", "--n-val", "8", "--n-test", "8"],
-             "copy": ["--seq-len", "3", "--n-train", "32", "--n-val", "8", "--n-test", "8"],
-             "digits": [], "pixel-digits": [], "sunspots": [],
-             "text": ["--seq-len", "20", "--option", "max_chars=4000"]}
+TINY_TASK = {
+  "adding": ["--seq-len", "6", "--n-train", "32", "--n-val", "8", "--n-test", "8"],
+  "copy": ["--seq-len", "3", "--n-train", "32", "--n-val", "8", "--n-test", "8"],
+  "digits": [],
+  "pixel-digits": [],
+  "sunspots": [],
+  "text": ["--seq-len", "20", "--option", "max_chars=4000"],
+}
 TINY_STEPS = ["--steps", "2", "--eval-every", "2", "--batch-size", "8", "--quiet"]
 
 
@@ -84,10 +88,32 @@ def test_every_readme_command_runs(tmp_path, capsys):
 def test_bench_learning_regenerates_its_table(tmp_path):
   """``python bench/learning.py``, the README table's command, end to end on one tiny task."""
   out = tmp_path / "table"
-  proc = subprocess.run([sys.executable, str(ROOT / "bench" / "learning.py"), "--tasks", "adding", "--seeds", "2",
-                         "--runs", str(tmp_path / "runs"), "--out", str(out), "--", *TINY_TASK["adding"],
-                         "--steps", "2", "--eval-every", "2", "--batch-size", "8"],
-                        capture_output=True, text=True, timeout=600, check=False)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      str(ROOT / "bench" / "learning.py"),
+      "--tasks",
+      "adding",
+      "--seeds",
+      "2",
+      "--runs",
+      str(tmp_path / "runs"),
+      "--out",
+      str(out),
+      "--",
+      *TINY_TASK["adding"],
+      "--steps",
+      "2",
+      "--eval-every",
+      "2",
+      "--batch-size",
+      "8",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   table = (tmp_path / "table.md").read_text()
   assert "| adding (T=6, n_train=32, n_val=8, n_test=8) | mse (squared target units) |" in table

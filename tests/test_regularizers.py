@@ -40,7 +40,7 @@ def dropout_mask(key, rate, shape):
 
 def blocks(w, G):
   n = w.shape[-1] // G
-  return [w[..., g * n:(g + 1) * n] for g in range(G)]
+  return [w[..., g * n : (g + 1) * n] for g in range(G)]
 
 
 def gated_cell(cell, p, state, x, mx, mh):
@@ -111,8 +111,9 @@ def test_input_dropout_alone_is_one_mask_per_sequence_on_any_kernel(impl):
   _, hs = jaxlstm.layer(params, xs, input_dropout=0.5, key=key, impl=impl)
   m = dropout_mask(keys_of(key)[0], 0.5, (B, I))  # the same mask at every step, shared by the gates
   p = ref.to_numpy(params)
-  want = np.stack([ref.run(ref.lstm_cell, p, np.asarray(xs[b]) * m[b], (np.zeros(H), np.zeros(H)))[1]
-                   for b in range(B)])
+  want = np.stack(
+    [ref.run(ref.lstm_cell, p, np.asarray(xs[b]) * m[b], (np.zeros(H), np.zeros(H)))[1] for b in range(B)]
+  )
   np.testing.assert_allclose(hs, want, rtol=1e-12, atol=1e-12)
   assert jaxlstm.explain(params, xs, input_dropout=0.5, key=key).kernel == "fused"
 
@@ -194,9 +195,10 @@ def test_regularized_layer_under_jit_vmap_and_grad():
   key = jax.random.key(2)
 
   def loss(params, xs):
-    _, hs = jaxlstm.layer(params, xs, input_dropout=0.2, recurrent_dropout=0.3, zoneout={"c": 0.4},
-                          weight_drop=0.25, key=key)
-    return jnp.sum(hs ** 2)
+    _, hs = jaxlstm.layer(
+      params, xs, input_dropout=0.2, recurrent_dropout=0.3, zoneout={"c": 0.4}, weight_drop=0.25, key=key
+    )
+    return jnp.sum(hs**2)
 
   np.testing.assert_allclose(jax.jit(loss)(params, xs), loss(params, xs), rtol=1e-12)
   check_grads(loss, (params, xs), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
@@ -205,8 +207,9 @@ def test_regularized_layer_under_jit_vmap_and_grad():
 
 
 def test_stack_gives_each_layer_and_direction_its_own_key():
-  params = random_params(lambda k, i, h, **kw: jaxlstm.stack_init(k, i, h, 2, cell="gru", bidirectional=True, **kw),
-                         I, H, dtype=F64)
+  params = random_params(
+    lambda k, i, h, **kw: jaxlstm.stack_init(k, i, h, 2, cell="gru", bidirectional=True, **kw), I, H, dtype=F64
+  )
   xs = normal((B, T, I), F64, seed=8)
   key = jax.random.key(9)
   reg = dict(recurrent_dropout=0.3, zoneout=0.1, input_dropout=0.2)
@@ -257,8 +260,9 @@ def test_flax_modules_carry_the_rates_and_evaluate_deterministically():
   module = jaxlstm.linen.Stack(H, num_layers=1, **reg)
   variables = module.init(jax.random.key(0), xs, deterministic=True)
   params = jaxlstm.linen.from_variables(variables)
-  np.testing.assert_array_equal(module.apply(variables, xs, deterministic=True),
-                                jaxlstm.stack(params, xs, zoneout={"c": 0.5})[1])
+  np.testing.assert_array_equal(
+    module.apply(variables, xs, deterministic=True), jaxlstm.stack(params, xs, zoneout={"c": 0.5})[1]
+  )
   a = module.apply(variables, xs, deterministic=False, rngs={"dropout": jax.random.key(1)})
   b = module.apply(variables, xs, deterministic=False, rngs={"dropout": jax.random.key(1)})
   np.testing.assert_array_equal(a, b)
@@ -271,16 +275,27 @@ def test_fit_with_regularizers_resumes_exactly(tmp_path):
   data = {"xs": rng.standard_normal((16, T, I)).astype(np.float32), "ys": rng.standard_normal(16).astype(np.float32)}
 
   def loss_fn(params, batch, key):
-    _, hs = jaxlstm.stack(params, batch["xs"], key=key, input_dropout=0.1, recurrent_dropout=0.2, zoneout=0.1,
-                          weight_drop=0.2)
+    _, hs = jaxlstm.stack(
+      params, batch["xs"], key=key, input_dropout=0.1, recurrent_dropout=0.2, zoneout=0.1, weight_drop=0.2
+    )
     return jnp.mean((hs[:, -1, 0] - batch["ys"]) ** 2)
 
   params = jaxlstm.stack_init(jax.random.key(0), I, H, 1)
   whole, _ = jaxlstm.fit(params, loss_fn, data, batch_size=8, steps=6, progress=False)
-  first, _ = jaxlstm.fit(params, loss_fn, data, batch_size=8, steps=3, progress=False,
-                         checkpoint_dir=str(tmp_path), save_every=3)
-  resumed, _ = jaxlstm.fit(params, loss_fn, data, batch_size=8, steps=6, progress=False,
-                           checkpoint_dir=str(tmp_path), save_every=3, resume=True)
+  first, _ = jaxlstm.fit(
+    params, loss_fn, data, batch_size=8, steps=3, progress=False, checkpoint_dir=str(tmp_path), save_every=3
+  )
+  resumed, _ = jaxlstm.fit(
+    params,
+    loss_fn,
+    data,
+    batch_size=8,
+    steps=6,
+    progress=False,
+    checkpoint_dir=str(tmp_path),
+    save_every=3,
+    resume=True,
+  )
   jax.tree.map(np.testing.assert_array_equal, resumed, whole)
   assert not np.allclose(first[0].w_h, whole[0].w_h)
 
@@ -314,8 +329,14 @@ def test_recurrent_dropout_matches_keras_with_the_same_masks(cell, monkeypatch):
 
   monkeypatch.setattr(dropout_rnn_cell.DropoutRNNCell, "_create_dropout_mask", create)
   kind = keras.layers.LSTM if cell == "lstm" else keras.layers.GRU
-  layer = kind(H, return_sequences=True, dropout=0.25, recurrent_dropout=0.4, kernel_initializer="zeros",
-               recurrent_initializer="zeros")
+  layer = kind(
+    H,
+    return_sequences=True,
+    dropout=0.25,
+    recurrent_dropout=0.4,
+    kernel_initializer="zeros",
+    recurrent_initializer="zeros",
+  )
   to_keras((params,), layer)
   want = np.asarray(layer(np.asarray(xs), training=True))
   np.testing.assert_allclose(hs, want, rtol=1e-5, atol=1e-6)

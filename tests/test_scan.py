@@ -15,12 +15,16 @@ from tests.helpers import TOL, normal, random_params, rel_err
 B, T, I, H = 3, 6, 2, 3
 
 CELLS = {
-    "lstm": (jaxlstm.lstm_init, {}, jaxlstm.lstm, ref.lstm_cell),
-    "peephole": (jaxlstm.lstm_init, {"peephole": True}, jaxlstm.lstm, ref.lstm_cell),
-    "ln_proj": (jaxlstm.lstm_init, {"layer_norm": True, "proj_size": 2}, jaxlstm.lstm, ref.lstm_cell),
-    "gru": (jaxlstm.gru_init, {}, jaxlstm.gru, ref.gru_cell),
-    "rnn_relu": (jaxlstm.rnn_init, {"activation": "relu"}, jaxlstm.rnn,
-                 functools.partial(ref.rnn_cell, activation="relu")),
+  "lstm": (jaxlstm.lstm_init, {}, jaxlstm.lstm, ref.lstm_cell),
+  "peephole": (jaxlstm.lstm_init, {"peephole": True}, jaxlstm.lstm, ref.lstm_cell),
+  "ln_proj": (jaxlstm.lstm_init, {"layer_norm": True, "proj_size": 2}, jaxlstm.lstm, ref.lstm_cell),
+  "gru": (jaxlstm.gru_init, {}, jaxlstm.gru, ref.gru_cell),
+  "rnn_relu": (
+    jaxlstm.rnn_init,
+    {"activation": "relu"},
+    jaxlstm.rnn,
+    functools.partial(ref.rnn_cell, activation="relu"),
+  ),
 }
 
 
@@ -28,8 +32,9 @@ def setup(cell, dtype=jnp.float64, seed=0):
   init, opts, layer, ref_cell = CELLS[cell]
   params = random_params(init, I, H, dtype=dtype, seed=seed, **opts)
   xs = normal((B, T, I), dtype, seed=seed + 1)
-  state0 = jax.tree_util.tree_map(lambda z: normal(z.shape, dtype, seed=seed + 2, scale=0.5),
-                                  jaxlstm.zero_state(params, (B,), dtype))
+  state0 = jax.tree_util.tree_map(
+    lambda z: normal(z.shape, dtype, seed=seed + 2, scale=0.5), jaxlstm.zero_state(params, (B,), dtype)
+  )
   return params, xs, state0, layer, ref_cell
 
 
@@ -54,8 +59,16 @@ def test_sequence_matches_reference(cell, dtype):
   final, hs = jax.jit(layer)(params, xs, state0)
   assert hs.dtype == dtype
   xs64 = np.asarray(xs, np.float64)
-  check_against(params, xs, state0, ref_cell, final, hs,
-                lambda p, b: ref.run(ref_cell, p, xs64[b], row_state(state0, b)), TOL[jnp.dtype(dtype)])
+  check_against(
+    params,
+    xs,
+    state0,
+    ref_cell,
+    final,
+    hs,
+    lambda p, b: ref.run(ref_cell, p, xs64[b], row_state(state0, b)),
+    TOL[jnp.dtype(dtype)],
+  )
 
 
 def test_scan_matches_python_loop():
@@ -108,8 +121,16 @@ def test_mask_by_definition(cell):
   params, xs, state0, layer, ref_cell = setup(cell)
   final, hs = layer(params, xs, state0, mask=jnp.asarray(MASK))
   xs64 = np.asarray(xs, np.float64)
-  check_against(params, xs, state0, ref_cell, final, hs,
-                lambda p, b: ref.run(ref_cell, p, xs64[b], row_state(state0, b), valid=MASK[b]), 1e-6)
+  check_against(
+    params,
+    xs,
+    state0,
+    ref_cell,
+    final,
+    hs,
+    lambda p, b: ref.run(ref_cell, p, xs64[b], row_state(state0, b), valid=MASK[b]),
+    1e-6,
+  )
 
 
 def test_lengths_equal_prefix_mask():
@@ -125,9 +146,16 @@ def test_resets_by_definition(cell):
   params, xs, state0, layer, ref_cell = setup(cell)
   final, hs = layer(params, xs, state0, resets=jnp.asarray(RESETS), mask=jnp.asarray(MASK))
   xs64 = np.asarray(xs, np.float64)
-  check_against(params, xs, state0, ref_cell, final, hs,
-                lambda p, b: ref.run(ref_cell, p, xs64[b], row_state(state0, b), valid=MASK[b],
-                                     resets=RESETS[b]), 1e-6)
+  check_against(
+    params,
+    xs,
+    state0,
+    ref_cell,
+    final,
+    hs,
+    lambda p, b: ref.run(ref_cell, p, xs64[b], row_state(state0, b), valid=MASK[b], resets=RESETS[b]),
+    1e-6,
+  )
 
 
 def test_reverse_resets_split_segments():
@@ -152,8 +180,15 @@ def test_reverse_resets_split_segments():
 def test_time_major_matches_batch_major():
   params, xs, state0, layer, _ = setup("gru")
   a_final, a_hs = layer(params, xs, state0, lengths=jnp.asarray(LENGTHS), mask=jnp.asarray(MASK), reverse=True)
-  b_final, b_hs = layer(params, jnp.swapaxes(xs, 0, 1), state0, lengths=jnp.asarray(LENGTHS),
-                        mask=jnp.asarray(MASK.T), reverse=True, time_major=True)
+  b_final, b_hs = layer(
+    params,
+    jnp.swapaxes(xs, 0, 1),
+    state0,
+    lengths=jnp.asarray(LENGTHS),
+    mask=jnp.asarray(MASK.T),
+    reverse=True,
+    time_major=True,
+  )
   np.testing.assert_allclose(a_hs, jnp.swapaxes(b_hs, 0, 1), rtol=1e-12)
   np.testing.assert_allclose(a_final.h, b_final.h, rtol=1e-12)
 
@@ -168,8 +203,9 @@ def test_jit_vmap_invariance():
     return jaxlstm.lstm(params, x, jaxlstm.LSTMState(h, c), lengths=L, mask=m, resets=r)
 
   vmapped = jax.vmap(one)(xs, state0.h, state0.c, kw["lengths"], kw["mask"], kw["resets"])
-  for a, b, c in zip(jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted),
-                     jax.tree_util.tree_leaves(vmapped)):
+  for a, b, c in zip(
+    jax.tree_util.tree_leaves(eager), jax.tree_util.tree_leaves(jitted), jax.tree_util.tree_leaves(vmapped)
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(a, c, rtol=1e-6, atol=1e-6)
 
@@ -178,8 +214,12 @@ def test_batch_rows_are_independent():
   params, xs, state0, _, _ = setup("lstm", jnp.float32)
   _, hs = jaxlstm.lstm(params, xs, state0, lengths=jnp.asarray(LENGTHS))
   for b in range(B):
-    _, hb = jaxlstm.lstm(params, xs[b:b + 1], jax.tree_util.tree_map(lambda s, b=b: s[b:b + 1], state0),
-                         lengths=jnp.asarray(LENGTHS[b:b + 1]))
+    _, hb = jaxlstm.lstm(
+      params,
+      xs[b : b + 1],
+      jax.tree_util.tree_map(lambda s, b=b: s[b : b + 1], state0),
+      lengths=jnp.asarray(LENGTHS[b : b + 1]),
+    )
     np.testing.assert_allclose(hs[b], hb[0], rtol=1e-6, atol=1e-7)
 
 
@@ -190,7 +230,7 @@ def test_check_grads_float64(cell):
 
   def loss(params, xs, state0):
     final, hs = layer(params, xs, state0, **kw)
-    return jnp.sum(jnp.sin(hs)) + sum(jnp.sum(s ** 2) for s in final)
+    return jnp.sum(jnp.sin(hs)) + sum(jnp.sum(s**2) for s in final)
 
   check_grads(jax.jit(loss), (params, xs, state0), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
 
@@ -240,13 +280,15 @@ def test_generic_scan_takes_any_cell():
     return s, 2.0 * s
 
   xs = normal((B, T, 1), jnp.float64)
-  final, ys = jaxlstm.scan(running_sum, jnp.asarray(3.0, jnp.float64), xs, jnp.zeros((B, 1), jnp.float64),
-                           lengths=jnp.asarray(LENGTHS))
+  final, ys = jaxlstm.scan(
+    running_sum, jnp.asarray(3.0, jnp.float64), xs, jnp.zeros((B, 1), jnp.float64), lengths=jnp.asarray(LENGTHS)
+  )
   expected = 3.0 * np.cumsum(np.asarray(xs), axis=1)
   valid = np.arange(T)[None, :, None] < LENGTHS[:, None, None]
   np.testing.assert_allclose(ys, np.where(valid, 2.0 * expected, 0.0), rtol=1e-12)
-  np.testing.assert_allclose(final[:, 0], [expected[b, max(L - 1, 0), 0] if L else 0.0 for b, L in enumerate(LENGTHS)],
-                             rtol=1e-12)
+  np.testing.assert_allclose(
+    final[:, 0], [expected[b, max(L - 1, 0), 0] if L else 0.0 for b, L in enumerate(LENGTHS)], rtol=1e-12
+  )
 
 
 def test_unroll_is_exact():

@@ -52,9 +52,12 @@ class IndRNNState(NamedTuple):
 
 def indrnn_init(key, input_size, hidden_size, *, activation="relu", dtype=jnp.float32):
   k1, k2 = jax.random.split(key)
-  return IndRNNParams(jax.random.normal(k1, (input_size, hidden_size), dtype) * input_size ** -0.5,
-                      jax.random.uniform(k2, (hidden_size,), dtype, 0.0, 1.0), jnp.zeros((hidden_size,), dtype),
-                      activation)
+  return IndRNNParams(
+    jax.random.normal(k1, (input_size, hidden_size), dtype) * input_size**-0.5,
+    jax.random.uniform(k2, (hidden_size,), dtype, 0.0, 1.0),
+    jnp.zeros((hidden_size,), dtype),
+    activation,
+  )
 
 
 def indrnn_zero_state(params, batch_shape=(), dtype=None):
@@ -67,10 +70,17 @@ def indrnn_step(params, state, x):
   return IndRNNState(h), h
 
 
-INDRNN = jaxlstm.Cell(name="indrnn", params_type=IndRNNParams, state_type=IndRNNState, init=indrnn_init,
-                      step=indrnn_step, zero_state=indrnn_zero_state,
-                      options_of=lambda p: {"dtype": p.dtype, "activation": p.activation}, gates=1,
-                      options=("activation",))
+INDRNN = jaxlstm.Cell(
+  name="indrnn",
+  params_type=IndRNNParams,
+  state_type=IndRNNState,
+  init=indrnn_init,
+  step=indrnn_step,
+  zero_state=indrnn_zero_state,
+  options_of=lambda p: {"dtype": p.dtype, "activation": p.activation},
+  gates=1,
+  options=("activation",),
+)
 
 
 @pytest.fixture
@@ -81,8 +91,9 @@ def indrnn():
 
 
 def test_registered_cell_runs_through_stack_against_the_loop(indrnn):
-  params = random_params(jaxlstm.stack_init, I, H, 2, cell="indrnn", bidirectional=True, activation="tanh",
-                         dtype=jnp.float64)
+  params = random_params(
+    jaxlstm.stack_init, I, H, 2, cell="indrnn", bidirectional=True, activation="tanh", dtype=jnp.float64
+  )
   assert params[0].forward.activation == "tanh"
   xs = normal((B, T, I), jnp.float64)
   states, hs = jaxlstm.stack(params, xs, lengths=LENGTHS)
@@ -122,8 +133,10 @@ def test_registered_cell_trains_with_fit_and_round_trips_a_checkpoint(indrnn, tm
 
   params = model_init(jax.random.key(0), I, 1, hidden=H, layers=2, cell="indrnn")
   rng = np.random.default_rng(0)
-  data = {"xs": rng.standard_normal((64, T, I)).astype(np.float32),
-          "ys": rng.standard_normal((64, 1)).astype(np.float32)}
+  data = {
+    "xs": rng.standard_normal((64, T, I)).astype(np.float32),
+    "ys": rng.standard_normal((64, 1)).astype(np.float32),
+  }
 
   def loss_fn(p, batch, key):
     return task_loss("regress", model_apply(p, batch["xs"], per_step=False), batch)
@@ -157,6 +170,7 @@ def test_relu_rnn_checkpoint_keeps_its_activation(tmp_path):
 
 def python_loop_kernel():
   """A kernel defined outside the package: the cell's step in a Python loop, for GRUs only."""
+
   def why_not(call):
     if call.cell.name != "gru":
       return f"it runs GRU layers only, not {call.cell.name}"

@@ -33,8 +33,9 @@ VARIANTS = {"dense_sigmoid": (1, "sigmoid"), "heads2_exp": (2, "exp"), "heads4_s
 
 def setup(variant, dtype=jnp.float64, batch=(B,), scale=0.5):
   num_heads, forget_gate = VARIANTS[variant]
-  params = random_params(jaxlstm.slstm_init, I, H, num_heads=num_heads, forget_gate=forget_gate, dtype=dtype,
-                         scale=scale)
+  params = random_params(
+    jaxlstm.slstm_init, I, H, num_heads=num_heads, forget_gate=forget_gate, dtype=dtype, scale=scale
+  )
   xs = normal((*batch, T, I), dtype, seed=1)
   return params, xs
 
@@ -46,6 +47,7 @@ def live_state(batch=(B,), dtype=jnp.float64):
 
 
 # --- The float64 NumPy reference, from the paper's equations. ---
+
 
 def sigmoid(x):
   return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow at large |x|
@@ -59,7 +61,7 @@ def dense_recurrence(params):
   R = np.zeros((H, 4 * H))
   for k in range(K):
     for g in range(4):
-      R[k * D:(k + 1) * D, g * H + k * D:g * H + (k + 1) * D] = r[k][:, g * D:(g + 1) * D]
+      R[k * D : (k + 1) * D, g * H + k * D : g * H + (k + 1) * D] = r[k][:, g * D : (g + 1) * D]
   return R
 
 
@@ -77,7 +79,7 @@ def numpy_slstm(params, xs, state=None, *, stabilized=True):
   hs = []
   for t in range(xs.shape[1]):
     pre = xs[:, t] @ w + h @ R + b
-    zi, zf, zz, zo = (pre[:, g * H:(g + 1) * H] for g in range(4))
+    zi, zf, zz, zo = (pre[:, g * H : (g + 1) * H] for g in range(4))
     z, o = np.tanh(zz), sigmoid(zo)
     if stabilized:
       log_i = zi
@@ -168,8 +170,9 @@ def test_explicit_impls_other_than_reference_refuse_it():
     jaxlstm.layer(params, xs, impl="fused")
   with pytest.raises(ValueError, match="impl='cudnn' cannot run this layer: it runs LSTM layers only, not slstm"):
     jaxlstm.layer(params, xs, impl="cudnn")
-  with pytest.raises(ValueError, match="impl='parallel' cannot run this layer: .* not slstm, whose step is not "
-                                       "linear in h"):
+  with pytest.raises(
+    ValueError, match="impl='parallel' cannot run this layer: .* not slstm, whose step is not linear in h"
+  ):
     jaxlstm.layer(params, xs, impl="parallel")
 
 
@@ -182,12 +185,16 @@ def test_bad_settings_are_refused():
   with pytest.raises(ValueError, match=r"forget_gate must be one of \('sigmoid', 'exp'\); got 'tanh'"):
     jaxlstm.slstm_init(key, I, H, forget_gate="tanh")
   params, xs = setup("heads2_exp", jnp.float32)
-  with pytest.raises(ValueError, match=r"params.r must have shape \(num_heads, D, 4D\) = \(4, 1, 4\) for "
-                                       r"num_heads=4 and H=4; got \(2, 2, 8\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"params.r must have shape \(num_heads, D, 4D\) = \(4, 1, 4\) for "
+    r"num_heads=4 and H=4; got \(2, 2, 8\)",
+  ):
     jaxlstm.layer(params._replace(num_heads=4), xs)
 
 
 # --- Layers and stacks against the Python loop; jit, vmap, gradients. ---
+
 
 def test_layer_with_missing_data_and_reverse_against_the_loop():
   params, xs = setup("heads2_exp")
@@ -200,8 +207,7 @@ def test_layer_with_missing_data_and_reverse_against_the_loop():
 
 
 def test_bidirectional_stack_with_heads_against_the_loop():
-  params = random_params(jaxlstm.stack_init, I, H, 2, cell="slstm", bidirectional=True, num_heads=2,
-                         dtype=jnp.float64)
+  params = random_params(jaxlstm.stack_init, I, H, 2, cell="slstm", bidirectional=True, num_heads=2, dtype=jnp.float64)
   assert params[1].backward.num_heads == 2 and params[1].backward.w_x.shape == (2 * H, 4 * H)
   xs = normal((B, T, I), jnp.float64, seed=1)
   states, hs = jaxlstm.stack(params, xs, lengths=LENGTHS, resets=RESETS)
@@ -209,8 +215,9 @@ def test_bidirectional_stack_with_heads_against_the_loop():
   for layer in params:
     zero = jaxlstm.zero_state(layer.forward, (B,))
     fw_state, fw = python_unroll(jaxlstm.slstm_step, layer.forward, h, zero, lengths=LENGTHS, resets=RESETS)
-    bw_state, bw = python_unroll(jaxlstm.slstm_step, layer.backward, h, zero, lengths=LENGTHS, resets=RESETS,
-                                 reverse=True)
+    bw_state, bw = python_unroll(
+      jaxlstm.slstm_step, layer.backward, h, zero, lengths=LENGTHS, resets=RESETS, reverse=True
+    )
     h = jnp.concatenate([fw, bw], -1)
   assert rel_err(hs, h) < 1e-12
   for got, want in zip((*states[-1].forward, *states[-1].backward), (*fw_state, *bw_state)):
@@ -252,6 +259,7 @@ def test_bfloat16_params_keep_a_float32_state():
 
 # --- The Flax modules, fit with a checkpoint, the command line. ---
 
+
 def test_nnx_and_linen_modules():
   from flax import nnx
 
@@ -267,8 +275,10 @@ def test_nnx_and_linen_modules():
   stack = jaxlstm.nnx.Stack(I, H, num_layers=1, cell="slstm", num_heads=4, rngs=nnx.Rngs(0))
   np.testing.assert_array_equal(stack(xs), jaxlstm.stack(stack.params, xs)[1])
   cell = jaxlstm.nnx.SLSTMCell(I, H, num_heads=2, rngs=nnx.Rngs(0))
-  np.testing.assert_array_equal(cell(cell.initial_state((B,)), xs[:, 0])[1],
-                                jaxlstm.slstm_step(cell.params, jaxlstm.zero_state(cell.params, (B,)), xs[:, 0])[1])
+  np.testing.assert_array_equal(
+    cell(cell.initial_state((B,)), xs[:, 0])[1],
+    jaxlstm.slstm_step(cell.params, jaxlstm.zero_state(cell.params, (B,)), xs[:, 0])[1],
+  )
   module = jaxlstm.linen.SLSTM(H, num_heads=2, forget_gate="exp")
   variables = module.init(jax.random.key(0), xs)
   params = jaxlstm.linen.from_variables(variables)
@@ -286,17 +296,21 @@ def test_fit_and_a_checkpoint_round_trip(tmp_path):
   from jaxlstm.models import model_apply, model_init, task_loss
 
   params = model_init(jax.random.key(0), I, 1, hidden=H, cell="slstm")
-  params = params._replace(rnn=jaxlstm.stack_init(jax.random.key(1), I, H, 1, cell="slstm", num_heads=2,
-                                                  forget_gate="exp"))
+  params = params._replace(
+    rnn=jaxlstm.stack_init(jax.random.key(1), I, H, 1, cell="slstm", num_heads=2, forget_gate="exp")
+  )
   rng = np.random.default_rng(0)
-  data = {"xs": rng.standard_normal((64, T, I)).astype(np.float32),
-          "ys": rng.standard_normal((64, 1)).astype(np.float32)}
+  data = {
+    "xs": rng.standard_normal((64, T, I)).astype(np.float32),
+    "ys": rng.standard_normal((64, 1)).astype(np.float32),
+  }
 
   def loss_fn(p, batch, key):
     return task_loss("regress", model_apply(p, batch["xs"], per_step=False), batch)
 
-  trained, history = jaxlstm.fit(params, loss_fn, data, steps=4, batch_size=16, checkpoint_dir=str(tmp_path),
-                                 save_every=2, progress=False)
+  trained, history = jaxlstm.fit(
+    params, loss_fn, data, steps=4, batch_size=16, checkpoint_dir=str(tmp_path), save_every=2, progress=False
+  )
   assert all(np.isfinite(h["loss"]) for h in history)
   assert float(jnp.abs(trained.rnn[0].r).max()) > 0.0  # the recurrence is learned from its zero init
   ckpt = Checkpointer(tmp_path)
@@ -316,8 +330,33 @@ def test_the_command_line_trains_an_slstm(tmp_path, capsys):
 
   assert cell_presets()["slstm"] == {"cell": "slstm"}  # one head: any --hidden
   out = str(tmp_path / "run")
-  assert main(["train", "--task", "adding", "--cell", "slstm", "--seq-len", "8", "--n-train", "32", "--n-test",
-               "16", "--hidden", "6", "--batch-size", "16", "--steps", "2", "--out", out, "--quiet"]) == 0
+  assert (
+    main(
+      [
+        "train",
+        "--task",
+        "adding",
+        "--cell",
+        "slstm",
+        "--seq-len",
+        "8",
+        "--n-train",
+        "32",
+        "--n-test",
+        "16",
+        "--hidden",
+        "6",
+        "--batch-size",
+        "16",
+        "--steps",
+        "2",
+        "--out",
+        out,
+        "--quiet",
+      ]
+    )
+    == 0
+  )
   assert "test mse" in capsys.readouterr().out
   with open(tmp_path / "run" / "config.json") as f:
     assert json.load(f)["cell"] == "slstm"
@@ -325,14 +364,18 @@ def test_the_command_line_trains_an_slstm(tmp_path, capsys):
 
 # --- Peer: NX-AI's xlstm package, vanilla (PyTorch) backend, on converted weights. ---
 
+
 def xlstm_layer(conv1d_kernel_size=0):
   torch = pytest.importorskip("torch")
   pytest.importorskip("xlstm")
   from xlstm.blocks.slstm.layer import sLSTMLayer, sLSTMLayerConfig
 
   torch.manual_seed(0)
-  layer = sLSTMLayer(sLSTMLayerConfig(embedding_dim=8, num_heads=2, conv1d_kernel_size=conv1d_kernel_size,
-                                      backend="vanilla", dtype="float32"))
+  layer = sLSTMLayer(
+    sLSTMLayerConfig(
+      embedding_dim=8, num_heads=2, conv1d_kernel_size=conv1d_kernel_size, backend="vanilla", dtype="float32"
+    )
+  )
   with torch.no_grad():  # random everywhere: xlstm initializes R to zero
     for p in layer.parameters():
       p.normal_(0.0, 0.5)

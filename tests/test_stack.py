@@ -34,8 +34,12 @@ def test_bidirectional_merges(merge):
   states, hs = jaxlstm.stack(params, xs, lengths=LENGTHS, merge=merge)
   fw0 = jaxlstm.gru(params[0].forward, xs, lengths=LENGTHS)
   bw0 = jaxlstm.gru(params[0].backward, xs, lengths=LENGTHS, reverse=True)
-  merged = {"concat": lambda a, b: jnp.concatenate([a, b], -1), "sum": jnp.add,
-            "mean": lambda a, b: (a + b) / 2, "mul": jnp.multiply}[merge]
+  merged = {
+    "concat": lambda a, b: jnp.concatenate([a, b], -1),
+    "sum": jnp.add,
+    "mean": lambda a, b: (a + b) / 2,
+    "mul": jnp.multiply,
+  }[merge]
   h0 = merged(fw0[1], bw0[1])
   fw1 = jaxlstm.gru(params[1].forward, h0, lengths=LENGTHS)
   bw1 = jaxlstm.gru(params[1].backward, h0, lengths=LENGTHS, reverse=True)
@@ -58,8 +62,9 @@ def test_bidirectional_backward_starts_at_each_rows_last_step():
 def test_stack_initial_states_and_projection():
   params = stack_params(2, proj_size=2)
   xs = normal((B, T, I))
-  states0 = tuple(jax.tree_util.tree_map(lambda z: normal(z.shape, seed=7), jaxlstm.zero_state(p, (B,)))
-                  for p in params)
+  states0 = tuple(
+    jax.tree_util.tree_map(lambda z: normal(z.shape, seed=7), jaxlstm.zero_state(p, (B,))) for p in params
+  )
   states, hs = jaxlstm.stack(params, xs, states0)
   _, h0 = jaxlstm.lstm(params[0], xs, states0[0])
   s1, h1 = jaxlstm.lstm(params[1], h0, states0[1])
@@ -73,8 +78,11 @@ def test_rnn_stack_activation():
   _, hs = jaxlstm.stack(params, xs, activation="relu")
   # The activation travels with the params: the stack computes relu without being told.
   np.testing.assert_array_equal(jaxlstm.stack(params, xs)[1], hs)
-  with pytest.raises(ValueError, match=r"activation='tanh' conflicts with the params, which were built with "
-                                       r"activation='relu'"):
+  with pytest.raises(
+    ValueError,
+    match=r"activation='tanh' conflicts with the params, which were built with "
+    r"activation='relu'",
+  ):
     jaxlstm.stack(params, xs, activation="tanh")
   _, h0 = jaxlstm.rnn(params[0], xs, activation="relu")
   _, h1 = jaxlstm.rnn(params[1], h0, activation="relu")
@@ -105,8 +113,9 @@ def test_dropout_rate_and_scaling():
   # positive values become zero, and the rest are scaled by 1 / (1 - 0.25).
   params = random_params(jaxlstm.stack_init, I, 64, 2, cell="rnn", activation="relu")
   xs = normal((8, 4, I))
-  ident = jaxlstm.RNNParams(jnp.eye(64, dtype=jnp.float32), jnp.zeros((64, 64), jnp.float32),
-                            jnp.zeros((64,), jnp.float32), activation="relu")
+  ident = jaxlstm.RNNParams(
+    jnp.eye(64, dtype=jnp.float32), jnp.zeros((64, 64), jnp.float32), jnp.zeros((64,), jnp.float32), activation="relu"
+  )
   _, out = jaxlstm.stack((params[0], ident), xs, dropout=0.25, key=jax.random.key(0), activation="relu")
   _, first = jaxlstm.stack((params[0],), xs, activation="relu")
   kept = np.asarray(first) > 1e-6
@@ -122,7 +131,7 @@ def test_stack_under_jit_and_grad():
 
   def loss(p, key):
     _, hs = jaxlstm.stack(p, xs, lengths=LENGTHS, dropout=0.1, key=key)
-    return jnp.mean(hs ** 2)
+    return jnp.mean(hs**2)
 
   g = jax.jit(jax.grad(loss))(params, jax.random.key(0))
   assert jax.tree_util.tree_structure(g) == jax.tree_util.tree_structure(params)

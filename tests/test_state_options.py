@@ -35,8 +35,10 @@ def tree_equal(a, b):
 
 def by_path(tree):
   """Leaves keyed by their path's names, so that an ``nnx.State`` (keys sorted) compares with a NamedTuple tree."""
-  return {tuple(t for t in re.findall(r"\w+", jax.tree_util.keystr(path)) if t != "value"): leaf
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+    tuple(t for t in re.findall(r"\w+", jax.tree_util.keystr(path)) if t != "value"): leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def assert_same_grads(got, want):
@@ -54,6 +56,7 @@ def random_state(params, seed=1):
 
 
 # --- the learned initial state ---
+
 
 def test_initial_state_init_layout_and_zeros():
   params = random_params(jaxlstm.stack_init, I, H, 2, bidirectional=True, cell="gru")
@@ -75,12 +78,12 @@ def test_learned_state_gradient_equals_the_hand_written_one():
 
   def loss(h0):
     _, hs = jaxlstm.stack(params, xs, jaxlstm.broadcast_state(h0, (B,)))
-    return jnp.sum(hs ** 2)
+    return jnp.sum(hs**2)
 
   def by_hand(h0):  # every row its own copy of the state: the gradient of h0 is the sum over rows
     rows = jax.tree_util.tree_map(lambda a: jnp.stack([a] * B), h0)
     _, hs = jaxlstm.stack(params, xs, rows)
-    return jnp.sum(hs ** 2)
+    return jnp.sum(hs**2)
 
   got, want = jax.grad(loss)(h0), jax.grad(by_hand)(h0)
   for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
@@ -110,7 +113,8 @@ def test_nnx_and_linen_modules_learn_the_same_state_gradient():
   want = jax.grad(functional)(jaxlstm.initial_state_init(params))
   assert_same_grads(nnx.grad(lambda m: jnp.sum(m(xs) ** 2))(model)["h0"], want)
   lwant = jax.grad(lambda h0: jnp.sum(jaxlstm.layer(lparams, xs, jaxlstm.broadcast_state(h0, (B,)))[1] ** 2))(
-      jaxlstm.initial_state_init(lparams))
+    jaxlstm.initial_state_init(lparams)
+  )
   assert_same_grads(nnx.grad(lambda m: jnp.sum(m(xs) ** 2))(layer)["h0"], lwant)
 
   linen_model = jaxlstm.linen.Stack(H, num_layers=2, bidirectional=True, learn_initial_state=True)
@@ -130,8 +134,9 @@ def lm_data(n=12, vocab=4, seed=0):
 
 def lm_loss(params, batch, key, carry=None, *, vocab=4):
   del key
-  out, states = jaxlstm.models.model_apply(params, batch["xs"], per_step=True, vocab_size=vocab, states=carry,
-                                           return_state=True)
+  out, states = jaxlstm.models.model_apply(
+    params, batch["xs"], per_step=True, vocab_size=vocab, states=carry, return_state=True
+  )
   return jaxlstm.models.task_loss("lm", out, batch)[0], states
 
 
@@ -141,8 +146,16 @@ def stateless_lm_loss(params, batch, key):
 
 def test_fit_trains_the_learned_state_and_checkpoints_it(tmp_path):
   model = model_init(jax.random.key(0), 4, 4, hidden=H, learn_initial_state=True)
-  trained, _ = fit(model, stateless_lm_loss, lm_data(), batch_size=4, steps=3, optimizer=optax.adam(1e-2),
-                   checkpoint_dir=str(tmp_path), progress=False)
+  trained, _ = fit(
+    model,
+    stateless_lm_loss,
+    lm_data(),
+    batch_size=4,
+    steps=3,
+    optimizer=optax.adam(1e-2),
+    checkpoint_dir=str(tmp_path),
+    progress=False,
+  )
   assert float(jnp.abs(trained.h0[0].h).max()) > 0  # it moved: the loss reached it
   restored = Checkpointer(tmp_path).restore(init_train_state(model, optax.adam(1e-2)))
   tree_equal(restored.params.h0, trained.h0)
@@ -164,6 +177,7 @@ def test_a_checkpoint_from_before_the_h0_field_still_loads(tmp_path):
 
 
 # --- stateful fit ---
+
 
 def test_stream_indices_follow_each_row():
   steps = [stream_indices(12, 3, s) for s in range(8)]
@@ -196,13 +210,16 @@ def test_stateful_fit_carries_the_state_stops_the_gradient_and_resets_each_epoch
   # Each of the three ingredients changes the result, so the comparison above tests each of them.
   stateless, _ = fit(model, stateless_lm_loss, data, **kw)
   for other in (hand_loop(model, data, 6, 3, 0.5, reset=False), stateless):
-    assert max(float(jnp.abs(a - b).max()) for a, b in
-               zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(other))) > 1e-4
+    assert (
+      max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(other)))
+      > 1e-4
+    )
   # The gradient through a carry computed by these params differs from the stopped one: it is a real stop.
   batch = lambda s: jax.tree_util.tree_map(lambda a: a[np.arange(3) * 4 + s], data)
   through = jax.grad(lambda p: lm_loss(p, batch(1), None, lm_loss(p, batch(0), None)[1])[0])(model)
   stopped = jax.grad(lambda p: lm_loss(p, batch(1), None, jax.lax.stop_gradient(lm_loss(p, batch(0), None)[1]))[0])(
-      model)
+    model
+  )
   assert float(jnp.abs(through.rnn[0].w_h - stopped.rnn[0].w_h).max()) > 1e-6
   assert float(jnp.abs(stopped.h0[0].h).max()) == 0.0  # the learned state is reached only from an epoch start
 
@@ -215,7 +232,8 @@ def test_stateful_fit_resumes_exactly_inside_an_epoch(tmp_path):
   resumed, _ = fit(model, lm_loss, lm_data(), steps=6, checkpoint_dir=str(tmp_path / "b"), resume=True, **kw)
   tree_equal(resumed, full)  # to the bit: the carry was checkpointed with the rest
   state = Checkpointer(tmp_path / "b").restore(
-      init_train_state(model, optax.adam(1e-2))._replace(carry=jaxlstm.models.initial_states(model, (3,))), step=3)
+    init_train_state(model, optax.adam(1e-2))._replace(carry=jaxlstm.models.initial_states(model, (3,))), step=3
+  )
   assert float(jnp.abs(state.carry[0].h).max()) > 0
 
 
@@ -226,27 +244,49 @@ def test_stateful_evaluation_reads_streams_in_order():
 
   def fn(params, batch, key, carry):
     state, hs = jaxlstm.gru(params, batch["xs"], carry)
-    return jnp.mean(hs ** 2), state
+    return jnp.mean(hs**2), state
 
   got = evaluate(fn, params, windows, batch_size=3, stateful=True)["loss"]  # K = 3: streams of 3, 3 and 1
-  total = sum(float(jnp.sum(jaxlstm.gru(params, seq[None, a * T:b * T])[1] ** 2)) for a, b in ((0, 3), (3, 6), (6, 7)))
+  total = sum(
+    float(jnp.sum(jaxlstm.gru(params, seq[None, a * T : b * T])[1] ** 2)) for a, b in ((0, 3), (3, 6), (6, 7))
+  )
   np.testing.assert_allclose(got, total / (7 * T * H), rtol=1e-5)
 
 
 def test_stateful_errors():
   model, data = model_init(jax.random.key(0), 4, 4, hidden=H), lm_data()
-  with pytest.raises(ValueError, match=r"stateful=True needs loss_fn\(params, batch, key, carry\) -> \(loss or "
-                                       r"\(loss, metrics\), new_carry\); got a loss_fn that does not take carry"):
+  with pytest.raises(
+    ValueError,
+    match=r"stateful=True needs loss_fn\(params, batch, key, carry\) -> \(loss or "
+    r"\(loss, metrics\), new_carry\); got a loss_fn that does not take carry",
+  ):
     fit(model, stateless_lm_loss, data, batch_size=3, steps=1, stateful=True, progress=False)
   with pytest.raises(ValueError, match="loss_fn takes carry, a stateful loss; pass stateful=True"):
     fit(model, lambda p, b, k, carry: lm_loss(p, b, k, carry), data, batch_size=3, steps=1, progress=False)
   with pytest.raises(ValueError, match="eval_fn takes carry"):
-    fit(model, stateless_lm_loss, data, batch_size=3, steps=1, progress=False,
-        eval_fn=lambda p, b, k, carry: lm_loss(p, b, k, carry))
-  with pytest.raises(ValueError, match=r"to return \(loss or \(loss, metrics\), new_carry\); got a tuple whose "
-                                       r"second item is dict"):
-    fit(model, lambda p, b, k, c: (stateless_lm_loss(p, b, k), {}), data, batch_size=3, steps=1, stateful=True,
-        progress=False)
+    fit(
+      model,
+      stateless_lm_loss,
+      data,
+      batch_size=3,
+      steps=1,
+      progress=False,
+      eval_fn=lambda p, b, k, carry: lm_loss(p, b, k, carry),
+    )
+  with pytest.raises(
+    ValueError,
+    match=r"to return \(loss or \(loss, metrics\), new_carry\); got a tuple whose "
+    r"second item is dict",
+  ):
+    fit(
+      model,
+      lambda p, b, k, c: (stateless_lm_loss(p, b, k), {}),
+      data,
+      batch_size=3,
+      steps=1,
+      stateful=True,
+      progress=False,
+    )
   with pytest.raises(ValueError, match="stateful=True runs on one device; got devices=1"):
     fit(model, lm_loss, data, batch_size=3, steps=1, stateful=True, devices=1, progress=False)
   task = load_task(RunConfig(task="adding", task_options={"T": 5, "n_train": 8, "n_val": 4, "n_test": 4}))
@@ -262,10 +302,26 @@ def test_text_windows_are_consecutive():
 
 # --- the command line ---
 
+
 def test_cli_records_and_checks_the_state_options(tmp_path, capsys):
   out = str(tmp_path / "run")
-  tiny = ["--task", "text", "--seq-len", "8", "--option", "max_chars=3000", "--hidden", "4", "--batch-size", "4",
-          "--eval-every", "2", "--quiet", "--out", out]
+  tiny = [
+    "--task",
+    "text",
+    "--seq-len",
+    "8",
+    "--option",
+    "max_chars=3000",
+    "--hidden",
+    "4",
+    "--batch-size",
+    "4",
+    "--eval-every",
+    "2",
+    "--quiet",
+    "--out",
+    out,
+  ]
   assert main(["train", *tiny, "--steps", "2", "--stateful", "--learn-initial-state"]) == 0
   with open(os.path.join(out, "config.json")) as f:
     cfg = json.load(f)

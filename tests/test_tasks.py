@@ -16,14 +16,14 @@ from jaxlstm.tasks import Split, Task, decode, encode, make_task
 
 # Small options for every task, so the whole file runs in seconds.
 SMALL = {
-    "keras-example": dict(n_train=16, n_val=4, n_test=8, T=5),
-    "adding": dict(n_train=16, n_val=4, n_test=8, T=10),
-    "adding-var": dict(n_train=16, n_val=4, n_test=8, T=10),
-    "copy": dict(n_train=16, n_val=4, n_test=8, T=5),
-    "digits": dict(missing=0.2),
-    "pixel-digits": dict(missing=0.2),
-    "sunspots": dict(window=10, gaps=0.1),
-    "text": dict(max_chars=5_000, T=20),
+  "keras-example": dict(n_train=16, n_val=4, n_test=8, T=5),
+  "adding": dict(n_train=16, n_val=4, n_test=8, T=10),
+  "adding-var": dict(n_train=16, n_val=4, n_test=8, T=10),
+  "copy": dict(n_train=16, n_val=4, n_test=8, T=5),
+  "digits": dict(missing=0.2),
+  "pixel-digits": dict(missing=0.2),
+  "sunspots": dict(window=10, gaps=0.1),
+  "text": dict(max_chars=5_000, T=20),
 }
 
 
@@ -36,8 +36,13 @@ def test_no_jax_in_data_code():
   pkg = pathlib.Path(tasks.__file__).parent
   for path in pkg.glob("*.py"):
     for node in ast.walk(ast.parse(path.read_text())):
-      names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-               else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+      names = (
+        [a.name for a in node.names]
+        if isinstance(node, ast.Import)
+        else [node.module or ""]
+        if isinstance(node, ast.ImportFrom)
+        else []
+      )
       assert not any(n == "jax" or n.startswith("jax.") for n in names), (path.name, names)
 
 
@@ -59,8 +64,12 @@ def test_shapes_dtypes_and_determinism(name):
       assert split.xs.min() >= 0 and split.xs.max() < task.input_size
     else:
       assert split.xs.dtype == np.float32 and split.xs.shape == (n, T, task.input_size)
-    expected_ys = {"classify": ((n,), np.int32), "regress": ((n, task.num_outputs), np.float32),
-                   "seq_classify": ((n, T), np.int32), "lm": ((n, T), np.int32)}[task.kind]
+    expected_ys = {
+      "classify": ((n,), np.int32),
+      "regress": ((n, task.num_outputs), np.float32),
+      "seq_classify": ((n, T), np.int32),
+      "lm": ((n, T), np.int32),
+    }[task.kind]
     assert (split.ys.shape, split.ys.dtype) == expected_ys
     if split.ys.dtype == np.int32:
       assert split.ys.min() >= 0 and split.ys.max() < task.num_outputs
@@ -86,6 +95,7 @@ def test_three_disjoint_splits(name):
   if name in ("sunspots", "text"):  # contiguous periods of one series: windows overlap in inputs, not targets
     return
   assert not rows["val"] & rows["test"] and not rows["train"] & rows["val"] and not rows["train"] & rows["test"]
+
 
 @pytest.mark.parametrize("name", ["keras-example", "adding", "adding-var", "copy", "digits", "pixel-digits"])
 def test_seed_changes_data(name):
@@ -166,9 +176,9 @@ def test_copy_layout(T):
   assert np.all(xs.sum(-1) == 1), "inputs are one-hot"
   tokens = xs.argmax(-1)
   assert np.all((tokens[:, :10] >= 1) & (tokens[:, :10] <= 8))
-  assert np.all(tokens[:, 10:T + 9] == 0) and np.all(tokens[:, T + 9] == 9)
-  assert np.all(tokens[:, T + 10:] == 0)
-  assert np.all(ys[:, :T + 10] == 0)
+  assert np.all(tokens[:, 10 : T + 9] == 0) and np.all(tokens[:, T + 9] == 9)
+  assert np.all(tokens[:, T + 10 :] == 0)
+  assert np.all(ys[:, : T + 10] == 0)
   np.testing.assert_array_equal(ys[:, -10:], tokens[:, :10])
   assert task.num_outputs == 9 and ys.max() < 9
 
@@ -180,8 +190,8 @@ def test_copy_memoryless_baseline_is_achieved():
   # The memoryless strategy: blank with probability 1 for T + 10 steps, then
   # uniform over the 8 symbols. Score its cross-entropy on the actual targets.
   probs = np.zeros((T + 20, task.num_outputs))
-  probs[:T + 10, 0] = 1
-  probs[T + 10:, 1:9] = 1 / 8
+  probs[: T + 10, 0] = 1
+  probs[T + 10 :, 1:9] = 1 / 8
   ys = task.test.ys
   p_true = probs[np.arange(T + 20), ys]  # (N, T+20)
   xent = -np.mean(np.log(p_true))
@@ -198,6 +208,7 @@ def test_copy_memoryless_baseline_is_achieved():
 @pytest.fixture(scope="module")
 def raw_digits():
   from sklearn.datasets import load_digits
+
   return load_digits()
 
 
@@ -247,6 +258,7 @@ def test_digits_missing_rows():
 @pytest.fixture(scope="module")
 def raw_sunspots():
   from statsmodels.datasets import sunspots
+
   data = sunspots.load_pandas().data
   return data["YEAR"].to_numpy(), data["SUNACTIVITY"].to_numpy()
 
@@ -266,8 +278,7 @@ def test_sunspots_windows_and_years(raw_sunspots):
   test_values = values[years >= 1949]
   np.testing.assert_allclose(denorm(task.test.ys[:, 0]), test_values, atol=1e-3)
   # The first test window is the 20 years 1929-1948.
-  np.testing.assert_allclose(denorm(task.test.xs[0, :, 0]), values[(years >= 1929) & (years <= 1948)],
-                             atol=1e-3)
+  np.testing.assert_allclose(denorm(task.test.xs[0, :, 0]), values[(years >= 1929) & (years <= 1948)], atol=1e-3)
   denorm_val = denorm(task.val.ys[:, 0])
   np.testing.assert_allclose(denorm_val, values[(years >= 1909) & (years <= 1948)], atol=1e-3)
   # Train normalization: mean 0, std 1 over the training years.
@@ -284,6 +295,7 @@ def test_sunspots_baselines_recomputed(raw_sunspots):
   assert task.baselines["persistence_rmse"] == pytest.approx(persistence, rel=1e-9)
   # Oracle: statsmodels' own AR fit on the years before the test period.
   from statsmodels.tsa.ar_model import AutoReg
+
   params = AutoReg(values[~test], lags=9, trend="c").fit().params  # [const, lag 1..9]
   np.testing.assert_allclose(task.info["ar_coef"], params, rtol=1e-6)
   idx = np.flatnonzero(test)
@@ -292,7 +304,8 @@ def test_sunspots_baselines_recomputed(raw_sunspots):
   assert task.baselines["ar_rmse"] == pytest.approx(ar, rel=1e-6)
   assert task.baselines["ar_rmse"] < task.baselines["persistence_rmse"]
   assert task.baselines["mean_rmse"] == pytest.approx(
-      np.sqrt(np.mean((truth - values[years <= 1908].mean()) ** 2)), rel=1e-9)
+    np.sqrt(np.mean((truth - values[years <= 1908].mean()) ** 2)), rel=1e-9
+  )
 
 
 def test_sunspots_gaps_hide_whole_years():
@@ -317,13 +330,14 @@ def test_text_default_corpus_windows():
   assert task.input_size == task.num_outputs == len(vocab)
   assert task.info["source"] == "pydoc_data.topics.topics"
   from pydoc_data.topics import topics
+
   corpus = "".join(topics[k] for k in sorted(topics))[:20_000]
   # 85 % train, 5 % validation, 10 % test, in the text's order.
   assert task.train.n == (17_000 - 1) // 50 and task.val.n == (1_000 - 1) // 50
   assert task.test.n == (2_000 - 1) // 50
   # Windows do not overlap, and the targets are the inputs shifted by one.
-  assert decode(task.train.xs, vocab) == corpus[:task.train.n * 50]
-  assert decode(task.train.ys, vocab) == corpus[1:task.train.n * 50 + 1]
+  assert decode(task.train.xs, vocab) == corpus[: task.train.n * 50]
+  assert decode(task.train.ys, vocab) == corpus[1 : task.train.n * 50 + 1]
   assert decode(task.val.xs[0], vocab) == corpus[17_000:17_050]
   assert decode(task.test.xs[0], vocab) == corpus[18_000:18_050]
   assert task.baselines["uniform_bits_per_char"] == math.log2(len(vocab))
@@ -405,12 +419,18 @@ def test_errors():
 def test_docstring_examples():
   import doctest
   import importlib
+
   for module in ["jaxlstm.tasks", "jaxlstm.tasks._text"]:
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0, module
 
 
 def test_options_lists_defaults():
-  assert tasks.options("adding") == {"T": 100, "n_train": 10_000, "n_val": 1_000, "n_test": 1_000,
-                                     "variable_length": False}
+  assert tasks.options("adding") == {
+    "T": 100,
+    "n_train": 10_000,
+    "n_val": 1_000,
+    "n_test": 1_000,
+    "variable_length": False,
+  }
   assert tasks.options("sunspots")["window"] == 20

@@ -31,8 +31,11 @@ def data(seed=0, n=N):
 
 
 def init_params(seed=0, num_layers=1):
-  return {"rnn": random_params(jaxlstm.stack_init, I, H, num_layers, seed=seed),
-          "w": jnp.zeros((H, 1), jnp.float32), "b": jnp.zeros((1,), jnp.float32)}
+  return {
+    "rnn": random_params(jaxlstm.stack_init, I, H, num_layers, seed=seed),
+    "w": jnp.zeros((H, 1), jnp.float32),
+    "b": jnp.zeros((1,), jnp.float32),
+  }
 
 
 def loss_fn(params, batch, key):
@@ -90,8 +93,17 @@ def test_batch_order_is_a_function_of_seed_and_step():
 
 
 def test_fit_records_validation_and_learns():
-  params, hist = fit(init_params(), loss_fn, data(0), validation_data=data(1, 32), batch_size=16, epochs=30,
-                     optimizer=optax.adam(1e-2), eval_every=15, progress=False)
+  params, hist = fit(
+    init_params(),
+    loss_fn,
+    data(0),
+    validation_data=data(1, 32),
+    batch_size=16,
+    epochs=30,
+    optimizer=optax.adam(1e-2),
+    eval_every=15,
+    progress=False,
+  )
   assert [r["step"] for r in hist] == list(range(15, 91, 15))
   assert {"loss", "mse", "val_loss", "val_mse", "epoch"} <= set(hist[-1])
   assert hist[-1]["val_mse"] < 0.5 * hist[0]["val_mse"]
@@ -100,8 +112,18 @@ def test_fit_records_validation_and_learns():
 
 
 def test_early_stopping_and_restore_best():
-  _, hist = fit(init_params(), loss_fn, data(0), validation_data=data(1, 16), batch_size=16, steps=60,
-                optimizer=optax.sgd(1e-12), eval_every=3, early_stopping=2, progress=False)
+  _, hist = fit(
+    init_params(),
+    loss_fn,
+    data(0),
+    validation_data=data(1, 16),
+    batch_size=16,
+    steps=60,
+    optimizer=optax.sgd(1e-12),
+    eval_every=3,
+    early_stopping=2,
+    progress=False,
+  )
   assert [r["step"] for r in hist] == [3, 6, 9]  # no improvement after the first evaluation
   with pytest.raises(ValueError, match=r"give exactly one of epochs or steps"):
     fit(init_params(), loss_fn, data(0), batch_size=8)
@@ -114,8 +136,7 @@ def test_exact_resume_and_keep_last(tmp_path):
   params = init_params(num_layers=2)  # dropout between the layers draws on the per-step key
   full, _ = fit(params, dropout_loss, data(0), steps=20, checkpoint_dir=str(tmp_path / "a"), **kw)
   fit(params, dropout_loss, data(0), steps=10, checkpoint_dir=str(tmp_path / "b"), **kw)
-  resumed, hist = fit(params, dropout_loss, data(0), steps=20, checkpoint_dir=str(tmp_path / "b"),
-                      resume=True, **kw)
+  resumed, hist = fit(params, dropout_loss, data(0), steps=20, checkpoint_dir=str(tmp_path / "b"), resume=True, **kw)
   assert [r["step"] for r in hist] == [15, 20]
   for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
     np.testing.assert_array_equal(a, b)  # to the bit
@@ -128,8 +149,7 @@ def test_checkpoint_roundtrip_keeps_structure(tmp_path):
   state = init_train_state(params, opt, seed=3)
   ckpt = Checkpointer(tmp_path, save_every=1)
   ckpt.save(7, state)
-  like = init_train_state(random_params(jaxlstm.stack_init, I, H, 2, bidirectional=True, peephole=True, seed=9),
-                          opt)
+  like = init_train_state(random_params(jaxlstm.stack_init, I, H, 2, bidirectional=True, peephole=True, seed=9), opt)
   back = ckpt.restore(like)
   assert isinstance(back, TrainState) and int(back.step) == 0 and ckpt.latest_step() == 7
   assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(state)
@@ -174,6 +194,7 @@ def test_kill_during_save_leaves_a_loadable_checkpoint(tmp_path):
   proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
   assert proc.stdout.readline().strip() == "saved 1"
   import time
+
   time.sleep(1.5)
   proc.send_signal(signal.SIGKILL)
   proc.wait()

@@ -40,8 +40,11 @@ def run(*args, **kwargs):
 
 def package_files() -> set[str]:
   """Every file of the package in the checkout, data files included, as a path inside the wheel."""
-  return {p.relative_to(ROOT).as_posix() for p in (ROOT / "jaxlstm").rglob("*")
-          if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")}
+  return {
+    p.relative_to(ROOT).as_posix()
+    for p in (ROOT / "jaxlstm").rglob("*")
+    if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+  }
 
 
 def copy_source(dest: pathlib.Path) -> None:

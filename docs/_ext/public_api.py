@@ -30,17 +30,39 @@ def import_module(name: str):
 SKIP = {"jaxlstm.nn", "jaxlstm.__main__"}
 
 # The order of the reference's pages; a public module not named here follows them, in alphabetical order.
-ORDER = ["jaxlstm", "jaxlstm.nnx", "jaxlstm.linen", "jaxlstm.equinox", "jaxlstm.regularizers", "jaxlstm.kernels",
-         "jaxlstm.interop", "jaxlstm.interop.torch", "jaxlstm.interop.keras", "jaxlstm.interop.flax",
-         "jaxlstm.interop.equinox", "jaxlstm.interop.haiku", "jaxlstm.interop.xlstm", "jaxlstm.train", "jaxlstm.optim",
-         "jaxlstm.checkpoint", "jaxlstm.distributed", "jaxlstm.tasks", "jaxlstm.presets", "jaxlstm.models",
-         "jaxlstm.experiment", "jaxlstm.sweep", "jaxlstm.sample", "jaxlstm.cli"]
+ORDER = [
+  "jaxlstm",
+  "jaxlstm.nnx",
+  "jaxlstm.linen",
+  "jaxlstm.equinox",
+  "jaxlstm.regularizers",
+  "jaxlstm.kernels",
+  "jaxlstm.interop",
+  "jaxlstm.interop.torch",
+  "jaxlstm.interop.keras",
+  "jaxlstm.interop.flax",
+  "jaxlstm.interop.equinox",
+  "jaxlstm.interop.haiku",
+  "jaxlstm.interop.xlstm",
+  "jaxlstm.train",
+  "jaxlstm.optim",
+  "jaxlstm.checkpoint",
+  "jaxlstm.distributed",
+  "jaxlstm.tasks",
+  "jaxlstm.presets",
+  "jaxlstm.models",
+  "jaxlstm.experiment",
+  "jaxlstm.sweep",
+  "jaxlstm.sample",
+  "jaxlstm.cli",
+]
 
 
 def public_modules() -> list[str]:
   """``jaxlstm`` and its public submodules: every module outside ``jaxlstm._src`` whose name has no underscore
   part, :data:`SKIP` aside, in the order of :data:`ORDER`."""
   import jaxlstm
+
   found = {"jaxlstm"}
   for info in pkgutil.walk_packages(jaxlstm.__path__, "jaxlstm."):
     parts = info.name.split(".")
@@ -59,8 +81,9 @@ def public_names(module_name: str) -> list[str]:
   for name, value in vars(module).items():
     if name.startswith("_") or inspect.ismodule(value):
       continue
-    defined_here = getattr(value, "__module__", None) == module_name and (inspect.isclass(value)
-                                                                          or inspect.isfunction(value))
+    defined_here = getattr(value, "__module__", None) == module_name and (
+      inspect.isclass(value) or inspect.isfunction(value)
+    )
     constant = name.isupper() and not (inspect.isclass(value) or callable(value))
     if defined_here or constant:
       names.append(name)
@@ -104,8 +127,14 @@ def _entry(module_name: str, name: str, value) -> list[str]:
     return [f".. py:{_kind(value)}:: {name}", f"   :module: {module_name}", "", f"   Alias of :py:obj:`{home}`.", ""]
   if inspect.ismodule(value):  # a submodule re-exported by name, such as jaxlstm.kernels.fused
     doc = inspect.cleandoc(value.__doc__ or "")
-    lines = [f".. py:data:: {name}", f"   :module: {module_name}", "   :type: module", "",
-             f"   The module ``{value.__name__}``.", ""]
+    lines = [
+      f".. py:data:: {name}",
+      f"   :module: {module_name}",
+      "   :type: module",
+      "",
+      f"   The module ``{value.__name__}``.",
+      "",
+    ]
     return lines + ["   " + line if line else "" for line in doc.splitlines()] + [""]
   if inspect.isclass(value):
     lines = [f".. autoclass:: {full}"]

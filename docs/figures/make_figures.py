@@ -29,8 +29,15 @@ def grid(ax, rows, title):
     ax.text(-0.4, y + 0.4, label, ha="right", va="center", family="monospace")
     for t, (colour, text) in enumerate(steps):
       ax.add_patch(Rectangle((t, y), 0.9, 0.8, facecolor=colour, edgecolor="white"))
-      ax.text(t + 0.45, y + 0.4, text, ha="center", va="center",
-              color="white" if colour != SKIPPED else "#555555", family="monospace")
+      ax.text(
+        t + 0.45,
+        y + 0.4,
+        text,
+        ha="center",
+        va="center",
+        color="white" if colour != SKIPPED else "#555555",
+        family="monospace",
+      )
     if final is not None:  # the step the final state comes from, outlined, and a line to the state
       ax.add_patch(Rectangle((final, y), 0.9, 0.8, facecolor="none", edgecolor="black", lw=2.2))
       ax.plot([final + 0.9, T + 0.1], [y + 0.4, y + 0.4], color="black", lw=1, ls=(0, (2, 2)), zorder=0)
@@ -57,8 +64,12 @@ def lengths():
     steps = [(VALID, "h") if t < n else (SKIPPED, "0") for t in range(T)]
     rows.append((f"lengths[b]={n}", steps, n - 1))
   fig, ax = plt.subplots(figsize=(7, 2.4))
-  grid(ax, rows, "lengths=[8, 5, 2]: steps past a row's length are skipped, outputs there are 0,\n"
-                 "and the final state s is the state after the row's last valid step")
+  grid(
+    ax,
+    rows,
+    "lengths=[8, 5, 2]: steps past a row's length are skipped, outputs there are 0,\n"
+    "and the final state s is the state after the row's last valid step",
+  )
   save(fig, "lengths.svg")
 
 
@@ -69,8 +80,12 @@ def mask():
     steps = [(VALID, "h") if c == "T" else (SKIPPED, "0") for c in m]
     rows.append((f"mask[b]={m}", steps, max(i for i, c in enumerate(m) if c == "T")))
   fig, ax = plt.subplots(figsize=(7, 2.4))
-  grid(ax, rows, "mask (T = True, F = False): a False step keeps the previous state and outputs 0,\n"
-                 "anywhere in the sequence; the final state is the state after the last True step")
+  grid(
+    ax,
+    rows,
+    "mask (T = True, F = False): a False step keeps the previous state and outputs 0,\n"
+    "anywhere in the sequence; the final state is the state after the last True step",
+  )
   save(fig, "mask.svg")
 
 
@@ -84,8 +99,12 @@ def resets():
       steps.append((SEGMENTS[seg % 3], "r" if c == "T" else "h"))
     rows.append((f"resets[b]={f.replace('.', 'F')}", steps, T - 1))
   fig, ax = plt.subplots(figsize=(7, 2.4))
-  grid(ax, rows, "resets: at a True step (r) the state goes back to the initial state before the step;\n"
-                 "each colour is one segment (an episode of a packed batch)")
+  grid(
+    ax,
+    rows,
+    "resets: at a True step (r) the state goes back to the initial state before the step;\n"
+    "each colour is one segment (an episode of a packed batch)",
+  )
   save(fig, "resets.svg")
 
 

@@ -52,8 +52,9 @@ def as_array(name: str, x: Any) -> jax.Array:
 SPATIAL = {1: "W", 2: "H, W", 3: "D, H, W"}  # names of the spatial axes in the messages, by rank
 
 
-def check_sequence(name: str, xs: jax.Array, input_size: int, *, time_major: bool,
-                   feature_axes: int = 1) -> tuple[int, tuple[int, ...]]:
+def check_sequence(
+  name: str, xs: jax.Array, input_size: int, *, time_major: bool, feature_axes: int = 1
+) -> tuple[int, tuple[int, ...]]:
   """Checks ``xs`` and returns ``(T, batch_shape)``.
 
   ``feature_axes`` is the cell's (:class:`jaxlstm.Cell`): the trailing axes of one step's input, ``(I,)``
@@ -72,18 +73,21 @@ def check_sequence(name: str, xs: jax.Array, input_size: int, *, time_major: boo
   if xs.ndim < 1 + feature_axes:
     raise ValueError(f"{name} must have shape {layout} with I={input_size}; got shape {xs.shape} (rank {xs.ndim})")
   if xs.shape[-1] != input_size:
-    raise ValueError(f"{name} must have shape {layout} with I={input_size} (the params' input size); "
-                     f"got shape {xs.shape}")
+    raise ValueError(
+      f"{name} must have shape {layout} with I={input_size} (the params' input size); got shape {xs.shape}"
+    )
   check_float(name, xs)
   if time_major:
-    return xs.shape[0], tuple(xs.shape[1:xs.ndim - feature_axes])
-  return xs.shape[-1 - feature_axes], tuple(xs.shape[:xs.ndim - 1 - feature_axes])
+    return xs.shape[0], tuple(xs.shape[1 : xs.ndim - feature_axes])
+  return xs.shape[-1 - feature_axes], tuple(xs.shape[: xs.ndim - 1 - feature_axes])
 
 
 def check_dtype_match(name: str, x: jax.Array, param_dtype) -> None:
   if x.dtype != param_dtype:
-    raise TypeError(f"{name} has dtype {x.dtype} but the params have dtype {jnp.dtype(param_dtype)}; "
-                    f"cast one of them so that they match")
+    raise TypeError(
+      f"{name} has dtype {x.dtype} but the params have dtype {jnp.dtype(param_dtype)}; "
+      f"cast one of them so that they match"
+    )
 
 
 def check_state(name: str, state: Any, expected: Any) -> None:
@@ -92,8 +96,9 @@ def check_state(name: str, state: Any, expected: Any) -> None:
   try:
     leaves = exp_tree.flatten_up_to(state)
   except (ValueError, TypeError):
-    raise ValueError(f"{name} must be a {type(expected).__name__} matching the params; "
-                     f"got {type(state).__name__}") from None
+    raise ValueError(
+      f"{name} must be a {type(expected).__name__} matching the params; got {type(state).__name__}"
+    ) from None
   fields = getattr(expected, "_fields", None)
   for i, (leaf, exp) in enumerate(zip(leaves, exp_leaves)):
     field = f"{name}.{fields[i]}" if fields and len(fields) == len(exp_leaves) else f"{name}[{i}]"
@@ -121,13 +126,15 @@ def check_flags(name: str, flags: Any, T: int, batch_shape: tuple[int, ...], *, 
   expected = (T, *batch_shape) if time_major else (*batch_shape, T)
   if tuple(flags.shape) != expected:
     layout = "(T, *batch)" if time_major else "(*batch, T)"
-    raise ValueError(f"{name} must have shape {layout} = {expected}, like xs without its feature axis; "
-                     f"got {tuple(flags.shape)}")
+    raise ValueError(
+      f"{name} must have shape {layout} = {expected}, like xs without its feature axis; got {tuple(flags.shape)}"
+    )
   return flags.astype(bool)
 
 
-def check_missing_data(lengths: Any, mask: Any, resets: Any, T: int, batch_shape: tuple[int, ...], *,
-                       time_major: bool) -> tuple[Any, Any, Any]:
+def check_missing_data(
+  lengths: Any, mask: Any, resets: Any, T: int, batch_shape: tuple[int, ...], *, time_major: bool
+) -> tuple[Any, Any, Any]:
   """Checks the optional ``lengths``, ``mask`` and ``resets`` of a sequence call; ``None`` passes through."""
   if lengths is not None:
     lengths = check_lengths(lengths, batch_shape)

@@ -33,5 +33,6 @@ def require(module: str, *, extra: str, needed_by: str) -> ModuleType:
     return importlib.import_module(module)
   except ImportError as e:
     top = module.split(".")[0]
-    raise MissingExtra(f"{needed_by} needs the {top} package, which is not installed: "
-                       f"pip install 'jaxlstm[{extra}]'") from e
+    raise MissingExtra(
+      f"{needed_by} needs the {top} package, which is not installed: pip install 'jaxlstm[{extra}]'"
+    ) from e

@@ -47,8 +47,9 @@ def needs_rng(module: Any) -> bool:
   """Whether a training call of the module draws random masks: dropout between layers or any regularizer."""
   zoneout = module.zoneout
   zoned = any(zoneout.values()) if isinstance(zoneout, Mapping) else bool(zoneout)
-  return bool(getattr(module, "dropout", 0.0) or module.input_dropout or module.recurrent_dropout or module.weight_drop
-              or zoned)
+  return bool(
+    getattr(module, "dropout", 0.0) or module.input_dropout or module.recurrent_dropout or module.weight_drop or zoned
+  )
 
 
 def check_cell_options(cell: Cell, options: Mapping[str, Any]) -> dict:
@@ -67,8 +68,7 @@ def check_cell_options(cell: Cell, options: Mapping[str, Any]) -> dict:
   """
   unknown = [k for k in options if k not in cell.options]
   if unknown:
-    raise TypeError(f"{unknown[0]!r} is not an option of the {cell.name!r} cell; its options are "
-                    f"{list(cell.options)}")
+    raise TypeError(f"{unknown[0]!r} is not an option of the {cell.name!r} cell; its options are {list(cell.options)}")
   return dict(options)
 
 
@@ -110,9 +110,11 @@ def restated(options: Mapping[str, Any], given: dict) -> dict:
   """
   for key in given.keys() & options.keys():
     if given[key] != options[key]:
-      raise ValueError(f"{key}={given[key]!r} conflicts with the params, which were built with "
-                       f"{key}={options[key]!r}; a module takes its cell options from its params, so drop the "
-                       f"argument")
+      raise ValueError(
+        f"{key}={given[key]!r} conflicts with the params, which were built with "
+        f"{key}={options[key]!r}; a module takes its cell options from its params, so drop the "
+        f"argument"
+      )
   return {k: v for k, v in given.items() if k not in options}
 
 
@@ -137,9 +139,14 @@ def stack_options(params: Any, merge: str) -> dict:
   """
   check_stack(params, merge)
   first = params[0].forward if isinstance(params[0], Bidirectional) else params[0]
-  return dict(input_size=first.input_size, hidden_size=first.hidden_size, num_layers=len(params),
-              cell=cell_of(first).name, bidirectional=isinstance(params[0], Bidirectional),
-              **params_options(first))
+  return dict(
+    input_size=first.input_size,
+    hidden_size=first.hidden_size,
+    num_layers=len(params),
+    cell=cell_of(first).name,
+    bidirectional=isinstance(params[0], Bidirectional),
+    **params_options(first),
+  )
 
 
 def shape_params(init: Callable[..., Any], *args, **kwargs) -> Any:
@@ -181,12 +188,14 @@ def check_layout(name: str, params: Any, expected: Any) -> None:
     raise ValueError(f"{name} must have the layout {want} that the module's options describe{detail}")
   for (path, p), e in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(expected)):
     if p.shape != e.shape or p.dtype != e.dtype:
-      raise ValueError(f"{name}{jax.tree_util.keystr(path)} must have shape {e.shape} and dtype {e.dtype}; "
-                       f"got {p.shape} {p.dtype}")
+      raise ValueError(
+        f"{name}{jax.tree_util.keystr(path)} must have shape {e.shape} and dtype {e.dtype}; got {p.shape} {p.dtype}"
+      )
 
 
-def layer_output(state: Any, hs: jax.Array, *, return_sequences: bool, return_state: bool,
-                 merge: str = "concat") -> Any:
+def layer_output(
+  state: Any, hs: jax.Array, *, return_sequences: bool, return_state: bool, merge: str = "concat"
+) -> Any:
   """What a layer call returns, from the functional ``(state, hs)``.
 
   The last output is the final ``h`` (of both directions, merged, for a
@@ -211,8 +220,10 @@ def layer_output(state: Any, hs: jax.Array, *, return_sequences: bool, return_st
   else:
     one = state.forward if isinstance(state, Bidirectional) else state
     if not hasattr(one, "h"):
-      raise TypeError(f"return_sequences=False takes the last output from the state's h, but a "
-                      f"{type(one).__name__} has no h; use return_sequences=True")
+      raise TypeError(
+        f"return_sequences=False takes the last output from the state's h, but a "
+        f"{type(one).__name__} has no h; use return_sequences=True"
+      )
     if isinstance(state, Bidirectional):
       out = merge_outputs(state.forward.h, state.backward.h, merge).astype(hs.dtype)
     else:

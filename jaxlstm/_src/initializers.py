@@ -47,8 +47,9 @@ def orthogonal(key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
   return q.astype(dtype)
 
 
-def orthogonal_blocks(key: jax.Array, rows: int, num_blocks: int, cols: int | None = None,
-                      dtype=jnp.float32) -> jax.Array:
+def orthogonal_blocks(
+  key: jax.Array, rows: int, num_blocks: int, cols: int | None = None, dtype=jnp.float32
+) -> jax.Array:
   """Recurrent weight ``(rows, num_blocks * cols)`` with an orthogonal block per gate.
 
   Orthogonalising the whole ``(H, 4H)`` matrix at once gives each gate block a

@@ -74,8 +74,10 @@ def check_params(name: str, params: Any, cls: type | None = None) -> None:
   checks.check_float(f"{name}{jax.tree_util.keystr(path0)}", first)
   for path, leaf in leaves:
     if leaf.dtype != first.dtype:
-      raise TypeError(f"{name}{jax.tree_util.keystr(path)} has dtype {leaf.dtype} but "
-                      f"{name}{jax.tree_util.keystr(path0)} has {first.dtype}; all params must share one dtype")
+      raise TypeError(
+        f"{name}{jax.tree_util.keystr(path)} has dtype {leaf.dtype} but "
+        f"{name}{jax.tree_util.keystr(path0)} has {first.dtype}; all params must share one dtype"
+      )
 
 
 def check_options(*, impl: Any, remat: Any) -> None:
@@ -96,8 +98,9 @@ def check_options(*, impl: Any, remat: Any) -> None:
     raise ValueError(f"remat must be a positive int or None; got {remat!r}")
 
 
-def check_sequence(params: Any, xs: Any, lengths: Any, mask: Any, resets: Any, *, time_major: bool,
-                   xs_name: str = "xs"):
+def check_sequence(
+  params: Any, xs: Any, lengths: Any, mask: Any, resets: Any, *, time_major: bool, xs_name: str = "xs"
+):
   """Checks ``xs`` and the missing-data arrays against a layer's params; returns them as arrays.
 
   Args:
@@ -125,8 +128,9 @@ def check_sequence(params: Any, xs: Any, lengths: Any, mask: Any, resets: Any, *
     ValueError: xs must have shape (*batch, T, I) with I=3 (the params' input size); got shape (2, 7, 4)
   """
   xs = checks.as_array(xs_name, xs)
-  T, batch_shape = checks.check_sequence(xs_name, xs, params.input_size, time_major=time_major,
-                                         feature_axes=cell_of(params).feature_axes)
+  T, batch_shape = checks.check_sequence(
+    xs_name, xs, params.input_size, time_major=time_major, feature_axes=cell_of(params).feature_axes
+  )
   checks.check_dtype_match(xs_name, xs, params.dtype)
   lengths, mask, resets = checks.check_missing_data(lengths, mask, resets, T, batch_shape, time_major=time_major)
   return xs, lengths, mask, resets
@@ -175,7 +179,7 @@ def batch_shape_of(xs: jax.Array, *, time_major: bool, feature_axes: int = 1) ->
     (2,)
   """
   n = xs.ndim - feature_axes
-  return tuple(xs.shape[1:n]) if time_major else tuple(xs.shape[:n - 1])
+  return tuple(xs.shape[1:n]) if time_major else tuple(xs.shape[: n - 1])
 
 
 def zero_state_shape(xs: jax.Array, *, time_major: bool, feature_axes: int = 1) -> tuple[int, ...]:
@@ -191,11 +195,12 @@ def zero_state_shape(xs: jax.Array, *, time_major: bool, feature_axes: int = 1) 
     >>> zero_state_shape(jnp.ones((2, 7, 8, 6, 3)), time_major=False, feature_axes=3)  # (B, T, H, W, C)
     (2, 8, 6)
   """
-  return (*batch_shape_of(xs, time_major=time_major, feature_axes=feature_axes), *xs.shape[xs.ndim - feature_axes:-1])
+  return (*batch_shape_of(xs, time_major=time_major, feature_axes=feature_axes), *xs.shape[xs.ndim - feature_axes : -1])
 
 
-def layer_call(params: Any, *, lengths, mask, resets, reverse, time_major, remat,
-               in_loop: tuple[str, ...] = ()) -> kernels.LayerCall:
+def layer_call(
+  params: Any, *, lengths, mask, resets, reverse, time_major, remat, in_loop: tuple[str, ...] = ()
+) -> kernels.LayerCall:
   """The static description of a call that the kernels' ``why_not`` read.
 
   Example:
@@ -206,14 +211,36 @@ def layer_call(params: Any, *, lengths, mask, resets, reverse, time_major, remat
     >>> call.cell.name, call.lengths, call.mask, call.reverse
     ('gru', True, False, True)
   """
-  return kernels.LayerCall(cell=cell_of(params), params=params, lengths=lengths is not None,
-                           mask=mask is not None, resets=resets is not None, reverse=bool(reverse),
-                           time_major=bool(time_major), remat=remat, in_loop=tuple(in_loop))
+  return kernels.LayerCall(
+    cell=cell_of(params),
+    params=params,
+    lengths=lengths is not None,
+    mask=mask is not None,
+    resets=resets is not None,
+    reverse=bool(reverse),
+    time_major=bool(time_major),
+    remat=remat,
+    in_loop=tuple(in_loop),
+  )
 
 
-def run_checked(params: Any, xs: jax.Array, state: Any, *, lengths, mask, resets, reverse: bool,
-                time_major: bool, unroll, impl: str, remat, name: str = "params",
-                reg: regularizers.Regularizers = regularizers.NONE, key: jax.Array | None = None):
+def run_checked(
+  params: Any,
+  xs: jax.Array,
+  state: Any,
+  *,
+  lengths,
+  mask,
+  resets,
+  reverse: bool,
+  time_major: bool,
+  unroll,
+  impl: str,
+  remat,
+  name: str = "params",
+  reg: regularizers.Regularizers = regularizers.NONE,
+  key: jax.Array | None = None,
+):
   """Runs one layer whose arguments are already checked: picks the kernel, runs the shell, casts ``hs``.
 
   :func:`jaxlstm.layer` and :func:`jaxlstm.stack` check their arguments once and then call this, so a
@@ -230,13 +257,22 @@ def run_checked(params: Any, xs: jax.Array, state: Any, *, lengths, mask, resets
     >>> hs.shape
     (2, 7, 5)
   """
-  call = layer_call(params, lengths=lengths, mask=mask, resets=resets, reverse=reverse, time_major=time_major,
-                    remat=remat, in_loop=reg.in_loop)
+  call = layer_call(
+    params,
+    lengths=lengths,
+    mask=mask,
+    resets=resets,
+    reverse=reverse,
+    time_major=time_major,
+    remat=remat,
+    in_loop=reg.in_loop,
+  )
   kernel = kernels.select(call, impl)
   logger.debug("%s: %s layer runs on the %r kernel (impl=%r)", name, call.cell.name, kernel.name, impl)
   out_dtype = xs.dtype
-  kw = dict(lengths=lengths, mask=mask, resets=resets, reverse=reverse, time_major=time_major, unroll=unroll,
-            remat=remat)
+  kw = dict(
+    lengths=lengths, mask=mask, resets=resets, reverse=reverse, time_major=time_major, unroll=unroll, remat=remat
+  )
   if not reg.active:
     final, hs = shell.run(kernel.run, params, xs, state, **kw)
     return final, hs.astype(out_dtype)
@@ -250,10 +286,25 @@ def run_checked(params: Any, xs: jax.Array, state: Any, *, lengths, mask, resets
   return final, hs.astype(out_dtype)
 
 
-def layer(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None, reverse: bool = False,
-          time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto",
-          remat: int | None = None, input_dropout: float = 0.0, recurrent_dropout: float = 0.0,
-          zoneout: float | dict = 0.0, weight_drop: float = 0.0, key: jax.Array | None = None):
+def layer(
+  params: Any,
+  xs: jax.Array,
+  state=None,
+  *,
+  lengths=None,
+  mask=None,
+  resets=None,
+  reverse: bool = False,
+  time_major: bool = False,
+  unroll: int | bool | None = None,
+  impl: str = "auto",
+  remat: int | None = None,
+  input_dropout: float = 0.0,
+  recurrent_dropout: float = 0.0,
+  zoneout: float | dict = 0.0,
+  weight_drop: float = 0.0,
+  key: jax.Array | None = None,
+):
   """Runs one recurrent layer of any registered cell over a sequence.
 
   ``impl="auto"`` (the default) runs the call on the fastest kernel that can
@@ -323,29 +374,92 @@ def layer(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, re
     >>> hs.shape, jaxlstm.explain(params, jnp.ones((2, 7, 3)), zoneout={"c": 0.5}).kernel
     ((2, 7, 5), 'reference')
   """
-  return _layer(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-                time_major=time_major, unroll=unroll, impl=impl, remat=remat, input_dropout=input_dropout,
-                recurrent_dropout=recurrent_dropout, zoneout=zoneout, weight_drop=weight_drop, key=key)
+  return _layer(
+    params,
+    xs,
+    state,
+    lengths=lengths,
+    mask=mask,
+    resets=resets,
+    reverse=reverse,
+    time_major=time_major,
+    unroll=unroll,
+    impl=impl,
+    remat=remat,
+    input_dropout=input_dropout,
+    recurrent_dropout=recurrent_dropout,
+    zoneout=zoneout,
+    weight_drop=weight_drop,
+    key=key,
+  )
 
 
-def _layer(params, xs, state, *, cls=None, lengths, mask, resets, reverse, time_major, unroll, impl, remat=None,
-           input_dropout=0.0, recurrent_dropout=0.0, zoneout=0.0, weight_drop=0.0, key=None):
+def _layer(
+  params,
+  xs,
+  state,
+  *,
+  cls=None,
+  lengths,
+  mask,
+  resets,
+  reverse,
+  time_major,
+  unroll,
+  impl,
+  remat=None,
+  input_dropout=0.0,
+  recurrent_dropout=0.0,
+  zoneout=0.0,
+  weight_drop=0.0,
+  key=None,
+):
   """:func:`layer` with every argument checked once (``params`` against ``cls`` when given)."""
   check_params("params", params, cls)
   check_options(impl=impl, remat=remat)
-  reg = regularizers.check_regularizers(cell_of(params), input_dropout=input_dropout,
-                                        recurrent_dropout=recurrent_dropout, zoneout=zoneout,
-                                        weight_drop=weight_drop, key=key)
+  reg = regularizers.check_regularizers(
+    cell_of(params),
+    input_dropout=input_dropout,
+    recurrent_dropout=recurrent_dropout,
+    zoneout=zoneout,
+    weight_drop=weight_drop,
+    key=key,
+  )
   xs, lengths, mask, resets = check_sequence(params, xs, lengths, mask, resets, time_major=time_major)
-  state = check_state("state", params, state,
-                      zero_state_shape(xs, time_major=time_major, feature_axes=cell_of(params).feature_axes))
-  return run_checked(params, xs, state, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-                     time_major=time_major, unroll=unroll, impl=impl, remat=remat, reg=reg, key=key)
+  state = check_state(
+    "state", params, state, zero_state_shape(xs, time_major=time_major, feature_axes=cell_of(params).feature_axes)
+  )
+  return run_checked(
+    params,
+    xs,
+    state,
+    lengths=lengths,
+    mask=mask,
+    resets=resets,
+    reverse=reverse,
+    time_major=time_major,
+    unroll=unroll,
+    impl=impl,
+    remat=remat,
+    reg=reg,
+    key=key,
+  )
 
 
-def lstm(params: LSTMParams, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None,
-         reverse: bool = False, time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto",
-         remat: int | None = None):
+def lstm(
+  params: LSTMParams,
+  xs: jax.Array,
+  state=None,
+  *,
+  lengths=None,
+  mask=None,
+  resets=None,
+  reverse: bool = False,
+  time_major: bool = False,
+  unroll: int | bool | None = None,
+  impl: str = "auto",
+  remat: int | None = None,
+):
   """Runs one LSTM layer (:func:`jaxlstm.lstm_step`) over a sequence: :func:`jaxlstm.layer` for LSTMs.
 
   The default ``impl="auto"`` runs plain and peephole LSTMs on the fused
@@ -361,12 +475,35 @@ def lstm(params: LSTMParams, xs: jax.Array, state=None, *, lengths=None, mask=No
     >>> hs.shape, state.c.shape
     ((2, 7, 5), (2, 5))
   """
-  return _layer(params, xs, state, cls=LSTMParams, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-                time_major=time_major, unroll=unroll, impl=impl, remat=remat)
+  return _layer(
+    params,
+    xs,
+    state,
+    cls=LSTMParams,
+    lengths=lengths,
+    mask=mask,
+    resets=resets,
+    reverse=reverse,
+    time_major=time_major,
+    unroll=unroll,
+    impl=impl,
+    remat=remat,
+  )
 
 
-def gru(params: GRUParams, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None,
-        reverse: bool = False, time_major: bool = False, unroll: int | bool | None = None, impl: str = "auto"):
+def gru(
+  params: GRUParams,
+  xs: jax.Array,
+  state=None,
+  *,
+  lengths=None,
+  mask=None,
+  resets=None,
+  reverse: bool = False,
+  time_major: bool = False,
+  unroll: int | bool | None = None,
+  impl: str = "auto",
+):
   """Runs one GRU layer (:func:`jaxlstm.gru_step`) over a sequence: :func:`jaxlstm.layer` for GRUs.
 
   Arguments and returns as :func:`jaxlstm.layer`; ``hs`` is ``(*batch, T, H)``.
@@ -376,13 +513,35 @@ def gru(params: GRUParams, xs: jax.Array, state=None, *, lengths=None, mask=None
     >>> jaxlstm.gru(params, jnp.ones((2, 7, 3)))[1].shape
     (2, 7, 5)
   """
-  return _layer(params, xs, state, cls=GRUParams, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-                time_major=time_major, unroll=unroll, impl=impl)
+  return _layer(
+    params,
+    xs,
+    state,
+    cls=GRUParams,
+    lengths=lengths,
+    mask=mask,
+    resets=resets,
+    reverse=reverse,
+    time_major=time_major,
+    unroll=unroll,
+    impl=impl,
+  )
 
 
-def rnn(params: RNNParams, xs: jax.Array, state=None, *, activation: str | None = None, lengths=None, mask=None,
-        resets=None, reverse: bool = False, time_major: bool = False, unroll: int | bool | None = None,
-        impl: str = "auto"):
+def rnn(
+  params: RNNParams,
+  xs: jax.Array,
+  state=None,
+  *,
+  activation: str | None = None,
+  lengths=None,
+  mask=None,
+  resets=None,
+  reverse: bool = False,
+  time_major: bool = False,
+  unroll: int | bool | None = None,
+  impl: str = "auto",
+):
   """Runs one Elman RNN layer (:func:`jaxlstm.rnn_step`) over a sequence: :func:`jaxlstm.layer` for RNNs.
 
   The activation is ``params.activation`` (set by :func:`jaxlstm.rnn_init` or
@@ -397,13 +556,38 @@ def rnn(params: RNNParams, xs: jax.Array, state=None, *, activation: str | None 
   """
   if isinstance(params, RNNParams):
     check_call_activation(params, activation)
-  return _layer(params, xs, state, cls=RNNParams, lengths=lengths, mask=mask, resets=resets, reverse=reverse,
-                time_major=time_major, unroll=unroll, impl=impl)
+  return _layer(
+    params,
+    xs,
+    state,
+    cls=RNNParams,
+    lengths=lengths,
+    mask=mask,
+    resets=resets,
+    reverse=reverse,
+    time_major=time_major,
+    unroll=unroll,
+    impl=impl,
+  )
 
 
-def explain(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, resets=None, reverse: bool = False,
-            time_major: bool = False, impl: str = "auto", remat: int | None = None, unroll=None,
-            recurrent_dropout: float = 0.0, zoneout: float | dict = 0.0, **ignored):
+def explain(
+  params: Any,
+  xs: jax.Array,
+  state=None,
+  *,
+  lengths=None,
+  mask=None,
+  resets=None,
+  reverse: bool = False,
+  time_major: bool = False,
+  impl: str = "auto",
+  remat: int | None = None,
+  unroll=None,
+  recurrent_dropout: float = 0.0,
+  zoneout: float | dict = 0.0,
+  **ignored,
+):
   """Which kernel a call of :func:`jaxlstm.layer` (or :func:`jaxlstm.stack`) would run on, and why.
 
   Takes the same arguments as the call (``state``, ``unroll`` and the options
@@ -441,8 +625,11 @@ def explain(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, 
     check_stack(params, None)
     layers = []
     for i, lay in enumerate(params):
-      dirs = [(f"params[{i}].forward", lay.forward, reverse), (f"params[{i}].backward", lay.backward, True)] if (
-          isinstance(lay, Bidirectional)) else [(f"params[{i}]", lay, reverse)]
+      dirs = (
+        [(f"params[{i}].forward", lay.forward, reverse), (f"params[{i}].backward", lay.backward, True)]
+        if (isinstance(lay, Bidirectional))
+        else [(f"params[{i}]", lay, reverse)]
+      )
       layers.extend(dirs)
   else:
     check_params("params", params)
@@ -451,9 +638,15 @@ def explain(params: Any, xs: jax.Array, state=None, *, lengths=None, mask=None, 
   out = []
   for name, p, rev in layers:
     # Only whether an in-loop regularizer is on decides the kernel: check the rates, not the key.
-    reg = regularizers.check_regularizers(cell_of(p), recurrent_dropout=recurrent_dropout, zoneout=zoneout,
-                                          key=jax.random.key(0) if recurrent_dropout else None, name=name)
-    call = layer_call(p, lengths=lengths, mask=mask, resets=resets, reverse=rev, time_major=time_major, remat=remat,
-                      in_loop=reg.in_loop)
+    reg = regularizers.check_regularizers(
+      cell_of(p),
+      recurrent_dropout=recurrent_dropout,
+      zoneout=zoneout,
+      key=jax.random.key(0) if recurrent_dropout else None,
+      name=name,
+    )
+    call = layer_call(
+      p, lengths=lengths, mask=mask, resets=resets, reverse=rev, time_major=time_major, remat=remat, in_loop=reg.in_loop
+    )
     out.append(kernels.KernelChoice(name, kernels.select(call, impl).name, kernels.reasons(call)))
   return out[0] if len(out) == 1 and layers[0][0] == "params" else tuple(out)

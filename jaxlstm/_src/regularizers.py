@@ -24,6 +24,7 @@ class Regularizers(NamedTuple):
     >>> reg.in_loop, reg.active
     (('recurrent_dropout', 'zoneout'), True)
   """
+
   input_dropout: float = 0.0
   recurrent_dropout: float = 0.0
   zoneout: tuple[tuple[str, float], ...] = ()
@@ -37,8 +38,9 @@ class Regularizers(NamedTuple):
   @property
   def in_loop(self) -> tuple[str, ...]:
     """The names of the regularizers that act inside the time loop."""
-    return tuple(n for n, on in (("recurrent_dropout", self.recurrent_dropout > 0), ("zoneout", bool(self.zoneout)))
-                 if on)
+    return tuple(
+      n for n, on in (("recurrent_dropout", self.recurrent_dropout > 0), ("zoneout", bool(self.zoneout))) if on
+    )
 
 
 NONE = Regularizers()
@@ -60,8 +62,16 @@ def check_rate(name: str, rate: Any) -> float:
   return float(rate)
 
 
-def check_regularizers(cell: Any, *, input_dropout: Any = 0.0, recurrent_dropout: Any = 0.0, zoneout: Any = 0.0,
-                       weight_drop: Any = 0.0, key: Any = None, name: str = "params") -> Regularizers:
+def check_regularizers(
+  cell: Any,
+  *,
+  input_dropout: Any = 0.0,
+  recurrent_dropout: Any = 0.0,
+  zoneout: Any = 0.0,
+  weight_drop: Any = 0.0,
+  key: Any = None,
+  name: str = "params",
+) -> Regularizers:
   """Checks a call's regularizer options against the layer's cell and ``key``; returns them as a record.
 
   Args:
@@ -90,34 +100,44 @@ def check_regularizers(cell: Any, *, input_dropout: Any = 0.0, recurrent_dropout
     Traceback (most recent call last):
     ValueError: input_dropout=0.2 needs key, a PRNG key; pass input_dropout=0.0 for evaluation
   """
-  rates = {n: check_rate(n, r) for n, r in (("input_dropout", input_dropout),
-                                            ("recurrent_dropout", recurrent_dropout), ("weight_drop", weight_drop))}
+  rates = {
+    n: check_rate(n, r)
+    for n, r in (
+      ("input_dropout", input_dropout),
+      ("recurrent_dropout", recurrent_dropout),
+      ("weight_drop", weight_drop),
+    )
+  }
   fields = tuple(cell.state_type._fields)
   if isinstance(zoneout, Mapping):
     unknown = [f for f in zoneout if f not in fields]
     if unknown:
-      raise ValueError(f"zoneout names state fields {unknown}, but a {cell.name} layer's state has fields "
-                       f"{list(fields)}")
+      raise ValueError(
+        f"zoneout names state fields {unknown}, but a {cell.name} layer's state has fields {list(fields)}"
+      )
     per_field = {f: check_rate(f"zoneout[{f!r}]", zoneout[f]) for f in fields if f in zoneout}
   else:
     rate = check_rate("zoneout", zoneout)
     per_field = dict.fromkeys(fields, rate)
   zones = tuple((f, r) for f, r in per_field.items() if r > 0)
   if zones and getattr(cell, "feature_axes", 1) != 1:
-    raise ValueError(f"zoneout takes cells whose state has one feature axis; a {cell.name} layer's has "
-                     f"{cell.feature_axes}")
+    raise ValueError(
+      f"zoneout takes cells whose state has one feature axis; a {cell.name} layer's has {cell.feature_axes}"
+    )
   if zones and "h" not in fields:
-    raise ValueError(f"zoneout needs a cell whose output is its state's h; a {cell.name} layer's state has fields "
-                     f"{list(fields)}")
+    raise ValueError(
+      f"zoneout needs a cell whose output is its state's h; a {cell.name} layer's state has fields {list(fields)}"
+    )
   for opt, rate in rates.items():
     if rate > 0 and key is None:
       raise ValueError(f"{opt}={rate} needs key, a PRNG key; pass {opt}=0.0 for evaluation")
   if rates["recurrent_dropout"] > 0 and cell.update is None:
-    raise ValueError(f"recurrent_dropout needs a cell whose step begins with the projections x @ w_x and "
-                     f"h @ w_h (its record's update); {name} is a {cell.name} layer, which has none")
+    raise ValueError(
+      f"recurrent_dropout needs a cell whose step begins with the projections x @ w_x and "
+      f"h @ w_h (its record's update); {name} is a {cell.name} layer, which has none"
+    )
   if rates["weight_drop"] > 0 and "w_h" not in cell.params_type._fields:
-    raise ValueError(f"weight_drop drops the recurrent weights w_h; {name} is a {cell.name} layer, which has "
-                     f"no w_h")
+    raise ValueError(f"weight_drop drops the recurrent weights w_h; {name} is a {cell.name} layer, which has no w_h")
   return Regularizers(rates["input_dropout"], rates["recurrent_dropout"], zones, rates["weight_drop"])
 
 
@@ -136,12 +156,14 @@ def dropout_mask(key: jax.Array, rate: float, shape: tuple[int, ...], dtype) -> 
 
 class Masks(NamedTuple):
   """The per-sequence masks that ride in the loop's carry, each ``(*batch, gates, F)`` or ``None``."""
+
   x: jax.Array | None  # (*batch, G, I): input_dropout per gate, with recurrent_dropout
   h: jax.Array | None  # (*batch, G, P): recurrent_dropout per gate
 
 
-def prepare(reg: Regularizers, params: Any, xs: jax.Array, key: jax.Array | None, *, cell: Any,
-            time_major: bool) -> tuple[Any, jax.Array, Masks | None]:
+def prepare(
+  reg: Regularizers, params: Any, xs: jax.Array, key: jax.Array | None, *, cell: Any, time_major: bool
+) -> tuple[Any, jax.Array, Masks | None]:
   """Draws a call's masks: applies those that act before the kernel, and returns the in-loop ones.
 
   Args:
@@ -162,17 +184,21 @@ def prepare(reg: Regularizers, params: Any, xs: jax.Array, key: jax.Array | None
   else:
     keys = list(jax.random.split(key, 4))
   if reg.weight_drop > 0:
-    params = params._replace(w_h=params.w_h * dropout_mask(keys[3], reg.weight_drop, params.w_h.shape,
-                                                           params.w_h.dtype))
+    params = params._replace(
+      w_h=params.w_h * dropout_mask(keys[3], reg.weight_drop, params.w_h.shape, params.w_h.dtype)
+    )
   axes = getattr(cell, "feature_axes", 1)  # a convolutional cell's inputs have (*spatial, C)
-  batch_shape = tuple(xs.shape[1:-axes]) if time_major else tuple(xs.shape[:-axes - 1])
+  batch_shape = tuple(xs.shape[1:-axes]) if time_major else tuple(xs.shape[: -axes - 1])
   features = tuple(xs.shape[-axes:])
   time_axis = 0 if time_major else xs.ndim - axes - 1
   masks = None
   if reg.recurrent_dropout > 0:
     G, P = cell.gates, params.w_h.shape[0]
-    mx = None if reg.input_dropout == 0 else dropout_mask(keys[0], reg.input_dropout,
-                                                          (*batch_shape, G, xs.shape[-1]), xs.dtype)
+    mx = (
+      None
+      if reg.input_dropout == 0
+      else dropout_mask(keys[0], reg.input_dropout, (*batch_shape, G, xs.shape[-1]), xs.dtype)
+    )
     masks = Masks(mx, dropout_mask(keys[1], reg.recurrent_dropout, (*batch_shape, G, P), xs.dtype))
   elif reg.input_dropout > 0:
     mask = dropout_mask(keys[0], reg.input_dropout, (*batch_shape, *features), xs.dtype)
@@ -181,8 +207,10 @@ def prepare(reg: Regularizers, params: Any, xs: jax.Array, key: jax.Array | None
     widths = zone_widths(reg, params, cell)
     T = xs.shape[time_axis]
     shape = (T, *batch_shape) if time_major else (*batch_shape, T)
-    draws = [jax.random.bernoulli(k, rate, (*shape, w)).astype(xs.dtype)
-             for k, (_, rate), w in zip(jax.random.split(keys[2], len(widths)), reg.zoneout, widths)]
+    draws = [
+      jax.random.bernoulli(k, rate, (*shape, w)).astype(xs.dtype)
+      for k, (_, rate), w in zip(jax.random.split(keys[2], len(widths)), reg.zoneout, widths)
+    ]
     xs = jnp.concatenate([xs, *draws], axis=-1)
   return params, xs, masks
 
@@ -247,7 +275,7 @@ def looped_step(cell: Any, reg: Regularizers, params: Any, *, training: bool) ->
       for (f, rate), w in zip(reg.zoneout, widths):
         old, fresh = getattr(state, f), getattr(new, f)
         if training:
-          d = draws[..., start:start + w]
+          d = draws[..., start : start + w]
           updates[f] = jnp.where(d > 0, old, fresh)
         else:
           updates[f] = (rate * old + (1.0 - rate) * fresh).astype(fresh.dtype)

@@ -14,9 +14,20 @@ from jaxlstm._src.kernels.reference import scan_core
 Step = Callable[[Any, Any, jax.Array], tuple[Any, jax.Array]]
 
 
-def scan(step: Step, params: Any, xs: jax.Array, state: Any, *, lengths: jax.Array | None = None,
-         mask: jax.Array | None = None, resets: jax.Array | None = None, reverse: bool = False,
-         time_major: bool = False, unroll: int | bool = 1, feature_axes: int = 1) -> tuple[Any, jax.Array]:
+def scan(
+  step: Step,
+  params: Any,
+  xs: jax.Array,
+  state: Any,
+  *,
+  lengths: jax.Array | None = None,
+  mask: jax.Array | None = None,
+  resets: jax.Array | None = None,
+  reverse: bool = False,
+  time_major: bool = False,
+  unroll: int | bool = 1,
+  feature_axes: int = 1,
+) -> tuple[Any, jax.Array]:
   """Runs ``step(params, state, x) -> (state, y)`` over a sequence with ``lax.scan``.
 
   Every leaf of the state must have shape ``(*batch, F)``; ``y`` has shape
@@ -84,7 +95,18 @@ def scan(step: Step, params: Any, xs: jax.Array, state: Any, *, lengths: jax.Arr
   if time_major:
     T, batch_shape = xs.shape[0], tuple(xs.shape[1:n])
   else:
-    T, batch_shape = xs.shape[n - 1], tuple(xs.shape[:n - 1])
+    T, batch_shape = xs.shape[n - 1], tuple(xs.shape[: n - 1])
   lengths, mask, resets = checks.check_missing_data(lengths, mask, resets, T, batch_shape, time_major=time_major)
-  return shell.run(functools.partial(scan_core, step), params, xs, state, lengths=lengths, mask=mask, resets=resets,
-                   reverse=reverse, time_major=time_major, unroll=unroll, feature_axes=feature_axes)
+  return shell.run(
+    functools.partial(scan_core, step),
+    params,
+    xs,
+    state,
+    lengths=lengths,
+    mask=mask,
+    resets=resets,
+    reverse=reverse,
+    time_major=time_major,
+    unroll=unroll,
+    feature_axes=feature_axes,
+  )

@@ -157,9 +157,21 @@ def reverse_resets(resets: jax.Array) -> jax.Array:
 Core = Callable[..., tuple[Any, jax.Array]]
 
 
-def run(core: Core, params: Any, xs: jax.Array, state: Any, *, lengths=None, mask=None, resets=None,
-        reverse: bool = False, time_major: bool = False, unroll=None, remat=None,
-        feature_axes: int | None = None) -> tuple[Any, jax.Array]:
+def run(
+  core: Core,
+  params: Any,
+  xs: jax.Array,
+  state: Any,
+  *,
+  lengths=None,
+  mask=None,
+  resets=None,
+  reverse: bool = False,
+  time_major: bool = False,
+  unroll=None,
+  remat=None,
+  feature_axes: int | None = None,
+) -> tuple[Any, jax.Array]:
   """Runs ``core`` (a kernel's ``run``) over a sequence in the caller's layout.
 
   Args:
@@ -197,17 +209,18 @@ def run(core: Core, params: Any, xs: jax.Array, state: Any, *, lengths=None, mas
     feature_axes = cell_of(params).feature_axes if is_cell_params(params) else 1
   k = feature_axes
   xs_t = to_time_major(xs, time_major=time_major, feature_axes=k)  # (T, *batch, *I)
-  T, batch_shape = xs_t.shape[0], tuple(xs_t.shape[1:xs_t.ndim - k])
+  T, batch_shape = xs_t.shape[0], tuple(xs_t.shape[1 : xs_t.ndim - k])
   B = math.prod(batch_shape)
   nb = len(batch_shape)
   flat_state = jax.tree.map(lambda a: a.reshape(B, *a.shape[nb:]), state)
   kw = dict(lengths=None, unroll=unroll, remat=remat)
   if T == 0:
     # No step runs: the initial state, and empty outputs of the shape one step would give.
-    probe = jax.ShapeDtypeStruct((1, B, *xs_t.shape[xs_t.ndim - k:]), xs.dtype)
+    probe = jax.ShapeDtypeStruct((1, B, *xs_t.shape[xs_t.ndim - k :]), xs.dtype)
     ys = jax.eval_shape(lambda x: core(params, x, flat_state, None, None, **kw)[1], probe)
-    return state, from_time_major(jnp.zeros((0, *batch_shape, *ys.shape[2:]), ys.dtype), time_major=time_major,
-                                  feature_axes=k)
+    return state, from_time_major(
+      jnp.zeros((0, *batch_shape, *ys.shape[2:]), ys.dtype), time_major=time_major, feature_axes=k
+    )
   valid = valid_steps(lengths, to_time_major(mask, time_major=time_major, feature_axes=0), T)
   rs = to_time_major(resets, time_major=time_major, feature_axes=0)
   idx = None
@@ -218,7 +231,7 @@ def run(core: Core, params: Any, xs: jax.Array, state: Any, *, lengths=None, mas
     xs_t = reorder(xs_t, idx)
     valid = None if valid is None else reorder(valid, idx)
     rs = None if rs is None else reorder(rs, idx)
-  flat = lambda a: None if a is None else a.reshape(T, B, *a.shape[1 + nb:])  # noqa: E731
+  flat = lambda a: None if a is None else a.reshape(T, B, *a.shape[1 + nb :])  # noqa: E731
   if lengths is not None and mask is None:
     # Reversal within lengths keeps the valid steps a prefix, so the lengths still describe them.
     kw["lengths"] = jnp.clip(lengths.reshape(B).astype(jnp.int32), 0, T)

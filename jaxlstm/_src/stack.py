@@ -31,13 +31,23 @@ class Bidirectional(NamedTuple):
     >>> states[0].forward.h.shape, hs.shape  # the outputs of the two directions are concatenated
     ((2, 5), (2, 7, 10))
   """
+
   forward: Any
   backward: Any
 
 
-def stack_init(key: jax.Array, input_size: int, hidden_size: int, num_layers: int, *, cell: str = "lstm",
-               bidirectional: bool = False, merge: str = "concat", dtype=jnp.float32,
-               **cell_options) -> tuple:
+def stack_init(
+  key: jax.Array,
+  input_size: int,
+  hidden_size: int,
+  num_layers: int,
+  *,
+  cell: str = "lstm",
+  bidirectional: bool = False,
+  merge: str = "concat",
+  dtype=jnp.float32,
+  **cell_options,
+) -> tuple:
   """Initializes a stack of ``num_layers`` recurrent layers.
 
   Args:
@@ -75,8 +85,10 @@ def stack_init(key: jax.Array, input_size: int, hidden_size: int, num_layers: in
   for k in jax.random.split(key, num_layers):
     if bidirectional:
       kf, kb = jax.random.split(k)
-      layer = Bidirectional(init(kf, size, hidden_size, dtype=dtype, **cell_options),
-                            init(kb, size, hidden_size, dtype=dtype, **cell_options))
+      layer = Bidirectional(
+        init(kf, size, hidden_size, dtype=dtype, **cell_options),
+        init(kb, size, hidden_size, dtype=dtype, **cell_options),
+      )
     else:
       layer = init(k, size, hidden_size, dtype=dtype, **cell_options)
     layers.append(layer)
@@ -152,14 +164,17 @@ def check_stack(params: Any, merge: str | None) -> None:
     ValueError: params[1].forward has input size 10, but layer 0 outputs 5 features with merge='sum'
   """
   if is_cell_params(params) or isinstance(params, Bidirectional):
-    raise TypeError(f"params must be a tuple of layer params from stack_init; got a single "
-                    f"{type(params).__name__} (wrap it in a tuple)")
+    raise TypeError(
+      f"params must be a tuple of layer params from stack_init; got a single "
+      f"{type(params).__name__} (wrap it in a tuple)"
+    )
   if not isinstance(params, (tuple, list)) or not params:
     raise TypeError(f"params must be a non-empty tuple of layer params from stack_init; got {type(params).__name__}")
   size, dtype, axes = None, None, None
   for i, layer in enumerate(params):
-    dirs = (("forward", layer.forward), ("backward", layer.backward)) if isinstance(layer, Bidirectional) else (
-        ("", layer),)
+    dirs = (
+      (("forward", layer.forward), ("backward", layer.backward)) if isinstance(layer, Bidirectional) else (("", layer),)
+    )
     for d, p in dirs:
       name = f"params[{i}]" + (f".{d}" if d else "")
       check_params(name, p)
@@ -168,27 +183,48 @@ def check_stack(params: Any, merge: str | None) -> None:
       dtype = p.dtype
       cell = cell_of(p)
       if axes is not None and cell.feature_axes != axes[1]:
-        raise ValueError(f"{name} is a {cell.name} layer, whose steps have {cell.feature_axes} feature axes, but "
-                         f"params[0] is a {axes[0]} layer, with {axes[1]}: each layer's outputs are the next "
-                         f"one's inputs, so every layer of a stack must have as many")
+        raise ValueError(
+          f"{name} is a {cell.name} layer, whose steps have {cell.feature_axes} feature axes, but "
+          f"params[0] is a {axes[0]} layer, with {axes[1]}: each layer's outputs are the next "
+          f"one's inputs, so every layer of a stack must have as many"
+        )
       axes = axes or (cell.name, cell.feature_axes)
       if size is not None and p.input_size != size:
-        raise ValueError(f"{name} has input size {p.input_size}, but layer {i - 1} outputs {size} features "
-                         f"with merge={merge!r}")
+        raise ValueError(
+          f"{name} has input size {p.input_size}, but layer {i - 1} outputs {size} features with merge={merge!r}"
+        )
     if isinstance(layer, Bidirectional):
       f, b = layer
       if type(f) is not type(b) or f.output_size != b.output_size:
-        raise ValueError(f"params[{i}].forward and .backward must be the same kind of cell with the same "
-                         f"output size; got {type(f).__name__}({f.output_size}) and "
-                         f"{type(b).__name__}({b.output_size})")
+        raise ValueError(
+          f"params[{i}].forward and .backward must be the same kind of cell with the same "
+          f"output size; got {type(f).__name__}({f.output_size}) and "
+          f"{type(b).__name__}({b.output_size})"
+        )
     size = None if merge is None else _output_size(layer, merge)
 
 
-def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = None, *, lengths=None, mask=None,
-          resets=None, dropout: float = 0.0, key: jax.Array | None = None, merge: str = "concat",
-          activation: str | None = None, time_major: bool = False, unroll: int | bool | None = None,
-          impl: str = "auto", remat: int | None = None, input_dropout: float = 0.0,
-          recurrent_dropout: float = 0.0, zoneout: float | dict = 0.0, weight_drop: float = 0.0):
+def stack(
+  params: Sequence[Any],
+  xs: jax.Array,
+  states: Sequence[Any] | None = None,
+  *,
+  lengths=None,
+  mask=None,
+  resets=None,
+  dropout: float = 0.0,
+  key: jax.Array | None = None,
+  merge: str = "concat",
+  activation: str | None = None,
+  time_major: bool = False,
+  unroll: int | bool | None = None,
+  impl: str = "auto",
+  remat: int | None = None,
+  input_dropout: float = 0.0,
+  recurrent_dropout: float = 0.0,
+  zoneout: float | dict = 0.0,
+  weight_drop: float = 0.0,
+):
   """Runs a stack of recurrent layers over a sequence.
 
   Each layer's output sequence is the next layer's input. ``lengths``, ``mask``
@@ -245,10 +281,12 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
   axes = cell_of(first).feature_axes
   if activation is not None:
     for i, layer in enumerate(params):
-      for p in (layer if isinstance(layer, Bidirectional) else (layer,)):
+      for p in layer if isinstance(layer, Bidirectional) else (layer,):
         if "activation" not in getattr(type(p), "static_fields", ()):
-          raise ValueError(f"activation={activation!r} was given, but params[{i}] is a {type(p).__name__}, "
-                           f"which has no activation to choose; drop the argument")
+          raise ValueError(
+            f"activation={activation!r} was given, but params[{i}] is a {type(p).__name__}, "
+            f"which has no activation to choose; drop the argument"
+          )
         check_call_activation(p, activation)
   if states is not None and (not isinstance(states, (tuple, list)) or len(states) != len(params)):
     got = len(states) if isinstance(states, (tuple, list)) else type(states).__name__
@@ -258,15 +296,25 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
   if dropout > 0.0 and key is None:
     raise ValueError("key must be a PRNG key when dropout > 0; pass dropout=0.0 for evaluation")
   keys = jax.random.split(key, len(params)) if dropout > 0.0 else [None] * len(params)
-  regs = [[regularizers.check_regularizers(cell_of(p), input_dropout=input_dropout,
-                                           recurrent_dropout=recurrent_dropout, zoneout=zoneout,
-                                           weight_drop=weight_drop, key=key, name=f"params[{i}]")
-           for p in (layer if isinstance(layer, Bidirectional) else (layer,))] for i, layer in enumerate(params)]
+  regs = [
+    [
+      regularizers.check_regularizers(
+        cell_of(p),
+        input_dropout=input_dropout,
+        recurrent_dropout=recurrent_dropout,
+        zoneout=zoneout,
+        weight_drop=weight_drop,
+        key=key,
+        name=f"params[{i}]",
+      )
+      for p in (layer if isinstance(layer, Bidirectional) else (layer,))
+    ]
+    for i, layer in enumerate(params)
+  ]
   # The regularizers' keys come from a fold of ``key``, so that dropout between layers draws the same
   # masks with or without them.
   use_key = key is not None and any(r.active for rs in regs for r in rs)
-  reg_keys = jax.random.split(jax.random.fold_in(key, 1), (len(params), 2)) if use_key else [[None, None]] * len(
-      params)
+  reg_keys = jax.random.split(jax.random.fold_in(key, 1), (len(params), 2)) if use_key else [[None, None]] * len(params)
   kw = dict(lengths=lengths, mask=mask, resets=resets, time_major=time_major, unroll=unroll, impl=impl, remat=remat)
   h = xs
   finals = []
@@ -279,19 +327,19 @@ def stack(params: Sequence[Any], xs: jax.Array, states: Sequence[Any] | None = N
       if s is None:
         s = Bidirectional(None, None)
       elif not (isinstance(s, Bidirectional) or (type(s) in (tuple, list) and len(s) == 2)):
-        raise ValueError(f"{name} must be a Bidirectional(forward, backward) pair of states; "
-                         f"got {type(s).__name__}")
+        raise ValueError(f"{name} must be a Bidirectional(forward, backward) pair of states; got {type(s).__name__}")
       s_fw = check_state(f"{name}.forward", layer.forward, s[0], batch_shape)
       s_bw = check_state(f"{name}.backward", layer.backward, s[1], batch_shape)
-      fw_state, fw = run_checked(layer.forward, h, s_fw, reverse=False, name=f"params[{i}].forward",
-                                 reg=regs[i][0], key=reg_keys[i][0], **kw)
-      bw_state, bw = run_checked(layer.backward, h, s_bw, reverse=True, name=f"params[{i}].backward",
-                                 reg=regs[i][1], key=reg_keys[i][1], **kw)
+      fw_state, fw = run_checked(
+        layer.forward, h, s_fw, reverse=False, name=f"params[{i}].forward", reg=regs[i][0], key=reg_keys[i][0], **kw
+      )
+      bw_state, bw = run_checked(
+        layer.backward, h, s_bw, reverse=True, name=f"params[{i}].backward", reg=regs[i][1], key=reg_keys[i][1], **kw
+      )
       final, h = Bidirectional(fw_state, bw_state), merge_outputs(fw, bw, merge)
     else:
       s = check_state(name, layer, s, batch_shape)
-      final, h = run_checked(layer, h, s, reverse=False, name=f"params[{i}]", reg=regs[i][0], key=reg_keys[i][0],
-                             **kw)
+      final, h = run_checked(layer, h, s, reverse=False, name=f"params[{i}]", reg=regs[i][0], key=reg_keys[i][0], **kw)
     finals.append(final)
     if keys[i] is not None and i < len(params) - 1:
       keep = jax.random.bernoulli(keys[i], 1.0 - dropout, h.shape)

@@ -138,6 +138,7 @@ def to_equinox(params: Any, *, use_bias: bool = True) -> Any:
   """
   import jax
   import jax.numpy as jnp
+
   eqx = _eqx()
   cls: type
   if isinstance(params, LSTMParams):
@@ -145,10 +146,12 @@ def to_equinox(params: Any, *, use_bias: bool = True) -> Any:
   elif isinstance(params, GRUParams):
     cls, ctor = GRUParams, eqx.nn.GRUCell
   else:
-    hint = " (a stack tuple was given where one layer's params were expected)" if isinstance(
-        params, (tuple, list)) and not is_cell_params(params) else ""
-    raise TypeError(f"params must be LSTMParams or GRUParams for an {_SUPPORTED}; got {type(params).__name__}"
-                    f"{hint}")
+    hint = (
+      " (a stack tuple was given where one layer's params were expected)"
+      if isinstance(params, (tuple, list)) and not is_cell_params(params)
+      else ""
+    )
+    raise TypeError(f"params must be LSTMParams or GRUParams for an {_SUPPORTED}; got {type(params).__name__}{hint}")
   peer = f"equinox.nn.{ctor.__name__}"
   _common.check_cell_params("params", params, cls, peer)
   f = _common.array_fields(params)
@@ -172,8 +175,9 @@ def to_equinox(params: Any, *, use_bias: bool = True) -> Any:
     fields["bias"] = f["b"]
     if cls is GRUParams:
       fields["bias_n"] = f["b_hn"]
-  return eqx.tree_at(lambda c: [getattr(c, n) for n in fields], shell,
-                     [jnp.asarray(np.ascontiguousarray(v)) for v in fields.values()])
+  return eqx.tree_at(
+    lambda c: [getattr(c, n) for n in fields], shell, [jnp.asarray(np.ascontiguousarray(v)) for v in fields.values()]
+  )
 
 
 def from_equinox_state(hidden: Any, cell: Any) -> Any:

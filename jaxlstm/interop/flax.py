@@ -82,10 +82,16 @@ def _kind(cell: Any, name: str = "cell") -> tuple[str, str, type]:
     return _kind(cell.cell, f"{name}.cell")
   if isinstance(cell, linen.ConvLSTMCell):
     return "linen", "conv_lstm", _check_conv_cell(cell, name)
-  table = [(linen.OptimizedLSTMCell, "linen", "lstm", LSTMParams), (linen.LSTMCell, "linen", "lstm", LSTMParams),
-           (linen.GRUCell, "linen", "gru", GRUParams), (linen.SimpleCell, "linen", "simple", RNNParams),
-           (nnx.OptimizedLSTMCell, "nnx", "fused_lstm", LSTMParams), (nnx.LSTMCell, "nnx", "lstm", LSTMParams),
-           (nnx.GRUCell, "nnx", "fused_gru", GRUParams), (nnx.SimpleCell, "nnx", "simple", RNNParams)]
+  table = [
+    (linen.OptimizedLSTMCell, "linen", "lstm", LSTMParams),
+    (linen.LSTMCell, "linen", "lstm", LSTMParams),
+    (linen.GRUCell, "linen", "gru", GRUParams),
+    (linen.SimpleCell, "linen", "simple", RNNParams),
+    (nnx.OptimizedLSTMCell, "nnx", "fused_lstm", LSTMParams),
+    (nnx.LSTMCell, "nnx", "lstm", LSTMParams),
+    (nnx.GRUCell, "nnx", "fused_gru", GRUParams),
+    (nnx.SimpleCell, "nnx", "simple", RNNParams),
+  ]
   for cls, api, layout, params_cls in table:
     if isinstance(cell, cls):
       _check_cell(cell, params_cls, name)
@@ -118,11 +124,15 @@ def _check_conv_cell(cell: Any, name: str) -> type:
   if rank not in (1, 2):
     raise TypeError(f"{name} is a rank-{rank} ConvLSTMCell; jaxlstm has ConvLSTM1D and ConvLSTM2D cells only")
   if not isinstance(cell.padding, str) or cell.padding.upper() != "SAME":
-    raise ValueError(f"{name}.padding must be 'SAME': Flax pads the recurrent convolution as the input one, "
-                     f"which keeps the carry's shape only with 'SAME'; got {cell.padding!r}")
+    raise ValueError(
+      f"{name}.padding must be 'SAME': Flax pads the recurrent convolution as the input one, "
+      f"which keeps the carry's shape only with 'SAME'; got {cell.padding!r}"
+    )
   if cell.strides is not None and any(s != 1 for s in cell.strides):
-    raise ValueError(f"{name}.strides must be None or 1: Flax strides the recurrent convolution too, which "
-                     f"would shrink the carry at every step; got {cell.strides!r}")
+    raise ValueError(
+      f"{name}.strides must be None or 1: Flax strides the recurrent convolution too, which "
+      f"would shrink the carry at every step; got {cell.strides!r}"
+    )
   return ConvLSTM1DParams if rank == 1 else ConvLSTM2DParams
 
 
@@ -161,8 +171,10 @@ def _get(tree: dict, key: str, leaf: str) -> np.ndarray:
   try:
     return _common.np_array(tree[key][leaf])
   except (KeyError, TypeError):
-    raise ValueError(f"variables['params'] must hold {key}/{leaf} for this cell; got keys "
-                     f"{sorted(tree.keys()) if hasattr(tree, 'keys') else type(tree).__name__}") from None
+    raise ValueError(
+      f"variables['params'] must hold {key}/{leaf} for this cell; got keys "
+      f"{sorted(tree.keys()) if hasattr(tree, 'keys') else type(tree).__name__}"
+    ) from None
 
 
 def _val(var: Any) -> np.ndarray:
@@ -215,11 +227,19 @@ def from_flax(cell: Any, variables: Any = None) -> Any:
     if layout == "conv_lstm":
       inner = _unwrap(cell)
       w_x, w_h = _get(tree, "ih", "kernel"), _get(tree, "hh", "kernel")  # (*K, C, 4F), (*K, F, 4F)
-      b = _get(tree, "ih", "bias") + _get(tree, "hh", "bias") if inner.use_bias else np.zeros(w_x.shape[-1:],
-                                                                                           w_x.dtype)
+      b = _get(tree, "ih", "bias") + _get(tree, "hh", "bias") if inner.use_bias else np.zeros(w_x.shape[-1:], w_x.dtype)
       r = w_x.ndim - 2
-      return _common.to_jax(cls(_conv_gates(w_x), _conv_gates(w_h), _conv_gates(b), padding="same",
-                                strides=(1,) * r, dilation=(1,) * r, forget_offset=1.0))
+      return _common.to_jax(
+        cls(
+          _conv_gates(w_x),
+          _conv_gates(w_h),
+          _conv_gates(b),
+          padding="same",
+          strides=(1,) * r,
+          dilation=(1,) * r,
+          forget_offset=1.0,
+        )
+      )
     if layout == "lstm":
       w_x = np.concatenate([_get(tree, "i" + g, "kernel") for g in _LSTM_GATES], axis=1)
       w_h = np.concatenate([_get(tree, "h" + g, "kernel") for g in _LSTM_GATES], axis=1)
@@ -231,22 +251,26 @@ def from_flax(cell: Any, variables: Any = None) -> Any:
       b = np.concatenate([_get(tree, "i" + g, "bias") for g in "rzn"])
       out = GRUParams(w_x, w_h, b, _get(tree, "hn", "bias"))
     else:
-      out = RNNParams(_get(tree, "i", "kernel"), _get(tree, "h", "kernel"), _get(tree, "i", "bias"),
-                      activation=_activation(cell))
+      out = RNNParams(
+        _get(tree, "i", "kernel"), _get(tree, "h", "kernel"), _get(tree, "i", "bias"), activation=_activation(cell)
+      )
     return _common.to_jax(out)
   if layout == "lstm":
     gates = [("ii", "hi"), ("if_", "hf"), ("ig", "hg"), ("io", "ho")]
-    out = LSTMParams(np.concatenate([_val(getattr(cell, i).kernel) for i, _ in gates], axis=1),
-                     np.concatenate([_val(getattr(cell, h).kernel) for _, h in gates], axis=1),
-                     np.concatenate([_val(getattr(cell, h).bias) for _, h in gates]))
+    out = LSTMParams(
+      np.concatenate([_val(getattr(cell, i).kernel) for i, _ in gates], axis=1),
+      np.concatenate([_val(getattr(cell, h).kernel) for _, h in gates], axis=1),
+      np.concatenate([_val(getattr(cell, h).bias) for _, h in gates]),
+    )
   elif layout == "fused_lstm":
     out = LSTMParams(_val(cell.dense_i.kernel), _val(cell.dense_h.kernel), _val(cell.dense_h.bias))
   elif layout == "fused_gru":
     b = _val(cell.dense_i.bias)
     out = GRUParams(_val(cell.dense_i.kernel), _val(cell.dense_h.kernel), b, np.zeros((b.shape[0] // 3,), b.dtype))
   else:
-    out = RNNParams(_val(cell.dense_i.kernel), _val(cell.dense_h.kernel), _val(cell.dense_i.bias),
-                    activation=_activation(cell))
+    out = RNNParams(
+      _val(cell.dense_i.kernel), _val(cell.dense_h.kernel), _val(cell.dense_i.bias), activation=_activation(cell)
+    )
   return _common.to_jax(out)
 
 
@@ -322,6 +346,7 @@ def to_flax(params: Any, cell: Any) -> Any:
     ValueError: params.activation is 'relu' but flax SimpleCell has activation_fn='tanh'; ...
   """
   import jax.numpy as jnp
+
   api, layout, cls = _kind(cell)
   inner = _unwrap(cell)
   peer = f"flax {type(inner).__name__}"
@@ -335,8 +360,10 @@ def to_flax(params: Any, cell: Any) -> Any:
   H = _hidden_size(inner, api)
   I = f["w_x"].shape[0]
   if api == "nnx" and inner.in_features != I:
-    raise ValueError(f"params.w_x must have shape ({inner.in_features}, {G * H}) to match "
-                     f"cell.in_features={inner.in_features}; got {f['w_x'].shape}")
+    raise ValueError(
+      f"params.w_x must have shape ({inner.in_features}, {G * H}) to match "
+      f"cell.in_features={inner.in_features}; got {f['w_x'].shape}"
+    )
   _common.check_shape("params.w_x", f["w_x"], (I, G * H), f" to match the cell's {H} features")
   _common.check_shape("params.w_h", f["w_h"], (H, G * H))
   _common.check_shape("params.b", f["b"], (G * H,))
@@ -368,12 +395,19 @@ def to_flax(params: Any, cell: Any) -> Any:
     return {"params": {"cell": tree} if isinstance(cell, linen.RNN) else tree}
 
   if layout == "fused_gru":
-    _common.check_zero("params.b_hn", f["b_hn"], "flax NNX's GRUCell has no recurrent candidate bias (it computes "
-                       "tanh(x W_in + b_in + r * (h W_hn)))")
+    _common.check_zero(
+      "params.b_hn",
+      f["b_hn"],
+      "flax NNX's GRUCell has no recurrent candidate bias (it computes tanh(x W_in + b_in + r * (h W_hn)))",
+    )
   if layout == "lstm":
     writes = []
-    for (i, h), wx, wh, b in zip([("ii", "hi"), ("if_", "hf"), ("ig", "hg"), ("io", "ho")], split(f["w_x"], 4),
-                                 split(f["w_h"], 4), split(f["b"], 4)):
+    for (i, h), wx, wh, b in zip(
+      [("ii", "hi"), ("if_", "hf"), ("ig", "hg"), ("io", "ho")],
+      split(f["w_x"], 4),
+      split(f["w_h"], 4),
+      split(f["b"], 4),
+    ):
       writes += [(getattr(cell, i).kernel, wx), (getattr(cell, h).kernel, wh), (getattr(cell, h).bias, b)]
   elif layout == "fused_lstm":
     writes = [(cell.dense_i.kernel, f["w_x"]), (cell.dense_h.kernel, f["w_h"]), (cell.dense_h.bias, f["b"])]
@@ -389,16 +423,21 @@ def to_flax(params: Any, cell: Any) -> Any:
 def _to_flax_conv(params: ConvLSTMParams, cell: Any, inner: Any, peer: str) -> dict:
   """:func:`to_flax` for a Linen ``ConvLSTMCell``: every check first, then ``{"params": {"ih": ..., "hh": ...}}``."""
   import jax.numpy as jnp
+
   if params.forget_offset != 1.0:
-    raise ValueError(f"params.forget_offset must be 1.0: {peer} adds 1 to the forget gate at run time; got "
-                     f"{params.forget_offset} (build the params with forget_offset=1.0, or fold the difference "
-                     f"into b yourself, which rounds)")
+    raise ValueError(
+      f"params.forget_offset must be 1.0: {peer} adds 1 to the forget gate at run time; got "
+      f"{params.forget_offset} (build the params with forget_offset=1.0, or fold the difference "
+      f"into b yourself, which rounds)"
+    )
   r = params.rank
   for field, want in (("padding", "same"), ("strides", (1,) * r), ("dilation", (1,) * r)):
     if getattr(params, field) != want:
-      raise ValueError(f"params.{field} must be {want!r}: {peer} runs its recurrent convolution with its input "
-                       f"one's settings, which match jaxlstm's only for 'SAME' padding, unit strides and no "
-                       f"dilation; got {getattr(params, field)!r}")
+      raise ValueError(
+        f"params.{field} must be {want!r}: {peer} runs its recurrent convolution with its input "
+        f"one's settings, which match jaxlstm's only for 'SAME' padding, unit strides and no "
+        f"dilation; got {getattr(params, field)!r}"
+      )
   f = _common.array_fields(params)
   K, F = tuple(inner.kernel_size), inner.features
   C = f["w_x"].shape[-2]

@@ -57,10 +57,12 @@ from jaxlstm.interop import _common
 # Our i, f, g, o blocks, in Haiku's order i, g, f, o (and the inverse permutation, which is the same).
 _HAIKU_ORDER = (0, 2, 1, 3)
 _DEFAULT_NAMES = {LSTMParams: "lstm", RNNParams: "vanilla_rnn"}
-_GRU_REFUSAL = ("Haiku's GRU resets h before the recurrent matmul, a = tanh(x W_ia + (r * h) W_ha + b_a) (Cho et "
-                "al., 2014), where jaxlstm's GRU (PyTorch's) resets after it, n = tanh(x W_in + b_in + r * (h W_hn + "
-                "b_hn)); no weights make one compute the other, so it cannot be converted exactly. Running Haiku's "
-                "GRU in jaxlstm would need a cell of that formulation, added with jaxlstm.register_cell")
+_GRU_REFUSAL = (
+  "Haiku's GRU resets h before the recurrent matmul, a = tanh(x W_ia + (r * h) W_ha + b_a) (Cho et "
+  "al., 2014), where jaxlstm's GRU (PyTorch's) resets after it, n = tanh(x W_in + b_in + r * (h W_hn + "
+  "b_hn)); no weights make one compute the other, so it cannot be converted exactly. Running Haiku's "
+  "GRU in jaxlstm would need a cell of that formulation, added with jaxlstm.register_cell"
+)
 
 
 def _haiku():
@@ -100,7 +102,7 @@ def _cores(params: Mapping) -> dict[str, str]:
     if {"w_i", "w_h"} <= set(entry):
       cores[path] = "gru"
     elif path.endswith("/linear"):
-      prefix = path[:-len("/linear")]
+      prefix = path[: -len("/linear")]
       cores[prefix] = "rnn" if f"{prefix}/linear_1" in params else "lstm"
   return cores
 
@@ -108,13 +110,15 @@ def _cores(params: Mapping) -> dict[str, str]:
 def _lstm(label: str, entry: Mapping) -> LSTMParams:
   w, b = _get(entry, label, "w"), _get(entry, label, "b")
   if b.ndim != 1 or b.shape[0] % 4 or w.ndim != 2 or w.shape[1] != b.shape[0] or w.shape[0] <= b.shape[0] // 4:
-    raise ValueError(f"{label} must be an hk.LSTM's linear, w (I+H, 4H) and b (4H,) with I >= 1; got w "
-                     f"{tuple(w.shape)} and b {tuple(b.shape)}")
+    raise ValueError(
+      f"{label} must be an hk.LSTM's linear, w (I+H, 4H) and b (4H,) with I >= 1; got w "
+      f"{tuple(w.shape)} and b {tuple(b.shape)}"
+    )
   H = b.shape[0] // 4
   w = _reorder(w)
   b = _reorder(b)
   # Haiku adds 1 to the forget gate at run time; ours keeps it in the bias.
-  b[H:2 * H] += np.asarray(1, b.dtype)
+  b[H : 2 * H] += np.asarray(1, b.dtype)
   return LSTMParams(w[:-H].copy(), w[-H:].copy(), b)
 
 
@@ -172,24 +176,25 @@ def from_haiku(params: Mapping, *, name: str | None = None) -> Any:
     True
   """
   if not isinstance(params, Mapping):
-    raise TypeError(f"params must be a Haiku params dict (what transformed.init returns); got "
-                    f"{type(params).__name__}")
+    raise TypeError(f"params must be a Haiku params dict (what transformed.init returns); got {type(params).__name__}")
   if _is_arrays(params) and params:  # one module's own entry
     if {"w_i", "w_h"} <= set(params):
       raise ValueError(f"params are an hk.GRU's: {_GRU_REFUSAL}")
     if set(params) <= {"w", "b"}:
       return _common.to_jax(_lstm("params", params))
-    raise ValueError(f"params must be a Haiku params dict, or an hk.LSTM's linear entry {{'w', 'b'}}; got keys "
-                     f"{sorted(params)}")
+    raise ValueError(
+      f"params must be a Haiku params dict, or an hk.LSTM's linear entry {{'w', 'b'}}; got keys {sorted(params)}"
+    )
   cores = _cores(params)
   if name is None:
     if len(cores) != 1:
       what = "no hk.LSTM, hk.VanillaRNN or hk.GRU" if not cores else f"several cores, {sorted(cores)}"
       raise ValueError(f"params hold {what}; pass name=, the core's module path (got modules {sorted(params)})")
-    (name, kind), = cores.items()
+    ((name, kind),) = cores.items()
   elif name not in cores:
-    raise ValueError(f"name={name!r} is not a recurrent core of params; its cores are {sorted(cores)} (modules "
-                     f"{sorted(params)})")
+    raise ValueError(
+      f"name={name!r} is not a recurrent core of params; its cores are {sorted(cores)} (modules {sorted(params)})"
+    )
   else:
     kind = cores[name]
   if kind == "gru":
@@ -236,6 +241,7 @@ def to_haiku(params: Any, *, name: str | None = None, double_bias: bool = True) 
     ValueError: params.activation is 'tanh' but hk.VanillaRNN has activation='relu'; ...
   """
   import jax.numpy as jnp
+
   if isinstance(params, GRUParams):
     raise ValueError(f"params are GRUParams: {_GRU_REFUSAL}")
   cls: type
@@ -244,10 +250,15 @@ def to_haiku(params: Any, *, name: str | None = None, double_bias: bool = True) 
   elif isinstance(params, LSTMParams):
     cls, peer = LSTMParams, "hk.LSTM"
   else:
-    hint = " (a stack tuple was given where one layer's params were expected)" if isinstance(
-        params, (tuple, list)) and not is_cell_params(params) else ""
-    raise TypeError(f"params must be LSTMParams (for an hk.LSTM) or RNNParams (for an hk.VanillaRNN); got "
-                    f"{type(params).__name__}{hint}")
+    hint = (
+      " (a stack tuple was given where one layer's params were expected)"
+      if isinstance(params, (tuple, list)) and not is_cell_params(params)
+      else ""
+    )
+    raise TypeError(
+      f"params must be LSTMParams (for an hk.LSTM) or RNNParams (for an hk.VanillaRNN); got "
+      f"{type(params).__name__}{hint}"
+    )
   _common.check_cell_params("params", params, cls, peer)
   if cls is RNNParams:
     _common.check_activation("params", params, "relu", peer, "activation")
@@ -265,7 +276,7 @@ def to_haiku(params: Any, *, name: str | None = None, double_bias: bool = True) 
       out[f"{name}/linear_1"]["b"] = np.zeros_like(f["b"])
   else:
     b = f["b"].copy()
-    b[H:2 * H] -= np.asarray(1, b.dtype)  # Haiku adds it back at run time
+    b[H : 2 * H] -= np.asarray(1, b.dtype)  # Haiku adds it back at run time
     out = {f"{name}/linear": {"w": _reorder(np.concatenate([f["w_x"], f["w_h"]], axis=0)), "b": _reorder(b)}}
   return {path: {k: jnp.asarray(v) for k, v in entry.items()} for path, entry in out.items()}
 

@@ -74,9 +74,11 @@ from jaxlstm._src.stack import Bidirectional
 from jaxlstm.interop import _common
 
 _MERGES = {"concat": "concat", "sum": "sum", "ave": "mean", "mul": "mul"}
-_SUPPORTED = ("keras.layers.LSTM, GRU, SimpleRNN, ConvLSTM1D, ConvLSTM2D, RNN (of one such cell), Bidirectional (of "
-               "one such layer), "
-              "LSTMCell, GRUCell or SimpleRNNCell, or a list of layers")
+_SUPPORTED = (
+  "keras.layers.LSTM, GRU, SimpleRNN, ConvLSTM1D, ConvLSTM2D, RNN (of one such cell), Bidirectional (of "
+  "one such layer), "
+  "LSTMCell, GRUCell or SimpleRNNCell, or a list of layers"
+)
 
 
 def _keras():
@@ -89,16 +91,22 @@ def _keras():
 
 def _cell_kind(cell: Any, name: str) -> type | None:
   layers = _keras().layers
-  for cls, params_cls in ((layers.LSTMCell, LSTMParams), (layers.GRUCell, GRUParams),
-                          (layers.SimpleRNNCell, RNNParams)):
+  for cls, params_cls in (
+    (layers.LSTMCell, LSTMParams),
+    (layers.GRUCell, GRUParams),
+    (layers.SimpleRNNCell, RNNParams),
+  ):
     if isinstance(cell, cls):
       return params_cls
   # Keras exports the ConvLSTM layers but not their cell class.
   from keras.src.layers.rnn.conv_lstm import ConvLSTMCell
+
   if isinstance(cell, ConvLSTMCell):
     if cell.rank not in (1, 2):
-      raise TypeError(f"{name} is a rank-{cell.rank} ConvLSTM cell; jaxlstm has ConvLSTM1D and ConvLSTM2D cells "
-                      f"(convlstm1d, convlstm2d) only")
+      raise TypeError(
+        f"{name} is a rank-{cell.rank} ConvLSTM cell; jaxlstm has ConvLSTM1D and ConvLSTM2D cells "
+        f"(convlstm1d, convlstm2d) only"
+      )
     return ConvLSTM1DParams if cell.rank == 1 else ConvLSTM2DParams
   return None
 
@@ -113,18 +121,24 @@ def _kind(layer: Any, name: str) -> tuple[str, type]:
     _, cls = _kind(layer.forward_layer, f"{name}.forward_layer")
     _, bcls = _kind(layer.backward_layer, f"{name}.backward_layer")
     if bcls is not cls:
-      raise TypeError(f"{name}.backward_layer must hold the same kind of cell as {name}.forward_layer "
-                      f"({cls.__name__}); got {bcls.__name__}")
+      raise TypeError(
+        f"{name}.backward_layer must hold the same kind of cell as {name}.forward_layer "
+        f"({cls.__name__}); got {bcls.__name__}"
+      )
     if layer.forward_layer.go_backwards or not layer.backward_layer.go_backwards:
-      raise ValueError(f"{name}.forward_layer.go_backwards must be False and {name}.backward_layer.go_backwards "
-                       f"True; got {layer.forward_layer.go_backwards} and {layer.backward_layer.go_backwards}")
+      raise ValueError(
+        f"{name}.forward_layer.go_backwards must be False and {name}.backward_layer.go_backwards "
+        f"True; got {layer.forward_layer.go_backwards} and {layer.backward_layer.go_backwards}"
+      )
     return "bidirectional", cls
   if isinstance(layer, layers.RNN):
     cls = _cell_kind(layer.cell, f"{name}.cell")
     if cls is not None:
       return "layer", cls
-    raise TypeError(f"{name}.cell must be a keras LSTMCell, GRUCell, SimpleRNNCell or ConvLSTM's cell; "
-                    f"got {type(layer.cell).__name__}")
+    raise TypeError(
+      f"{name}.cell must be a keras LSTMCell, GRUCell, SimpleRNNCell or ConvLSTM's cell; "
+      f"got {type(layer.cell).__name__}"
+    )
   raise TypeError(f"{name} must be a {_SUPPORTED}; got {type(layer).__module__}.{type(layer).__name__}")
 
 
@@ -145,12 +159,16 @@ def _check_cell(cell: Any, cls: type, name: str) -> None:
   if rec != "sigmoid":
     raise ValueError(f"{name}.recurrent_activation must be 'sigmoid'; got {rec!r}")
   if issubclass(cls, ConvLSTMParams) and cell.data_format != "channels_last":
-    raise ValueError(f"{name}.data_format must be 'channels_last', jaxlstm's ConvLSTM layout (move the channel "
-                     f"axis last); got {cell.data_format!r}")
+    raise ValueError(
+      f"{name}.data_format must be 'channels_last', jaxlstm's ConvLSTM layout (move the channel "
+      f"axis last); got {cell.data_format!r}"
+    )
   if cls is GRUParams and not cell.reset_after:
-    raise ValueError(f"{name}.reset_after must be True: with reset_after=False Keras computes (r * h) @ U_h, "
-                     "which jaxlstm's GRU, r * (h @ U_h + b_hn), cannot represent for a general U_h; "
-                     "got False")
+    raise ValueError(
+      f"{name}.reset_after must be True: with reset_after=False Keras computes (r * h) @ U_h, "
+      "which jaxlstm's GRU, r * (h @ U_h + b_hn), cannot represent for a general U_h; "
+      "got False"
+    )
 
 
 def _np(v: Any) -> np.ndarray:
@@ -160,14 +178,23 @@ def _np(v: Any) -> np.ndarray:
 def _read_cell(cell: Any, cls: type, name: str) -> Any:
   _check_cell(cell, cls, name)
   if not cell.built:
-    raise ValueError(f"{name} must be built before its weights can be read (call it on an input, or "
-                     f"build(input_shape)); got an unbuilt {type(cell).__name__}")
+    raise ValueError(
+      f"{name} must be built before its weights can be read (call it on an input, or "
+      f"build(input_shape)); got an unbuilt {type(cell).__name__}"
+    )
   k, rk = _np(cell.kernel), _np(cell.recurrent_kernel)  # (I, G*H), (H, G*H); ConvLSTM (*K, C, 4F), (*K, F, 4F)
   H = rk.shape[-2]
   bias = _np(cell.bias) if cell.use_bias else None
   if issubclass(cls, ConvLSTMParams):
-    return cls(k, rk, np.zeros((4 * H,), k.dtype) if bias is None else bias, padding=cell.padding,
-               strides=tuple(cell.strides), dilation=tuple(cell.dilation_rate), forget_offset=0.0)
+    return cls(
+      k,
+      rk,
+      np.zeros((4 * H,), k.dtype) if bias is None else bias,
+      padding=cell.padding,
+      strides=tuple(cell.strides),
+      dilation=tuple(cell.dilation_rate),
+      forget_offset=0.0,
+    )
   if cls is LSTMParams:
     return LSTMParams(k, rk, np.zeros((4 * H,), k.dtype) if bias is None else bias)
   if cls is RNNParams:
@@ -178,8 +205,8 @@ def _read_cell(cell: Any, cls: type, name: str) -> Any:
     b_in, b_rec = np.zeros((2, 3 * H), k.dtype)
   else:
     b_in, b_rec = bias[0][perm], bias[1][perm]
-  b = np.concatenate([b_in[:2 * H] + b_rec[:2 * H], b_in[2 * H:]])
-  return GRUParams(k[:, perm], rk[:, perm], b, b_rec[2 * H:].copy())
+  b = np.concatenate([b_in[: 2 * H] + b_rec[: 2 * H], b_in[2 * H :]])
+  return GRUParams(k[:, perm], rk[:, perm], b, b_rec[2 * H :].copy())
 
 
 def _layers(layer: Any) -> tuple[list[tuple[str, Any]], bool]:
@@ -236,12 +263,17 @@ def from_keras(layer: Any) -> Any:
     kind, cls = _kind(l, name)
     if kind == "cell":
       if is_list:
-        raise TypeError(f"{name} must be a recurrent layer in a list; got the cell {type(l).__name__} "
-                        f"(wrap it in keras.layers.RNN)")
+        raise TypeError(
+          f"{name} must be a recurrent layer in a list; got the cell {type(l).__name__} (wrap it in keras.layers.RNN)"
+        )
       return _common.to_jax(_read_cell(l, cls, name))
     if kind == "bidirectional":
-      out.append(Bidirectional(_read_cell(l.forward_layer.cell, cls, f"{name}.forward_layer.cell"),
-                               _read_cell(l.backward_layer.cell, cls, f"{name}.backward_layer.cell")))
+      out.append(
+        Bidirectional(
+          _read_cell(l.forward_layer.cell, cls, f"{name}.forward_layer.cell"),
+          _read_cell(l.backward_layer.cell, cls, f"{name}.backward_layer.cell"),
+        )
+      )
     else:
       out.append(_read_cell(l.cell, cls, f"{name}.cell"))
   return _common.to_jax(tuple(out))
@@ -285,14 +317,18 @@ def keras_options(layer: Any) -> dict[str, Any]:
     kind, _ = _kind(l, name)
     if kind == "bidirectional":
       if l.merge_mode not in _MERGES:
-        raise ValueError(f"{name}.merge_mode must be one of {sorted(_MERGES)} to run as jaxlstm.stack; got "
-                         f"{l.merge_mode!r} (run jaxlstm.lstm on each direction, the backward one with "
-                         f"reverse=True, to get both outputs)")
+        raise ValueError(
+          f"{name}.merge_mode must be one of {sorted(_MERGES)} to run as jaxlstm.stack; got "
+          f"{l.merge_mode!r} (run jaxlstm.lstm on each direction, the backward one with "
+          f"reverse=True, to get both outputs)"
+        )
       merges[name] = _MERGES[l.merge_mode]
     elif kind == "layer" and l.go_backwards:
-      raise ValueError(f"{name}.go_backwards must be False to run as jaxlstm.stack: Keras returns a "
-                       "go_backwards layer's outputs in reversed time order (run jaxlstm's layer with "
-                       "reverse=True and flip its outputs along time); got True")
+      raise ValueError(
+        f"{name}.go_backwards must be False to run as jaxlstm.stack: Keras returns a "
+        "go_backwards layer's outputs in reversed time order (run jaxlstm's layer with "
+        "reverse=True and flip its outputs along time); got True"
+      )
   if len(set(merges.values())) > 1:
     raise ValueError(f"layer must use one merge in all layers to run as one jaxlstm.stack; got {merges}")
   return {"merge": next(iter(merges.values()))} if merges else {}
@@ -306,15 +342,19 @@ def _check_params(cell: Any, p: Any, cls: type, name: str, cname: str) -> None:
     _common.check_activation(name, p, _act_name(cell.activation), cname, "activation")
   if issubclass(cls, ConvLSTMParams):
     if p.forget_offset != 0.0:
-      raise ValueError(f"{name}.forget_offset is {p.forget_offset} but Keras' ConvLSTM adds nothing to the forget "
-                       f"gate at run time; fold it into the bias first, "
-                       f"{name}._replace(b=b.at[F:2 * F].add(offset), forget_offset=0.0), which rounds")
+      raise ValueError(
+        f"{name}.forget_offset is {p.forget_offset} but Keras' ConvLSTM adds nothing to the forget "
+        f"gate at run time; fold it into the bias first, "
+        f"{name}._replace(b=b.at[F:2 * F].add(offset), forget_offset=0.0), which rounds"
+      )
     for field, setting in (("padding", "padding"), ("strides", "strides"), ("dilation", "dilation_rate")):
       want = getattr(cell, setting)
       want = want if isinstance(want, str) else tuple(want)
       if getattr(p, field) != want:
-        raise ValueError(f"{name}.{field} is {getattr(p, field)!r} but {cname} has {setting}={want!r}; build "
-                         f"the layer with {setting}={getattr(p, field)!r}")
+        raise ValueError(
+          f"{name}.{field} is {getattr(p, field)!r} but {cname} has {setting}={want!r}; build "
+          f"the layer with {setting}={getattr(p, field)!r}"
+        )
 
 
 def _write_cell(cell: Any, p: Any, cls: type, name: str, cname: str) -> list[tuple[Any, np.ndarray]]:
@@ -326,19 +366,24 @@ def _write_cell(cell: Any, p: Any, cls: type, name: str, cname: str) -> list[tup
   conv = issubclass(cls, ConvLSTMParams)
   if not cell.built:
     if conv:
-      raise ValueError(f"{cname} must be built before params can be written into it: Keras fixes a ConvLSTM's "
-                       f"spatial input shape when it builds it")
+      raise ValueError(
+        f"{cname} must be built before params can be written into it: Keras fixes a ConvLSTM's "
+        f"spatial input shape when it builds it"
+      )
     cell.build((None, I))
   units, setting = (cell.filters, "filters") if conv else (cell.units, "units")
   if units != H:
-    raise ValueError(f"{name}.w_x must have shape ({'*kernel_size, ' if conv else ''}I, {G * units}) to match "
-                     f"{cname}.{setting}={units}; got {fields['w_x'].shape}")
+    raise ValueError(
+      f"{name}.w_x must have shape ({'*kernel_size, ' if conv else ''}I, {G * units}) to match "
+      f"{cname}.{setting}={units}; got {fields['w_x'].shape}"
+    )
   dtype = np.dtype(cell.kernel.dtype)
   for f, v in fields.items():
     _common.check_dtype(f"{name}.{f}", v, dtype, cname)
   _common.check_shape(f"{name}.w_x", fields["w_x"], tuple(cell.kernel.shape), f" (the shape of {cname}.kernel)")
-  _common.check_shape(f"{name}.w_h", fields["w_h"], tuple(cell.recurrent_kernel.shape),
-                      f" (the shape of {cname}.recurrent_kernel)")
+  _common.check_shape(
+    f"{name}.w_h", fields["w_h"], tuple(cell.recurrent_kernel.shape), f" (the shape of {cname}.recurrent_kernel)"
+  )
   _common.check_shape(f"{name}.b", fields["b"], (G * H,))
   w_x, w_h, b = fields["w_x"], fields["w_h"], fields["b"]
   bias = b
@@ -348,7 +393,7 @@ def _write_cell(cell: Any, p: Any, cls: type, name: str, cname: str) -> list[tup
     perm = np.concatenate([np.arange(H, 2 * H), np.arange(H), np.arange(2 * H, 3 * H)])
     w_x, w_h, b = w_x[:, perm], w_h[:, perm], b[perm]
     rec = np.zeros_like(b)
-    rec[2 * H:] = fields["b_hn"]
+    rec[2 * H :] = fields["b_hn"]
     bias = np.stack([b, rec])
   writes = [(cell.kernel, w_x), (cell.recurrent_kernel, w_h)]
   if cell.use_bias:
@@ -411,13 +456,17 @@ def to_keras(params: Any, layer: Any) -> Any:
       if kind == "cell":
         raise TypeError(f"{name} must be a recurrent layer in a list; got the cell {type(l).__name__}")
       dirs = _common.directions(f"params[{k}]", p, kind == "bidirectional", name)
-      cells = ([(l.forward_layer.cell, f"{name}.forward_layer.cell"),
-                (l.backward_layer.cell, f"{name}.backward_layer.cell")] if kind == "bidirectional"
-               else [(l.cell, f"{name}.cell")])
+      cells = (
+        [(l.forward_layer.cell, f"{name}.forward_layer.cell"), (l.backward_layer.cell, f"{name}.backward_layer.cell")]
+        if kind == "bidirectional"
+        else [(l.cell, f"{name}.cell")]
+      )
       if not l.built and issubclass(cls, ConvLSTMParams):
-        raise ValueError(f"{name} must be built before params can be written into it: Keras fixes a ConvLSTM's "
-                         f"spatial input shape when it builds it (call {name}.build((None, T, *spatial, C)) or "
-                         f"the layer on an input)")
+        raise ValueError(
+          f"{name} must be built before params can be written into it: Keras fixes a ConvLSTM's "
+          f"spatial input shape when it builds it (call {name}.build((None, T, *spatial, C)) or "
+          f"the layer on an input)"
+        )
       if not l.built:
         # Checked before building, so that params the layer refuses leave it unbuilt.
         for (cell, cname), (pname, pp) in zip(cells, dirs):

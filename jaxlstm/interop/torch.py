@@ -61,9 +61,14 @@ def _kind(module: Any, name: str = "module") -> tuple[type, bool]:
   torch = _torch()
   nn = torch.nn
   # Exact classes first: nn.LSTM and nn.GRU are subclasses of nn.RNNBase, not of nn.RNN.
-  for cls, params_cls, is_cell in ((nn.LSTM, LSTMParams, False), (nn.GRU, GRUParams, False),
-                                   (nn.RNN, RNNParams, False), (nn.LSTMCell, LSTMParams, True),
-                                   (nn.GRUCell, GRUParams, True), (nn.RNNCell, RNNParams, True)):
+  for cls, params_cls, is_cell in (
+    (nn.LSTM, LSTMParams, False),
+    (nn.GRU, GRUParams, False),
+    (nn.RNN, RNNParams, False),
+    (nn.LSTMCell, LSTMParams, True),
+    (nn.GRUCell, GRUParams, True),
+    (nn.RNNCell, RNNParams, True),
+  ):
     if isinstance(module, cls):
       return params_cls, is_cell
   raise TypeError(f"{name} must be a {_SUPPORTED}; got {type(module).__module__}.{type(module).__name__}")
@@ -75,6 +80,7 @@ def _np(t: Any) -> np.ndarray:
   t = t.detach().cpu()
   if t.dtype == torch.bfloat16:
     import jax.numpy as jnp
+
     return t.float().numpy().astype(jnp.bfloat16)
   return t.numpy().copy()
 
@@ -99,8 +105,8 @@ def _read(module: Any, cls: type, sfx: str) -> Any:
     b_ih = b_hh = np.zeros((w_ih.shape[0],), w_ih.dtype)
   w_x, w_h = w_ih.T.copy(), w_hh.T.copy()
   if cls is GRUParams:
-    b = np.concatenate([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])
-    return GRUParams(w_x, w_h, b, b_hh[2 * H:].copy())
+    b = np.concatenate([b_ih[: 2 * H] + b_hh[: 2 * H], b_ih[2 * H :]])
+    return GRUParams(w_x, w_h, b, b_hh[2 * H :].copy())
   if cls is RNNParams:
     return RNNParams(w_x, w_h, b_ih + b_hh, activation=module.nonlinearity)
   w_proj = _np(getattr(module, "weight_hr" + sfx)).T.copy() if getattr(module, "proj_size", 0) else None
@@ -146,9 +152,11 @@ def from_torch(module: Any) -> Any:
   """
   cls, is_cell = _kind(module)
   if not is_cell and module.dropout > 0 and module.training and module.num_layers > 1:
-    warnings.warn(f"module.dropout={module.dropout} is active because the module is in training mode; the "
-                  "converted params match module.eval() (jaxlstm.stack's own dropout uses other random masks)",
-                  stacklevel=2)
+    warnings.warn(
+      f"module.dropout={module.dropout} is active because the module is in training mode; the "
+      "converted params match module.eval() (jaxlstm.stack's own dropout uses other random masks)",
+      stacklevel=2,
+    )
   layers = []
   for sfxs in _suffixes(module, is_cell):
     dirs = [_read(module, cls, s) for s in sfxs]
@@ -192,6 +200,7 @@ _TORCH_NAMES = {"w_x": "weight_ih", "w_h": "weight_hh", "w_proj": "weight_hr"}
 def _numpy_dtype(dtype: Any) -> np.dtype:
   """NumPy's name for a torch dtype; bfloat16 is ml_dtypes' (JAX's) bfloat16."""
   import jax.numpy as jnp
+
   name = str(dtype).replace("torch.", "")
   return np.dtype(jnp.bfloat16) if name == "bfloat16" else np.dtype(name)
 
@@ -204,8 +213,9 @@ def _writes(module: Any, cls: type, sfx: str, name: str, p: Any, peer: str) -> l
     _common.check_activation(name, p, module.nonlinearity, peer, "nonlinearity")
   if cls is LSTMParams and proj and p.w_proj is None:
     shape = tuple(getattr(module, "weight_hr" + sfx).T.shape)
-    raise ValueError(f"{name}.w_proj must be an array of shape (H, P) = {shape} since "
-                     f"module.proj_size={module.proj_size}; got None")
+    raise ValueError(
+      f"{name}.w_proj must be an array of shape (H, P) = {shape} since module.proj_size={module.proj_size}; got None"
+    )
   dtype = _numpy_dtype(getattr(module, "weight_ih" + sfx).dtype)
   fields = _common.array_fields(p)
   for f, v in fields.items():
@@ -224,7 +234,7 @@ def _writes(module: Any, cls: type, sfx: str, name: str, p: Any, peer: str) -> l
   b_hh = np.zeros_like(b)
   if cls is GRUParams:
     _common.check_shape(f"{name}.b_hn", fields["b_hn"], (H,))
-    b_hh[2 * H:] = fields["b_hn"]
+    b_hh[2 * H :] = fields["b_hn"]
   if module.bias:
     writes += [("bias_ih" + sfx, b), ("bias_hh" + sfx, b_hh)]
   else:
@@ -280,8 +290,7 @@ def to_torch(params: Any, module: Any) -> Any:
     entries = [[("params", params)]]
   else:
     _common.check_stack("params", params, module.num_layers, peer)
-    entries = [_common.directions(f"params[{k}]", layer, module.bidirectional, peer)
-               for k, layer in enumerate(params)]
+    entries = [_common.directions(f"params[{k}]", layer, module.bidirectional, peer) for k, layer in enumerate(params)]
   writes = []
   for sfxs, dirs in zip(suffixes, entries):
     for sfx, (name, p) in zip(sfxs, dirs):
@@ -289,8 +298,9 @@ def to_torch(params: Any, module: Any) -> Any:
   with torch.no_grad():
     for torch_name, value in writes:
       target = getattr(module, torch_name)
-      src = torch.from_numpy(np.ascontiguousarray(value.astype(np.float32) if value.dtype.name == "bfloat16"
-                                                  else value))
+      src = torch.from_numpy(
+        np.ascontiguousarray(value.astype(np.float32) if value.dtype.name == "bfloat16" else value)
+      )
       target.copy_(src.to(target.dtype))
   return module
 
@@ -330,6 +340,7 @@ def from_torch_state(hx: Any, module: Any) -> Any:
     (2, (5, 4))
   """
   import jax.numpy as jnp
+
   cls, is_cell = _kind(module)
   state_cls = {LSTMParams: LSTMState, GRUParams: GRUState, RNNParams: RNNState}[cls]
   if cls is LSTMParams:
@@ -346,8 +357,9 @@ def from_torch_state(hx: Any, module: Any) -> Any:
   n = module.num_layers * D
   for name, leaf in zip(("h", "c"), leaves):
     if leaf.ndim not in (2, 3) or leaf.shape[0] != n:
-      raise ValueError(f"hx's {name} must have shape (num_layers * num_directions, B, F) with a leading {n}; "
-                       f"got {tuple(leaf.shape)}")
+      raise ValueError(
+        f"hx's {name} must have shape (num_layers * num_directions, B, F) with a leading {n}; got {tuple(leaf.shape)}"
+      )
   layers = []
   for k in range(module.num_layers):
     dirs = [state_cls(*(leaf[k * D + d] for leaf in leaves)) for d in range(D)]

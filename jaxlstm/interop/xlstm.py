@@ -111,9 +111,11 @@ def from_xlstm(module: Any) -> SLSTMParams:
     w_x = np.eye(4 * H, dtype=r.dtype)
   else:
     if module.config.conv1d_kernel_size > 0:
-      raise ValueError(f"module has a causal convolution (conv1d_kernel_size={module.config.conv1d_kernel_size}) "
-                       f"before its i and f gates, which the sLSTM cell does not have; convert an sLSTMLayer built "
-                       f"with conv1d_kernel_size=0, or its slstm_cell")
+      raise ValueError(
+        f"module has a causal convolution (conv1d_kernel_size={module.config.conv1d_kernel_size}) "
+        f"before its i and f gates, which the sLSTM cell does not have; convert an sLSTMLayer built "
+        f"with conv1d_kernel_size=0, or its slstm_cell"
+      )
     # The layer's forward puts fgate's output in the input gate's slot and igate's in the forget gate's.
     projections = [module.fgate, module.igate, module.zgate, module.ogate]  # gate slots i, f, z, o
     w_x = np.zeros((H, 4, K, D), r.dtype)  # (in, gate, head, out)
@@ -122,10 +124,11 @@ def from_xlstm(module: Any) -> SLSTMParams:
       if w.shape != (K, D, D):
         raise ValueError(f"module's gate projections must be (num_heads, D, D) = {(K, D, D)}; got {w.shape}")
       for k in range(K):
-        w_x[k * D:(k + 1) * D, g, k, :] = w[k].T
+        w_x[k * D : (k + 1) * D, g, k, :] = w[k].T
     w_x = w_x.reshape(H, 4 * H)
-  return SLSTMParams(w_x=jnp.asarray(w_x), r=jnp.asarray(r), b=jnp.asarray(b.astype(r.dtype)), num_heads=K,
-                     forget_gate="sigmoid")
+  return SLSTMParams(
+    w_x=jnp.asarray(w_x), r=jnp.asarray(r), b=jnp.asarray(b.astype(r.dtype)), num_heads=K, forget_gate="sigmoid"
+  )
 
 
 def from_xlstm_state(state: Any) -> SLSTMState:

@@ -38,14 +38,14 @@ from jaxlstm.tasks._sunspots import sunspots
 from jaxlstm.tasks._text import decode, encode, text
 
 TASKS: dict[str, Callable[..., Task]] = {
-    "keras-example": keras_example,
-    "adding": adding,
-    "adding-var": adding_var,
-    "copy": copy_task,
-    "digits": digits,
-    "pixel-digits": pixel_digits,
-    "sunspots": sunspots,
-    "text": text,
+  "keras-example": keras_example,
+  "adding": adding,
+  "adding-var": adding_var,
+  "copy": copy_task,
+  "digits": digits,
+  "pixel-digits": pixel_digits,
+  "sunspots": sunspots,
+  "text": text,
 }
 
 
@@ -105,21 +105,21 @@ def make_task(name: str, *, seed: int = 0, **opts) -> Task:
 
 
 __all__ = [
-    "KINDS",
-    "UNITS",
-    "Split",
-    "TASKS",
-    "Task",
-    "adding",
-    "adding_var",
-    "copy_task",
-    "decode",
-    "digits",
-    "encode",
-    "keras_example",
-    "make_task",
-    "options",
-    "pixel_digits",
-    "sunspots",
-    "text",
+  "KINDS",
+  "UNITS",
+  "Split",
+  "TASKS",
+  "Task",
+  "adding",
+  "adding_var",
+  "copy_task",
+  "decode",
+  "digits",
+  "encode",
+  "keras_example",
+  "make_task",
+  "options",
+  "pixel_digits",
+  "sunspots",
+  "text",
 ]

@@ -46,8 +46,15 @@ def _split(seed: int, stream: int, n: int, T: int, variable_length: bool) -> Spl
   return Split(xs, ys, lengths=lengths if variable_length else None)
 
 
-def adding(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_val: int = 1_000, n_test: int = 1_000,
-           variable_length: bool = False) -> Task:
+def adding(
+  *,
+  seed: int = 0,
+  T: int = 100,
+  n_train: int = 10_000,
+  n_val: int = 1_000,
+  n_test: int = 1_000,
+  variable_length: bool = False,
+) -> Task:
   """The adding problem: ``xs (N, T, 2)``, ``ys (N, 1)`` = sum of two marked values.
 
   Channel 0 is uniform in ``[0, 1)``; channel 1 is zero except for two 1s, one
@@ -80,14 +87,19 @@ def adding(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_val: int = 1
   val = _split(seed, VAL, n_val, T, bool(variable_length))
   test = _split(seed, TEST, n_test, T, bool(variable_length))
   return Task(
-      name="adding-var" if variable_length else "adding", kind="regress", input_size=2,
-      num_outputs=1, train=train, val=val, test=test, metric="mse",
-      baselines={"trivial_mse": TRIVIAL_MSE,
-                 "trivial_test_mse": float(np.mean((test.ys.astype(np.float64) - 1) ** 2))},
-      info={"T": T, "variable_length": bool(variable_length)})
+    name="adding-var" if variable_length else "adding",
+    kind="regress",
+    input_size=2,
+    num_outputs=1,
+    train=train,
+    val=val,
+    test=test,
+    metric="mse",
+    baselines={"trivial_mse": TRIVIAL_MSE, "trivial_test_mse": float(np.mean((test.ys.astype(np.float64) - 1) ** 2))},
+    info={"T": T, "variable_length": bool(variable_length)},
+  )
 
 
-def adding_var(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_val: int = 1_000,
-               n_test: int = 1_000) -> Task:
+def adding_var(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_val: int = 1_000, n_test: int = 1_000) -> Task:
   """:func:`adding` with ``variable_length=True``: the task that exercises ``lengths``."""
   return adding(seed=seed, T=T, n_train=n_train, n_val=n_val, n_test=n_test, variable_length=True)

@@ -18,8 +18,13 @@ KINDS = ("classify", "regress", "seq_classify", "lm")
 TRAIN, TEST, EXTRA, VAL = 0, 1, 2, 3
 
 # The unit of each metric a task reports, for figures printed beside baselines.
-UNITS = {"loss": "nats", "mse": "squared target units", "rmse": "target units", "accuracy": "fraction correct",
-         "bits_per_char": "bits per character"}
+UNITS = {
+  "loss": "nats",
+  "mse": "squared target units",
+  "rmse": "target units",
+  "accuracy": "fraction correct",
+  "bits_per_char": "bits per character",
+}
 
 
 # eq=False: the generated __eq__ would compare ndarrays and raise "truth value
@@ -38,6 +43,7 @@ class Split:
     mask: ``(N, T)`` bool, True where the input step is observed, or ``None``
       when every step is. Unobserved steps are zero in ``xs``.
   """
+
   xs: np.ndarray
   ys: np.ndarray
   lengths: np.ndarray | None = None
@@ -84,6 +90,7 @@ class Task:
     units: the unit of each metric the task reports, e.g. ``{"rmse": "sunspot
       number", ...}``; :data:`UNITS` fills in the ones not given.
   """
+
   name: str
   kind: str
   input_size: int

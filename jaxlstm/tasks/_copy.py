@@ -40,8 +40,7 @@ def _split(seed: int, stream: int, n: int, T: int) -> Split:
   return Split(xs, ys)
 
 
-def copy_task(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_val: int = 1_000,
-              n_test: int = 1_000) -> Task:
+def copy_task(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_val: int = 1_000, n_test: int = 1_000) -> Task:
   """Copy memory: ``xs (N, T+20, 10)`` one-hot, ``ys (N, T+20)`` int32 in ``[0, 9)``.
 
   Input tokens: 10 symbols from ``{1..8}``, ``T - 1`` blanks (0), the
@@ -70,10 +69,25 @@ def copy_task(*, seed: int = 0, T: int = 100, n_train: int = 10_000, n_val: int 
   n_test = check_positive_int("n_test", n_test)
   length = T + 2 * N_COPY
   return Task(
-      name="copy", kind="seq_classify", input_size=INPUT_SIZE, num_outputs=NUM_OUTPUTS,
-      train=_split(seed, TRAIN, n_train, T), val=_split(seed, VAL, n_val, T), test=_split(seed, TEST, n_test, T),
-      metric="loss", units={"loss": "nats per step"},
-      baselines={"memoryless_loss": N_COPY * math.log(NUM_SYMBOLS) / length,
-                 "memoryless_accuracy": (T + N_COPY + N_COPY / NUM_SYMBOLS) / length},
-      info={"T": T, "seq_len": length, "blank": BLANK, "delimiter": DELIMITER,
-            "symbols": list(range(1, NUM_SYMBOLS + 1)), "n_copy": N_COPY})
+    name="copy",
+    kind="seq_classify",
+    input_size=INPUT_SIZE,
+    num_outputs=NUM_OUTPUTS,
+    train=_split(seed, TRAIN, n_train, T),
+    val=_split(seed, VAL, n_val, T),
+    test=_split(seed, TEST, n_test, T),
+    metric="loss",
+    units={"loss": "nats per step"},
+    baselines={
+      "memoryless_loss": N_COPY * math.log(NUM_SYMBOLS) / length,
+      "memoryless_accuracy": (T + N_COPY + N_COPY / NUM_SYMBOLS) / length,
+    },
+    info={
+      "T": T,
+      "seq_len": length,
+      "blank": BLANK,
+      "delimiter": DELIMITER,
+      "symbols": list(range(1, NUM_SYMBOLS + 1)),
+      "n_copy": N_COPY,
+    },
+  )

@@ -24,7 +24,7 @@ def _stratified_split(labels: np.ndarray, fractions: tuple[float, ...], gen: np.
     start = 0
     for k, f in enumerate(fractions):
       n = int(round(len(idx) * f))
-      parts[k + 1].append(idx[start:start + n])
+      parts[k + 1].append(idx[start : start + n])
       start += n
     parts[0].append(idx[start:])
   # Shuffled, so that batches taken in order are not sorted by class.
@@ -38,16 +38,19 @@ def _load(task: str) -> tuple[np.ndarray, np.ndarray]:
   return (bunch.data / 16.0).reshape(-1, 8, 8).astype(np.float32), bunch.target.astype(np.int32)
 
 
-def _digits_task(name: str, seq: np.ndarray, ys: np.ndarray, seed: int, val_fraction: float,
-                 test_fraction: float, missing: float) -> Task:
+def _digits_task(
+  name: str, seq: np.ndarray, ys: np.ndarray, seed: int, val_fraction: float, test_fraction: float, missing: float
+) -> Task:
   val_fraction = check_fraction("val_fraction", val_fraction)
   test_fraction = check_fraction("test_fraction", test_fraction, low_open=True)
   missing = check_fraction("missing", missing)
   train_idx, val_idx, test_idx = _stratified_split(ys, (val_fraction, test_fraction), rng(seed, EXTRA))
   if len(test_idx) == 0 or (val_fraction > 0 and len(val_idx) == 0) or len(np.unique(ys[train_idx])) < NUM_CLASSES:
-    raise ValueError(f"val_fraction and test_fraction must leave every class in train and some images in each "
-                     f"held-out split; got {val_fraction} and {test_fraction} ({len(train_idx)} train, "
-                     f"{len(val_idx)} validation, {len(test_idx)} test images)")
+    raise ValueError(
+      f"val_fraction and test_fraction must leave every class in train and some images in each "
+      f"held-out split; got {val_fraction} and {test_fraction} ({len(train_idx)} train, "
+      f"{len(val_idx)} validation, {len(test_idx)} test images)"
+    )
   train = drop_steps(Split(seq[train_idx], ys[train_idx]), missing, rng(seed, TRAIN))
   val = drop_steps(Split(seq[val_idx], ys[val_idx]), missing, rng(seed, VAL))
   test = drop_steps(Split(seq[test_idx], ys[test_idx]), missing, rng(seed, TEST))
@@ -55,12 +58,27 @@ def _digits_task(name: str, seq: np.ndarray, ys: np.ndarray, seed: int, val_frac
   prior = np.bincount(train.ys, minlength=NUM_CLASSES) / train.n  # (10,)
   majority = int(np.argmax(prior))
   return Task(
-      name=name, kind="classify", input_size=seq.shape[-1], num_outputs=NUM_CLASSES,
-      train=train, val=val, test=test, metric="accuracy",
-      baselines={"majority_accuracy": float(np.mean(test.ys == majority)),
-                 "prior_loss": float(-np.mean(np.log(prior[test.ys])))},
-      info={"val_fraction": val_fraction, "test_fraction": test_fraction, "missing": missing,
-            "majority_class": majority, "source": "sklearn.datasets.load_digits", "scale": "pixels / 16"})
+    name=name,
+    kind="classify",
+    input_size=seq.shape[-1],
+    num_outputs=NUM_CLASSES,
+    train=train,
+    val=val,
+    test=test,
+    metric="accuracy",
+    baselines={
+      "majority_accuracy": float(np.mean(test.ys == majority)),
+      "prior_loss": float(-np.mean(np.log(prior[test.ys]))),
+    },
+    info={
+      "val_fraction": val_fraction,
+      "test_fraction": test_fraction,
+      "missing": missing,
+      "majority_class": majority,
+      "source": "sklearn.datasets.load_digits",
+      "scale": "pixels / 16",
+    },
+  )
 
 
 def digits(*, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2, missing: float = 0.0) -> Task:
@@ -89,8 +107,7 @@ def digits(*, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0
   return _digits_task("digits", images, ys, seed, val_fraction, test_fraction, missing)
 
 
-def pixel_digits(*, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                 missing: float = 0.0) -> Task:
+def pixel_digits(*, seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2, missing: float = 0.0) -> Task:
   """8x8 digits read one pixel at a time, row-major: ``xs (N, 64, 1)``, ``ys (N,)``.
 
   The same images, splits and baselines as :func:`digits` with the same

@@ -46,7 +46,14 @@ def keras_example(*, seed: int = 0, n_train: int = 1000, n_val: int = 200, n_tes
   n_test = check_positive_int("n_test", n_test)
   T = check_positive_int("T", T)
   return Task(
-      name="keras-example", kind="classify", input_size=INPUT_SIZE, num_outputs=NUM_CLASSES,
-      train=_split(seed, TRAIN, n_train, T), val=_split(seed, VAL, n_val, T), test=_split(seed, TEST, n_test, T),
-      metric="accuracy", baselines={"chance_accuracy": 1 / NUM_CLASSES, "chance_loss": math.log(NUM_CLASSES)},
-      info={"T": T, "note": "labels are independent of the inputs: test accuracy cannot beat chance"})
+    name="keras-example",
+    kind="classify",
+    input_size=INPUT_SIZE,
+    num_outputs=NUM_CLASSES,
+    train=_split(seed, TRAIN, n_train, T),
+    val=_split(seed, VAL, n_val, T),
+    test=_split(seed, TEST, n_test, T),
+    metric="accuracy",
+    baselines={"chance_accuracy": 1 / NUM_CLASSES, "chance_loss": math.log(NUM_CLASSES)},
+    info={"T": T, "note": "labels are independent of the inputs: test accuracy cannot beat chance"},
+  )

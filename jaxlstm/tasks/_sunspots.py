@@ -33,8 +33,9 @@ def _rmse(pred: np.ndarray, truth: np.ndarray) -> float:
   return float(np.sqrt(np.mean((pred - truth) ** 2)))
 
 
-def sunspots(*, seed: int = 0, window: int = 20, val_years: int = 40, test_years: int = 60, ar_order: int = 9,
-             gaps: float = 0.0) -> Task:
+def sunspots(
+  *, seed: int = 0, window: int = 20, val_years: int = 40, test_years: int = 60, ar_order: int = 9, gaps: float = 0.0
+) -> Task:
   """Forecast year ``t`` from years ``t - window`` to ``t - 1``: ``xs (N, window, 1)``, ``ys (N, 1)``.
 
   Inputs and targets are normalized with the mean and standard deviation of
@@ -92,9 +93,11 @@ def sunspots(*, seed: int = 0, window: int = 20, val_years: int = 40, test_years
   # At least ar_order + 1 training targets, so that the AR least-squares fit
   # is determined (ar_order <= window, so the network has as many).
   if val_start - window < ar_order + 1:
-    raise ValueError(f"window + val_years + test_years must leave at least ar_order + 1 = {ar_order + 1} "
-                     f"training targets among the {n} years {int(years[0])}-{int(years[-1])}; got "
-                     f"window={window}, val_years={val_years}, test_years={test_years}")
+    raise ValueError(
+      f"window + val_years + test_years must leave at least ar_order + 1 = {ar_order + 1} "
+      f"training targets among the {n} years {int(years[0])}-{int(years[-1])}; got "
+      f"window={window}, val_years={val_years}, test_years={test_years}"
+    )
 
   # Statistics of the training years only, so that nothing of the held-out years leaks into the inputs.
   mean, std = values[:val_start].mean(), values[:val_start].std()
@@ -117,18 +120,35 @@ def sunspots(*, seed: int = 0, window: int = 20, val_years: int = 40, test_years
   coef, *_ = np.linalg.lstsq(_ar_design(values, ar_t, ar_order), values[ar_t], rcond=None)
   truth = values[test_t]
   return Task(
-      name="sunspots", kind="regress", input_size=1, num_outputs=1,
-      train=split(train_t), val=split(val_t), test=split(test_t), metric="rmse",
-      units={"mse": "squared standard deviations", "loss": "squared standard deviations", "rmse": "sunspot number"},
-      baselines={"persistence_rmse": _rmse(values[test_t - 1], truth),
-                 "ar_rmse": _rmse(_ar_design(values, test_t, ar_order) @ coef, truth),
-                 "mean_rmse": _rmse(mean, truth)},
-      info={"y_mean": float(mean), "y_std": float(std), "units": UNITS, "target_scale": float(std),
-            "train_years": (int(years[train_t[0]]), int(years[train_t[-1]])),
-            "val_years": (int(years[val_t[0]]), int(years[val_t[-1]])),
-            "test_years": (int(years[test_t[0]]), int(years[test_t[-1]])),
-            "normalized_with_years": (int(years[0]), int(years[val_start - 1])),
-            "train_target_years": years[train_t].astype(np.int32),
-            "test_target_years": years[test_t].astype(np.int32),
-            "window": window, "ar_order": ar_order, "ar_coef": coef, "gaps": gaps,
-            "observed_years": observed})
+    name="sunspots",
+    kind="regress",
+    input_size=1,
+    num_outputs=1,
+    train=split(train_t),
+    val=split(val_t),
+    test=split(test_t),
+    metric="rmse",
+    units={"mse": "squared standard deviations", "loss": "squared standard deviations", "rmse": "sunspot number"},
+    baselines={
+      "persistence_rmse": _rmse(values[test_t - 1], truth),
+      "ar_rmse": _rmse(_ar_design(values, test_t, ar_order) @ coef, truth),
+      "mean_rmse": _rmse(mean, truth),
+    },
+    info={
+      "y_mean": float(mean),
+      "y_std": float(std),
+      "units": UNITS,
+      "target_scale": float(std),
+      "train_years": (int(years[train_t[0]]), int(years[train_t[-1]])),
+      "val_years": (int(years[val_t[0]]), int(years[val_t[-1]])),
+      "test_years": (int(years[test_t[0]]), int(years[test_t[-1]])),
+      "normalized_with_years": (int(years[0]), int(years[val_start - 1])),
+      "train_target_years": years[train_t].astype(np.int32),
+      "test_target_years": years[test_t].astype(np.int32),
+      "window": window,
+      "ar_order": ar_order,
+      "ar_coef": coef,
+      "gaps": gaps,
+      "observed_years": observed,
+    },
+  )

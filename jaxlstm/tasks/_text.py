@@ -55,8 +55,9 @@ def decode(ids, vocab: str) -> str:
   """
   ids = np.asarray(ids).reshape(-1)
   if ids.size and (not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= len(vocab)):
-    raise ValueError(f"ids must be integers in [0, {len(vocab)}); got dtype {ids.dtype}, "
-                     f"range [{ids.min()}, {ids.max()}]")
+    raise ValueError(
+      f"ids must be integers in [0, {len(vocab)}); got dtype {ids.dtype}, range [{ids.min()}, {ids.max()}]"
+    )
   return "".join(vocab[i] for i in ids.tolist())
 
 
@@ -77,8 +78,15 @@ def _bigram_bits(ids: np.ndarray, V: int) -> float:
   return float(-terms.sum() / pairs.sum())
 
 
-def text(*, seed: int = 0, path: str | os.PathLike | None = None, max_chars: int = 300_000,
-         T: int = 100, val_fraction: float = 0.05, test_fraction: float = 0.1) -> Task:
+def text(
+  *,
+  seed: int = 0,
+  path: str | os.PathLike | None = None,
+  max_chars: int = 300_000,
+  T: int = 100,
+  val_fraction: float = 0.05,
+  test_fraction: float = 0.1,
+) -> Task:
   """Next-character prediction: ``xs (N, T)`` int32 ids, ``ys (N, T)`` the next ids.
 
   The vocabulary is the sorted set of characters in the text used (the first
@@ -138,26 +146,45 @@ def text(*, seed: int = 0, path: str | os.PathLike | None = None, max_chars: int
   n_train_chars = len(corpus) - n_val_chars - n_test_chars
   # Each part needs T + 1 characters for one window (T inputs, T targets).
   if min(n_train_chars, n_val_chars, n_test_chars) < T + 1:
-    raise ValueError(f"the text must give at least T + 1 = {T + 1} characters to each of train, validation and "
-                     f"test; got {n_train_chars}, {n_val_chars} and {n_test_chars} from {len(corpus)} characters "
-                     f"of {source!r} (max_chars={max_chars}, val_fraction={val_fraction}, "
-                     f"test_fraction={test_fraction})")
+    raise ValueError(
+      f"the text must give at least T + 1 = {T + 1} characters to each of train, validation and "
+      f"test; got {n_train_chars}, {n_val_chars} and {n_test_chars} from {len(corpus)} characters "
+      f"of {source!r} (max_chars={max_chars}, val_fraction={val_fraction}, "
+      f"test_fraction={test_fraction})"
+    )
 
   vocab = "".join(sorted(set(corpus)))
   ids = encode(corpus, vocab)  # (n_chars,)
   train_ids = ids[:n_train_chars]
-  val_ids = ids[n_train_chars:n_train_chars + n_val_chars]
-  test_ids = ids[n_train_chars + n_val_chars:]
+  val_ids = ids[n_train_chars : n_train_chars + n_val_chars]
+  test_ids = ids[n_train_chars + n_val_chars :]
   train, val, test = _windows(train_ids, T), _windows(val_ids, T), _windows(test_ids, T)
 
   V = len(vocab)
   counts = np.bincount(train_ids, minlength=V) + 1  # add-one smoothing
   log_p = np.log(counts / counts.sum())  # (V,)
   return Task(
-      name="text", kind="lm", input_size=V, num_outputs=V, train=train, val=val, test=test,
-      metric="bits_per_char", units={"loss": "nats per character"},
-      baselines={"uniform_bits_per_char": math.log2(V),
-                 "unigram_bits_per_char": float(-np.mean(log_p[test.ys])) / LOG2,
-                 "bigram_bits_per_char": _bigram_bits(test_ids, V)},
-      info={"vocab": vocab, "source": source, "n_chars": len(corpus), "train_chars": len(train_ids),
-            "val_chars": len(val_ids), "test_chars": len(test_ids), "T": T})
+    name="text",
+    kind="lm",
+    input_size=V,
+    num_outputs=V,
+    train=train,
+    val=val,
+    test=test,
+    metric="bits_per_char",
+    units={"loss": "nats per character"},
+    baselines={
+      "uniform_bits_per_char": math.log2(V),
+      "unigram_bits_per_char": float(-np.mean(log_p[test.ys])) / LOG2,
+      "bigram_bits_per_char": _bigram_bits(test_ids, V),
+    },
+    info={
+      "vocab": vocab,
+      "source": source,
+      "n_chars": len(corpus),
+      "train_chars": len(train_ids),
+      "val_chars": len(val_ids),
+      "test_chars": len(test_ids),
+      "T": T,
+    },
+  )

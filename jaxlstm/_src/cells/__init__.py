@@ -26,5 +26,14 @@ register_cell(slstm.CELL)
 register_cell(convlstm.CELL_1D)
 register_cell(convlstm.CELL_2D)
 
-__all__ = ["Cell", "Recurrence", "cell_names", "cell_of", "get_cell", "is_cell_params", "register_cell",
-           "static_fields", "unregister_cell"]
+__all__ = [
+  "Cell",
+  "Recurrence",
+  "cell_names",
+  "cell_of",
+  "get_cell",
+  "is_cell_params",
+  "register_cell",
+  "static_fields",
+  "unregister_cell",
+]

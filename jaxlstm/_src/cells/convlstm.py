@@ -85,6 +85,7 @@ class ConvLSTMParams(NamedTuple):
     >>> isinstance(params, jaxlstm.ConvLSTMParams), params.rank, params.input_size, params.hidden_size
     (True, 2, 3, 4)
   """
+
   w_x: jax.Array  # (*K, C, 4F) input kernel, gates i, f, g, o
   w_h: jax.Array  # (*K, F, 4F) recurrent kernel
   b: jax.Array  # (4F,)
@@ -142,6 +143,7 @@ class ConvLSTM1DParams(ConvLSTMParams):
     >>> type(params).__name__, params.w_x.shape, params.strides
     ('ConvLSTM1DParams', (5, 3, 16), (1,))
   """
+
   __slots__ = ()
 
 
@@ -160,6 +162,7 @@ class ConvLSTM2DParams(ConvLSTMParams):
     >>> type(params).__name__, params.w_x.shape, params.padding, params.dilation
     ('ConvLSTM2DParams', (3, 3, 3, 16), 'same', (1, 1))
   """
+
   __slots__ = ()
 
 
@@ -179,6 +182,7 @@ class ConvLSTMState(NamedTuple):
     >>> state.h.shape, state.c.shape, hs.shape
     ((2, 8, 8, 4), (2, 8, 8, 4), (2, 5, 8, 8, 4))
   """
+
   h: jax.Array  # (..., *S', F)
   c: jax.Array  # (..., *S', F)
 
@@ -223,8 +227,9 @@ def check_padding(padding) -> str:
   return padding.lower()
 
 
-def _init(rank: int, key, input_size, hidden_size, *, kernel_size, padding, strides, dilation, forget_bias,
-          forget_offset, dtype) -> ConvLSTMParams:
+def _init(
+  rank: int, key, input_size, hidden_size, *, kernel_size, padding, strides, dilation, forget_bias, forget_offset, dtype
+) -> ConvLSTMParams:
   checks.check_positive_int("input_size", input_size)
   checks.check_positive_int("hidden_size", hidden_size)
   if not checks.is_float(dtype):
@@ -241,14 +246,25 @@ def _init(rank: int, key, input_size, hidden_size, *, kernel_size, padding, stri
   limit = (6.0 / (k * C + k * 4 * F)) ** 0.5
   w_x = jax.random.uniform(k_x, (*K, C, 4 * F), jnp.float32, -limit, limit).astype(dtype)
   w_h = orthogonal_blocks(k_h, k * F, 4, F, jnp.float32).reshape(*K, F, 4 * F).astype(dtype)
-  b = jnp.zeros((4 * F,), dtype).at[F:2 * F].set(forget_bias)
-  return _TYPES[rank](w_x, w_h, b, padding=padding, strides=strides, dilation=dilation,
-                      forget_offset=float(forget_offset))
+  b = jnp.zeros((4 * F,), dtype).at[F : 2 * F].set(forget_bias)
+  return _TYPES[rank](
+    w_x, w_h, b, padding=padding, strides=strides, dilation=dilation, forget_offset=float(forget_offset)
+  )
 
 
-def convlstm1d_init(key: jax.Array, input_size: int, hidden_size: int, *, kernel_size=3, padding: str = "same",
-                    strides=1, dilation=1, forget_bias: float = 1.0, forget_offset: float = 0.0,
-                    dtype=jnp.float32) -> ConvLSTM1DParams:
+def convlstm1d_init(
+  key: jax.Array,
+  input_size: int,
+  hidden_size: int,
+  *,
+  kernel_size=3,
+  padding: str = "same",
+  strides=1,
+  dilation=1,
+  forget_bias: float = 1.0,
+  forget_offset: float = 0.0,
+  dtype=jnp.float32,
+) -> ConvLSTM1DParams:
   """Initializes a ConvLSTM1D layer (inputs ``(*batch, T, W, C)``); init as the module docstring says.
 
   Args:
@@ -275,13 +291,34 @@ def convlstm1d_init(key: jax.Array, input_size: int, hidden_size: int, *, kernel
     >>> hs.shape, float(params.b[3:6].min())
     ((4, 6, 4, 3), 1.0)
   """
-  return _init(1, key, input_size, hidden_size, kernel_size=kernel_size, padding=padding, strides=strides,
-               dilation=dilation, forget_bias=forget_bias, forget_offset=forget_offset, dtype=dtype)
+  return _init(
+    1,
+    key,
+    input_size,
+    hidden_size,
+    kernel_size=kernel_size,
+    padding=padding,
+    strides=strides,
+    dilation=dilation,
+    forget_bias=forget_bias,
+    forget_offset=forget_offset,
+    dtype=dtype,
+  )
 
 
-def convlstm2d_init(key: jax.Array, input_size: int, hidden_size: int, *, kernel_size=3, padding: str = "same",
-                    strides=1, dilation=1, forget_bias: float = 1.0, forget_offset: float = 0.0,
-                    dtype=jnp.float32) -> ConvLSTM2DParams:
+def convlstm2d_init(
+  key: jax.Array,
+  input_size: int,
+  hidden_size: int,
+  *,
+  kernel_size=3,
+  padding: str = "same",
+  strides=1,
+  dilation=1,
+  forget_bias: float = 1.0,
+  forget_offset: float = 0.0,
+  dtype=jnp.float32,
+) -> ConvLSTM2DParams:
   """Initializes a ConvLSTM2D layer (inputs ``(*batch, T, H, W, C)``); init as the module docstring says.
 
   Args:
@@ -307,8 +344,19 @@ def convlstm2d_init(key: jax.Array, input_size: int, hidden_size: int, *, kernel
     >>> params.w_x.shape, params.w_h.shape, params.strides, params.forget_offset
     ((3, 3, 1, 16), (3, 3, 4, 16), (1, 1), 0.0)
   """
-  return _init(2, key, input_size, hidden_size, kernel_size=kernel_size, padding=padding, strides=strides,
-               dilation=dilation, forget_bias=forget_bias, forget_offset=forget_offset, dtype=dtype)
+  return _init(
+    2,
+    key,
+    input_size,
+    hidden_size,
+    kernel_size=kernel_size,
+    padding=padding,
+    strides=strides,
+    dilation=dilation,
+    forget_bias=forget_bias,
+    forget_offset=forget_offset,
+    dtype=dtype,
+  )
 
 
 def output_spatial(params: ConvLSTMParams, spatial: tuple[int, ...]) -> tuple[int, ...]:
@@ -337,8 +385,10 @@ def output_spatial(params: ConvLSTMParams, spatial: tuple[int, ...]) -> tuple[in
     if params.padding == "valid":
       n = n - d * (k - 1)
       if n < 1:
-        raise ValueError(f"the input's spatial axis {axis} has size {n + d * (k - 1)}, smaller than the kernel's "
-                         f"{d * (k - 1) + 1} (dilated), which padding='valid' needs")
+        raise ValueError(
+          f"the input's spatial axis {axis} has size {n + d * (k - 1)}, smaller than the kernel's "
+          f"{d * (k - 1) + 1} (dilated), which padding='valid' needs"
+        )
     out.append(-(-n // s))
   return tuple(out)
 
@@ -367,9 +417,11 @@ def convlstm_zero_state(params: ConvLSTMParams, batch_shape: tuple[int, ...] = (
   """
   batch_shape = tuple(batch_shape)
   if len(batch_shape) < params.rank:
-    raise ValueError(f"batch_shape must end with the input's {params.rank} spatial axes for a ConvLSTM "
-                     f"(e.g. (B, *spatial)); got {batch_shape}")
-  lead, spatial = batch_shape[:len(batch_shape) - params.rank], batch_shape[len(batch_shape) - params.rank:]
+    raise ValueError(
+      f"batch_shape must end with the input's {params.rank} spatial axes for a ConvLSTM "
+      f"(e.g. (B, *spatial)); got {batch_shape}"
+    )
+  lead, spatial = batch_shape[: len(batch_shape) - params.rank], batch_shape[len(batch_shape) - params.rank :]
   dtype = state_dtype(params.dtype) if dtype is None else dtype
   shape = (*lead, *output_spatial(params, spatial), params.hidden_size)
   return ConvLSTMState(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
@@ -377,8 +429,14 @@ def convlstm_zero_state(params: ConvLSTMParams, batch_shape: tuple[int, ...] = (
 
 def _conv(x: jax.Array, w: jax.Array, strides, padding: str, dilation) -> jax.Array:
   """A channels-last convolution of ``x (N, *S, C)`` with ``w (*K, C, O)``."""
-  return lax.conv_general_dilated(x, w, window_strides=strides, padding=padding.upper(), rhs_dilation=dilation,
-                                  dimension_numbers=_LAYOUTS[len(strides)])
+  return lax.conv_general_dilated(
+    x,
+    w,
+    window_strides=strides,
+    padding=padding.upper(),
+    rhs_dilation=dilation,
+    dimension_numbers=_LAYOUTS[len(strides)],
+  )
 
 
 def convlstm_step(params: ConvLSTMParams, state: ConvLSTMState, x: jax.Array) -> tuple[ConvLSTMState, jax.Array]:
@@ -407,13 +465,17 @@ def convlstm_step(params: ConvLSTMParams, state: ConvLSTMState, x: jax.Array) ->
     ((4, 7, 3), True)
   """
   r = params.rank
-  lead = x.shape[:x.ndim - r - 1]
+  lead = x.shape[: x.ndim - r - 1]
   n = math.prod(lead)
   cdt = params.dtype
-  h_prev = state.h.reshape(n, *state.h.shape[state.h.ndim - r - 1:])
-  c_prev = state.c.reshape(n, *state.c.shape[state.c.ndim - r - 1:])
-  zx = _conv(x.reshape(n, *x.shape[x.ndim - r - 1:]).astype(cdt), params.w_x, params.strides, params.padding,
-             params.dilation) + params.b
+  h_prev = state.h.reshape(n, *state.h.shape[state.h.ndim - r - 1 :])
+  c_prev = state.c.reshape(n, *state.c.shape[state.c.ndim - r - 1 :])
+  zx = (
+    _conv(
+      x.reshape(n, *x.shape[x.ndim - r - 1 :]).astype(cdt), params.w_x, params.strides, params.padding, params.dilation
+    )
+    + params.b
+  )
   # Keras' recurrent convolution: "same", stride 1, no dilation, so h keeps the sizes the input convolution gave.
   zh = _conv(h_prev.astype(cdt), params.w_h, (1,) * r, "same", (1,) * r)
   z = (zx + zh).astype(c_prev.dtype)
@@ -435,15 +497,41 @@ def convlstm_options(params: ConvLSTMParams) -> dict:
     {'dtype': dtype('float32'), 'kernel_size': (5,), 'padding': 'valid', 'strides': (1,), 'dilation': (1,),
      'forget_offset': 0.0}
   """
-  return {"dtype": params.dtype, "kernel_size": params.kernel_size, "padding": params.padding,
-          "strides": params.strides, "dilation": params.dilation, "forget_offset": params.forget_offset}
+  return {
+    "dtype": params.dtype,
+    "kernel_size": params.kernel_size,
+    "padding": params.padding,
+    "strides": params.strides,
+    "dilation": params.dilation,
+    "forget_offset": params.forget_offset,
+  }
 
 
 _OPTIONS = ("kernel_size", "padding", "strides", "dilation", "forget_bias", "forget_offset")
 
-CELL_1D = Cell(name="convlstm1d", params_type=ConvLSTM1DParams, state_type=ConvLSTMState, init=convlstm1d_init,
-               step=convlstm_step, zero_state=convlstm_zero_state, options_of=convlstm_options, gates=4,
-               options=_OPTIONS, peers={"keras": "ConvLSTM1D", "flax": "ConvLSTMCell"}, feature_axes=2)
-CELL_2D = Cell(name="convlstm2d", params_type=ConvLSTM2DParams, state_type=ConvLSTMState, init=convlstm2d_init,
-               step=convlstm_step, zero_state=convlstm_zero_state, options_of=convlstm_options, gates=4,
-               options=_OPTIONS, peers={"keras": "ConvLSTM2D", "flax": "ConvLSTMCell"}, feature_axes=3)
+CELL_1D = Cell(
+  name="convlstm1d",
+  params_type=ConvLSTM1DParams,
+  state_type=ConvLSTMState,
+  init=convlstm1d_init,
+  step=convlstm_step,
+  zero_state=convlstm_zero_state,
+  options_of=convlstm_options,
+  gates=4,
+  options=_OPTIONS,
+  peers={"keras": "ConvLSTM1D", "flax": "ConvLSTMCell"},
+  feature_axes=2,
+)
+CELL_2D = Cell(
+  name="convlstm2d",
+  params_type=ConvLSTM2DParams,
+  state_type=ConvLSTMState,
+  init=convlstm2d_init,
+  step=convlstm_step,
+  zero_state=convlstm_zero_state,
+  options_of=convlstm_options,
+  gates=4,
+  options=_OPTIONS,
+  peers={"keras": "ConvLSTM2D", "flax": "ConvLSTMCell"},
+  feature_axes=3,
+)

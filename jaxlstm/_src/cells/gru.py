@@ -34,6 +34,7 @@ class GRUParams(NamedTuple):
     >>> params.w_x.shape, params.w_h.shape, params.b.shape, params.b_hn.shape
     ((3, 15), (5, 15), (15,), (5,))
   """
+
   w_x: jax.Array  # (I, 3H) input weights, gates r, z, n
   w_h: jax.Array  # (H, 3H) recurrent weights
   b: jax.Array  # (3H,) = (b_ir + b_hr, b_iz + b_hz, b_in)
@@ -72,6 +73,7 @@ class GRUState(NamedTuple):
     >>> state.h.shape
     (4, 5)
   """
+
   h: jax.Array  # (..., H)
 
 
@@ -98,9 +100,12 @@ def gru_init(key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.flo
     raise TypeError(f"dtype must be a floating-point dtype; got {jnp.dtype(dtype)}")
   k_x, k_h = jax.random.split(key)
   H = hidden_size
-  return GRUParams(w_x=glorot_uniform(k_x, (input_size, 3 * H), dtype),
-                   w_h=orthogonal_blocks(k_h, H, 3, H, dtype),
-                   b=jnp.zeros((3 * H,), dtype), b_hn=jnp.zeros((H,), dtype))
+  return GRUParams(
+    w_x=glorot_uniform(k_x, (input_size, 3 * H), dtype),
+    w_h=orthogonal_blocks(k_h, H, 3, H, dtype),
+    b=jnp.zeros((3 * H,), dtype),
+    b_hn=jnp.zeros((H,), dtype),
+  )
 
 
 def gru_zero_state(params: GRUParams, batch_shape: tuple[int, ...] = (), dtype=None) -> GRUState:
@@ -181,6 +186,15 @@ def gru_update(params: GRUParams, state: GRUState, zx: jax.Array, zh: jax.Array)
   return GRUState(h_new), h_new
 
 
-CELL = Cell(name="gru", params_type=GRUParams, state_type=GRUState, init=gru_init, step=gru_step,
-            zero_state=gru_zero_state, options_of=lambda p: {"dtype": p.dtype}, gates=3, update=gru_update,
-            peers={"torch": "GRU", "keras": "GRU", "flax": "GRUCell"})
+CELL = Cell(
+  name="gru",
+  params_type=GRUParams,
+  state_type=GRUState,
+  init=gru_init,
+  step=gru_step,
+  zero_state=gru_zero_state,
+  options_of=lambda p: {"dtype": p.dtype},
+  gates=3,
+  update=gru_update,
+  peers={"torch": "GRU", "keras": "GRU", "flax": "GRUCell"},
+)

@@ -35,6 +35,7 @@ class LayerNormParams(NamedTuple):
     >>> ln.x_scale.shape, ln.h_scale.shape, ln.c_scale.shape, ln.c_bias.shape
     ((20,), (20,), (5,), (5,))
   """
+
   x_scale: jax.Array  # (4H,) gain on LN(x @ w_x)
   h_scale: jax.Array  # (4H,) gain on LN(h @ w_h)
   c_scale: jax.Array  # (H,) gain on LN(c) before the output tanh
@@ -61,6 +62,7 @@ class LSTMParams(NamedTuple):
     >>> params.input_size, params.hidden_size, params.output_size, params.dtype
     (3, 5, 2, dtype('float32'))
   """
+
   w_x: jax.Array  # (I, 4H) input weights, gates i, f, g, o
   w_h: jax.Array  # (P, 4H) recurrent weights
   b: jax.Array  # (4H,) bias
@@ -102,13 +104,22 @@ class LSTMState(NamedTuple):
     >>> state.h.shape, state.c.shape, bool((state.h == hs[:, -1]).all())
     ((4, 2), (4, 5), True)
   """
+
   h: jax.Array  # (..., P) hidden state (the output)
   c: jax.Array  # (..., H) cell state
 
 
-def lstm_init(key: jax.Array, input_size: int, hidden_size: int, *, peephole: bool = False,
-              layer_norm: bool = False, proj_size: int | None = None, forget_bias: float = 1.0,
-              dtype=jnp.float32) -> LSTMParams:
+def lstm_init(
+  key: jax.Array,
+  input_size: int,
+  hidden_size: int,
+  *,
+  peephole: bool = False,
+  layer_norm: bool = False,
+  proj_size: int | None = None,
+  forget_bias: float = 1.0,
+  dtype=jnp.float32,
+) -> LSTMParams:
   """Initializes an LSTM layer.
 
   ``w_x`` is Glorot-uniform. ``w_h`` is orthogonal per gate block (one orthogonal
@@ -151,16 +162,24 @@ def lstm_init(key: jax.Array, input_size: int, hidden_size: int, *, peephole: bo
   H = hidden_size
   P = H if proj_size is None else proj_size
   k_x, k_h, k_p, k_proj = jax.random.split(key, 4)
-  b = jnp.zeros((4 * H,), dtype).at[H:2 * H].set(forget_bias)
+  b = jnp.zeros((4 * H,), dtype).at[H : 2 * H].set(forget_bias)
   return LSTMParams(
-      w_x=glorot_uniform(k_x, (input_size, 4 * H), dtype),
-      w_h=orthogonal_blocks(k_h, P, 4, H, dtype),
-      b=b,
-      peephole=(jax.random.uniform(k_p, (3, H), jnp.float32, -(3.0 / H) ** 0.5, (3.0 / H) ** 0.5).astype(dtype)
-                if peephole else None),
-      layer_norm=(LayerNormParams(jnp.ones((4 * H,), dtype), jnp.ones((4 * H,), dtype),
-                                  jnp.ones((H,), dtype), jnp.zeros((H,), dtype)) if layer_norm else None),
-      w_proj=None if proj_size is None else glorot_uniform(k_proj, (H, P), dtype),
+    w_x=glorot_uniform(k_x, (input_size, 4 * H), dtype),
+    w_h=orthogonal_blocks(k_h, P, 4, H, dtype),
+    b=b,
+    peephole=(
+      jax.random.uniform(k_p, (3, H), jnp.float32, -((3.0 / H) ** 0.5), (3.0 / H) ** 0.5).astype(dtype)
+      if peephole
+      else None
+    ),
+    layer_norm=(
+      LayerNormParams(
+        jnp.ones((4 * H,), dtype), jnp.ones((4 * H,), dtype), jnp.ones((H,), dtype), jnp.zeros((H,), dtype)
+      )
+      if layer_norm
+      else None
+    ),
+    w_proj=None if proj_size is None else glorot_uniform(k_proj, (H, P), dtype),
   )
 
 
@@ -184,8 +203,9 @@ def lstm_zero_state(params: LSTMParams, batch_shape: tuple[int, ...] = (), dtype
   """
   dtype = state_dtype(params.dtype) if dtype is None else dtype
   batch_shape = tuple(batch_shape)
-  return LSTMState(jnp.zeros((*batch_shape, params.output_size), dtype),
-                   jnp.zeros((*batch_shape, params.hidden_size), dtype))
+  return LSTMState(
+    jnp.zeros((*batch_shape, params.output_size), dtype), jnp.zeros((*batch_shape, params.hidden_size), dtype)
+  )
 
 
 def state_dtype(param_dtype):
@@ -329,12 +349,24 @@ def lstm_options(params: LSTMParams) -> dict:
     >>> lstm_options(jaxlstm.lstm_init(jax.random.key(0), 3, 5, proj_size=2))
     {'dtype': dtype('float32'), 'peephole': False, 'layer_norm': False, 'proj_size': 2}
   """
-  return {"dtype": params.dtype, "peephole": params.peephole is not None,
-          "layer_norm": params.layer_norm is not None,
-          "proj_size": None if params.w_proj is None else params.output_size}
+  return {
+    "dtype": params.dtype,
+    "peephole": params.peephole is not None,
+    "layer_norm": params.layer_norm is not None,
+    "proj_size": None if params.w_proj is None else params.output_size,
+  }
 
 
-CELL = Cell(name="lstm", params_type=LSTMParams, state_type=LSTMState, init=lstm_init, step=lstm_step,
-            zero_state=lstm_zero_state, options_of=lstm_options, gates=4, update=lstm_update,
-            options=("peephole", "layer_norm", "proj_size", "forget_bias"),
-            peers={"torch": "LSTM", "keras": "LSTM", "flax": "OptimizedLSTMCell"})
+CELL = Cell(
+  name="lstm",
+  params_type=LSTMParams,
+  state_type=LSTMState,
+  init=lstm_init,
+  step=lstm_step,
+  zero_state=lstm_zero_state,
+  options_of=lstm_options,
+  gates=4,
+  update=lstm_update,
+  options=("peephole", "layer_norm", "proj_size", "forget_bias"),
+  peers={"torch": "LSTM", "keras": "LSTM", "flax": "OptimizedLSTMCell"},
+)

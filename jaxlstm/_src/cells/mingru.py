@@ -83,6 +83,7 @@ class MinGRUParams(NamedTuple):
     >>> params.w_x.shape, params.b.shape, params.log_space
     ((3, 10), (10,), True)
   """
+
   w_x: jax.Array  # (I, 2H) input weights, blocks z, h
   b: jax.Array  # (2H,)
   log_space: bool = True  # static: candidate g(x W_h + b_h) > 0, the paper's log-space version
@@ -120,11 +121,13 @@ class MinGRUState(NamedTuple):
     >>> state.h.shape, bool((state.h == hs[:, -1]).all())
     ((4, 5), True)
   """
+
   h: jax.Array  # (..., H)
 
 
-def mingru_init(key: jax.Array, input_size: int, hidden_size: int, *, log_space: bool = True,
-                dtype=jnp.float32) -> MinGRUParams:
+def mingru_init(
+  key: jax.Array, input_size: int, hidden_size: int, *, log_space: bool = True, dtype=jnp.float32
+) -> MinGRUParams:
   """Initializes a minGRU layer: Glorot-uniform ``w_x``, zero ``b``.
 
   Args:
@@ -148,8 +151,11 @@ def mingru_init(key: jax.Array, input_size: int, hidden_size: int, *, log_space:
   checks.check_positive_int("hidden_size", hidden_size)
   if not checks.is_float(dtype):
     raise TypeError(f"dtype must be a floating-point dtype; got {jnp.dtype(dtype)}")
-  return MinGRUParams(w_x=glorot_uniform(key, (input_size, 2 * hidden_size), dtype),
-                      b=jnp.zeros((2 * hidden_size,), dtype), log_space=log_space)
+  return MinGRUParams(
+    w_x=glorot_uniform(key, (input_size, 2 * hidden_size), dtype),
+    b=jnp.zeros((2 * hidden_size,), dtype),
+    log_space=log_space,
+  )
 
 
 def mingru_zero_state(params: MinGRUParams, batch_shape: tuple[int, ...] = (), dtype=None) -> MinGRUState:
@@ -245,6 +251,15 @@ def mingru_step(params: MinGRUParams, state: MinGRUState, x: jax.Array) -> tuple
   return MinGRUState(h), h
 
 
-CELL = Cell(name="mingru", params_type=MinGRUParams, state_type=MinGRUState, init=mingru_init, step=mingru_step,
-            zero_state=mingru_zero_state, options_of=lambda p: {"dtype": p.dtype, "log_space": p.log_space},
-            gates=2, options=("log_space",), recurrence=Recurrence(mingru_project, mingru_gates))
+CELL = Cell(
+  name="mingru",
+  params_type=MinGRUParams,
+  state_type=MinGRUState,
+  init=mingru_init,
+  step=mingru_step,
+  zero_state=mingru_zero_state,
+  options_of=lambda p: {"dtype": p.dtype, "log_space": p.log_space},
+  gates=2,
+  options=("log_space",),
+  recurrence=Recurrence(mingru_project, mingru_gates),
+)

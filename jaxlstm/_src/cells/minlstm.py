@@ -52,6 +52,7 @@ class MinLSTMParams(NamedTuple):
     >>> params.w_x.shape, params.b.shape, params.log_space
     ((3, 15), (15,), True)
   """
+
   w_x: jax.Array  # (I, 3H) input weights, blocks f, i, h
   b: jax.Array  # (3H,)
   log_space: bool = True  # static: candidate g(x W_h + b_h) > 0, the paper's log-space version
@@ -89,11 +90,13 @@ class MinLSTMState(NamedTuple):
     >>> state._fields, state.h.shape, bool((state.h[3] == 0).all())
     (('h',), (4, 5), True)
   """
+
   h: jax.Array  # (..., H)
 
 
-def minlstm_init(key: jax.Array, input_size: int, hidden_size: int, *, log_space: bool = True,
-                 dtype=jnp.float32) -> MinLSTMParams:
+def minlstm_init(
+  key: jax.Array, input_size: int, hidden_size: int, *, log_space: bool = True, dtype=jnp.float32
+) -> MinLSTMParams:
   """Initializes a minLSTM layer: Glorot-uniform ``w_x``, zero ``b``.
 
   Args:
@@ -117,8 +120,11 @@ def minlstm_init(key: jax.Array, input_size: int, hidden_size: int, *, log_space
   checks.check_positive_int("hidden_size", hidden_size)
   if not checks.is_float(dtype):
     raise TypeError(f"dtype must be a floating-point dtype; got {jnp.dtype(dtype)}")
-  return MinLSTMParams(w_x=glorot_uniform(key, (input_size, 3 * hidden_size), dtype),
-                       b=jnp.zeros((3 * hidden_size,), dtype), log_space=log_space)
+  return MinLSTMParams(
+    w_x=glorot_uniform(key, (input_size, 3 * hidden_size), dtype),
+    b=jnp.zeros((3 * hidden_size,), dtype),
+    log_space=log_space,
+  )
 
 
 def minlstm_zero_state(params: MinLSTMParams, batch_shape: tuple[int, ...] = (), dtype=None) -> MinLSTMState:
@@ -225,7 +231,15 @@ def minlstm_step(params: MinLSTMParams, state: MinLSTMState, x: jax.Array) -> tu
   return MinLSTMState(h), h
 
 
-CELL = Cell(name="minlstm", params_type=MinLSTMParams, state_type=MinLSTMState, init=minlstm_init,
-            step=minlstm_step, zero_state=minlstm_zero_state,
-            options_of=lambda p: {"dtype": p.dtype, "log_space": p.log_space}, gates=3, options=("log_space",),
-            recurrence=Recurrence(minlstm_project, minlstm_gates))
+CELL = Cell(
+  name="minlstm",
+  params_type=MinLSTMParams,
+  state_type=MinLSTMState,
+  init=minlstm_init,
+  step=minlstm_step,
+  zero_state=minlstm_zero_state,
+  options_of=lambda p: {"dtype": p.dtype, "log_space": p.log_space},
+  gates=3,
+  options=("log_space",),
+  recurrence=Recurrence(minlstm_project, minlstm_gates),
+)

@@ -69,6 +69,7 @@ class Cell(NamedTuple):
 
     :func:`register_cell` shows a cell built from scratch.
   """
+
   name: str
   params_type: type
   state_type: type
@@ -107,6 +108,7 @@ class Recurrence(NamedTuple):
     >>> k.shape, a.shape, b.shape
     ((7, 2, 10), (7, 2, 5), (7, 2, 5))
   """
+
   project: Callable[[Any, jax.Array, Any], jax.Array]
   gates: Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
 
@@ -157,8 +159,7 @@ def register_cell(cell: Cell) -> Cell:
   for key, table, what in ((cell.params_type, _BY_TYPE, "params type"), (cell.name, _BY_NAME, "name")):
     old = table.get(key)
     if old is not None and old != cell:
-      raise ValueError(f"a cell with {what} {getattr(key, '__name__', key)!r} is already registered "
-                       f"({old.name!r})")
+      raise ValueError(f"a cell with {what} {getattr(key, '__name__', key)!r} is already registered ({old.name!r})")
   _BY_TYPE[cell.params_type] = cell
   _BY_NAME[cell.name] = cell
   return cell
@@ -223,10 +224,12 @@ def cell_of(params: Any, name: str = "params") -> Cell:
   cell = _BY_TYPE.get(type(params))
   if cell is None:
     kinds = ", ".join(c.params_type.__name__ for c in _BY_TYPE.values())
-    hint = " (a stack's tuple was given where one layer's params were expected)" if isinstance(
-        params, (tuple, list)) and not hasattr(params, "_fields") else ""
-    raise TypeError(f"{name} must be the params of a registered cell ({kinds}); got "
-                    f"{type(params).__name__}{hint}")
+    hint = (
+      " (a stack's tuple was given where one layer's params were expected)"
+      if isinstance(params, (tuple, list)) and not hasattr(params, "_fields")
+      else ""
+    )
+    raise TypeError(f"{name} must be the params of a registered cell ({kinds}); got {type(params).__name__}{hint}")
   return cell
 
 
@@ -285,6 +288,7 @@ def static_fields(*names: str) -> Callable[[type], type]:
     >>> jax.tree_util.tree_structure(MyParams(jnp.ones(2), "relu"))
     PyTreeDef(CustomNode(MyParams[('relu',)], [*]))
   """
+
   def register(cls: type) -> type:
     fields = cls._fields
     unknown = [n for n in names if n not in fields]
@@ -305,4 +309,5 @@ def static_fields(*names: str) -> Callable[[type], type]:
     jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
     cls.static_fields = tuple(names)
     return cls
+
   return register

@@ -35,6 +35,7 @@ class RNNParams(NamedTuple):
     >>> [leaf.shape for leaf in jax.tree.leaves(params)], params.activation
     ([(3, 5), (5, 5), (5,)], 'relu')
   """
+
   w_x: jax.Array  # (I, H)
   w_h: jax.Array  # (H, H)
   b: jax.Array  # (H,)
@@ -73,11 +74,13 @@ class RNNState(NamedTuple):
     >>> state._fields, state.h.shape
     (('h',), (2, 4, 5))
   """
+
   h: jax.Array  # (..., H)
 
 
-def rnn_init(key: jax.Array, input_size: int, hidden_size: int, *, activation: str = "tanh",
-             dtype=jnp.float32) -> RNNParams:
+def rnn_init(
+  key: jax.Array, input_size: int, hidden_size: int, *, activation: str = "tanh", dtype=jnp.float32
+) -> RNNParams:
   """Initializes an Elman RNN layer: Glorot-uniform ``w_x``, orthogonal ``w_h``, zero ``b``.
 
   Args:
@@ -103,9 +106,12 @@ def rnn_init(key: jax.Array, input_size: int, hidden_size: int, *, activation: s
   if not checks.is_float(dtype):
     raise TypeError(f"dtype must be a floating-point dtype; got {jnp.dtype(dtype)}")
   k_x, k_h = jax.random.split(key)
-  return RNNParams(w_x=glorot_uniform(k_x, (input_size, hidden_size), dtype),
-                   w_h=orthogonal_blocks(k_h, hidden_size, 1, hidden_size, dtype),
-                   b=jnp.zeros((hidden_size,), dtype), activation=activation)
+  return RNNParams(
+    w_x=glorot_uniform(k_x, (input_size, hidden_size), dtype),
+    w_h=orthogonal_blocks(k_h, hidden_size, 1, hidden_size, dtype),
+    b=jnp.zeros((hidden_size,), dtype),
+    activation=activation,
+  )
 
 
 def rnn_zero_state(params: RNNParams, batch_shape: tuple[int, ...] = (), dtype=None) -> RNNState:
@@ -161,14 +167,17 @@ def check_call_activation(params: RNNParams, activation: str | None) -> None:
     return
   check_activation(activation)
   if activation != params.activation:
-    raise ValueError(f"activation={activation!r} conflicts with the params, which were built with "
-                     f"activation={params.activation!r}; the activation is part of the model (see "
-                     f"rnn_init), so drop the argument, or build params with "
-                     f"params._replace(activation={activation!r})")
+    raise ValueError(
+      f"activation={activation!r} conflicts with the params, which were built with "
+      f"activation={params.activation!r}; the activation is part of the model (see "
+      f"rnn_init), so drop the argument, or build params with "
+      f"params._replace(activation={activation!r})"
+    )
 
 
-def rnn_step(params: RNNParams, state: RNNState, x: jax.Array, *,
-             activation: str | None = None) -> tuple[RNNState, jax.Array]:
+def rnn_step(
+  params: RNNParams, state: RNNState, x: jax.Array, *, activation: str | None = None
+) -> tuple[RNNState, jax.Array]:
   r"""One Elman RNN step, :math:`h' = \mathrm{act}(x W_x + h W_h + b)`.
 
   Args:
@@ -208,6 +217,16 @@ def rnn_update(params: RNNParams, state: RNNState, zx: jax.Array, zh: jax.Array)
   return RNNState(h), h
 
 
-CELL = Cell(name="rnn", params_type=RNNParams, state_type=RNNState, init=rnn_init, step=rnn_step,
-            zero_state=rnn_zero_state, options_of=lambda p: {"dtype": p.dtype, "activation": p.activation},
-            gates=1, options=("activation",), peers={"torch": "RNN", "keras": "SimpleRNN"}, update=rnn_update)
+CELL = Cell(
+  name="rnn",
+  params_type=RNNParams,
+  state_type=RNNState,
+  init=rnn_init,
+  step=rnn_step,
+  zero_state=rnn_zero_state,
+  options_of=lambda p: {"dtype": p.dtype, "activation": p.activation},
+  gates=1,
+  options=("activation",),
+  peers={"torch": "RNN", "keras": "SimpleRNN"},
+  update=rnn_update,
+)

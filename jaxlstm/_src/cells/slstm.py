@@ -117,6 +117,7 @@ class SLSTMParams(NamedTuple):
     >>> [leaf.shape for leaf in jax.tree.leaves(params)]  # the static fields are not leaves
     [(3, 32), (2, 4, 16), (32,)]
   """
+
   w_x: jax.Array  # (I, 4H) input weights, gates i, f, z, o
   r: jax.Array  # (num_heads, D, 4D) recurrent weights per head, gates i, f, z, o
   b: jax.Array  # (4H,)
@@ -164,6 +165,7 @@ class SLSTMState(NamedTuple):
     >>> state._fields, state.n.shape, bool((state.h == hs[:, -1]).all()), bool((state.n >= 1).all())
     (('h', 'c', 'n', 'm'), (2, 4), True, True)
   """
+
   h: jax.Array  # (..., H) hidden state (the output)
   c: jax.Array  # (..., H) cell state, scaled by exp(-m)
   n: jax.Array  # (..., H) normalizer, scaled by exp(-m); 0 = empty
@@ -184,11 +186,18 @@ def powerlaw_forget_bias(head_size: int, dtype=jnp.float32) -> jax.Array:
     Array([ 5.       , -3.6306772, -5.6256094, -7.       ], dtype=float32)
   """
   d = jnp.arange(head_size, dtype=jnp.float32) / max(head_size - 1, 1)
-  return (5.0 - 12.0 * d ** 0.3).astype(dtype)
+  return (5.0 - 12.0 * d**0.3).astype(dtype)
 
 
-def slstm_init(key: jax.Array, input_size: int, hidden_size: int, *, num_heads: int = 1,
-               forget_gate: str = "sigmoid", dtype=jnp.float32) -> SLSTMParams:
+def slstm_init(
+  key: jax.Array,
+  input_size: int,
+  hidden_size: int,
+  *,
+  num_heads: int = 1,
+  forget_gate: str = "sigmoid",
+  dtype=jnp.float32,
+) -> SLSTMParams:
   """Initializes an sLSTM layer as NX-AI's xlstm does.
 
   ``w_x`` is normal with standard deviation ``sqrt(2 / (5 I))``, the "small
@@ -230,7 +239,7 @@ def slstm_init(key: jax.Array, input_size: int, hidden_size: int, *, num_heads: 
   H, K = hidden_size, int(num_heads)
   D = H // K
   w_x = (jax.random.normal(key, (input_size, 4 * H), jnp.float32) * (2.0 / (5.0 * input_size)) ** 0.5).astype(dtype)
-  b = jnp.zeros((4 * H,), dtype).at[H:2 * H].set(jnp.tile(powerlaw_forget_bias(D, dtype), K))
+  b = jnp.zeros((4 * H,), dtype).at[H : 2 * H].set(jnp.tile(powerlaw_forget_bias(D, dtype), K))
   return SLSTMParams(w_x=w_x, r=jnp.zeros((K, D, 4 * D), dtype), b=b, num_heads=K, forget_gate=forget_gate)
 
 
@@ -275,8 +284,9 @@ def check_layout(params: SLSTMParams) -> None:
   check_forget_gate(params.forget_gate)
   want = (K, H // K, 4 * (H // K))
   if tuple(params.r.shape) != want:
-    raise ValueError(f"params.r must have shape (num_heads, D, 4D) = {want} for num_heads={K} and H={H}; "
-                     f"got {tuple(params.r.shape)}")
+    raise ValueError(
+      f"params.r must have shape (num_heads, D, 4D) = {want} for num_heads={K} and H={H}; got {tuple(params.r.shape)}"
+    )
 
 
 def recurrent_projection(params: SLSTMParams, h: jax.Array) -> jax.Array:
@@ -371,6 +381,15 @@ def slstm_options(params: SLSTMParams) -> dict:
   return {"dtype": params.dtype, "num_heads": params.num_heads, "forget_gate": params.forget_gate}
 
 
-CELL = Cell(name="slstm", params_type=SLSTMParams, state_type=SLSTMState, init=slstm_init, step=slstm_step,
-            zero_state=slstm_zero_state, options_of=slstm_options, gates=4, options=("num_heads", "forget_gate"),
-            peers={"xlstm": "sLSTMLayer"})
+CELL = Cell(
+  name="slstm",
+  params_type=SLSTMParams,
+  state_type=SLSTMState,
+  init=slstm_init,
+  step=slstm_step,
+  zero_state=slstm_zero_state,
+  options_of=slstm_options,
+  gates=4,
+  options=("num_heads", "forget_gate"),
+  peers={"xlstm": "sLSTMLayer"},
+)

@@ -35,5 +35,15 @@ register_kernel(parallel.KERNEL)
 register_kernel(cudnn.KERNEL)
 register_kernel(reference.KERNEL)
 
-__all__ = ["Kernel", "KernelChoice", "LayerCall", "check_impl", "impls", "kernel_names", "reasons",
-           "register_kernel", "select", "unregister_kernel"]
+__all__ = [
+  "Kernel",
+  "KernelChoice",
+  "LayerCall",
+  "check_impl",
+  "impls",
+  "kernel_names",
+  "reasons",
+  "register_kernel",
+  "select",
+  "unregister_kernel",
+]

@@ -79,8 +79,10 @@ def why_not(call: LayerCall) -> str | None:
   if call.remat is not None:
     return "remat applies to impl='fused' only"
   if call.reverse or call.time_major:
-    return ("it runs batch-major layers forward in time only (not reverse, time_major or bidirectional "
-            "stacks), see jaxlstm.kernels.cudnn; use impl='fused'")
+    return (
+      "it runs batch-major layers forward in time only (not reverse, time_major or bidirectional "
+      "stacks), see jaxlstm.kernels.cudnn; use impl='fused'"
+    )
   if not available():
     return f"it needs a CUDA GPU backend; JAX's default backend is {jax.default_backend()!r}"
   return None
@@ -95,12 +97,14 @@ def pack_weights(params: LSTMParams) -> jax.Array:
     (200,)
   """
   H4 = params.b.shape[-1]
-  return jnp.concatenate([params.w_x.T.reshape(-1), params.w_h.T.reshape(-1), params.b,
-                          jnp.zeros((H4,), params.b.dtype)])
+  return jnp.concatenate(
+    [params.w_x.T.reshape(-1), params.w_h.T.reshape(-1), params.b, jnp.zeros((H4,), params.b.dtype)]
+  )
 
 
-def run(params: LSTMParams, xs: jax.Array, state: LSTMState, valid=None, resets=None, *, lengths=None,
-        unroll=None, remat=None) -> tuple[LSTMState, jax.Array]:
+def run(
+  params: LSTMParams, xs: jax.Array, state: LSTMState, valid=None, resets=None, *, lengths=None, unroll=None, remat=None
+) -> tuple[LSTMState, jax.Array]:
   """The kernel's core: one plain LSTM layer as one cuDNN call, on time-major ``xs (T, B, I)``.
 
   Args:
@@ -140,8 +144,18 @@ def run(params: LSTMParams, xs: jax.Array, state: LSTMState, valid=None, resets=
   seq = jnp.full((B,), T, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
   # cuDNN needs lengths >= 1: run empty rows for one step, then give them back their initial state.
   empty = seq == 0
-  y, h, c = rnn.lstm(x_bf, h0, c0, pack_weights(params), jnp.maximum(seq, 1), input_size=I, hidden_size=H,
-                     num_layers=1, dropout=0.0, bidirectional=False)
+  y, h, c = rnn.lstm(
+    x_bf,
+    h0,
+    c0,
+    pack_weights(params),
+    jnp.maximum(seq, 1),
+    input_size=I,
+    hidden_size=H,
+    num_layers=1,
+    dropout=0.0,
+    bidirectional=False,
+  )
   # Pinning the outputs pins their cotangents too, which the backward custom call reads.
   y, h, c = row_major(y), row_major(h), row_major(c)
   h = jnp.where(empty[:, None], state.h, h[0])

@@ -103,6 +103,7 @@ def _gate_consts(H: int, dtype):
 
 class _Residuals(NamedTuple):
   """What the backward pass of the layer reads (time-major)."""
+
   w_x: jax.Array  # (I, 4H)
   xs: jax.Array  # (T, B, I)
   w_h: jax.Array  # (H, 4H)
@@ -152,15 +153,15 @@ def _step(w_h, b, peep, consts, carry, inputs, *, save):
   if peep is None:
     # One tanh for all four gates; the slices below fuse into the cell update.
     a = jnp.tanh(z * scale) * mul + add
-    i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+    i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
     c = f * c_prev + i * g
   else:
     # The output gate's peephole reads the new c, so its tanh comes after the update.
     pc = jnp.concatenate([peep[0] * c_prev, peep[1] * c_prev, jnp.zeros_like(c_prev)], axis=-1)
-    a3 = jnp.tanh((z[:, :3 * H] + pc) * scale[:3 * H]) * mul[:3 * H] + add[:3 * H]
-    i, f, g = a3[:, :H], a3[:, H:2 * H], a3[:, 2 * H:]
+    a3 = jnp.tanh((z[:, : 3 * H] + pc) * scale[: 3 * H]) * mul[: 3 * H] + add[: 3 * H]
+    i, f, g = a3[:, :H], a3[:, H : 2 * H], a3[:, 2 * H :]
     c = f * c_prev + i * g
-    o = 0.5 * jnp.tanh(0.5 * (z[:, 3 * H:] + peep[2] * c)) + 0.5
+    o = 0.5 * jnp.tanh(0.5 * (z[:, 3 * H :] + peep[2] * c)) + 0.5
   tc = jnp.tanh(c)
   h_new = o * tc
   # Factors at invalid steps are never used: the backward pass zeroes the gradient there.
@@ -259,8 +260,13 @@ def _layer_bwd(unroll, res, cts):
   dpeep = None
   if peep is not None:
     c_prevs = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, B, H)
-    dpeep = jnp.stack([jnp.sum(dz[..., :H] * c_prevs, axis=(0, 1)), jnp.sum(dz[..., H:2 * H] * c_prevs, axis=(0, 1)),
-                       jnp.sum(dz[..., 3 * H:] * cs, axis=(0, 1))]).astype(peep.dtype)
+    dpeep = jnp.stack(
+      [
+        jnp.sum(dz[..., :H] * c_prevs, axis=(0, 1)),
+        jnp.sum(dz[..., H : 2 * H] * c_prevs, axis=(0, 1)),
+        jnp.sum(dz[..., 3 * H :] * cs, axis=(0, 1)),
+      ]
+    ).astype(peep.dtype)
   return dw_x, db, dw_h, dpeep, dxs, None, dh0, dc0
 
 
@@ -269,8 +275,7 @@ _layer.defvjp(_layer_fwd, _layer_bwd)
 
 def _run(params, xs, valid, h0, c0, unroll):
   """The layer on time-major ``xs (T, B, I)``; returns ``(hs (T, B, H), h_T, c_T)``, ``hs`` unmasked."""
-  return _layer(params.w_x, params.b, params.w_h, params.peephole, xs.astype(params.w_x.dtype), valid, h0, c0,
-                unroll)
+  return _layer(params.w_x, params.b, params.w_h, params.peephole, xs.astype(params.w_x.dtype), valid, h0, c0, unroll)
 
 
 def _run_remat(params, xs, valid, h0, c0, unroll, k):
@@ -295,8 +300,17 @@ def _run_remat(params, xs, valid, h0, c0, unroll, k):
   return hs.reshape(n * k, *hs.shape[2:])[:T], h, c
 
 
-def run(params: LSTMParams, xs: jax.Array, state: LSTMState, valid, resets=None, *, lengths=None,
-        unroll: int | bool | None = None, remat: int | None = None) -> tuple[LSTMState, jax.Array]:
+def run(
+  params: LSTMParams,
+  xs: jax.Array,
+  state: LSTMState,
+  valid,
+  resets=None,
+  *,
+  lengths=None,
+  unroll: int | bool | None = None,
+  remat: int | None = None,
+) -> tuple[LSTMState, jax.Array]:
   """The kernel's core: one LSTM layer on time-major ``xs (T, B, I)``, state leaves ``(B, H)``.
 
   Args:

@@ -92,8 +92,10 @@ def why_not(call: LayerCall) -> str | None:
     'it runs cells whose gates read only the input (mingru, minlstm), not gru, whose step is not linear in h'
   """
   if call.cell.recurrence is None:
-    return (f"it runs cells whose gates read only the input (mingru, minlstm), not {call.cell.name}, whose step "
-            f"is not linear in h")
+    return (
+      f"it runs cells whose gates read only the input (mingru, minlstm), not {call.cell.name}, whose step "
+      f"is not linear in h"
+    )
   if call.remat is not None:
     return "remat is implemented by the fused kernel only; the parallel kernel saves only a and the states"
   return None
@@ -132,8 +134,10 @@ def _padded(arrays, fills, T: int, n: int):
   m = -(-T // n)
   if m * n == T:
     return arrays, m
-  return tuple(None if x is None else jnp.concatenate([x, jnp.full((m * n - T, *x.shape[1:]), f, x.dtype)], axis=0)
-               for x, f in zip(arrays, fills)), m
+  return tuple(
+    None if x is None else jnp.concatenate([x, jnp.full((m * n - T, *x.shape[1:]), f, x.dtype)], axis=0)
+    for x, f in zip(arrays, fills)
+  ), m
 
 
 def _slice(x, j, n):
@@ -215,8 +219,7 @@ def _backward(gates, n, k, hs, h0, valid, starts, g):
     return lam[0], cut[0], a[0], dh0, lax.dynamic_update_slice_in_dim(dk, dk_j.astype(dk.dtype), j * n, 0)
 
   init = (zero, zero, zero, zero, k)
-  lam0, _, a0, dh0, dk = block(0, init) if m == 1 else lax.fori_loop(
-      0, m, lambda i, c: block(m - 1 - i, c), init)
+  lam0, _, a0, dh0, dk = block(0, init) if m == 1 else lax.fori_loop(0, m, lambda i, c: block(m - 1 - i, c), init)
   return dk[:T], dh0 + a0 * lam0
 
 
@@ -238,8 +241,15 @@ def _scan_bwd(gates, n, res, g):
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
-def recurrence_scan(gates: Callable, k: jax.Array, h0: jax.Array, valid: jax.Array | None = None,
-                    resets: jax.Array | None = None, *, block: int | None = None) -> jax.Array:
+def recurrence_scan(
+  gates: Callable,
+  k: jax.Array,
+  h0: jax.Array,
+  valid: jax.Array | None = None,
+  resets: jax.Array | None = None,
+  *,
+  block: int | None = None,
+) -> jax.Array:
   """Every state of ``h_t = a_t * (h0 if t is a reset else h_{t-1}) + b_t``, ``(a_t, b_t) = gates(k_t)``.
 
   Args:

@@ -28,8 +28,18 @@ def _select(flags: jax.Array, on_true: Any, on_false: Any) -> Any:
   return jax.tree.map(lambda a, b: jnp.where(_expand(flags, a), a, b), on_true, on_false)
 
 
-def scan_core(step: Callable, params: Any, xs: jax.Array, state: Any, valid: jax.Array | None,
-              resets: jax.Array | None, *, lengths=None, unroll=None, remat=None) -> tuple[Any, jax.Array]:
+def scan_core(
+  step: Callable,
+  params: Any,
+  xs: jax.Array,
+  state: Any,
+  valid: jax.Array | None,
+  resets: jax.Array | None,
+  *,
+  lengths=None,
+  unroll=None,
+  remat=None,
+) -> tuple[Any, jax.Array]:
   """``step`` unrolled with ``lax.scan`` on time-major ``xs (T, B, I)``; the kernel contract.
 
   A reset step starts from the initial ``state``; an invalid step keeps the
@@ -83,8 +93,10 @@ def why_not(call: LayerCall) -> str | None:
     True
   """
   if call.remat is not None:
-    return ("remat is implemented by the fused kernel only (plain and peephole LSTMs without resets); "
-            "the reference kernel keeps every step")
+    return (
+      "remat is implemented by the fused kernel only (plain and peephole LSTMs without resets); "
+      "the reference kernel keeps every step"
+    )
   return None
 
 
@@ -99,8 +111,7 @@ def run(params: Any, xs: jax.Array, state: Any, valid, resets, *, lengths=None, 
     >>> ys.shape, bool(jnp.allclose(ys[4], ys[0]))
     ((7, 2, 5), True)
   """
-  return scan_core(cell_of(params).step, params, xs, state, valid, resets, lengths=lengths, unroll=unroll,
-                   remat=remat)
+  return scan_core(cell_of(params).step, params, xs, state, valid, resets, lengths=lengths, unroll=unroll, remat=remat)
 
 
 KERNEL = Kernel(name="reference", why_not=why_not, run=run, rank=100, scans_step=True)

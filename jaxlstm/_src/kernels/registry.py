@@ -50,6 +50,7 @@ class LayerCall(NamedTuple):
     >>> jaxlstm.kernels.fused.why_not(call)
     "it does not take resets; use impl='reference'"
   """
+
   cell: Cell
   params: Any  # the layer's params (for its options and dtype); never traced values
   lengths: bool  # lengths given
@@ -75,8 +76,10 @@ def in_loop_reason(call: LayerCall) -> str | None:
   if not call.in_loop:
     return None
   names = " and ".join(call.in_loop)
-  return f"{names} {'act' if len(call.in_loop) > 1 else 'acts'} inside the time loop, on the cell's own step; " \
-         f"use impl='reference'"
+  return (
+    f"{names} {'act' if len(call.in_loop) > 1 else 'acts'} inside the time loop, on the cell's own step; "
+    f"use impl='reference'"
+  )
 
 
 class Kernel(NamedTuple):
@@ -101,6 +104,7 @@ class Kernel(NamedTuple):
 
     :func:`register_kernel` shows a kernel built from scratch.
   """
+
   name: str
   why_not: Callable[[LayerCall], str | None]
   run: Callable[..., tuple[Any, Any]]
@@ -282,6 +286,7 @@ class KernelChoice(NamedTuple):
       cudnn: it runs LSTM layers only, not gru
       reference: chosen
   """
+
   layer: str  # e.g. "params" or "params[1].backward"
   kernel: str  # the kernel that runs it
   reasons: dict  # {kernel name: None if it can run the call, else why not}
