@@ -491,19 +491,19 @@ class Stack(_Shell):
       >>> len(states), last.shape
       (2, (2, 4))
     """
-    rates = SimpleNamespace(
+    options = SimpleNamespace(
       dropout=self.dropout,
       input_dropout=self.input_dropout,
       recurrent_dropout=self.recurrent_dropout,
       weight_drop=self.weight_drop,
       zoneout=dict(self.zoneout) if isinstance(self.zoneout, tuple) else self.zoneout,
     )
-    drop = not pick(inference, self.inference) and needs_rng(rates)
+    drop = not pick(inference, self.inference) and needs_rng(options)
     if drop and key is None:
       raise ValueError(
         f"Stack with dropout={self.dropout} or regularizers needs key= in the call unless inference=True"
       )
-    rates = regularizer_rates(rates, drop)
+    rates = regularizer_rates(options, drop)
     states, hs = jaxlstm.stack(
       self.params,
       xs,

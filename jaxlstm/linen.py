@@ -152,7 +152,8 @@ class _Recurrent(linen.Module):
   def __post_init__(self):
     # Linen modules must hash (jit static arguments, Flax's own caches), so a dict of options is frozen.
     if isinstance(getattr(self, "options", None), Mapping):
-      self.options = FrozenDict(self.options)
+      # ``options`` is a field of the subclasses that have it (Layer, Cell, ...), not of this base.
+      self.options = FrozenDict(self.options)  # type: ignore[has-type,var-annotated]
     super().__post_init__()
 
   @linen.nowrap
@@ -177,7 +178,8 @@ class _Recurrent(linen.Module):
     attrs = restated({**options, "cell": record.name}, attrs)
     dtype = options.pop("dtype")
     if cls.CELL is None:
-      module = cls(params.hidden_size, cell=record.name, options=options, dtype=dtype, **attrs)
+      # cls is then a generic module (Layer, Cell, ...), whose fields cell and options mypy's view of this base lacks.
+      module = cls(params.hidden_size, cell=record.name, options=options, dtype=dtype, **attrs)  # type: ignore[call-arg]
     else:
       module = cls(params.hidden_size, **options, dtype=dtype, **attrs)
     return module, _with_initial_state(module, params)

@@ -7,7 +7,7 @@ every step (one output per step).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ from jaxlstm._src.initializers import glorot_uniform
 from jaxlstm._src.stack import Bidirectional, stack, stack_init
 
 # Named variants of the command line's --cell beyond the registered cells' own names.
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
   "peephole": {"cell": "lstm", "peephole": True},
   "layernorm": {"cell": "lstm", "layer_norm": True},
   "rnn-relu": {"cell": "rnn", "activation": "relu"},

@@ -245,7 +245,8 @@ class _OneCell(_Weights):
     settings = restated({**options, "cell": record.name}, settings)
     if cls.CELL is None:
       options["cell"] = record.name
-    return cls(params.input_size, params.hidden_size, **options, params=params, **settings)
+    # cls is a subclass (Layer, Cell or a named variant), whose __init__ takes these; this base declares none.
+    return cls(params.input_size, params.hidden_size, **options, params=params, **settings)  # type: ignore[call-arg]
 
 
 class Layer(_OneCell, _Masked):

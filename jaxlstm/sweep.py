@@ -142,6 +142,7 @@ def train_ensemble(task, cfg: RunConfig, lrs: Sequence[float], seeds: Sequence[i
     )
     chosen = now if chosen is None else {k: np.where(better, now[k], chosen[k]) for k in now}
     chosen_step = np.where(better, done, chosen_step)
+  assert chosen is not None  # the last step evaluates; none runs only for steps=0, which RunConfig.validate refuses
   rows = []
   for m, (lr, seed) in enumerate(members):
     metrics = {k: float(v[m]) for k, v in chosen.items()}

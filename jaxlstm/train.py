@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,9 @@ import numpy as np
 import optax
 
 from jaxlstm import distributed
+
+if TYPE_CHECKING:
+  from jaxlstm.checkpoint import Checkpointer  # imported where it is used: orbax loads only when checkpointing
 
 # loss_fn(params, batch, key) -> loss, or (loss, {metric: value}).
 LossFn = Callable[[Any, Any, jax.Array], Any]
@@ -84,14 +87,14 @@ def _split(out: Any) -> tuple[Any, dict]:
   return loss, dict(metrics)
 
 
-def _with_metrics(loss_fn: LossFn) -> Callable:
+def _with_metrics(loss_fn: Callable[..., Any]) -> Callable:  # a LossFn, as check_loss_fn has found
   def wrapped(params, batch, key):
     return _split(loss_fn(params, batch, key))
 
   return wrapped
 
 
-def _stateful_with_metrics(loss_fn: StatefulLossFn) -> Callable:
+def _stateful_with_metrics(loss_fn: Callable[..., Any]) -> Callable:  # a StatefulLossFn, as check_loss_fn has found
   """``(params, batch, key, carry) -> (loss, (metrics, new_carry))``, for ``value_and_grad(has_aux=True)``."""
 
   def wrapped(params, batch, key, carry):
@@ -142,7 +145,12 @@ def check_loss_fn(name: str, fn: Callable, *, stateful: bool) -> None:
 
 
 def make_train_step(
-  loss_fn: LossFn, optimizer: optax.GradientTransformation, *, jit: bool = True, mesh=None, stateful: bool = False
+  loss_fn: LossFn | StatefulLossFn,
+  optimizer: optax.GradientTransformation,
+  *,
+  jit: bool = True,
+  mesh=None,
+  stateful: bool = False,
 ):
   """Builds ``train_step(state, batch) -> (state, metrics)``.
 
@@ -299,7 +307,7 @@ def _prefix(carry: Any, rows: int) -> Any:
 
 
 def evaluate(
-  eval_fn: LossFn,
+  eval_fn: LossFn | StatefulLossFn,
   params: Any,
   data: Any,
   *,
@@ -459,7 +467,8 @@ class _Bar(_Silent):
     from tqdm.auto import tqdm
 
     self.bar = tqdm(total=total, initial=initial, dynamic_ncols=True, leave=True)
-    self.total, self.last_eval = total, {}
+    self.total = total
+    self.last_eval: dict[str, str] = {}
 
   def step(self, done: int, meter) -> None:
     self.bar.update(1)
@@ -530,21 +539,23 @@ class _Best:
 
   def __init__(self, monitor: str, mode: str, patience: int | None, keep_params: bool, directory: str | None = None):
     self.monitor, self.mode, self.patience, self.keep_params = monitor, mode, patience, keep_params
-    self.value = None
-    self.record = None  # the best evaluation record
+    self.value: float | None = None  # the best monitor value
+    self.record: dict | None = None  # the best evaluation record
     self.params = None  # kept only with keep_params, as holding them keeps a second set of params alive
     self.waited = 0
     self.last_step = -1  # the last evaluation counted, so that one repeated after a resume is not counted twice
     self.stopped = False
     self.directory = directory
-    self._ckpt = None
+    self._ckpt: Checkpointer | None = None
 
   @property
   def _json(self) -> str:
+    assert self.directory is not None  # read only with a directory
     return os.path.join(self.directory, "best.json")
 
-  def _params_ckpt(self):
+  def _params_ckpt(self) -> Checkpointer:
     if self._ckpt is None:
+      assert self.directory is not None  # kept only with a directory
       from jaxlstm.checkpoint import Checkpointer  # orbax loads only when checkpointing
 
       # Two kept: best.json names the step to restore, and the older one must survive until it is rewritten.
@@ -566,6 +577,7 @@ class _Best:
     if self.directory is None:
       return
     if improved and self.keep_params:
+      assert self.record is not None  # set by the improvement
       self._params_ckpt().save(self.record["step"], distributed.to_host(self.params))
     tmp = self._json + ".tmp"
     with open(tmp, "w") as f:
@@ -631,7 +643,7 @@ def _train_batch(data: Any, n: int, batch_size: int, step: int, seed: int, mesh,
   return batch if mesh is None else distributed.shard_batch(batch, mesh)
 
 
-def _zero_carry(loss_fn: StatefulLossFn, params: Any, batch: Any) -> Any:
+def _zero_carry(loss_fn: Callable[..., Any], params: Any, batch: Any) -> Any:  # a StatefulLossFn
   """Zeros shaped as the carry that ``loss_fn`` returns, so that a stateful run's state (and its checkpoints)
   has one structure from step 0; the first step of every epoch passes ``carry=None`` instead."""
   out = jax.eval_shape(loss_fn, params, batch, jax.random.key(0), None)
@@ -645,7 +657,7 @@ def _zero_carry(loss_fn: StatefulLossFn, params: Any, batch: Any) -> Any:
 
 
 def _validate(
-  eval_fn: LossFn, data: Any, params: Any, *, batch_size: int, mesh, cache: dict, stateful: bool
+  eval_fn: LossFn | StatefulLossFn, data: Any, params: Any, *, batch_size: int, mesh, cache: dict, stateful: bool
 ) -> dict[str, float]:
   """The ``val_``-prefixed evaluation record of ``params`` on ``data``; empty without ``data``."""
   if data is None:
@@ -658,7 +670,7 @@ def _validate(
 
 def fit(
   params: Any,
-  loss_fn: LossFn,
+  loss_fn: LossFn | StatefulLossFn,
   train_data: Any,
   *,
   optimizer: optax.GradientTransformation | None = None,
@@ -666,7 +678,7 @@ def fit(
   epochs: int | None = None,
   steps: int | None = None,
   validation_data: Any = None,
-  eval_fn: LossFn | None = None,
+  eval_fn: LossFn | StatefulLossFn | None = None,
   eval_every: int | None = None,
   eval_batch_size: int = 256,
   early_stopping: int | None = None,
@@ -773,7 +785,11 @@ def fit(
   if (epochs is None) == (steps is None):
     raise ValueError(f"give exactly one of epochs or steps; got epochs={epochs}, steps={steps}")
   per_epoch = n // batch_size
-  total = steps if steps is not None else epochs * per_epoch
+  if steps is not None:
+    total = steps
+  else:
+    assert epochs is not None  # exactly one of the two, checked above
+    total = epochs * per_epoch
   if total < 1:
     raise ValueError(f"the run must have at least one step; got {total}")
   if mode not in ("min", "max"):

@@ -94,7 +94,7 @@ def check_state(name: str, state: Any, expected: Any) -> None:
   """Checks that ``state`` has the structure, shapes and float dtypes of ``expected``."""
   exp_leaves, exp_tree = jax.tree_util.tree_flatten(expected)
   try:
-    leaves = exp_tree.flatten_up_to(state)
+    leaves = exp_tree.flatten_up_to(state)  # type: ignore[attr-defined]  # jaxlib's PyTreeDef has no stub for mypy
   except (ValueError, TypeError):
     raise ValueError(
       f"{name} must be a {type(expected).__name__} matching the params; got {type(state).__name__}"

@@ -182,7 +182,7 @@ def check_layout(name: str, params: Any, expected: Any) -> None:
   """
   got = jax.tree_util.tree_structure(params)
   want = jax.tree_util.tree_structure(expected)
-  if got != want:
+  if got != want:  # type: ignore[operator]  # jaxlib's PyTreeDef has no stub for mypy
     why = _option_conflict(params, expected)
     detail = f": {why}" if why else f"; got {got}"
     raise ValueError(f"{name} must have the layout {want} that the module's options describe{detail}")

@@ -179,11 +179,10 @@ def prepare(
     and, in training with zoneout, the zoneout draws appended as extra features ``(..., I + F_z)``; the
     per-gate :class:`Masks` for the loop, or ``None`` without recurrent dropout.
   """
-  if key is None:
-    keys = [None] * 4
-  else:
-    keys = list(jax.random.split(key, 4))
+  # check_regularizers() has checked that every dropout rate above 0 comes with a key; the asserts say so to mypy.
+  keys = None if key is None else jax.random.split(key, 4)
   if reg.weight_drop > 0:
+    assert keys is not None
     params = params._replace(
       w_h=params.w_h * dropout_mask(keys[3], reg.weight_drop, params.w_h.shape, params.w_h.dtype)
     )
@@ -193,6 +192,7 @@ def prepare(
   time_axis = 0 if time_major else xs.ndim - axes - 1
   masks = None
   if reg.recurrent_dropout > 0:
+    assert keys is not None
     G, P = cell.gates, params.w_h.shape[0]
     mx = (
       None
@@ -201,9 +201,10 @@ def prepare(
     )
     masks = Masks(mx, dropout_mask(keys[1], reg.recurrent_dropout, (*batch_shape, G, P), xs.dtype))
   elif reg.input_dropout > 0:
+    assert keys is not None
     mask = dropout_mask(keys[0], reg.input_dropout, (*batch_shape, *features), xs.dtype)
     xs = xs * jnp.expand_dims(mask, time_axis)  # the same mask at every step
-  if reg.zoneout and key is not None:
+  if reg.zoneout and keys is not None:
     widths = zone_widths(reg, params, cell)
     T = xs.shape[time_axis]
     shape = (T, *batch_shape) if time_major else (*batch_shape, T)
@@ -275,6 +276,7 @@ def looped_step(cell: Any, reg: Regularizers, params: Any, *, training: bool) ->
       for (f, rate), w in zip(reg.zoneout, widths):
         old, fresh = getattr(state, f), getattr(new, f)
         if training:
+          assert draws is not None  # split off the input above, under the same condition
           d = draws[..., start : start + w]
           updates[f] = jnp.where(d > 0, old, fresh)
         else:

@@ -209,6 +209,7 @@ def run(
     feature_axes = cell_of(params).feature_axes if is_cell_params(params) else 1
   k = feature_axes
   xs_t = to_time_major(xs, time_major=time_major, feature_axes=k)  # (T, *batch, *I)
+  assert xs_t is not None  # None only for None
   T, batch_shape = xs_t.shape[0], tuple(xs_t.shape[1 : xs_t.ndim - k])
   B = math.prod(batch_shape)
   nb = len(batch_shape)
@@ -235,9 +236,10 @@ def run(
   if lengths is not None and mask is None:
     # Reversal within lengths keeps the valid steps a prefix, so the lengths still describe them.
     kw["lengths"] = jnp.clip(lengths.reshape(B).astype(jnp.int32), 0, T)
-  final, ys = core(params, flat(xs_t), flat_state, flat(valid), flat(rs), **kw)
-  if valid is not None:
-    ys = jnp.where(flat(valid).reshape(T, B, *(1,) * (ys.ndim - 2)), ys, jnp.zeros_like(ys))
+  flat_valid = flat(valid)  # (T, B) or None
+  final, ys = core(params, flat(xs_t), flat_state, flat_valid, flat(rs), **kw)
+  if flat_valid is not None:
+    ys = jnp.where(flat_valid.reshape(T, B, *(1,) * (ys.ndim - 2)), ys, jnp.zeros_like(ys))
   ys = ys.reshape(T, *batch_shape, *ys.shape[2:])
   if reverse:
     ys = reorder(ys, idx)

@@ -295,7 +295,7 @@ def stack(
     raise ValueError(f"dropout must be in [0, 1); got {dropout}")
   if dropout > 0.0 and key is None:
     raise ValueError("key must be a PRNG key when dropout > 0; pass dropout=0.0 for evaluation")
-  keys = jax.random.split(key, len(params)) if dropout > 0.0 else [None] * len(params)
+  keys = jax.random.split(key, len(params)) if dropout > 0.0 and key is not None else [None] * len(params)
   regs = [
     [
       regularizers.check_regularizers(
@@ -313,8 +313,12 @@ def stack(
   ]
   # The regularizers' keys come from a fold of ``key``, so that dropout between layers draws the same
   # masks with or without them.
-  use_key = key is not None and any(r.active for rs in regs for r in rs)
-  reg_keys = jax.random.split(jax.random.fold_in(key, 1), (len(params), 2)) if use_key else [[None, None]] * len(params)
+  use_key = any(r.active for rs in regs for r in rs)
+  reg_keys = (
+    jax.random.split(jax.random.fold_in(key, 1), (len(params), 2))
+    if use_key and key is not None
+    else [[None, None]] * len(params)
+  )
   kw = dict(lengths=lengths, mask=mask, resets=resets, time_major=time_major, unroll=unroll, impl=impl, remat=remat)
   h = xs
   finals = []
@@ -341,7 +345,8 @@ def stack(
       s = check_state(name, layer, s, batch_shape)
       final, h = run_checked(layer, h, s, reverse=False, name=f"params[{i}]", reg=regs[i][0], key=reg_keys[i][0], **kw)
     finals.append(final)
-    if keys[i] is not None and i < len(params) - 1:
-      keep = jax.random.bernoulli(keys[i], 1.0 - dropout, h.shape)
+    drop_key = keys[i]
+    if drop_key is not None and i < len(params) - 1:
+      keep = jax.random.bernoulli(drop_key, 1.0 - dropout, h.shape)
       h = jnp.where(keep, h / (1.0 - dropout), jnp.zeros_like(h)).astype(h.dtype)
   return tuple(finals), h

@@ -96,7 +96,12 @@ def from_equinox(cell: Any) -> Any:
   else:
     b = np.zeros((w_x.shape[1],), w_x.dtype)
     b_hn = np.zeros((H,), w_x.dtype)
-  out = GRUParams(w_x, w_h, b, b_hn) if cls is GRUParams else LSTMParams(w_x, w_h, b)
+  out: GRUParams | LSTMParams
+  if cls is GRUParams:
+    assert b_hn is not None  # a GRU's, read or zero above
+    out = GRUParams(w_x, w_h, b, b_hn)
+  else:
+    out = LSTMParams(w_x, w_h, b)
   return _common.to_jax(out)
 
 

@@ -100,7 +100,11 @@ def _kind(cell: Any, name: str = "cell") -> tuple[str, str, type]:
 
 
 def _fn_name(fn: Any) -> str:
-  return getattr(fn, "__name__", None) or getattr(getattr(fn, "__wrapped__", None), "__name__", repr(fn))
+  name: str | None = getattr(fn, "__name__", None)
+  if name:
+    return name
+  wrapped: str = getattr(getattr(fn, "__wrapped__", None), "__name__", repr(fn))
+  return wrapped
 
 
 def _check_cell(cell: Any, cls: type, name: str) -> None:
@@ -222,6 +226,7 @@ def from_flax(cell: Any, variables: Any = None) -> Any:
     True
   """
   api, layout, cls = _kind(cell)
+  out: LSTMParams | GRUParams | RNNParams  # the converted params, of the cell's kind
   if api == "linen":
     tree = _linen_tree(variables, cell)
     if layout == "conv_lstm":

@@ -46,6 +46,12 @@ from jaxlstm._src.stack import Bidirectional
 from jaxlstm.interop import _common
 
 _SUPPORTED = "torch.nn.LSTM, GRU, RNN, LSTMCell, GRUCell or RNNCell"
+# The state type of each params type this module converts.
+_STATE_TYPES: dict[type, type[LSTMState | GRUState | RNNState]] = {
+  LSTMParams: LSTMState,
+  GRUParams: GRUState,
+  RNNParams: RNNState,
+}
 
 
 def _torch():
@@ -342,7 +348,7 @@ def from_torch_state(hx: Any, module: Any) -> Any:
   import jax.numpy as jnp
 
   cls, is_cell = _kind(module)
-  state_cls = {LSTMParams: LSTMState, GRUParams: GRUState, RNNParams: RNNState}[cls]
+  state_cls = _STATE_TYPES[cls]
   if cls is LSTMParams:
     if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
       raise TypeError(f"hx must be a pair (h, c) for {type(module).__name__}; got {type(hx).__name__}")
@@ -396,7 +402,7 @@ def to_torch_state(states: Any, module: Any) -> Any:
   """
   torch = _torch()
   cls, is_cell = _kind(module)
-  state_cls = {LSTMParams: LSTMState, GRUParams: GRUState, RNNParams: RNNState}[cls]
+  state_cls = _STATE_TYPES[cls]
 
   def tensor(x):
     return torch.from_numpy(np.ascontiguousarray(_common.np_array(x)))

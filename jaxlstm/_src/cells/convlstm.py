@@ -56,6 +56,7 @@ from jaxlstm._src import checks
 from jaxlstm._src.cells.lstm import state_dtype
 from jaxlstm._src.cells.registry import Cell, static_fields
 from jaxlstm._src.initializers import orthogonal_blocks
+from jaxlstm._src.types import Array
 
 PADDINGS = ("same", "valid")
 # lax's dimension numbers for channels-last inputs and (*kernel, in, out) kernels, by spatial rank.
@@ -86,9 +87,9 @@ class ConvLSTMParams(NamedTuple):
     (True, 2, 3, 4)
   """
 
-  w_x: jax.Array  # (*K, C, 4F) input kernel, gates i, f, g, o
-  w_h: jax.Array  # (*K, F, 4F) recurrent kernel
-  b: jax.Array  # (4F,)
+  w_x: Array  # (*K, C, 4F) input kernel, gates i, f, g, o
+  w_h: Array  # (*K, F, 4F) recurrent kernel
+  b: Array  # (4F,)
   padding: str  # static: the input convolution's "same" or "valid"; the recurrent one is always "same"
   strides: tuple  # static: the input convolution's, one per spatial axis; the recurrent one's are 1
   dilation: tuple  # static: the input convolution's, one per spatial axis; the recurrent one has none
@@ -291,7 +292,7 @@ def convlstm1d_init(
     >>> hs.shape, float(params.b[3:6].min())
     ((4, 6, 4, 3), 1.0)
   """
-  return _init(
+  params = _init(
     1,
     key,
     input_size,
@@ -304,6 +305,8 @@ def convlstm1d_init(
     forget_offset=forget_offset,
     dtype=dtype,
   )
+  assert isinstance(params, ConvLSTM1DParams)  # _TYPES[1]
+  return params
 
 
 def convlstm2d_init(
@@ -344,7 +347,7 @@ def convlstm2d_init(
     >>> params.w_x.shape, params.w_h.shape, params.strides, params.forget_offset
     ((3, 3, 1, 16), (3, 3, 4, 16), (1, 1), 0.0)
   """
-  return _init(
+  params = _init(
     2,
     key,
     input_size,
@@ -357,6 +360,8 @@ def convlstm2d_init(
     forget_offset=forget_offset,
     dtype=dtype,
   )
+  assert isinstance(params, ConvLSTM2DParams)  # _TYPES[2]
+  return params
 
 
 def output_spatial(params: ConvLSTMParams, spatial: tuple[int, ...]) -> tuple[int, ...]:
@@ -427,11 +432,11 @@ def convlstm_zero_state(params: ConvLSTMParams, batch_shape: tuple[int, ...] = (
   return ConvLSTMState(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-def _conv(x: jax.Array, w: jax.Array, strides, padding: str, dilation) -> jax.Array:
+def _conv(x: jax.Array, w: Array, strides, padding: str, dilation) -> jax.Array:
   """A channels-last convolution of ``x (N, *S, C)`` with ``w (*K, C, O)``."""
   return lax.conv_general_dilated(
     x,
-    w,
+    w,  # type: ignore[arg-type]  # lax takes NumPy arrays too, though its hint names jax.Array only
     window_strides=strides,
     padding=padding.upper(),
     rhs_dilation=dilation,

@@ -18,6 +18,7 @@ from jaxlstm._src import checks
 from jaxlstm._src.cells.lstm import state_dtype
 from jaxlstm._src.cells.registry import Cell
 from jaxlstm._src.initializers import glorot_uniform, orthogonal_blocks
+from jaxlstm._src.types import Array
 
 
 class GRUParams(NamedTuple):
@@ -35,10 +36,10 @@ class GRUParams(NamedTuple):
     ((3, 15), (5, 15), (15,), (5,))
   """
 
-  w_x: jax.Array  # (I, 3H) input weights, gates r, z, n
-  w_h: jax.Array  # (H, 3H) recurrent weights
-  b: jax.Array  # (3H,) = (b_ir + b_hr, b_iz + b_hz, b_in)
-  b_hn: jax.Array  # (H,) recurrent candidate bias, inside the reset product
+  w_x: Array  # (I, 3H) input weights, gates r, z, n
+  w_h: Array  # (H, 3H) recurrent weights
+  b: Array  # (3H,) = (b_ir + b_hr, b_iz + b_hz, b_in)
+  b_hn: Array  # (H,) recurrent candidate bias, inside the reset product
 
   @property
   def input_size(self) -> int:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jaxlstm._src import checks
 from jaxlstm._src.cells.registry import Cell
 from jaxlstm._src.initializers import glorot_uniform, orthogonal_blocks
+from jaxlstm._src.types import Array
 
 # Added to the variance in layer normalization, as in ``torch.nn.LayerNorm``.
 LAYER_NORM_EPS = 1e-5
@@ -36,10 +37,10 @@ class LayerNormParams(NamedTuple):
     ((20,), (20,), (5,), (5,))
   """
 
-  x_scale: jax.Array  # (4H,) gain on LN(x @ w_x)
-  h_scale: jax.Array  # (4H,) gain on LN(h @ w_h)
-  c_scale: jax.Array  # (H,) gain on LN(c) before the output tanh
-  c_bias: jax.Array  # (H,)
+  x_scale: Array  # (4H,) gain on LN(x @ w_x)
+  h_scale: Array  # (4H,) gain on LN(h @ w_h)
+  c_scale: Array  # (H,) gain on LN(c) before the output tanh
+  c_bias: Array  # (H,)
 
 
 class LSTMParams(NamedTuple):
@@ -63,12 +64,12 @@ class LSTMParams(NamedTuple):
     (3, 5, 2, dtype('float32'))
   """
 
-  w_x: jax.Array  # (I, 4H) input weights, gates i, f, g, o
-  w_h: jax.Array  # (P, 4H) recurrent weights
-  b: jax.Array  # (4H,) bias
-  peephole: jax.Array | None = None  # (3, H) diagonal peepholes, rows i, f, o
+  w_x: Array  # (I, 4H) input weights, gates i, f, g, o
+  w_h: Array  # (P, 4H) recurrent weights
+  b: Array  # (4H,) bias
+  peephole: Array | None = None  # (3, H) diagonal peepholes, rows i, f, o
   layer_norm: LayerNormParams | None = None
-  w_proj: jax.Array | None = None  # (H, P) output projection
+  w_proj: Array | None = None  # (H, P) output projection
 
   @property
   def input_size(self) -> int:
@@ -220,7 +221,7 @@ def state_dtype(param_dtype):
   return jnp.dtype(jnp.float32) if param_dtype.itemsize < 4 else param_dtype
 
 
-def layer_norm(z: jax.Array, scale: jax.Array, bias: jax.Array | None = None) -> jax.Array:
+def layer_norm(z: jax.Array, scale: Array, bias: Array | None = None) -> jax.Array:
   """Normalizes the last axis to zero mean and unit variance, then scales and, if given, shifts.
 
   Args:

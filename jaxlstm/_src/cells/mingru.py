@@ -38,6 +38,7 @@ from jaxlstm._src import checks
 from jaxlstm._src.cells.lstm import state_dtype
 from jaxlstm._src.cells.registry import Cell, Recurrence, static_fields
 from jaxlstm._src.initializers import glorot_uniform
+from jaxlstm._src.types import Array
 
 
 def g(x: jax.Array) -> jax.Array:
@@ -84,8 +85,8 @@ class MinGRUParams(NamedTuple):
     ((3, 10), (10,), True)
   """
 
-  w_x: jax.Array  # (I, 2H) input weights, blocks z, h
-  b: jax.Array  # (2H,)
+  w_x: Array  # (I, 2H) input weights, blocks z, h
+  b: Array  # (2H,)
   log_space: bool = True  # static: candidate g(x W_h + b_h) > 0, the paper's log-space version
 
   @property

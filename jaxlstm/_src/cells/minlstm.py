@@ -35,6 +35,7 @@ from jaxlstm._src.cells.lstm import state_dtype
 from jaxlstm._src.cells.mingru import check_log_space, g
 from jaxlstm._src.cells.registry import Cell, Recurrence, static_fields
 from jaxlstm._src.initializers import glorot_uniform
+from jaxlstm._src.types import Array
 
 
 @static_fields("log_space")
@@ -53,8 +54,8 @@ class MinLSTMParams(NamedTuple):
     ((3, 15), (15,), True)
   """
 
-  w_x: jax.Array  # (I, 3H) input weights, blocks f, i, h
-  b: jax.Array  # (3H,)
+  w_x: Array  # (I, 3H) input weights, blocks f, i, h
+  b: Array  # (3H,)
   log_space: bool = True  # static: candidate g(x W_h + b_h) > 0, the paper's log-space version
 
   @property

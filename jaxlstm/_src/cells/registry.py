@@ -156,10 +156,12 @@ def register_cell(cell: Cell) -> Cell:
   """
   if not isinstance(cell, Cell):
     raise TypeError(f"cell must be a jaxlstm.Cell record; got {type(cell).__name__}")
-  for key, table, what in ((cell.params_type, _BY_TYPE, "params type"), (cell.name, _BY_NAME, "name")):
-    old = table.get(key)
+  for old, what, key in (
+    (_BY_TYPE.get(cell.params_type), "params type", cell.params_type.__name__),
+    (_BY_NAME.get(cell.name), "name", cell.name),
+  ):
     if old is not None and old != cell:
-      raise ValueError(f"a cell with {what} {getattr(key, '__name__', key)!r} is already registered ({old.name!r})")
+      raise ValueError(f"a cell with {what} {key!r} is already registered ({old.name!r})")
   _BY_TYPE[cell.params_type] = cell
   _BY_NAME[cell.name] = cell
   return cell
@@ -290,7 +292,7 @@ def static_fields(*names: str) -> Callable[[type], type]:
   """
 
   def register(cls: type) -> type:
-    fields = cls._fields
+    fields = cls._fields  # type: ignore[attr-defined]  # a NamedTuple class; type[NamedTuple] is not callable to mypy
     unknown = [n for n in names if n not in fields]
     if unknown:
       raise ValueError(f"{cls.__name__} has no fields {unknown}")
@@ -307,7 +309,7 @@ def static_fields(*names: str) -> Callable[[type], type]:
       return cls(**dict(zip(children, leaves)), **dict(zip(names, aux)))
 
     jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
-    cls.static_fields = tuple(names)
+    cls.static_fields = tuple(names)  # type: ignore[attr-defined]  # the attribute this decorator adds
     return cls
 
   return register

@@ -11,6 +11,7 @@ from jaxlstm._src import checks
 from jaxlstm._src.cells.lstm import state_dtype
 from jaxlstm._src.cells.registry import Cell, static_fields
 from jaxlstm._src.initializers import glorot_uniform, orthogonal_blocks
+from jaxlstm._src.types import Array
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
@@ -36,9 +37,9 @@ class RNNParams(NamedTuple):
     ([(3, 5), (5, 5), (5,)], 'relu')
   """
 
-  w_x: jax.Array  # (I, H)
-  w_h: jax.Array  # (H, H)
-  b: jax.Array  # (H,)
+  w_x: Array  # (I, H)
+  w_h: Array  # (H, H)
+  b: Array  # (H,)
   activation: str = "tanh"  # "tanh" or "relu"; static
 
   @property

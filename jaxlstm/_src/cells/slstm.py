@@ -63,6 +63,7 @@ import jax.numpy as jnp
 from jaxlstm._src import checks
 from jaxlstm._src.cells.lstm import state_dtype
 from jaxlstm._src.cells.registry import Cell, static_fields
+from jaxlstm._src.types import Array
 
 FORGET_GATES = ("sigmoid", "exp")
 
@@ -118,9 +119,9 @@ class SLSTMParams(NamedTuple):
     [(3, 32), (2, 4, 16), (32,)]
   """
 
-  w_x: jax.Array  # (I, 4H) input weights, gates i, f, z, o
-  r: jax.Array  # (num_heads, D, 4D) recurrent weights per head, gates i, f, z, o
-  b: jax.Array  # (4H,)
+  w_x: Array  # (I, 4H) input weights, gates i, f, z, o
+  r: Array  # (num_heads, D, 4D) recurrent weights per head, gates i, f, z, o
+  b: Array  # (4H,)
   num_heads: int = 1  # static
   forget_gate: str = "sigmoid"  # static: "sigmoid" or "exp"
 

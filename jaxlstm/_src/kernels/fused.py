@@ -293,7 +293,8 @@ def _run_remat(params, xs, valid, h0, c0, unroll, k):
   @jax.checkpoint
   def chunk(carry, inp):
     x, v = inp
-    hs, h, c = _run(params, x, v, *carry, unroll)
+    h, c = carry
+    hs, h, c = _run(params, x, v, h, c, unroll)
     return (h, c), hs
 
   (h, c), hs = lax.scan(chunk, (h0, c0), (xs.reshape(n, k, *xs.shape[1:]), valid.reshape(n, k, B)))

@@ -295,6 +295,7 @@ def run(params: Any, xs: jax.Array, state: Any, valid, resets, *, lengths=None, 
   """
   del lengths, unroll, remat  # validity arrives in ``valid``; nothing is unrolled; remat is refused
   rec = cell_of(params).recurrence
+  assert rec is not None  # why_not refuses a cell without one
   (h0,), treedef = jax.tree.flatten(state)
   k = rec.project(params, xs, h0.dtype)  # (T, B, K): one (T B, I) GEMM
   # gates reads the params' static fields only: it gets the params' structure with no arrays in it.

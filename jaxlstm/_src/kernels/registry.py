@@ -260,11 +260,11 @@ def select(call: LayerCall, impl: str) -> Kernel:
     if why is not None:
       raise ValueError(f"impl={impl!r} cannot run this layer: {why}")
     return _KERNELS[impl]
-  why = reasons(call)
-  for name, reason in why.items():
+  whys = reasons(call)
+  for name, reason in whys.items():
     if reason is None:
       return _KERNELS[name]
-  detail = "; ".join(f"{name}: {reason}" for name, reason in why.items())
+  detail = "; ".join(f"{name}: {reason}" for name, reason in whys.items())
   raise ValueError(f"no kernel can run this {call.cell.name} layer: {detail}")
 
 
