@@ -149,9 +149,9 @@ def make_train_step(
   optimizer: optax.GradientTransformation,
   *,
   jit: bool = True,
-  mesh=None,
+  mesh: jax.sharding.Mesh | None = None,
   stateful: bool = False,
-):
+) -> Callable[..., tuple[TrainState, dict]]:
   """Builds ``train_step(state, batch) -> (state, metrics)``.
 
   One call computes ``jax.value_and_grad`` of ``loss_fn``, applies the optax

@@ -15,13 +15,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxlstm._src.cells.registry import is_cell_params
 from jaxlstm._src.layers import batch_shape_of, check_params, zero_state
 from jaxlstm._src.stack import Bidirectional, check_stack
 
 
-def initial_state_init(params: Any, *, dtype=None) -> Any:
+def initial_state_init(params: Any, *, dtype: DTypeLike | None = None) -> Any:
   """Trainable initial-state params for one layer or a stack, initialized to the cell's zero state.
 
   Args:

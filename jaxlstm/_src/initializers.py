@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 
-def glorot_uniform(key: jax.Array, shape: tuple[int, int], dtype=jnp.float32) -> jax.Array:
+def glorot_uniform(key: jax.Array, shape: tuple[int, int], dtype: DTypeLike = jnp.float32) -> jax.Array:
   """Glorot (Xavier) uniform over a ``(fan_in, fan_out)`` matrix.
 
   Args:
@@ -48,7 +49,7 @@ def orthogonal(key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
 
 
 def orthogonal_blocks(
-  key: jax.Array, rows: int, num_blocks: int, cols: int | None = None, dtype=jnp.float32
+  key: jax.Array, rows: int, num_blocks: int, cols: int | None = None, dtype: DTypeLike = jnp.float32
 ) -> jax.Array:
   """Recurrent weight ``(rows, num_blocks * cols)`` with an orthogonal block per gate.
 

@@ -13,17 +13,19 @@ import logging
 from typing import Any
 
 import jax
+from jax.typing import DTypeLike
 
 from jaxlstm._src import checks, kernels, regularizers, shell
 from jaxlstm._src.cells.gru import GRUParams
 from jaxlstm._src.cells.lstm import LSTMParams
 from jaxlstm._src.cells.registry import cell_of
 from jaxlstm._src.cells.rnn import RNNParams, check_call_activation
+from jaxlstm._src.types import Array
 
 logger = logging.getLogger("jaxlstm")
 
 
-def zero_state(params: Any, batch_shape: tuple[int, ...] = (), dtype=None) -> Any:
+def zero_state(params: Any, batch_shape: tuple[int, ...] = (), dtype: DTypeLike | None = None) -> Any:
   """The all-zero initial state of any registered cell, with leaves ``(*batch_shape, F)``.
 
   Args:
@@ -289,11 +291,11 @@ def run_checked(
 def layer(
   params: Any,
   xs: jax.Array,
-  state=None,
+  state: Any = None,
   *,
-  lengths=None,
-  mask=None,
-  resets=None,
+  lengths: Array | None = None,
+  mask: Array | None = None,
+  resets: Array | None = None,
   reverse: bool = False,
   time_major: bool = False,
   unroll: int | bool | None = None,
@@ -304,7 +306,7 @@ def layer(
   zoneout: float | dict = 0.0,
   weight_drop: float = 0.0,
   key: jax.Array | None = None,
-):
+) -> tuple[Any, jax.Array]:
   """Runs one recurrent layer of any registered cell over a sequence.
 
   ``impl="auto"`` (the default) runs the call on the fastest kernel that can
@@ -449,17 +451,17 @@ def _layer(
 def lstm(
   params: LSTMParams,
   xs: jax.Array,
-  state=None,
+  state: Any = None,
   *,
-  lengths=None,
-  mask=None,
-  resets=None,
+  lengths: Array | None = None,
+  mask: Array | None = None,
+  resets: Array | None = None,
   reverse: bool = False,
   time_major: bool = False,
   unroll: int | bool | None = None,
   impl: str = "auto",
   remat: int | None = None,
-):
+) -> tuple[Any, jax.Array]:
   """Runs one LSTM layer (:func:`jaxlstm.lstm_step`) over a sequence: :func:`jaxlstm.layer` for LSTMs.
 
   The default ``impl="auto"`` runs plain and peephole LSTMs on the fused
@@ -494,16 +496,16 @@ def lstm(
 def gru(
   params: GRUParams,
   xs: jax.Array,
-  state=None,
+  state: Any = None,
   *,
-  lengths=None,
-  mask=None,
-  resets=None,
+  lengths: Array | None = None,
+  mask: Array | None = None,
+  resets: Array | None = None,
   reverse: bool = False,
   time_major: bool = False,
   unroll: int | bool | None = None,
   impl: str = "auto",
-):
+) -> tuple[Any, jax.Array]:
   """Runs one GRU layer (:func:`jaxlstm.gru_step`) over a sequence: :func:`jaxlstm.layer` for GRUs.
 
   Arguments and returns as :func:`jaxlstm.layer`; ``hs`` is ``(*batch, T, H)``.
@@ -531,17 +533,17 @@ def gru(
 def rnn(
   params: RNNParams,
   xs: jax.Array,
-  state=None,
+  state: Any = None,
   *,
   activation: str | None = None,
-  lengths=None,
-  mask=None,
-  resets=None,
+  lengths: Array | None = None,
+  mask: Array | None = None,
+  resets: Array | None = None,
   reverse: bool = False,
   time_major: bool = False,
   unroll: int | bool | None = None,
   impl: str = "auto",
-):
+) -> tuple[Any, jax.Array]:
   """Runs one Elman RNN layer (:func:`jaxlstm.rnn_step`) over a sequence: :func:`jaxlstm.layer` for RNNs.
 
   The activation is ``params.activation`` (set by :func:`jaxlstm.rnn_init` or
@@ -574,20 +576,20 @@ def rnn(
 def explain(
   params: Any,
   xs: jax.Array,
-  state=None,
+  state: Any = None,
   *,
-  lengths=None,
-  mask=None,
-  resets=None,
+  lengths: Array | None = None,
+  mask: Array | None = None,
+  resets: Array | None = None,
   reverse: bool = False,
   time_major: bool = False,
   impl: str = "auto",
   remat: int | None = None,
-  unroll=None,
+  unroll: int | bool | None = None,
   recurrent_dropout: float = 0.0,
   zoneout: float | dict = 0.0,
-  **ignored,
-):
+  **ignored: Any,
+) -> kernels.KernelChoice | tuple[kernels.KernelChoice, ...]:
   """Which kernel a call of :func:`jaxlstm.layer` (or :func:`jaxlstm.stack`) would run on, and why.
 
   Takes the same arguments as the call (``state``, ``unroll`` and the options

@@ -7,11 +7,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxlstm._src import checks, regularizers
 from jaxlstm._src.cells.registry import cell_of, get_cell, is_cell_params
 from jaxlstm._src.cells.rnn import check_call_activation
 from jaxlstm._src.layers import check_options, check_params, check_sequence, check_state, run_checked, zero_state_shape
+from jaxlstm._src.types import Array
 
 MERGES = ("concat", "sum", "mean", "mul")
 
@@ -45,8 +47,8 @@ def stack_init(
   cell: str = "lstm",
   bidirectional: bool = False,
   merge: str = "concat",
-  dtype=jnp.float32,
-  **cell_options,
+  dtype: DTypeLike = jnp.float32,
+  **cell_options: Any,
 ) -> tuple:
   """Initializes a stack of ``num_layers`` recurrent layers.
 
@@ -209,9 +211,9 @@ def stack(
   xs: jax.Array,
   states: Sequence[Any] | None = None,
   *,
-  lengths=None,
-  mask=None,
-  resets=None,
+  lengths: Array | None = None,
+  mask: Array | None = None,
+  resets: Array | None = None,
   dropout: float = 0.0,
   key: jax.Array | None = None,
   merge: str = "concat",
@@ -224,7 +226,7 @@ def stack(
   recurrent_dropout: float = 0.0,
   zoneout: float | dict = 0.0,
   weight_drop: float = 0.0,
-):
+) -> tuple[tuple[Any, ...], jax.Array]:
   """Runs a stack of recurrent layers over a sequence.
 
   Each layer's output sequence is the next layer's input. ``lengths``, ``mask``
@@ -319,7 +321,9 @@ def stack(
     if use_key and key is not None
     else [[None, None]] * len(params)
   )
-  kw = dict(lengths=lengths, mask=mask, resets=resets, time_major=time_major, unroll=unroll, impl=impl, remat=remat)
+  kw: dict[str, Any] = dict(
+    lengths=lengths, mask=mask, resets=resets, time_major=time_major, unroll=unroll, impl=impl, remat=remat
+  )
   h = xs
   finals = []
   for i, layer in enumerate(params):

@@ -45,12 +45,14 @@ References:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import DTypeLike
 
 from jaxlstm._src import checks
 from jaxlstm._src.cells.lstm import state_dtype
@@ -258,13 +260,13 @@ def convlstm1d_init(
   input_size: int,
   hidden_size: int,
   *,
-  kernel_size=3,
+  kernel_size: int | Sequence[int] = 3,
   padding: str = "same",
-  strides=1,
-  dilation=1,
+  strides: int | Sequence[int] = 1,
+  dilation: int | Sequence[int] = 1,
   forget_bias: float = 1.0,
   forget_offset: float = 0.0,
-  dtype=jnp.float32,
+  dtype: DTypeLike = jnp.float32,
 ) -> ConvLSTM1DParams:
   """Initializes a ConvLSTM1D layer (inputs ``(*batch, T, W, C)``); init as the module docstring says.
 
@@ -314,13 +316,13 @@ def convlstm2d_init(
   input_size: int,
   hidden_size: int,
   *,
-  kernel_size=3,
+  kernel_size: int | Sequence[int] = 3,
   padding: str = "same",
-  strides=1,
-  dilation=1,
+  strides: int | Sequence[int] = 1,
+  dilation: int | Sequence[int] = 1,
   forget_bias: float = 1.0,
   forget_offset: float = 0.0,
-  dtype=jnp.float32,
+  dtype: DTypeLike = jnp.float32,
 ) -> ConvLSTM2DParams:
   """Initializes a ConvLSTM2D layer (inputs ``(*batch, T, H, W, C)``); init as the module docstring says.
 
@@ -398,7 +400,9 @@ def output_spatial(params: ConvLSTMParams, spatial: tuple[int, ...]) -> tuple[in
   return tuple(out)
 
 
-def convlstm_zero_state(params: ConvLSTMParams, batch_shape: tuple[int, ...] = (), dtype=None) -> ConvLSTMState:
+def convlstm_zero_state(
+  params: ConvLSTMParams, batch_shape: tuple[int, ...] = (), dtype: DTypeLike | None = None
+) -> ConvLSTMState:
   """An all-zero state for inputs whose leading axes are ``batch_shape``: ``(*batch, *spatial)``.
 
   The state's spatial sizes are those the input convolution gives (:func:`jaxlstm.zero_state` says why

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxlstm._src import checks
 from jaxlstm._src.cells.lstm import state_dtype
@@ -78,7 +79,7 @@ class GRUState(NamedTuple):
   h: jax.Array  # (..., H)
 
 
-def gru_init(key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.float32) -> GRUParams:
+def gru_init(key: jax.Array, input_size: int, hidden_size: int, *, dtype: DTypeLike = jnp.float32) -> GRUParams:
   """Initializes a GRU layer: Glorot-uniform ``w_x``, per-gate orthogonal ``w_h``, zero biases.
 
   Args:
@@ -109,7 +110,7 @@ def gru_init(key: jax.Array, input_size: int, hidden_size: int, *, dtype=jnp.flo
   )
 
 
-def gru_zero_state(params: GRUParams, batch_shape: tuple[int, ...] = (), dtype=None) -> GRUState:
+def gru_zero_state(params: GRUParams, batch_shape: tuple[int, ...] = (), dtype: DTypeLike | None = None) -> GRUState:
   """An all-zero state ``h (*batch_shape, H)``.
 
   Args:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxlstm._src import checks
 from jaxlstm._src.cells.registry import Cell
@@ -119,7 +120,7 @@ def lstm_init(
   layer_norm: bool = False,
   proj_size: int | None = None,
   forget_bias: float = 1.0,
-  dtype=jnp.float32,
+  dtype: DTypeLike = jnp.float32,
 ) -> LSTMParams:
   """Initializes an LSTM layer.
 
@@ -184,7 +185,7 @@ def lstm_init(
   )
 
 
-def lstm_zero_state(params: LSTMParams, batch_shape: tuple[int, ...] = (), dtype=None) -> LSTMState:
+def lstm_zero_state(params: LSTMParams, batch_shape: tuple[int, ...] = (), dtype: DTypeLike | None = None) -> LSTMState:
   """An all-zero state: ``h (*batch_shape, P)`` and ``c (*batch_shape, H)``.
 
   Args:

@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxlstm._src import checks
 from jaxlstm._src.cells.lstm import state_dtype
@@ -127,7 +128,7 @@ class MinGRUState(NamedTuple):
 
 
 def mingru_init(
-  key: jax.Array, input_size: int, hidden_size: int, *, log_space: bool = True, dtype=jnp.float32
+  key: jax.Array, input_size: int, hidden_size: int, *, log_space: bool = True, dtype: DTypeLike = jnp.float32
 ) -> MinGRUParams:
   """Initializes a minGRU layer: Glorot-uniform ``w_x``, zero ``b``.
 
@@ -159,7 +160,9 @@ def mingru_init(
   )
 
 
-def mingru_zero_state(params: MinGRUParams, batch_shape: tuple[int, ...] = (), dtype=None) -> MinGRUState:
+def mingru_zero_state(
+  params: MinGRUParams, batch_shape: tuple[int, ...] = (), dtype: DTypeLike | None = None
+) -> MinGRUState:
   """An all-zero state ``h (*batch_shape, H)``.
 
   Args:

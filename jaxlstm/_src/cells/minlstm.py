@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxlstm._src import checks
 from jaxlstm._src.cells.lstm import state_dtype
@@ -96,7 +97,7 @@ class MinLSTMState(NamedTuple):
 
 
 def minlstm_init(
-  key: jax.Array, input_size: int, hidden_size: int, *, log_space: bool = True, dtype=jnp.float32
+  key: jax.Array, input_size: int, hidden_size: int, *, log_space: bool = True, dtype: DTypeLike = jnp.float32
 ) -> MinLSTMParams:
   """Initializes a minLSTM layer: Glorot-uniform ``w_x``, zero ``b``.
 
@@ -128,7 +129,9 @@ def minlstm_init(
   )
 
 
-def minlstm_zero_state(params: MinLSTMParams, batch_shape: tuple[int, ...] = (), dtype=None) -> MinLSTMState:
+def minlstm_zero_state(
+  params: MinLSTMParams, batch_shape: tuple[int, ...] = (), dtype: DTypeLike | None = None
+) -> MinLSTMState:
   """An all-zero state ``h (*batch_shape, H)``.
 
   Args:

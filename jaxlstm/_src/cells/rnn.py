@@ -6,6 +6,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxlstm._src import checks
 from jaxlstm._src.cells.lstm import state_dtype
@@ -80,7 +81,7 @@ class RNNState(NamedTuple):
 
 
 def rnn_init(
-  key: jax.Array, input_size: int, hidden_size: int, *, activation: str = "tanh", dtype=jnp.float32
+  key: jax.Array, input_size: int, hidden_size: int, *, activation: str = "tanh", dtype: DTypeLike = jnp.float32
 ) -> RNNParams:
   """Initializes an Elman RNN layer: Glorot-uniform ``w_x``, orthogonal ``w_h``, zero ``b``.
 
@@ -115,7 +116,7 @@ def rnn_init(
   )
 
 
-def rnn_zero_state(params: RNNParams, batch_shape: tuple[int, ...] = (), dtype=None) -> RNNState:
+def rnn_zero_state(params: RNNParams, batch_shape: tuple[int, ...] = (), dtype: DTypeLike | None = None) -> RNNState:
   """An all-zero state ``h (*batch_shape, H)``.
 
   Args:

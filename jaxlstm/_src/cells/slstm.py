@@ -59,6 +59,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxlstm._src import checks
 from jaxlstm._src.cells.lstm import state_dtype
@@ -197,7 +198,7 @@ def slstm_init(
   *,
   num_heads: int = 1,
   forget_gate: str = "sigmoid",
-  dtype=jnp.float32,
+  dtype: DTypeLike = jnp.float32,
 ) -> SLSTMParams:
   """Initializes an sLSTM layer as NX-AI's xlstm does.
 
@@ -244,7 +245,9 @@ def slstm_init(
   return SLSTMParams(w_x=w_x, r=jnp.zeros((K, D, 4 * D), dtype), b=b, num_heads=K, forget_gate=forget_gate)
 
 
-def slstm_zero_state(params: SLSTMParams, batch_shape: tuple[int, ...] = (), dtype=None) -> SLSTMState:
+def slstm_zero_state(
+  params: SLSTMParams, batch_shape: tuple[int, ...] = (), dtype: DTypeLike | None = None
+) -> SLSTMState:
   """The empty state: ``h``, ``c``, ``n`` and ``m`` all zero, each ``(*batch_shape, H)``.
 
   ``n = 0`` marks the state as empty, which starts the stabilizer from the
