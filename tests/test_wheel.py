@@ -75,13 +75,15 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
   with zipfile.ZipFile(wheel) as z:
     in_wheel = {n for n in z.namelist() if not n.startswith(f"jaxlstm-{VERSION}.dist-info/")}
     entry_points = z.read(f"jaxlstm-{VERSION}.dist-info/entry_points.txt").decode()
+    wheel_license = z.read(f"jaxlstm-{VERSION}.dist-info/licenses/LICENSE").decode()
   assert expected - in_wheel == set(), "missing from the wheel"
   assert in_wheel - expected == set(), "in the wheel but not in the checkout"
   assert "jaxlstm = jaxlstm.cli:main" in entry_points
+  assert wheel_license == (ROOT / "LICENSE").read_text() and "Apache License" in wheel_license
   with tarfile.open(sdist) as t:
     in_sdist = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
   assert expected - in_sdist == set(), "missing from the sdist"
-  assert {"README.md", "CHANGELOG.md", "pyproject.toml", "tests/conftest.py"} <= in_sdist
+  assert {"README.md", "CHANGELOG.md", "LICENSE", "pyproject.toml", "tests/conftest.py"} <= in_sdist
 
   # A venv without pip (faster to make); this interpreter's pip installs into it.
   run(sys.executable, "-m", "venv", "--without-pip", venv)
