@@ -38,13 +38,13 @@ reversed.
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
+from jaxlstm._src.kernels.linear import linear_recurrence
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
 
@@ -99,23 +99,6 @@ def _gate_consts(H: int, dtype):
   scale = jnp.concatenate([half, half, one, half])
   add = jnp.concatenate([half, half, zero, half])
   return scale, scale, add  # the multiplier equals the scale: 0.5 for sigmoids, 1 for g
-
-
-class _Residuals(NamedTuple):
-  """What the backward pass of the layer reads (time-major)."""
-
-  w_x: jax.Array  # (I, 4H)
-  xs: jax.Array  # (T, B, I)
-  w_h: jax.Array  # (H, 4H)
-  peep: jax.Array | None  # (3, H)
-  valid: jax.Array | None  # (T, B) bool
-  h0: jax.Array  # (B, H)
-  c0: jax.Array  # (B, H)
-  P: jax.Array  # (T, B, 4H) backward factors, see _backward_factors
-  Q: jax.Array  # (T, B, H)
-  F: jax.Array  # (T, B, H)
-  hs: jax.Array  # (T, B, H) carried h after each step (frozen where invalid)
-  cs: jax.Array | None  # (T, B, H) carried c after each step; kept for the peephole gradient only
 
 
 def _backward_factors(i, f, g, o, c_prev, tc, peep):
@@ -206,28 +189,46 @@ def _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, save):
   return (h, c), (P, Q, F, hs, cs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
-def _layer(w_x, b, w_h, peep, xs, valid, h0, c0, unroll):
-  """``(hs (T, B, H), h_T, c_T)`` of the layer on time-major ``xs (T, B, I)``; ``hs`` is the carried ``h``."""
-  (h, c), hs = _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, save=False)
-  return hs, h, c
+def _tangent(coefs, lins, *, unroll):
+  """The layer's tangent recurrence, linear in ``lins = (a, dh0, dc0)``; the transpose of :func:`_backward`.
+
+  ``coefs = (w_h, P, Q, F, valid)`` as saved by the forward loop and ``a (T, B, 4H)`` the hoisted part of the
+  gate tangents (input, weight, bias and peephole-weight terms). Returns ``(dhs (T, B, H), dh_T, dc_T)``.
+  """
+  w_h, P, Q, F, valid = coefs
+  a, dh0, dc0 = lins
+  H = dh0.shape[-1]
+  sdt, cdt = dh0.dtype, w_h.dtype
+
+  def step(carry, inp):
+    dh, dc = carry
+    a_t, p, q, f_, v = inp
+    dz = a_t + (dh.astype(cdt) @ w_h).astype(sdt)
+    pz = p * dz
+    dc_new = dc * f_ + pz[:, :H] + pz[:, H : 2 * H] + pz[:, 2 * H : 3 * H]
+    dh_new = dc_new * q + pz[:, 3 * H :]
+    if v is not None:
+      vv = v[:, None]
+      dh_new, dc_new = jnp.where(vv, dh_new, dh), jnp.where(vv, dc_new, dc)
+    return (dh_new, dc_new), dh_new
+
+  (dh, dc), dhs = lax.scan(step, (dh0, dc0), (a, P, Q, F, valid), unroll=unroll)
+  return dhs, dh, dc
 
 
-def _layer_fwd(w_x, b, w_h, peep, xs, valid, h0, c0, unroll):
-  (h, c), (P, Q, F, hs, cs) = _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, save=True)
-  return (hs, h, c), _Residuals(w_x, xs, w_h, peep, valid, h0, c0, P, Q, F, hs, cs)
+def _backward(coefs, cts, *, unroll):
+  """The transpose of :func:`_tangent`: the layer's backward loop, carrying only the ``(dh, dc)`` recursion.
 
-
-def _layer_bwd(unroll, res, cts):
-  d_hs, d_hT, d_cT = cts  # (T, B, H), (B, H), (B, H)
-  w_x, xs, w_h, peep, valid, h0, c0, P, Q, F, hs, cs = res
-  H = c0.shape[-1]
-  T, B, _ = xs.shape
-  sdt = c0.dtype
-  cdt = w_h.dtype
+  ``cts = (d_hs (T, B, H), d_hT, d_cT)``; returns ``(dz (T, B, 4H), dh0, dc0)``, ``dz`` the gradient of the
+  gate pre-activations, from which the weight gradients are GEMMs over all ``T * B`` rows.
+  """
+  w_h, P, Q, F, valid = coefs
+  d_hs, d_hT, d_cT = cts
+  T = P.shape[0]
+  sdt, cdt = d_hT.dtype, w_h.dtype
   w_hT = w_h.T  # (4H, H), transposed once outside the loop
 
-  # The loop carries only the (dh, dc) recursion: two small fusions and a GEMM per step.
+  # Two small fusions and a GEMM per step.
   def body(k, carry):
     dh, dc, buf = carry
     t = T - 1 - k
@@ -248,29 +249,62 @@ def _layer_bwd(unroll, res, cts):
     return dh_prev, dc_prev, lax.dynamic_update_index_in_dim(buf, dz, t, 0)
 
   dh0, dc0, dz = lax.fori_loop(0, T, body, (d_hT, d_cT, P), unroll=unroll)
-  h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
-  # The weight and input gradients as a few big GEMMs over all T * B rows, written as plain
-  # (K, N) x (N, 4H) products, which XLA's CPU backend runs on its fast GEMM kernels.
-  dz2 = dz.reshape(T * B, 4 * H).astype(cdt)
+  return dz, dh0, dc0
+
+
+_recurrence = linear_recurrence("lstm_fused_tangent", _tangent, _backward)
+
+
+def _tangent_rows(valid):
+  """The batch axis of each leaf of :func:`_tangent`'s coefficients, linear inputs and outputs (for ``vmap``)."""
+  coef_rows = (None, 1, 1, 1) + (() if valid is None else (1,))
+  return coef_rows, (1, 0, 0), (1, 0, 0)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(8,))
+def _layer(w_x, b, w_h, peep, xs, valid, h0, c0, unroll):
+  """``(hs (T, B, H), h_T, c_T)`` of the layer on time-major ``xs (T, B, I)``; ``hs`` is the carried ``h``."""
+  (h, c), hs = _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, save=False)
+  return hs, h, c
+
+
+def _zero(t) -> bool:
+  return isinstance(t, jax.custom_derivatives.SymbolicZero)
+
+
+@functools.partial(_layer.defjvp, symbolic_zeros=True)
+def _layer_jvp(unroll, primals, tangents):
+  # The forward loop saves each step's activation derivatives; the tangent is then the hoisted GEMMs (input and
+  # weight tangents over all T * B rows) plus the linear recurrence, whose transpose is the backward loop.
+  w_x, b, w_h, peep, xs, valid, h0, c0 = primals
+  dw_x, db, dw_h, dpeep, dxs, _, dh0, dc0 = tangents
+  (h, c), (P, Q, F, hs, cs) = _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, save=True)
+  T, B, _ = xs.shape
+  H = c0.shape[-1]
+  sdt = c0.dtype
   mm = functools.partial(jnp.matmul, preferred_element_type=sdt)  # float32 sums under 16-bit params
-  dw_h = mm(h_prevs.reshape(T * B, H).astype(cdt).T, dz2).astype(cdt)
-  dw_x = mm(xs.reshape(T * B, -1).T, dz2).astype(cdt)
-  dxs = mm(dz2, w_x.T).astype(xs.dtype).reshape(xs.shape)
-  db = jnp.sum(dz, axis=(0, 1)).astype(cdt)
-  dpeep = None
-  if peep is not None:
+  terms = []
+  if not _zero(dxs):
+    terms.append(mm(dxs.reshape(T * B, -1).astype(w_x.dtype), w_x))
+  if not _zero(dw_x):
+    terms.append(mm(xs.reshape(T * B, -1), dw_x))
+  if not _zero(dw_h):
+    h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
+    terms.append(mm(h_prevs.reshape(T * B, H).astype(w_h.dtype), dw_h))
+  a = functools.reduce(jnp.add, terms) if terms else jnp.zeros((T * B, 4 * H), sdt)
+  a = a.reshape(T, B, 4 * H)
+  if not _zero(db):
+    a = a + db.astype(sdt)
+  if peep is not None and not _zero(dpeep):
     c_prevs = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, B, H)
-    dpeep = jnp.stack(
-      [
-        jnp.sum(dz[..., :H] * c_prevs, axis=(0, 1)),
-        jnp.sum(dz[..., H : 2 * H] * c_prevs, axis=(0, 1)),
-        jnp.sum(dz[..., 3 * H :] * cs, axis=(0, 1)),
-      ]
-    ).astype(peep.dtype)
-  return dw_x, db, dw_h, dpeep, dxs, None, dh0, dc0
-
-
-_layer.defvjp(_layer_fwd, _layer_bwd)
+    dpeep = dpeep.astype(sdt)
+    zeros = jnp.zeros_like(cs)
+    a = a + jnp.concatenate([dpeep[0] * c_prevs, dpeep[1] * c_prevs, zeros, dpeep[2] * cs], axis=-1)
+  dh0 = jnp.zeros_like(h0) if _zero(dh0) else dh0
+  dc0 = jnp.zeros_like(c0) if _zero(dc0) else dc0
+  coefs = (w_h, P, Q, F, valid)
+  d_hs, d_h, d_c = _recurrence(coefs, (a, dh0, dc0), rows=_tangent_rows(valid), unroll=unroll)
+  return (hs, h, c), (d_hs, d_h, d_c)
 
 
 def _run(params, xs, valid, h0, c0, unroll):
