@@ -103,8 +103,8 @@ def test_explicit_impl_that_cannot_run_raises_and_never_falls_back():
   with pytest.raises(ValueError, match=r"impl='fused' cannot run this layer: it runs LSTM layers only, not gru"):
     jaxlstm.layer(params, xs, impl="fused")
   lstm, xs, _, _ = setup("lstm", "plain")
-  with pytest.raises(ValueError, match=r"impl='fused' cannot run this layer: it does not take resets"):
-    jaxlstm.lstm(lstm, xs, resets=RESETS, impl="fused")
+  with pytest.raises(ValueError, match=r"impl='fused' cannot run this layer: it takes remat or resets, not both"):
+    jaxlstm.lstm(lstm, xs, resets=RESETS, remat=2, impl="fused")
   with pytest.raises(ValueError, match=r"impl='fused' cannot run this layer: it runs plain and peephole LSTMs only"):
     jaxlstm.stack((setup("lstm_ln_proj", "plain")[0],), xs, impl="fused")
 
@@ -119,17 +119,17 @@ def test_explain_describes_a_stack_layer_by_layer():
     "params[1].forward",
     "params[1].backward",
   ]
-  assert {c.kernel for c in choices} == {"reference"}
-  assert choices[0].reasons["fused"] == "it does not take resets; use impl='reference'"
-  assert "runs on 'reference'" in str(choices[0]) and "fused: it does not take resets" in str(choices[0])
-  assert {c.kernel for c in jaxlstm.explain(params, xs)} == {"fused"}
+  assert {c.kernel for c in choices} == {"fused"}
+  assert "runs on 'fused'" in str(choices[0]) and "fused: chosen" in str(choices[0])
+  with pytest.raises(ValueError, match="fused: it takes remat or resets, not both"):
+    jaxlstm.explain(params, xs, resets=RESETS, remat=2)
 
 
 def test_the_chosen_kernel_is_logged(caplog):
   params, xs, _, _ = setup("lstm", "plain")
   with caplog.at_level(logging.DEBUG, logger="jaxlstm"):
     jaxlstm.lstm(params, xs)
-    jaxlstm.lstm(params, xs, resets=RESETS)
+    jaxlstm.lstm(setup("lstm_ln_proj", "plain")[0], xs)
   assert "params: lstm layer runs on the 'fused' kernel (impl='auto')" in caplog.messages
   assert "params: lstm layer runs on the 'reference' kernel (impl='auto')" in caplog.messages
 

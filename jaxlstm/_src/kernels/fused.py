@@ -53,7 +53,7 @@ def why_not(call: LayerCall) -> str | None:
 
   It runs :class:`~jaxlstm.LSTMParams` without layer normalization or
   projection (with or without peepholes), in any floating dtype, with
-  ``lengths``, ``mask``, ``reverse`` and ``remat``, but not ``resets``.
+  ``lengths``, ``mask``, ``resets``, ``reverse`` and ``remat``, but not ``remat`` with ``resets``.
 
   Example:
     >>> from jaxlstm.kernels import fused
@@ -70,8 +70,8 @@ def why_not(call: LayerCall) -> str | None:
   p = call.params
   if p.layer_norm is not None or p.w_proj is not None:
     return "it runs plain and peephole LSTMs only, not layer_norm or proj_size; use impl='reference'"
-  if call.resets:
-    return "it does not take resets; use impl='reference'"
+  if call.resets and call.remat is not None:
+    return "it takes remat or resets, not both"
   return None
 
 
@@ -120,14 +120,17 @@ def _backward_factors(i, f, g, o, c_prev, tc, peep):
   return P, Q, F
 
 
-def _step(w_h, b, peep, consts, carry, inputs, *, save):
-  """One step of the recurrence on precomputed ``zx``.
+def _step(w_h, b, peep, consts, state0, carry, inputs, *, save):
+  """One step of the recurrence on precomputed ``zx``; a reset step starts from ``state0``.
 
   Returns the new carry and ``h``, or with ``save`` the new carry and
   ``((P, Q, F), h, c)`` for the backward pass.
   """
+  zx, v, r = inputs
+  if r is not None:
+    rr = r[:, None]
+    carry = (jnp.where(rr, state0[0], carry[0]), jnp.where(rr, state0[1], carry[1]))
   h, c_prev = carry
-  zx, v = inputs
   scale, mul, add = consts
   H = c_prev.shape[-1]
   cdt = w_h.dtype
@@ -156,7 +159,7 @@ def _step(w_h, b, peep, consts, carry, inputs, *, save):
   return (h_new, c), ((factors, h_new, c) if save else h_new)
 
 
-def _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, save):
+def _forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save):
   sdt = c0.dtype
   T, B, _ = xs.shape
   H = c0.shape[-1]
@@ -165,16 +168,18 @@ def _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, save):
   consts = _gate_consts(H, sdt)
   if peep is not None:
     peep = peep.astype(sdt)
-  step = functools.partial(_step, w_h, b.astype(sdt), peep, consts, save=save)
+  step = functools.partial(_step, w_h, b.astype(sdt), peep, consts, (h0, c0), save=save)
   if not save:
-    return lax.scan(step, (h0, c0), (zx, valid), unroll=unroll)
+    return lax.scan(step, (h0, c0), (zx, valid, resets), unroll=unroll)
 
   # Training saves each step's backward factors, computed while its gates are at hand; P of step t
   # is written over zx[t] in place (its only reader), since a fresh (T, B, 4H) buffer would cost a
   # pass over new memory. The backward pass then reads only what its loop needs.
   def body(t, carry):
     h, c, P, Q, F, hs, cs = carry
-    (h, c), ((p, q, f), h_out, c_out) = step((h, c), (P[t], None if valid is None else valid[t]))
+    at = functools.partial(lax.dynamic_index_in_dim, index=t, axis=0, keepdims=False)
+    inputs = (at(P), None if valid is None else at(valid), None if resets is None else at(resets))
+    (h, c), ((p, q, f), h_out, c_out) = step((h, c), inputs)
     put = functools.partial(lax.dynamic_update_index_in_dim, index=t, axis=0)
     cs = None if cs is None else put(cs, c_out)
     # P's gate blocks go straight into their columns: four small in-place writes run faster on
@@ -192,17 +197,21 @@ def _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, save):
 def _tangent(coefs, lins, *, unroll):
   """The layer's tangent recurrence, linear in ``lins = (a, dh0, dc0)``; the transpose of :func:`_backward`.
 
-  ``coefs = (w_h, P, Q, F, valid)`` as saved by the forward loop and ``a (T, B, 4H)`` the hoisted part of the
-  gate tangents (input, weight, bias and peephole-weight terms). Returns ``(dhs (T, B, H), dh_T, dc_T)``.
+  ``coefs = (w_h, P, Q, F, valid, resets)`` as saved by the forward loop and ``a (T, B, 4H)`` the hoisted part
+  of the gate tangents (input, weight, bias and peephole-weight terms). A reset step starts from the initial
+  state's tangent ``(dh0, dc0)``. Returns ``(dhs (T, B, H), dh_T, dc_T)``.
   """
-  w_h, P, Q, F, valid = coefs
+  w_h, P, Q, F, valid, resets = coefs
   a, dh0, dc0 = lins
   H = dh0.shape[-1]
   sdt, cdt = dh0.dtype, w_h.dtype
 
   def step(carry, inp):
     dh, dc = carry
-    a_t, p, q, f_, v = inp
+    a_t, p, q, f_, v, r = inp
+    if r is not None:
+      rr = r[:, None]
+      dh, dc = jnp.where(rr, dh0, dh), jnp.where(rr, dc0, dc)
     dz = a_t + (dh.astype(cdt) @ w_h).astype(sdt)
     pz = p * dz
     dc_new = dc * f_ + pz[:, :H] + pz[:, H : 2 * H] + pz[:, 2 * H : 3 * H]
@@ -212,7 +221,7 @@ def _tangent(coefs, lins, *, unroll):
       dh_new, dc_new = jnp.where(vv, dh_new, dh), jnp.where(vv, dc_new, dc)
     return (dh_new, dc_new), dh_new
 
-  (dh, dc), dhs = lax.scan(step, (dh0, dc0), (a, P, Q, F, valid), unroll=unroll)
+  (dh, dc), dhs = lax.scan(step, (dh0, dc0), (a, P, Q, F, valid, resets), unroll=unroll)
   return dhs, dh, dc
 
 
@@ -220,9 +229,10 @@ def _backward(coefs, cts, *, unroll):
   """The transpose of :func:`_tangent`: the layer's backward loop, carrying only the ``(dh, dc)`` recursion.
 
   ``cts = (d_hs (T, B, H), d_hT, d_cT)``; returns ``(dz (T, B, 4H), dh0, dc0)``, ``dz`` the gradient of the
-  gate pre-activations, from which the weight gradients are GEMMs over all ``T * B`` rows.
+  gate pre-activations, from which the weight gradients are GEMMs over all ``T * B`` rows. The gradient reaching
+  a reset step's starting state goes to the initial state.
   """
-  w_h, P, Q, F, valid = coefs
+  w_h, P, Q, F, valid, resets = coefs
   d_hs, d_hT, d_cT = cts
   T = P.shape[0]
   sdt, cdt = d_hT.dtype, w_h.dtype
@@ -230,7 +240,7 @@ def _backward(coefs, cts, *, unroll):
 
   # Two small fusions and a GEMM per step.
   def body(k, carry):
-    dh, dc, buf = carry
+    dh, dc, buf, acc = carry
     t = T - 1 - k
     p, q, f_, dy = buf[t], Q[t], F[t], d_hs[t]
     v = None if valid is None else valid[t]
@@ -245,27 +255,40 @@ def _backward(coefs, cts, *, unroll):
     dc_prev = dc * f_
     if v is not None:
       dh_prev, dc_prev = dh_prev + dh_skip, dc_prev + dc_skip
+    if resets is not None:
+      rr = resets[t][:, None]
+      acc = (acc[0] + jnp.where(rr, dh_prev, 0), acc[1] + jnp.where(rr, dc_prev, 0))
+      dh_prev, dc_prev = jnp.where(rr, 0, dh_prev), jnp.where(rr, 0, dc_prev)
     # dz[t] overwrites P[t], its only reader, so the loop needs no new (T, B, 4H) buffer.
-    return dh_prev, dc_prev, lax.dynamic_update_index_in_dim(buf, dz, t, 0)
+    return dh_prev, dc_prev, lax.dynamic_update_index_in_dim(buf, dz, t, 0), acc
 
-  dh0, dc0, dz = lax.fori_loop(0, T, body, (d_hT, d_cT, P), unroll=unroll)
+  acc = None if resets is None else (jnp.zeros_like(d_hT), jnp.zeros_like(d_cT))
+  dh0, dc0, dz, acc = lax.fori_loop(0, T, body, (d_hT, d_cT, P, acc), unroll=unroll)
+  if acc is not None:
+    dh0, dc0 = dh0 + acc[0], dc0 + acc[1]
   return dz, dh0, dc0
 
 
 _recurrence = linear_recurrence("lstm_fused_tangent", _tangent, _backward)
 
 
-def _tangent_rows(valid):
+def _tangent_rows(valid, resets):
   """The batch axis of each leaf of :func:`_tangent`'s coefficients, linear inputs and outputs (for ``vmap``)."""
-  coef_rows = (None, 1, 1, 1) + (() if valid is None else (1,))
+  coef_rows = (None, 1, 1, 1) + (() if valid is None else (1,)) + (() if resets is None else (1,))
   return coef_rows, (1, 0, 0), (1, 0, 0)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(8,))
-def _layer(w_x, b, w_h, peep, xs, valid, h0, c0, unroll):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(9,))
+def _layer(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll):
   """``(hs (T, B, H), h_T, c_T)`` of the layer on time-major ``xs (T, B, I)``; ``hs`` is the carried ``h``."""
-  (h, c), hs = _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, save=False)
+  (h, c), hs = _forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save=False)
   return hs, h, c
+
+
+def _prevs(seq, first, resets):
+  """``(T, B, H)``: each step's starting carry, from the carried values ``seq`` after each step."""
+  prevs = jnp.concatenate([first[None], seq[:-1]], axis=0)
+  return prevs if resets is None else jnp.where(resets[..., None], first, prevs)
 
 
 def _zero(t) -> bool:
@@ -276,9 +299,9 @@ def _zero(t) -> bool:
 def _layer_jvp(unroll, primals, tangents):
   # The forward loop saves each step's activation derivatives; the tangent is then the hoisted GEMMs (input and
   # weight tangents over all T * B rows) plus the linear recurrence, whose transpose is the backward loop.
-  w_x, b, w_h, peep, xs, valid, h0, c0 = primals
-  dw_x, db, dw_h, dpeep, dxs, _, dh0, dc0 = tangents
-  (h, c), (P, Q, F, hs, cs) = _forward(w_x, b, w_h, peep, xs, valid, h0, c0, unroll, save=True)
+  w_x, b, w_h, peep, xs, valid, resets, h0, c0 = primals
+  dw_x, db, dw_h, dpeep, dxs, _, _, dh0, dc0 = tangents
+  (h, c), (P, Q, F, hs, cs) = _forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save=True)
   T, B, _ = xs.shape
   H = c0.shape[-1]
   sdt = c0.dtype
@@ -289,27 +312,28 @@ def _layer_jvp(unroll, primals, tangents):
   if not _zero(dw_x):
     terms.append(mm(xs.reshape(T * B, -1), dw_x))
   if not _zero(dw_h):
-    h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
+    h_prevs = _prevs(hs, h0, resets)
     terms.append(mm(h_prevs.reshape(T * B, H).astype(w_h.dtype), dw_h))
   a = functools.reduce(jnp.add, terms) if terms else jnp.zeros((T * B, 4 * H), sdt)
   a = a.reshape(T, B, 4 * H)
   if not _zero(db):
     a = a + db.astype(sdt)
   if peep is not None and not _zero(dpeep):
-    c_prevs = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, B, H)
+    c_prevs = _prevs(cs, c0, resets)
     dpeep = dpeep.astype(sdt)
     zeros = jnp.zeros_like(cs)
     a = a + jnp.concatenate([dpeep[0] * c_prevs, dpeep[1] * c_prevs, zeros, dpeep[2] * cs], axis=-1)
   dh0 = jnp.zeros_like(h0) if _zero(dh0) else dh0
   dc0 = jnp.zeros_like(c0) if _zero(dc0) else dc0
-  coefs = (w_h, P, Q, F, valid)
-  d_hs, d_h, d_c = _recurrence(coefs, (a, dh0, dc0), rows=_tangent_rows(valid), unroll=unroll)
+  coefs = (w_h, P, Q, F, valid, resets)
+  d_hs, d_h, d_c = _recurrence(coefs, (a, dh0, dc0), rows=_tangent_rows(valid, resets), unroll=unroll)
   return (hs, h, c), (d_hs, d_h, d_c)
 
 
-def _run(params, xs, valid, h0, c0, unroll):
+def _run(params, xs, valid, resets, h0, c0, unroll):
   """The layer on time-major ``xs (T, B, I)``; returns ``(hs (T, B, H), h_T, c_T)``, ``hs`` unmasked."""
-  return _layer(params.w_x, params.b, params.w_h, params.peephole, xs.astype(params.w_x.dtype), valid, h0, c0, unroll)
+  xs = xs.astype(params.w_x.dtype)
+  return _layer(params.w_x, params.b, params.w_h, params.peephole, xs, valid, resets, h0, c0, unroll)
 
 
 def _run_remat(params, xs, valid, h0, c0, unroll, k):
@@ -328,7 +352,7 @@ def _run_remat(params, xs, valid, h0, c0, unroll, k):
   def chunk(carry, inp):
     x, v = inp
     h, c = carry
-    hs, h, c = _run(params, x, v, h, c, unroll)
+    hs, h, c = _run(params, x, v, None, h, c, unroll)
     return (h, c), hs
 
   (h, c), hs = lax.scan(chunk, (h0, c0), (xs.reshape(n, k, *xs.shape[1:]), valid.reshape(n, k, B)))
@@ -354,7 +378,7 @@ def run(
     state: :class:`~jaxlstm.LSTMState` with leaves ``(B, H)``, in the carry
       dtype (float32 under 16-bit params).
     valid: ``(T, B)`` bool validity, or ``None``.
-    resets: must be ``None`` (see :func:`why_not`).
+    resets: ``(T, B)`` bool, or ``None``: a reset step starts again from ``state``.
     lengths: unused; validity arrives in ``valid``.
     unroll: unroll factor of the forward and backward loops; ``None`` picks
       :func:`default_unroll`.
@@ -378,11 +402,11 @@ def run(
     >>> bool(jnp.allclose(hs, reference.run(params, xs, state0, None, None)[1], atol=1e-6))
     True
   """
-  del lengths, resets
+  del lengths
   if unroll is None:
     unroll = default_unroll()
   if remat is None:
-    hs, h, c = _run(params, xs, valid, state.h, state.c, unroll)
+    hs, h, c = _run(params, xs, valid, resets, state.h, state.c, unroll)
   else:
     hs, h, c = _run_remat(params, xs, valid, state.h, state.c, unroll, remat)
   return LSTMState(h, c), hs

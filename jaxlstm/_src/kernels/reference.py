@@ -94,7 +94,7 @@ def why_not(call: LayerCall) -> str | None:
   """
   if call.remat is not None:
     return (
-      "remat is implemented by the fused kernel only (plain and peephole LSTMs without resets); "
+      "remat is implemented by the fused kernel only (plain and peephole LSTMs); "
       "the reference kernel keeps every step"
     )
   return None

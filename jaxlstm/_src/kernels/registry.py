@@ -46,9 +46,9 @@ class LayerCall(NamedTuple):
   Example:
     >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
     >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("lstm"), params=params, lengths=False, mask=False,
-    ...                          resets=True, reverse=False, time_major=False, remat=None)
+    ...                          resets=True, reverse=False, time_major=False, remat=10)
     >>> jaxlstm.kernels.fused.why_not(call)
-    "it does not take resets; use impl='reference'"
+    'it takes remat or resets, not both'
   """
 
   cell: Cell
