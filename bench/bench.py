@@ -91,11 +91,6 @@ def parse_args(argv=None):
     help="leave PyTorch's denormal handling alone (by default it flushes them to zero, as XLA does)",
   )
   p.add_argument(
-    "--omp-spin",
-    action="store_true",
-    help="leave OMP_WAIT_POLICY alone (by default workers get PASSIVE, see worker_env)",
-  )
-  p.add_argument(
     "--out",
     default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.md"),
     help="Markdown report (default bench/results.md)",
@@ -182,7 +177,6 @@ def main(argv=None) -> None:
       "wall_min": (time.perf_counter() - started) / 60,
       "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
       "warmup": args.warmup,
-      "omp_spin": args.omp_spin,
       "torch_denormals": args.torch_denormals,
       "jobs": results,
     }

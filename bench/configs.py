@@ -8,7 +8,6 @@ from typing import NamedTuple
 NUM_CLASSES = 10
 LEARNING_RATE = 1e-3
 ADAM_EPS = 1e-8
-TORCH_THREADS = 2
 # Side of the square float32 matmul that gives the machine's GEMM ceiling.
 CEILING_N = 2048
 GPU_CEILING_N = 8192

@@ -101,13 +101,9 @@ def worker_main(spec_json: str) -> None:
 # Driver side: subprocesses, rounds, pooling.
 
 
-def worker_env(omp_passive: bool, device: str = "cpu", keep_denormals: bool = False) -> dict:
-  """Environment of a worker: Keras on JAX, JAX on CPU (or the GPU), quieter logs.
-
-  With ``omp_passive``, ``OMP_WAIT_POLICY=PASSIVE``: PyTorch's OpenMP threads
-  sleep instead of spinning at each barrier. On a machine shared with other
-  jobs a spinning thread that gets descheduled stalls every parallel region
-  (we saw 10-100x slower PyTorch steps at small shapes under load).
+def worker_env(peer_env: tuple = (), device: str = "cpu", keep_denormals: bool = False) -> dict:
+  """Environment of a worker: Keras on JAX, JAX on CPU (or the GPU), quieter logs; nothing that changes how a
+  peer computes, except a tuned variant's own ``peer_env`` (e.g. ``torch-passive``'s ``OMP_WAIT_POLICY``).
   """
   env = dict(os.environ)
   env["KERAS_BACKEND"] = "jax"
@@ -118,16 +114,16 @@ def worker_env(omp_passive: bool, device: str = "cpu", keep_denormals: bool = Fa
   else:
     env.setdefault("JAX_PLATFORMS", "cpu")
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  if omp_passive:
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+  env.update(dict(peer_env))
   if keep_denormals:
     env["BENCH_TORCH_DENORMALS"] = "1"
   return env
 
 
-def spawn(spec: dict, timeout: float, omp_passive: bool = True, keep_denormals: bool = False) -> dict:
+def spawn(spec: dict, timeout: float, keep_denormals: bool = False) -> dict:
   """Runs one worker subprocess; a crash, a timeout or a missing result line becomes an error result."""
   cmd = [sys.executable, BENCH_SCRIPT, "--worker", json.dumps(spec)]
+  peer = spec["peer"]  # "ceiling" is not a peer
   try:
     proc = subprocess.run(
       cmd,
@@ -135,7 +131,7 @@ def spawn(spec: dict, timeout: float, omp_passive: bool = True, keep_denormals: 
       text=True,
       timeout=timeout,
       check=False,
-      env=worker_env(omp_passive, spec.get("device", "cpu"), keep_denormals),
+      env=worker_env(PEERS[peer].env if peer in PEERS else (), spec.get("device", "cpu"), keep_denormals),
     )
   except subprocess.TimeoutExpired:
     return {"status": "error", "error": f"timed out after {timeout:.0f} s"}
@@ -186,7 +182,7 @@ def run_rounds(name: str, cfg: Config, modes: list, peers: list, args, log) -> d
         "device": args.device,
       }
       t0 = time.perf_counter()
-      res = spawn(spec, args.timeout, omp_passive=not args.omp_spin, keep_denormals=args.torch_denormals)
+      res = spawn(spec, args.timeout, keep_denormals=args.torch_denormals)
       tag = f"  [{name} round {r + 1}/{rounds}] {peer:14s}"
       if res["status"] != "ok":
         entry.update(status=res["status"], error=res["error"])

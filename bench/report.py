@@ -1,4 +1,4 @@
-"""The report: statistics of the pooled step times (median, IQR, ratios to jaxlstm-fused, GFLOP/s), the
+"""The report: statistics of the pooled step times (median, IQR, ratios to the reference peer, GFLOP/s), the
 machine's description, and the Markdown report with the raw run beside it as JSON."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from configs import (
   CEILING_N,
   GPU_CEILING_N,
   NUM_CLASSES,
-  TORCH_THREADS,
   Config,
   param_count,
   step_flops,
@@ -53,12 +52,7 @@ def job_table(name: str, cfg: Config, mode: str, pooled: dict, peers: list, roun
     f"Model: {expected:,d} parameters; {flops / 1e9:.2f} GFLOP per step; {rounds} round(s). "
     f"Matmul ceiling (jitted JAX {GPU_CEILING_N if device == 'gpu' else CEILING_N}² f32): "
     f"**{ceiling:.1f} GFLOP/s**"
-    + (
-      f" (PyTorch{'' if device == 'gpu' else f', {TORCH_THREADS} threads'}: "
-      f"{statistics.median(torch_ceiling):.1f} GFLOP/s)"
-      if torch_ceiling
-      else ""
-    )
+    + (f" (PyTorch: {statistics.median(torch_ceiling):.1f} GFLOP/s)" if torch_ceiling else "")
     + ".",
     "",
     (
@@ -138,10 +132,10 @@ def median_of(pooled: dict, peer: str, mode: str) -> float | None:
 
 
 def summary_table(jobs: list) -> list:
-  """Markdown lines: every peer's median time over jaxlstm-fused's, one column per config and mode."""
+  """Markdown lines: every peer's median time over the reference peer's, one column per config and mode."""
   cols = [(job, mode) for job in jobs for mode in job["modes"]]
   lines = [
-    "## Summary: median step time relative to jaxlstm-fused (> 1: jaxlstm-fused is faster)",
+    f"## Summary: median step time relative to {REFERENCE_PEER} (> 1: {REFERENCE_PEER} is faster)",
     "",
     "| peer | " + " | ".join(f"{job['name']} {mode}" for job, mode in cols) + " |",
     "|---|" + "---:|" * len(cols),
@@ -189,8 +183,9 @@ def report(run: dict) -> str:
       "training = 3× forward), and **% of ceiling** compares it with the jitted JAX matmul measured "
       "in the same rounds. **page faults / step** is the worker process's minor page faults per timed "
       "step (median over rounds): memory touched for the first time in that step. "
-      f"**× {REFERENCE_PEER} time** is a peer's median over jaxlstm-fused's: "
-      "above 1 means jaxlstm-fused is faster. `params` ✓ means the peer's parameter count equals the "
+      f"**× {REFERENCE_PEER} time** is a peer's median over {REFERENCE_PEER}'s (jaxlstm's default path, "
+      f'`impl="auto"`): above 1 means {REFERENCE_PEER} is faster. '
+      "`params` ✓ means the peer's parameter count equals the "
       "shared model's; PyTorch's LSTM has two bias vectors (`b_ih`, `b_hh`) where the others have one, "
       "hence its +4H per layer."
     ),
@@ -198,14 +193,14 @@ def report(run: dict) -> str:
     (
       GPU_NOTE
       if run.get("device") == "gpu"
-      else "PyTorch runs with `torch.set_num_threads(2)` and "
+      else "Every peer runs at its own defaults: PyTorch with its default thread count (the machine's cores) "
+      "and `OMP_WAIT_POLICY` unset (its OpenMP threads spin at barriers), JAX with XLA's default CPU thread pool. "
       + (
-        "`OMP_WAIT_POLICY` left alone (threads spin)."
-        if run["omp_spin"]
-        else "`OMP_WAIT_POLICY=PASSIVE` (on a loaded machine spinning OpenMP threads made small PyTorch steps "
-        "10–100× slower; `--omp-spin` turns this off)."
+        "The `torch-passive` row is a tuned variant, not a default: `OMP_WAIT_POLICY=PASSIVE`."
+        if any("torch-passive" in job["peers"] for job in run["jobs"])
+        else ""
       )
-      + " JAX uses XLA's default CPU thread pool. "
+      + " "
       + (
         "PyTorch keeps its default denormal handling (`--torch-denormals`)."
         if run.get("torch_denormals")
