@@ -1,4 +1,4 @@
-"""Microbenchmark of the fused LSTM path against the reference scan, in one process.
+"""Microbenchmark of a fused kernel against the reference scan, in one process.
 
 Times the median of ``--steps`` calls of one jitted Adam training step
 (stack -> Dense on every step -> MSE loss) or of the forward pass alone, for
@@ -7,6 +7,7 @@ shared, so compare the two columns of one run rather than absolute numbers.
 
   python bench/fused_micro.py --configs S M L --mode train
   python bench/fused_micro.py --configs S M --mode fwd
+  python bench/fused_micro.py --cell gru --configs S M   # fused_gru against reference; --cell rnn likewise
   python bench/fused_micro.py --remat 100 --T 20000   # long sequence, memory: run under /usr/bin/time -v
 """
 
@@ -26,11 +27,13 @@ import jaxlstm
 
 # name: (B, T, input size, H, layers, outputs)
 CONFIGS = {"S": (32, 100, 10, 128, 3, 10), "M": (64, 256, 64, 256, 2, 10), "L": (128, 512, 128, 512, 1, 10)}
+# cell: its fused kernel, the default first column
+FUSED = {"lstm": "fused", "gru": "fused_gru", "rnn": "fused_rnn"}
 
 
-def make(cfg, seed=0):
+def make(cfg, seed=0, cell="lstm"):
   B, T, I, H, L, O = cfg
-  params = jaxlstm.stack_init(jax.random.key(seed), I, H, L)
+  params = jaxlstm.stack_init(jax.random.key(seed), I, H, L, cell=cell)
   rng = np.random.default_rng(seed)
   dense = (jnp.asarray(rng.standard_normal((H, O)) / H**0.5, jnp.float32), jnp.zeros((O,), jnp.float32))
   xs = jnp.asarray(rng.standard_normal((B, T, I)), jnp.float32)
@@ -61,8 +64,8 @@ def median_time(fn, args, steps):
   return median_times([(fn, args)], steps)[0]
 
 
-def make_call(cfg_name, impl, mode, unroll):
-  model, xs, ys = make(CONFIGS[cfg_name])
+def make_call(cfg_name, impl, mode, unroll, cell="lstm"):
+  model, xs, ys = make(CONFIGS[cfg_name], cell=cell)
   if mode == "train":
     opt = optax.adam(1e-3)
     opt_state = opt.init(model)
@@ -102,7 +105,8 @@ def remat_run(T, B, I, H, remat, steps):
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--configs", nargs="+", default=["S", "M"])
-  ap.add_argument("--impls", nargs="+", default=["fused", "reference"])
+  ap.add_argument("--cell", choices=list(FUSED), default="lstm")
+  ap.add_argument("--impls", nargs="+", default=None, help="default: the cell's fused kernel and reference")
   ap.add_argument("--mode", choices=["train", "fwd"], default="train")
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--unroll", type=int, default=1)
@@ -111,17 +115,20 @@ def main():
   ap.add_argument("--B", type=int, default=8)
   ap.add_argument("--H", type=int, default=128)
   args = ap.parse_args()
+  fast = FUSED[args.cell]
+  impls = args.impls or [fast, "reference"]
   if args.T:
     remat_run(args.T, args.B, 16, args.H, args.remat or None, min(args.steps, 3))
     return
   for name in args.configs:
-    ms = median_times([make_call(name, impl, args.mode, args.unroll) for impl in args.impls], args.steps)
-    row = dict(zip(args.impls, ms))
+    ms = median_times([make_call(name, impl, args.mode, args.unroll, args.cell) for impl in impls], args.steps)
+    row = dict(zip(impls, ms))
     cells = "  ".join(f"{impl} {ms:8.1f} ms" for impl, ms in row.items())
     ratio = ""
-    if "fused" in row and "reference" in row:
-      ratio = f"  speedup {row['reference'] / row['fused']:.2f}x"
-    print(f"{name} {args.mode} unroll={args.unroll}: {cells}{ratio}", flush=True)
+    if fast in row and "reference" in row:
+      ratio = f"  speedup {row['reference'] / row[fast]:.2f}x"
+    cell = "" if args.cell == "lstm" else f"{args.cell} "
+    print(f"{cell}{name} {args.mode} unroll={args.unroll}: {cells}{ratio}", flush=True)
 
 
 if __name__ == "__main__":

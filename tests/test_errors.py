@@ -99,7 +99,9 @@ def test_lengths_mask_resets_errors(p, xs):
 
 def test_option_errors(p, xs):
   with pytest.raises(
-    ValueError, match=r"impl must be one of \('auto', 'fused', 'parallel', 'cudnn', 'reference'\); got 'cuda'"
+    ValueError,
+    match=r"impl must be one of \('auto', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'cudnn', 'reference'\); "
+    r"got 'cuda'",
   ):
     jaxlstm.lstm(p, xs, impl="cuda")
   with pytest.raises(ValueError, match=r"remat must be a positive int or None; got 0"):
@@ -112,10 +114,10 @@ def test_option_errors(p, xs):
     jaxlstm.lstm(p, xs, remat=2, impl="reference")
   with pytest.raises(
     ValueError,
-    match=r"no kernel can run this gru layer: fused: it runs LSTM layers only, not gru; .*"
+    match=r"no kernel can run this slstm layer: fused: it runs LSTM layers only, not slstm; .*"
     r"reference: remat is implemented by the fused kernel only",
   ):
-    jaxlstm.stack((random_params(jaxlstm.gru_init, I, H),), xs, remat=2)
+    jaxlstm.stack((random_params(jaxlstm.get_cell("slstm").init, I, H),), xs, remat=2)
   r = random_params(jaxlstm.rnn_init, I, H)
   with pytest.raises(ValueError, match=r"activation must be one of \['relu', 'tanh'\]; got 'gelu'"):
     jaxlstm.rnn(r, xs, activation="gelu")

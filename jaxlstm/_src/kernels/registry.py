@@ -162,7 +162,7 @@ def unregister_kernel(name: str) -> Kernel:
   Example:
     >>> cudnn = jaxlstm.unregister_kernel("cudnn")
     >>> jaxlstm.kernel_names()
-    ('fused', 'parallel', 'reference')
+    ('fused', 'fused_gru', 'fused_rnn', 'parallel', 'reference')
     >>> jaxlstm.register_kernel(cudnn) is cudnn
     True
   """
@@ -175,7 +175,7 @@ def kernel_names() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.kernel_names()
-    ('fused', 'parallel', 'cudnn', 'reference')
+    ('fused', 'fused_gru', 'fused_rnn', 'parallel', 'cudnn', 'reference')
   """
   return tuple(k.name for k in sorted(_KERNELS.values(), key=lambda k: k.rank))
 
@@ -185,7 +185,7 @@ def impls() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.kernels.impls()
-    ('auto', 'fused', 'parallel', 'cudnn', 'reference')
+    ('auto', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'cudnn', 'reference')
   """
   return ("auto", *kernel_names())
 
@@ -197,7 +197,8 @@ def check_impl(impl: Any) -> None:
     >>> jaxlstm.kernels.check_impl("fused")
     >>> jaxlstm.kernels.check_impl("pallas")
     Traceback (most recent call last):
-    ValueError: impl must be one of ('auto', 'fused', 'parallel', 'cudnn', 'reference'); got 'pallas'
+    ValueError: impl must be one of ('auto', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'cudnn', 'reference'); got
+      'pallas'
   """
   if not isinstance(impl, str) or (impl != "auto" and impl not in _KERNELS):
     raise ValueError(f"impl must be one of {impls()}; got {impl!r}")
@@ -211,9 +212,9 @@ def reasons(call: LayerCall) -> dict[str, str | None]:
     >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("gru"), params=params, lengths=False, mask=False,
     ...                          resets=False, reverse=False, time_major=False, remat=None)
     >>> jaxlstm.kernels.reasons(call)
-    {'fused': 'it runs LSTM layers only, not gru', 'parallel': 'it runs cells whose gates read only the input
-      (mingru, minlstm), not gru, whose step is not linear in h', 'cudnn': 'it runs LSTM layers only, not gru',
-      'reference': None}
+    {'fused': 'it runs LSTM layers only, not gru', 'fused_gru': None, 'fused_rnn': 'it runs Elman RNN layers
+      only, not gru', 'parallel': 'it runs cells whose gates read only the input (mingru, minlstm), not gru,
+      whose step is not linear in h', 'cudnn': 'it runs LSTM layers only, not gru', 'reference': None}
   """
   return {name: why_not(_KERNELS[name], call) for name in kernel_names()}
 
@@ -279,12 +280,14 @@ class KernelChoice(NamedTuple):
   Example:
     >>> choice = jaxlstm.explain(jaxlstm.gru_init(jax.random.key(0), 3, 5), jnp.ones((2, 7, 3)))
     >>> print(choice)
-    params: runs on 'reference'
+    params: runs on 'fused_gru'
       fused: it runs LSTM layers only, not gru
+      fused_gru: chosen
+      fused_rnn: it runs Elman RNN layers only, not gru
       parallel: it runs cells whose gates read only the input (mingru, minlstm), not gru, whose step is not
         linear in h
       cudnn: it runs LSTM layers only, not gru
-      reference: chosen
+      reference: can run it
   """
 
   layer: str  # e.g. "params" or "params[1].backward"

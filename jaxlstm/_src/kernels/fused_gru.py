@@ -1,0 +1,366 @@
+r"""The fast GRU layer: a hoisted input GEMM, one recurrent GEMM per step, and a hand-written backward pass.
+
+:func:`run` computes exactly what the reference path (:func:`jaxlstm.scan`
+over :func:`jaxlstm.gru_step`, PyTorch's semantics, gates r, z, n) computes,
+with lengths, masks, resets and reversal, organized as the fused LSTM kernel
+(:mod:`~jaxlstm.kernels.fused`) is for XLA's CPU backend:
+
+1. The input projection of all ``T`` steps is one GEMM before the loop,
+   ``zx = xs @ w_x (T, B, 3H)``. Only ``h @ w_h (B, 3H)`` stays in the loop,
+   with the biases, which fuse into the gates; ``b_hn`` stays inside the
+   reset product.
+2. ``r`` and ``z`` share one ``tanh``: ``sigmoid(v) = 0.5 * tanh(v / 2) + 0.5``.
+3. The layer is a :func:`jax.custom_jvp` whose tangent is a linear
+   recurrence with a hand-written transpose (:mod:`~jaxlstm.kernels.linear`),
+   so ``grad``, ``jvp``, ``jacfwd``, ``hessian`` and ``vmap`` all work and
+   reverse mode runs the fast backward loop. With ``hn = h W_hn + b_hn`` and
+   the factors that the forward loop saves,
+
+   .. math::
+
+     P_n = (1 - z)(1 - n^2), \quad P_r = P_n\, hn\, r (1 - r), \quad
+     P_z = (h - n)\, z (1 - z), \quad Q = P_n\, r,
+
+   the tangent of one step is
+
+   .. math::
+
+     g = dh\, W_h + a, \qquad
+     dh' = P_r g_r + P_z g_z + Q g_n + P_n a'_n + z\, dh,
+
+   where ``a (B, 3H)`` holds the hoisted tangents that add to ``h W_h``
+   (``h dW_h``, ``db_hn``, and the input side of ``r`` and ``z``) and
+   ``a'_n (B, H)`` the input side of ``n``, which the reset gate does not
+   multiply. Its transpose, the backward step, is ``g^* = [P_r, P_z, Q] dh'``
+   (the gradient of ``h W_h + b``, and the GEMM's input),
+   ``a'^*_n = P_n dh'`` and ``dh = g^* W_h^T + z dh'``: two small fusions
+   and one GEMM. The weight gradients are GEMMs over all ``T * B`` rows after
+   the loop.
+4. The forward loop writes ``[P_r, P_z, Q]`` over ``zx`` and the backward
+   loop writes ``g^*`` over them: no ``(T, B, 3H)`` array is allocated after
+   the input projection (fresh memory costs page faults on CPU).
+5. ``remat=k`` runs the sequence in chunks of ``k`` steps under
+   :func:`jax.checkpoint`, as the fused LSTM kernel does, resets included.
+
+The layer shell (:mod:`jaxlstm.kernels.shell`) hands it time-major ``(T, B, F)``
+arrays, with all batch axes flattened into one and a backward pass already
+reversed.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxlstm._src.cells.gru import GRUParams, GRUState
+from jaxlstm._src.kernels.fused import default_unroll
+from jaxlstm._src.kernels.linear import linear_recurrence
+from jaxlstm._src.kernels.registry import Kernel, LayerCall
+
+
+def why_not(call: LayerCall) -> str | None:
+  """Why the fused GRU kernel cannot run ``call``, or ``None``.
+
+  It runs every :class:`~jaxlstm.GRUParams`, in any floating dtype, with
+  ``lengths``, ``mask``, ``resets``, ``reverse`` and ``remat``.
+
+  Example:
+    >>> from jaxlstm.kernels import fused_gru
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("gru"), params=params, lengths=True, mask=True,
+    ...                          resets=True, reverse=True, time_major=False, remat=4)
+    >>> fused_gru.why_not(call) is None
+    True
+    >>> fused_gru.why_not(call._replace(cell=jaxlstm.get_cell("lstm")))
+    'it runs GRU layers only, not lstm'
+  """
+  if call.cell.name != "gru":
+    return f"it runs GRU layers only, not {call.cell.name}"
+  return None
+
+
+def _step(w_h, b_rz, b_n, b_hn, h_reset, h, inputs, *, save):
+  """One step on the precomputed projection ``zx (B, 3H)``; a reset step starts from ``h_reset``.
+
+  Returns the new carry and ``h``, or with ``save`` the new carry and ``(((P_r, P_z, Q), P_n, z), h)``.
+  """
+  zx, v, rs = inputs
+  if rs is not None:
+    h = jnp.where(rs[:, None], h_reset, h)
+  H = h.shape[-1]
+  zh = (h.astype(w_h.dtype) @ w_h).astype(h.dtype)  # (B, 3H)
+  # One tanh for both sigmoid gates.
+  rz = 0.5 * jnp.tanh(0.5 * (zx[:, : 2 * H] + b_rz + zh[:, : 2 * H])) + 0.5
+  r, z = rz[:, :H], rz[:, H:]
+  hn = zh[:, 2 * H :] + b_hn
+  n = jnp.tanh(zx[:, 2 * H :] + b_n + r * hn)
+  h_new = n + z * (h - n)
+  factors = None
+  if save:
+    # Factors at invalid steps are never used: the backward pass zeroes the gradient there.
+    p_n = (1 - z) * (1 - n * n)
+    factors = ((p_n * hn * (r - r * r), (h - n) * (z - z * z), p_n * r), p_n, z)
+  if v is not None:
+    h_new = jnp.where(v[:, None], h_new, h)
+  return h_new, ((factors, h_new) if save else h_new)
+
+
+def _forward(w_x, b, w_h, b_hn, xs, valid, resets, h0, h_reset, unroll, save):
+  sdt = h0.dtype
+  T, B, _ = xs.shape
+  H = h0.shape[-1]
+  # All T input projections in one GEMM, outside the loop.
+  zx = (xs.reshape(T * B, -1) @ w_x).astype(sdt).reshape(T, B, 3 * H)
+  b = b.astype(sdt)
+  step = functools.partial(_step, w_h, b[: 2 * H], b[2 * H :], b_hn.astype(sdt), h_reset, save=save)
+  if not save:
+    return lax.scan(step, h0, (zx, valid, resets), unroll=unroll)
+
+  # Training saves each step's factors while its gates are at hand, [P_r, P_z, Q] over zx[t] (its only
+  # reader), so that no fresh (T, B, 3H) buffer is touched.
+  def body(t, carry):
+    h, F3, P_n, Z, hs = carry
+    at = functools.partial(lax.dynamic_index_in_dim, index=t, axis=0, keepdims=False)
+    inputs = (at(F3), None if valid is None else at(valid), None if resets is None else at(resets))
+    h, ((f3, p_n, z), h_out) = step(h, inputs)
+    # The gate blocks go straight into their columns, which XLA's CPU backend does faster than a concatenate.
+    for k, block in enumerate(f3):
+      F3 = lax.dynamic_update_slice(F3, block[None], (t, 0, k * H))
+    put = functools.partial(lax.dynamic_update_index_in_dim, index=t, axis=0)
+    return h, F3, put(P_n, p_n), put(Z, z), put(hs, h_out)
+
+  zeros = jnp.zeros((T, B, H), sdt)
+  h, F3, P_n, Z, hs = lax.fori_loop(0, T, body, (h0, zx, zeros, zeros, zeros), unroll=unroll)
+  return h, (F3, P_n, Z, hs)
+
+
+def _tangent(coefs, lins, *, unroll):
+  """The tangent recurrence, linear in ``lins = (a, a_n, dh0, dh_reset)``; the transpose of :func:`_backward`.
+
+  ``coefs = (w_h, F3, P_n, Z, valid, resets)`` as saved by the forward loop (``F3 = [P_r, P_z, Q]``);
+  ``a (T, B, 3H)`` and ``a_n (T, B, H)`` are the hoisted tangents (see the module docstring). A reset step
+  starts from ``dh_reset``. Returns ``(dhs (T, B, H), dh_T)``.
+  """
+  w_h, F3, P_n, Z, valid, resets = coefs
+  a, a_n, dh0, dh_reset = lins
+  H = dh0.shape[-1]
+  sdt, cdt = dh0.dtype, w_h.dtype
+
+  def step(dh, inp):
+    a_t, an_t, f3, p_n, z, v, r = inp
+    if r is not None:
+      dh = jnp.where(r[:, None], dh_reset, dh)
+    fg = f3 * (a_t + (dh.astype(cdt) @ w_h).astype(sdt))  # (B, 3H)
+    dh_new = fg[:, :H] + fg[:, H : 2 * H] + fg[:, 2 * H :] + p_n * an_t + z * dh
+    if v is not None:
+      dh_new = jnp.where(v[:, None], dh_new, dh)
+    return dh_new, dh_new
+
+  dh, dhs = lax.scan(step, dh0, (a, a_n, F3, P_n, Z, valid, resets), unroll=unroll)
+  return dhs, dh
+
+
+def _backward(coefs, cts, *, unroll):
+  """The transpose of :func:`_tangent`: the layer's backward loop, carrying only ``dh``.
+
+  ``cts = (d_hs (T, B, H), d_hT)``; returns ``(g (T, B, 3H), g_n (T, B, H), dh0, dh_reset)``: the gradients
+  of ``h W_h + b`` and of the input side of ``n``, from which the weight gradients are GEMMs over all
+  ``T * B`` rows. The gradient reaching a reset step's starting state goes to ``dh_reset``.
+  """
+  w_h, F3, P_n, Z, valid, resets = coefs
+  d_hs, d_hT = cts
+  T = F3.shape[0]
+  sdt, cdt = d_hT.dtype, w_h.dtype
+  w_hT = w_h.T  # (3H, H), transposed once outside the loop
+
+  def body(k, carry):
+    dh, F3, P_n, acc = carry
+    t = T - 1 - k
+    at = functools.partial(lax.dynamic_index_in_dim, index=t, axis=0, keepdims=False)
+    dh = dh + at(d_hs)
+    if valid is not None:
+      vv = at(valid)[:, None]
+      dh_skip, dh = jnp.where(vv, 0, dh), jnp.where(vv, dh, 0)
+    g = at(F3) * jnp.concatenate([dh, dh, dh], axis=-1)  # (B, 3H)
+    dh_prev = (g.astype(cdt) @ w_hT).astype(sdt) + at(Z) * dh
+    if valid is not None:
+      dh_prev = dh_prev + dh_skip
+    if resets is not None:
+      rr = at(resets)[:, None]
+      acc, dh_prev = acc + jnp.where(rr, dh_prev, 0), jnp.where(rr, 0, dh_prev)
+    # g[t] overwrites F3[t] and g_n[t] P_n[t], their only readers: the loop needs no new buffers. The GEMM's
+    # input is what is stored, so that XLA reads F3[t] once, before the write.
+    put = functools.partial(lax.dynamic_update_index_in_dim, index=t, axis=0)
+    return dh_prev, put(F3, g), put(P_n, at(P_n) * dh), acc
+
+  acc = None if resets is None else jnp.zeros_like(d_hT)
+  dh0, g, g_n, acc = lax.fori_loop(0, T, body, (d_hT, F3, P_n, acc), unroll=unroll)
+  return g, g_n, dh0, acc
+
+
+_recurrence = linear_recurrence("gru_fused_tangent", _tangent, _backward)
+
+
+def _tangent_rows(valid, resets):
+  """The batch axis of each leaf of :func:`_tangent`'s coefficients, linear inputs and outputs (for ``vmap``)."""
+  coef_rows = (None, 1, 1, 1) + (() if valid is None else (1,)) + (() if resets is None else (1,))
+  lin_rows = (1, 1, 0) + (() if resets is None else (0,))
+  return coef_rows, lin_rows, (1, 0)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(9,))
+def _layer(w_x, b, w_h, b_hn, xs, valid, resets, h0, h_reset, unroll):
+  """``(hs (T, B, H), h_T)`` on time-major ``xs (T, B, I)`` from ``h0``; ``hs`` is the carried ``h``.
+
+  ``h_reset`` is where a reset step starts (``None`` without resets): the layer's initial state, which
+  under ``remat`` differs from a chunk's ``h0``.
+  """
+  h, hs = _forward(w_x, b, w_h, b_hn, xs, valid, resets, h0, h_reset, unroll, save=False)
+  return hs, h
+
+
+def _zero(t) -> bool:
+  return t is None or isinstance(t, jax.custom_derivatives.SymbolicZero)
+
+
+def _sum(terms, shape, dtype):
+  return functools.reduce(jnp.add, terms) if terms else jnp.zeros(shape, dtype)
+
+
+@functools.partial(_layer.defjvp, symbolic_zeros=True)
+def _layer_jvp(unroll, primals, tangents):
+  # The forward loop saves each step's factors; the tangent is the hoisted GEMMs (input and weight tangents
+  # over all T * B rows) plus the linear recurrence, whose transpose is the backward loop.
+  w_x, b, w_h, b_hn, xs, valid, resets, h0, h_reset = primals
+  dw_x, db, dw_h, db_hn, dxs, _, _, dh0, dh_reset = tangents
+  h, (F3, P_n, Z, hs) = _forward(w_x, b, w_h, b_hn, xs, valid, resets, h0, h_reset, unroll, save=True)
+  T, B, _ = xs.shape
+  H = h0.shape[-1]
+  sdt = h0.dtype
+  mm = functools.partial(jnp.matmul, preferred_element_type=sdt)  # float32 sums under 16-bit params
+  # The input side of r and z joins a; of n, a_n. The r, z columns go through w_x masked, not sliced, so
+  # that the transposes are GEMMs on whole arrays: XLA would copy a column slice of the gradient.
+  rz = jnp.concatenate([jnp.ones((2 * H,), w_x.dtype), jnp.zeros((H,), w_x.dtype)])  # (3H,)
+  x2 = xs.reshape(T * B, -1)
+  a, a_n = [], []
+  if not _zero(dxs):
+    dx2 = dxs.reshape(T * B, -1).astype(w_x.dtype)
+    a.append(mm(dx2, w_x * rz))
+    a_n.append(mm(dx2, w_x[:, 2 * H :]))
+  if not _zero(dw_x):
+    a.append(mm(x2, dw_x * rz))
+    a_n.append(mm(x2, dw_x[:, 2 * H :]))
+  if not _zero(dw_h):
+    # Each step's starting carry: h0, the previous step's carry, or h_reset at a reset step.
+    h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)
+    if resets is not None:
+      h_prevs = jnp.where(resets[..., None], h_reset, h_prevs)
+    a.append(mm(h_prevs.reshape(T * B, H).astype(w_h.dtype), dw_h))
+  a = _sum(a, (T * B, 3 * H), sdt).reshape(T, B, 3 * H)
+  a_n = _sum(a_n, (T * B, H), sdt).reshape(T, B, H)
+  if not _zero(db):
+    db = db.astype(sdt)
+    a, a_n = a + db * rz.astype(sdt), a_n + db[2 * H :]
+  if not _zero(db_hn):
+    a = a + jnp.concatenate([jnp.zeros((2 * H,), sdt), db_hn.astype(sdt)])
+  dh0 = jnp.zeros_like(h0) if _zero(dh0) else dh0
+  if resets is not None:
+    dh_reset = jnp.zeros_like(h0) if _zero(dh_reset) else dh_reset
+  else:
+    dh_reset = None
+  coefs = (w_h, F3, P_n, Z, valid, resets)
+  d_hs, d_h = _recurrence(coefs, (a, a_n, dh0, dh_reset), rows=_tangent_rows(valid, resets), unroll=unroll)
+  return (hs, h), (d_hs, d_h)
+
+
+def _run(params, xs, valid, resets, h0, h_reset, unroll):
+  """The layer on time-major ``xs (T, B, I)``; returns ``(hs (T, B, H), h_T)``, ``hs`` unmasked."""
+  xs = xs.astype(params.w_x.dtype)
+  h_reset = None if resets is None else h_reset
+  return _layer(params.w_x, params.b, params.w_h, params.b_hn, xs, valid, resets, h0, h_reset, unroll)
+
+
+def _run_remat(params, xs, valid, resets, h0, unroll, k):
+  """:func:`_run` in checkpointed chunks of ``k`` steps; memory O(T * (I + H) + k * B * 6H)."""
+  T, B, _ = xs.shape
+  n = -(-T // k)
+  pad = n * k - T
+  if valid is None:
+    valid = jnp.ones((T, B), bool)
+  if pad:
+    # Padded steps are invalid and never reset: the state stays frozen, so the final state is unchanged.
+    xs = jnp.concatenate([xs, jnp.zeros((pad, *xs.shape[1:]), xs.dtype)], axis=0)
+    valid = jnp.concatenate([valid, jnp.zeros((pad, B), bool)], axis=0)
+    if resets is not None:
+      resets = jnp.concatenate([resets, jnp.zeros((pad, B), bool)], axis=0)
+  chunks = lambda a: None if a is None else a.reshape(n, k, *a.shape[1:])  # noqa: E731
+
+  # A reset inside a chunk starts from the layer's initial state h0, not from the chunk's first carry.
+  @jax.checkpoint
+  def chunk(h, inp):
+    x, v, r = inp
+    hs, h = _run(params, x, v, r, h, h0, unroll)
+    return h, hs
+
+  h, hs = lax.scan(chunk, h0, (chunks(xs), chunks(valid), chunks(resets)))
+  return hs.reshape(n * k, *hs.shape[2:])[:T], h
+
+
+def run(
+  params: GRUParams,
+  xs: jax.Array,
+  state: GRUState,
+  valid,
+  resets=None,
+  *,
+  lengths=None,
+  unroll: int | bool | None = None,
+  remat: int | None = None,
+) -> tuple[GRUState, jax.Array]:
+  """The kernel's core: one GRU layer on time-major ``xs (T, B, I)``, state ``h (B, H)``.
+
+  Args:
+    params: :class:`~jaxlstm.GRUParams`.
+    xs: inputs ``(T, B, I)`` in processing order.
+    state: :class:`~jaxlstm.GRUState` with ``h (B, H)`` in the carry dtype
+      (float32 under 16-bit params).
+    valid: ``(T, B)`` bool validity, or ``None``.
+    resets: ``(T, B)`` bool, or ``None``: a reset step starts again from ``state``.
+    lengths: unused; validity arrives in ``valid``.
+    unroll: unroll factor of the forward and backward loops; ``None`` picks
+      :func:`jaxlstm.kernels.fused.default_unroll`.
+    remat: if set, checkpoint every ``remat`` steps: the backward pass
+      recomputes each chunk's gates, trading about one extra forward pass for
+      memory that no longer holds gate-sized arrays for all ``T`` steps.
+
+  Returns:
+    ``(final_state, hs)``; ``hs (T, B, H)`` in the carry dtype (the carried
+    ``h``, which the shell zeroes at invalid steps).
+
+  Example:
+    The core on time-major inputs, held to the reference kernel, its oracle:
+
+    >>> from jaxlstm.kernels import fused_gru, reference
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> xs, state0 = jnp.ones((7, 2, 3)), jaxlstm.zero_state(params, (2,))
+    >>> resets = jnp.zeros((7, 2), bool).at[4, 1].set(True)  # row 1 starts again at step 4
+    >>> state, hs = fused_gru.run(params, xs, state0, None, resets)
+    >>> hs.shape, state.h.shape
+    ((7, 2, 5), (2, 5))
+    >>> bool(jnp.allclose(hs, reference.run(params, xs, state0, None, resets)[1], atol=1e-6))
+    True
+  """
+  del lengths
+  if unroll is None:
+    unroll = default_unroll()
+  if remat is None:
+    hs, h = _run(params, xs, valid, resets, state.h, state.h, unroll)
+  else:
+    hs, h = _run_remat(params, xs, valid, resets, state.h, unroll, remat)
+  return GRUState(h), hs
+
+
+KERNEL = Kernel(name="fused_gru", why_not=why_not, run=run, rank=11)
