@@ -100,8 +100,8 @@ def test_lengths_mask_resets_errors(p, xs):
 def test_option_errors(p, xs):
   with pytest.raises(
     ValueError,
-    match=r"impl must be one of \('auto', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'cudnn', 'reference'\); "
-    r"got 'cuda'",
+    match=r"impl must be one of \('auto', 'fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'cudnn', "
+    r"'reference'\); got 'cuda'",
   ):
     jaxlstm.lstm(p, xs, impl="cuda")
   with pytest.raises(ValueError, match=r"remat must be a positive int or None; got 0"):

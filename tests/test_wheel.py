@@ -24,11 +24,16 @@ SMOKE = """
 import importlib.metadata, pathlib, jax.numpy as jnp
 import jaxlstm, jaxlstm.nnx, jaxlstm.linen
 import jax
+from jaxlstm.kernels import native
 params = jaxlstm.lstm_init(jax.random.key(0), 3, 4)
 state, hs = jaxlstm.lstm(params, jnp.ones((2, 5, 3)))
 assert hs.shape == (2, 5, 4), hs.shape
+if native.load_error() is None:
+  state, hs = jaxlstm.lstm(params, jnp.ones((2, 5, 3)), impl="native")
+  assert hs.shape == (2, 5, 4), hs.shape
 print(pathlib.Path(jaxlstm.__file__).resolve())
 print(importlib.metadata.version("jaxlstm"))
+print(native.load_error() is None)
 """
 
 
@@ -39,11 +44,15 @@ def run(*args, **kwargs):
 
 
 def package_files() -> set[str]:
-  """Every file of the package in the checkout, data files included, as a path inside the wheel."""
+  """Every file of the package in the checkout, data files included, as a path inside the wheel.
+
+  Compiled files are left out: an editable install builds the native kernel's library in place, and the
+  wheel holds its own build of it (checked apart).
+  """
   return {
     p.relative_to(ROOT).as_posix()
     for p in (ROOT / "jaxlstm").rglob("*")
-    if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+    if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo", ".so")
   }
 
 
@@ -63,9 +72,11 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
   copy_source(src)
   # sdist first, then the wheel from the unpacked sdist: a file missing from the sdist fails the wheel.
   run(sys.executable, "-m", "build", "--no-isolation", "--outdir", dist, src)
-  wheel = dist / f"jaxlstm-{VERSION}-py3-none-any.whl"
+  # The native kernel's optional extension makes the wheel platform-specific (cp3XX-cp3XX-linux_x86_64, say).
+  wheels = sorted(dist.glob(f"jaxlstm-{VERSION}-*.whl"))
   sdist = dist / f"jaxlstm-{VERSION}.tar.gz"
-  assert wheel.is_file() and sdist.is_file(), sorted(os.listdir(dist))
+  assert len(wheels) == 1 and sdist.is_file(), sorted(os.listdir(dist))
+  wheel = wheels[0]
   run(sys.executable, "-m", "twine", "check", "--strict", wheel, sdist)
 
   # Every file of the package ships, py.typed and any data file of the tasks included: a new non-Python
@@ -74,11 +85,16 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
   assert "jaxlstm/py.typed" in expected
   with zipfile.ZipFile(wheel) as z:
     in_wheel = {n for n in z.namelist() if not n.startswith(f"jaxlstm-{VERSION}.dist-info/")}
+    compiled = {n for n in in_wheel if n.endswith(".so")}
+    in_wheel -= compiled
     entry_points = z.read(f"jaxlstm-{VERSION}.dist-info/entry_points.txt").decode()
     wheel_license = z.read(f"jaxlstm-{VERSION}.dist-info/licenses/LICENSE").decode()
   assert expected - in_wheel == set(), "missing from the wheel"
   assert in_wheel - expected == set(), "in the wheel but not in the checkout"
   assert "jaxlstm = jaxlstm.cli:main" in entry_points
+  # The native kernel is built wherever a C++ compiler is (Linux); elsewhere the wheel goes without it.
+  builds_native = sys.platform.startswith("linux") and shutil.which("c++") is not None
+  assert {n.split(".")[0] for n in compiled} == ({"jaxlstm/_src/native/_lstm"} if builds_native else set()), compiled
   assert wheel_license == (ROOT / "LICENSE").read_text() and "Apache License" in wheel_license
   with tarfile.open(sdist) as t:
     in_sdist = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
@@ -97,8 +113,9 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   env["JAX_PLATFORMS"] = "cpu"
   out = run(python, "-c", SMOKE, cwd=tmp_path, env=env).split()
-  location, version = pathlib.Path(out[-2]), out[-1]
+  location, version, native_runs = pathlib.Path(out[-3]), out[-2], out[-1]
   assert location == site.resolve() / "jaxlstm" / "__init__.py", location
   assert version == VERSION
+  assert native_runs == str(builds_native), "the wheel's native kernel does not load"
   assert (location.parent / "py.typed").is_file()
   assert "usage: jaxlstm" in run(venv / "bin" / "jaxlstm", "--help", cwd=tmp_path, env=env)

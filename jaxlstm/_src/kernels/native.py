@@ -1,0 +1,309 @@
+r"""The native CPU LSTM layer: the fused kernel's two time loops in C++, called through :mod:`jax.ffi`.
+
+:mod:`~jaxlstm.kernels.fused` organizes an LSTM layer for XLA: one input GEMM
+before the loop, a lean recurrence, and a hand-written backward pass whose
+loop carries only ``(dh, dc)``. On XLA's CPU backend each step of those loops
+still pays microseconds for every fusion, small GEMM and thread hand-off. This
+kernel keeps the same organization and runs the two loops in native code
+(``jaxlstm/_src/native/lstm.cc``):
+
+* :func:`native_forward`: the recurrence on precomputed ``zx = xs @ w_x``;
+  with ``save`` it also writes the backward factors ``P, Q, F`` of
+  :mod:`~jaxlstm.kernels.fused` (``P`` over ``zx``, in place).
+* :func:`native_backward`: the ``(dh, dc)`` recursion, emitting ``dz``, the
+  gradient of the gate pre-activations (over ``P``, in place).
+
+The input GEMM and the weight-gradient GEMMs (``dW_h, dW_x, dxs, db``) stay in
+XLA, as big GEMMs over all ``T * B`` rows. In the loops, the hidden units are
+split over the CPU's cores; each worker owns its units' columns of all four
+gates, so a step needs one barrier, and a step's ``(B, H) x (H, 4H)`` GEMM is
+OpenBLAS's sgemm (from the ``scipy-openblas32`` wheel) on each worker's slice,
+with its columns of ``w_h`` packed once per call and hot in that core's cache.
+
+It runs plain and peephole LSTM layers in float32 on the CPU backend, with
+``lengths``, ``mask`` and ``reverse`` (the shell reverses); not ``resets`` or
+``remat``, and not where the library was not built (no C++17 compiler at
+install time) or cannot load: :func:`why_not` then says why, and
+``impl="auto"`` picks the fused kernel instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+
+from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
+from jaxlstm._src.kernels.registry import Kernel, LayerCall
+
+_LIBRARY = "jaxlstm._src.native._lstm"  # the extension that setup.py builds (no Python module inside: a plain DSO)
+_TARGETS = ("jaxlstm_lstm_forward_infer", "jaxlstm_lstm_forward_train", "jaxlstm_lstm_backward")
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+  """``(library, None)`` once the library is loaded and its FFI targets registered, or ``(None, why not)``."""
+  spec = importlib.util.find_spec(_LIBRARY)
+  if spec is None or spec.origin is None:
+    return None, (
+      "the native library is not built (no jaxlstm/_src/native/_lstm*.so; `pip install` builds it where a C++17 "
+      "compiler works, see its log)"
+    )
+  try:
+    import scipy_openblas32
+  except ImportError as e:
+    return None, f"the native library needs the scipy-openblas32 package for its GEMMs ({e})"
+  try:
+    lib = ctypes.CDLL(spec.origin)
+    blas_name = scipy_openblas32.get_library()  # "scipy_openblas": its symbols are prefixed "scipy_"
+    blas = ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), f"lib{blas_name}.so"))
+    prefix = blas_name[: -len("openblas")]
+    # The library's workers each call sgemm on their own slice, so OpenBLAS must not start threads of its own.
+    # This is the scipy-openblas32 wheel's own copy of OpenBLAS, not NumPy's or SciPy's.
+    getattr(blas, f"{prefix}openblas_set_num_threads")(1)
+    lib.jaxlstm_native_set_sgemm(ctypes.cast(getattr(blas, f"{prefix}cblas_sgemm"), ctypes.c_void_p))
+    lib.jaxlstm_native_set_threads.argtypes = [ctypes.c_int]
+    lib.jaxlstm_native_threads.argtypes = [ctypes.c_int64, ctypes.c_int64]
+    for name in _TARGETS:
+      jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+  except Exception as e:  # a library built for another ABI, a missing symbol, a JAX without jax.ffi
+    return None, f"the native library does not load: {type(e).__name__}: {e}"
+  return lib, None
+
+
+def load_error() -> str | None:
+  """Why the native library cannot run here, or ``None`` once it is loaded.
+
+  Example:
+    >>> from jaxlstm.kernels import native
+    >>> native.load_error() is None or native.load_error().startswith("the native library")
+    True
+  """
+  return _load()[1]
+
+
+def set_threads(n: int) -> None:
+  """Sets the number of worker threads of the native loops: ``0`` (the default) picks per call, ``n > 0`` uses
+  ``min(n, H)``. The environment variable ``JAXLSTM_NATIVE_THREADS`` caps the automatic choice.
+
+  Raises:
+    RuntimeError: the native library cannot run here (with the reason).
+  """
+  lib, why = _load()
+  if lib is None:
+    raise RuntimeError(why)
+  lib.jaxlstm_native_set_threads(int(n))
+
+
+def threads(batch: int, hidden: int) -> int:
+  """How many worker threads a layer of ``batch`` rows and ``hidden`` units runs on (1 without the library)."""
+  lib = _load()[0]
+  return 1 if lib is None else int(lib.jaxlstm_native_threads(batch, hidden))
+
+
+def _optional(a, dtype):
+  # The FFI handlers take a fixed list of operands: an absent peephole or validity is an empty array.
+  return jnp.zeros((0,), dtype) if a is None else a
+
+
+def native_forward(zx, b, w_h, peep, valid, h0, c0, *, save: bool):
+  """The forward loop of one layer, in native code, on precomputed input projections.
+
+  Args:
+    zx: ``xs @ w_x``, ``(T, B, 4H)`` float32, bias not added; gates ``i, f, g, o``.
+    b: the bias ``(4H,)``.
+    w_h: the recurrent weights ``(H, 4H)``.
+    peep: the peephole weights ``(3, H)`` (``i, f, o``) or ``None``.
+    valid: ``(T, B)`` bool or ``None``; an invalid step leaves the state as it was.
+    h0, c0: the initial state ``(B, H)``.
+    save: also return the backward pass's factors.
+
+  Returns:
+    ``(hs, h_T, c_T)``, with ``hs (T, B, H)`` the carried ``h`` (frozen where invalid); with ``save`` also
+    ``P (T, B, 4H)``, ``Q, F (T, B, H)`` as :mod:`~jaxlstm.kernels.fused` defines them, and ``cs (T, B, H)``,
+    the carried ``c``, for the peephole gradient (``(0,)`` without peepholes). ``P`` takes ``zx``'s buffer
+    where XLA can donate it.
+
+  Example:
+    >>> from jaxlstm.kernels import native, reference
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> xs, state0 = jnp.ones((7, 2, 3)), jaxlstm.zero_state(params, (2,))
+    >>> if native.load_error() is None:
+    ...   hs, h, c = native.native_forward(xs @ params.w_x, params.b, params.w_h, None, None, state0.h, state0.c,
+    ...                                    save=False)
+    ... else:  # no library here: the reference kernel stands in for the example
+    ...   (h, c), hs = reference.run(params, xs, state0, None, None)
+    >>> hs.shape, bool(jnp.allclose(hs, reference.run(params, xs, state0, None, None)[1], atol=1e-6))
+    ((7, 2, 5), True)
+  """
+  T, B, H4 = zx.shape
+  H = H4 // 4
+  f32 = jnp.float32
+  args = (zx, b, w_h, _optional(peep, f32), _optional(valid, jnp.bool_), h0, c0)
+  sds = jax.ShapeDtypeStruct
+  outs = [sds((T, B, H), f32), sds((B, H), f32), sds((B, H), f32)]
+  # vmap runs one call per example: the weights may differ between examples, which the handlers do not batch.
+  if not save:
+    return tuple(jax.ffi.ffi_call(_TARGETS[0], outs, vmap_method="sequential")(*args))
+  outs += [
+    sds((T, B, H4), f32),
+    sds((T, B, H), f32),
+    sds((T, B, H), f32),
+    sds((T, B, H) if peep is not None else (0,), f32),
+  ]
+  # P over zx: zx has no other reader, and a fresh (T, B, 4H) buffer would cost a pass over new memory.
+  return tuple(jax.ffi.ffi_call(_TARGETS[1], outs, vmap_method="sequential", input_output_aliases={0: 3})(*args))
+
+
+def native_backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT):
+  """The backward loop of one layer, in native code: the ``(dh, dc)`` recursion of :mod:`~jaxlstm.kernels.fused`.
+
+  Per step, from the last: ``dh += d_hs[t]; dc += dh * Q[t]; dz[t] = P[t] * [dc, dc, dc, dh];
+  dh = dz[t] @ w_h.T; dc = dc * F[t]``; an invalid step passes ``(dh, dc)`` through and has ``dz[t] = 0``.
+
+  Args:
+    w_h: the recurrent weights ``(H, 4H)``.
+    P, Q, F: the factors from :func:`native_forward` with ``save``.
+    valid: ``(T, B)`` bool or ``None``.
+    d_hs: the gradient reaching ``hs``, ``(T, B, H)``.
+    d_hT, d_cT: the gradients reaching the final state ``(B, H)``.
+
+  Returns:
+    ``(dz (T, B, 4H), dh0, dc0)``; ``dz`` takes ``P``'s buffer where XLA can donate it.
+  """
+  T, B, H4 = P.shape
+  H = H4 // 4
+  f32 = jnp.float32
+  sds = jax.ShapeDtypeStruct
+  outs = [sds((T, B, H4), f32), sds((B, H), f32), sds((B, H), f32)]
+  call = jax.ffi.ffi_call(_TARGETS[2], outs, vmap_method="sequential", input_output_aliases={1: 0})
+  return tuple(call(w_h, P, Q, F, _optional(valid, jnp.bool_), d_hs, d_hT, d_cT))
+
+
+def _project(xs, w_x):
+  T, B, _ = xs.shape
+  return (xs.reshape(T * B, -1) @ w_x).reshape(T, B, -1)  # all T input projections in one GEMM, before the loop
+
+
+@jax.custom_vjp
+def _layer(w_x, b, w_h, peep, xs, valid, h0, c0):
+  """``(hs (T, B, H), h_T, c_T)`` of the layer on time-major ``xs (T, B, I)``; ``hs`` is the carried ``h``."""
+  return native_forward(_project(xs, w_x), b, w_h, peep, valid, h0, c0, save=False)
+
+
+def _layer_fwd(w_x, b, w_h, peep, xs, valid, h0, c0):
+  hs, h, c, P, Q, F, cs = native_forward(_project(xs, w_x), b, w_h, peep, valid, h0, c0, save=True)
+  return (hs, h, c), (w_x, xs, w_h, peep, valid, h0, c0, P, Q, F, hs, cs)
+
+
+def _layer_bwd(res, cts):
+  w_x, xs, w_h, peep, valid, h0, c0, P, Q, F, hs, cs = res
+  d_hs, d_hT, d_cT = cts  # (T, B, H), (B, H), (B, H)
+  dz, dh0, dc0 = native_backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT)
+  T, B, H4 = dz.shape
+  H = H4 // 4
+  # The weight and input gradients as big GEMMs over all T * B rows, as fused.py computes them.
+  h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
+  dz2 = dz.reshape(T * B, H4)
+  dw_h = h_prevs.reshape(T * B, H).T @ dz2
+  dw_x = xs.reshape(T * B, -1).T @ dz2
+  dxs = (dz2 @ w_x.T).reshape(xs.shape)
+  db = jnp.sum(dz, axis=(0, 1))
+  dpeep = None
+  if peep is not None:
+    c_prevs = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, B, H)
+    dpeep = jnp.stack(
+      [
+        jnp.sum(dz[..., :H] * c_prevs, axis=(0, 1)),
+        jnp.sum(dz[..., H : 2 * H] * c_prevs, axis=(0, 1)),
+        jnp.sum(dz[..., 3 * H :] * cs, axis=(0, 1)),
+      ]
+    )
+  return dw_x, db, dw_h, dpeep, dxs, None, dh0, dc0
+
+
+_layer.defvjp(_layer_fwd, _layer_bwd)
+
+
+def why_not(call: LayerCall) -> str | None:
+  """Why the native kernel cannot run ``call``, or ``None``.
+
+  It runs float32 plain and peephole LSTMs on JAX's CPU backend, with
+  ``lengths``, ``mask`` and ``reverse``; not ``resets`` or ``remat``, and not
+  where its library is not built or does not load.
+
+  Example:
+    >>> from jaxlstm.kernels import native
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, dtype=jnp.bfloat16)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("lstm"), params=params, lengths=True, mask=False,
+    ...                          resets=False, reverse=True, time_major=False, remat=None)
+    >>> native.why_not(call)
+    "it runs float32 params only; got bfloat16; use impl='fused'"
+  """
+  if call.cell.name != "lstm":
+    return f"it runs LSTM layers only, not {call.cell.name}"
+  p = call.params
+  if p.layer_norm is not None or p.w_proj is not None:
+    return "it runs plain and peephole LSTMs only, not layer_norm or proj_size; use impl='reference'"
+  if call.resets:
+    return "it does not take resets; use impl='reference'"
+  if call.remat is not None:
+    return "it keeps every step's factors, so it takes no remat; use impl='fused'"
+  if p.w_x.dtype != jnp.float32:
+    return f"it runs float32 params only; got {p.w_x.dtype}; use impl='fused'"
+  if jax.default_backend() != "cpu":
+    return f"it runs on the CPU backend only; JAX's default backend is {jax.default_backend()!r}"
+  return load_error()
+
+
+def run(
+  params: LSTMParams,
+  xs: jax.Array,
+  state: LSTMState,
+  valid,
+  resets=None,
+  *,
+  lengths=None,
+  unroll=None,
+  remat=None,
+) -> tuple[LSTMState, jax.Array]:
+  """The kernel's core: one LSTM layer on time-major ``xs (T, B, I)``, state leaves ``(B, H)``.
+
+  Args:
+    params: float32 :class:`~jaxlstm.LSTMParams` without layer norm or projection.
+    xs: inputs ``(T, B, I)`` in processing order.
+    state: :class:`~jaxlstm.LSTMState` with leaves ``(B, H)``.
+    valid: ``(T, B)`` bool validity, or ``None``.
+    resets, remat: must be ``None`` (see :func:`why_not`).
+    lengths: unused; validity arrives in ``valid``.
+    unroll: unused: the loops are native.
+
+  Returns:
+    ``(final_state, hs)``; ``hs (T, B, H)`` float32, the carried ``h``, which the shell zeroes at invalid steps.
+
+  Example:
+    The core on time-major inputs, held to the reference kernel, its oracle:
+
+    >>> from jaxlstm.kernels import native, reference
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, peephole=True)
+    >>> xs, state0 = jnp.ones((7, 2, 3)), jaxlstm.zero_state(params, (2,))
+    >>> core = native.run if native.load_error() is None else reference.run  # the reference where not built
+    >>> state, hs = core(params, xs, state0, None)
+    >>> hs.shape, state.c.shape
+    ((7, 2, 5), (2, 5))
+    >>> bool(jnp.allclose(hs, reference.run(params, xs, state0, None, None)[1], atol=1e-6))
+    True
+  """
+  del lengths, resets, unroll, remat
+  f32 = jnp.float32
+  hs, h, c = _layer(
+    params.w_x, params.b, params.w_h, params.peephole, xs.astype(f32), valid, state.h.astype(f32), state.c.astype(f32)
+  )
+  return LSTMState(h, c), hs
+
+
+KERNEL = Kernel(name="native", why_not=why_not, run=run, rank=15)

@@ -1,0 +1,179 @@
+"""The native CPU LSTM kernel against the reference scan in float64: outputs, final states and every gradient.
+
+The kernel runs float32 only, so its float32 results are held to the float64 reference kernel on the same
+values, to float32 rounding. Tests that run the library skip where it is not built; the fallback tests run
+everywhere.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxlstm
+from jaxlstm._src.kernels import fused, native
+from tests.helpers import normal, random_params, rel_err
+
+built = pytest.mark.skipif(native.load_error() is not None, reason=f"{native.load_error()}")
+
+B, T, I, H = 3, 5, 2, 4
+LENGTHS = np.array([5, 2, 0])
+MASK = np.array([[1, 0, 1, 1, 0], [1, 1, 1, 0, 0], [0, 1, 0, 1, 1]], bool)
+TOL = 3e-5  # float32 against float64, relative to each array's largest entry
+
+
+def setup(*, peephole=False, batch=(B,), t=T, i=I, h=H, seed=0):
+  """float64 params, inputs and state; the native side runs them cast to float32."""
+  params = random_params(jaxlstm.lstm_init, i, h, dtype=jnp.float64, peephole=peephole, seed=seed)
+  xs = normal((*batch, t, i), jnp.float64, seed=seed + 1)
+  state = jaxlstm.LSTMState(
+    normal((*batch, h), jnp.float64, seed=seed + 2, scale=0.5),
+    normal((*batch, h), jnp.float64, seed=seed + 3, scale=0.5),
+  )
+  return params, xs, state
+
+
+def f32(tree):
+  return jax.tree.map(lambda a: a.astype(jnp.float32), tree)
+
+
+def loss_and_grads(impl, params, xs, state, **kw):
+  """Outputs, final state and the gradients w.r.t. params, xs and state of a loss that weighs every output."""
+
+  def loss(params, xs, state):
+    final, hs = jaxlstm.lstm(params, xs, state, impl=impl, **kw)
+    out = (hs, final.h, final.c)
+    ws = [jnp.asarray(np.random.default_rng(10 + k).standard_normal(a.shape), a.dtype) for k, a in enumerate(out)]
+    return sum(jnp.sum(a * w) for a, w in zip(out, ws)), (final, hs)
+
+  grads, (final, hs) = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state)
+  return (final, hs), grads
+
+
+def assert_close(got, want, tol=TOL):
+  leaves_got, tree_got = jax.tree_util.tree_flatten_with_path(got)
+  leaves_want, tree_want = jax.tree_util.tree_flatten(want)
+  assert tree_got == tree_want
+  for (path, a), b in zip(leaves_got, leaves_want):
+    assert a.shape == b.shape, jax.tree_util.keystr(path)
+    assert rel_err(a, b) <= tol, f"{jax.tree_util.keystr(path)}: {rel_err(a, b)}"
+
+
+def check(params, xs, state, **kw):
+  got = loss_and_grads("native", *f32((params, xs, state)), **kw)
+  want = loss_and_grads("reference", params, xs, state, **kw)
+  assert_close(got, want)
+
+
+CASES = {
+  "plain": {},
+  "lengths": {"lengths": LENGTHS},
+  "mask": {"mask": MASK},
+  "reverse": {"reverse": True},
+  "lengths_reverse": {"lengths": LENGTHS, "reverse": True},
+}
+
+
+@built
+@pytest.mark.parametrize("peephole", [False, True])
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_reference(case, peephole):
+  check(*setup(peephole=peephole), **CASES[case])
+
+
+@built
+@pytest.mark.parametrize("t, batch, h", [(1, (3,), 4), (4, (1,), 4), (3, (2,), 1), (1, (1,), 1)])
+def test_size_one(t, batch, h):
+  check(*setup(t=t, batch=batch, h=h))
+
+
+@built
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_split_hidden_units(threads):
+  """With the units split over workers (H = 37 does not divide evenly), and lengths, peepholes and reverse."""
+  native.set_threads(threads)
+  try:
+    params, xs, state = setup(peephole=True, batch=(4,), t=6, i=3, h=37)
+    check(params, xs, state, lengths=np.array([6, 3, 0, 1]), reverse=True)
+  finally:
+    native.set_threads(0)
+
+
+@built
+def test_auto_order():
+  """native can run float32 LSTMs on CPU; impl="auto" takes it or fused, whichever ranks first."""
+  params, xs, _ = f32(setup())
+  choice = jaxlstm.explain(params, xs)
+  assert choice.reasons["native"] is None
+  assert choice.kernel == ("native" if native.KERNEL.rank < fused.KERNEL.rank else "fused")
+  bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+  assert jaxlstm.explain(bf16, xs.astype(jnp.bfloat16)).kernel == "fused"
+
+
+@built
+def test_vmap_and_jit_match_a_loop():
+  params, xs, state = f32(setup(batch=(2, B)))
+
+  def one(x, s):
+    return jaxlstm.lstm(params, x, s, lengths=LENGTHS, impl="native")
+
+  got = jax.jit(jax.vmap(one))(xs, state)
+  want = [one(xs[k], jax.tree.map(lambda a, k=k: a[k], state)) for k in range(2)]
+  assert_close(got, jax.tree.map(lambda *a: jnp.stack(a), *want), tol=1e-6)
+  # Per-example weights too: vmap over params.
+  params2 = jax.tree.map(lambda a: jnp.stack([a, 0.5 * a]), params)
+  got = jax.vmap(lambda p, x: jaxlstm.lstm(p, x, impl="native")[1])(params2, xs)
+  want = jnp.stack(
+    [jaxlstm.lstm(jax.tree.map(lambda a, k=k: a[k], params2), xs[k], impl="native")[1] for k in range(2)]
+  )
+  assert_close(got, want, tol=1e-6)
+
+
+@built
+def test_stack_and_bidirectional_match_reference():
+  params = random_params(jaxlstm.stack_init, I, H, 2, dtype=jnp.float64, bidirectional=True)
+  xs = normal((B, T, I), jnp.float64, seed=1)
+
+  def run(impl, params, xs):
+    def loss(params, xs):
+      _, hs = jaxlstm.stack(params, xs, lengths=LENGTHS, impl=impl)
+      return jnp.sum(jnp.sin(hs)), hs
+
+    return jax.grad(loss, argnums=(0, 1), has_aux=True)(params, xs)
+
+  assert_close(run("native", *f32((params, xs))), run("reference", params, xs))
+
+
+def call(params, **kw):
+  kw = {"lengths": False, "mask": False, "resets": False, "reverse": False, "time_major": False, "remat": None, **kw}
+  return jaxlstm.LayerCall(cell=jaxlstm.get_cell(kw.pop("cell", "lstm")), params=params, **kw)
+
+
+def test_why_not_names_what_it_lacks():
+  p32 = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+  assert native.why_not(call(f64(p32))) == ("it runs float32 params only; got float64; use impl='fused'")
+  assert (
+    native.why_not(call(jaxlstm.gru_init(jax.random.key(0), 3, 5), cell="gru")) == "it runs LSTM layers only, not gru"
+  )
+  assert "resets" in native.why_not(call(p32, resets=True))
+  assert "remat" in native.why_not(call(p32, remat=4))
+  assert "layer_norm" in native.why_not(call(jaxlstm.lstm_init(jax.random.key(0), 3, 5, layer_norm=True)))
+
+
+def f64(tree):
+  return jax.tree.map(lambda a: a.astype(jnp.float64), tree)
+
+
+def test_without_the_library_auto_falls_back_and_native_raises(monkeypatch):
+  reason = "the native library is not built (a test's stand-in reason)"
+  monkeypatch.setattr(native, "_load", lambda: (None, reason))
+  params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+  xs = jnp.ones((2, 7, 3), jnp.float32)
+  choice = jaxlstm.explain(params, xs)
+  assert choice.kernel == "fused"
+  assert choice.reasons["native"] == reason
+  assert reason in str(choice)
+  with pytest.raises(ValueError, match=r"impl='native' cannot run this layer: the native library is not built"):
+    jaxlstm.lstm(params, xs, impl="native")
+  _, hs = jaxlstm.lstm(params, xs)  # impl="auto" runs as before
+  assert hs.shape == (2, 7, 5)
