@@ -6,6 +6,7 @@ shell does the layout work around it. A new kernel is a :class:`Kernel`
 record plus one :func:`register_kernel` call.
 
 * ``fused``: plain and peephole LSTMs, with a hand-written backward pass.
+* ``fused_gru``, ``fused_rnn``: GRU and Elman RNN layers, built the same way.
 * ``native``: plain and peephole float32 LSTMs on CPU, the fused kernel's loops in C++.
 * ``parallel``: minGRU and minLSTM layers as one associative scan over time.
 * ``cudnn``: plain float32 LSTMs as one cuDNN call on CUDA GPUs.
@@ -15,7 +16,7 @@ record plus one :func:`register_kernel` call.
 """
 
 from jaxlstm._src import shell
-from jaxlstm._src.kernels import cudnn, fused, native, parallel, reference
+from jaxlstm._src.kernels import cudnn, fused, fused_gru, fused_rnn, native, parallel, reference
 from jaxlstm._src.kernels.registry import (
   Kernel,
   KernelChoice,
@@ -36,6 +37,8 @@ __all__ = [
   "check_impl",
   "cudnn",
   "fused",
+  "fused_gru",
+  "fused_rnn",
   "impls",
   "kernel_names",
   "native",

@@ -2,6 +2,8 @@
 
 * :mod:`~jaxlstm.kernels.fused`: plain and peephole LSTMs, with a hand-written
   backward pass; the default wherever it applies.
+* :mod:`~jaxlstm.kernels.fused_gru`, :mod:`~jaxlstm.kernels.fused_rnn`: the
+  same design for GRU and Elman RNN (tanh, relu) layers.
 * :mod:`~jaxlstm.kernels.native`: plain and peephole float32 LSTMs on CPU,
   the fused kernel's two time loops in C++ (an optional extension; see its
   ``why_not`` where it is not built).
@@ -16,10 +18,10 @@ A new kernel is one module that builds a :class:`~jaxlstm.Kernel` record plus
 one :func:`~jaxlstm.register_kernel` line here.
 
 >>> jaxlstm.kernel_names()  # in impl="auto" order
-('fused', 'native', 'parallel', 'cudnn', 'reference')
+('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'cudnn', 'reference')
 """
 
-from jaxlstm._src.kernels import cudnn, fused, native, parallel, reference
+from jaxlstm._src.kernels import cudnn, fused, fused_gru, fused_rnn, native, parallel, reference
 from jaxlstm._src.kernels.registry import (
   Kernel,
   KernelChoice,
@@ -35,6 +37,8 @@ from jaxlstm._src.kernels.registry import (
 
 register_kernel(fused.KERNEL)
 register_kernel(native.KERNEL)
+register_kernel(fused_gru.KERNEL)
+register_kernel(fused_rnn.KERNEL)
 register_kernel(parallel.KERNEL)
 register_kernel(cudnn.KERNEL)
 register_kernel(reference.KERNEL)
