@@ -16,11 +16,12 @@ RESETS = np.array([[0, 0, 1, 0, 1], [1, 0, 0, 1, 0], [0, 1, 1, 0, 0]], bool)
 TIGHT = {jnp.dtype(jnp.float32): 2e-5, jnp.dtype(jnp.float64): 1e-11}
 
 
-def setup(dtype, *, peephole=False, batch=(B,), t=T, i=I, h=H, seed=0):
-  params = random_params(jaxlstm.lstm_init, i, h, dtype=dtype, peephole=peephole, seed=seed)
+def setup(dtype, *, peephole=False, batch=(B,), t=T, i=I, h=H, seed=0, **options):
+  params = random_params(jaxlstm.lstm_init, i, h, dtype=dtype, peephole=peephole, seed=seed, **options)
   xs = normal((*batch, t, i), dtype, seed=seed + 1)
+  p = options.get("proj_size") or h
   state = jaxlstm.LSTMState(
-    normal((*batch, h), dtype, seed=seed + 2, scale=0.5), normal((*batch, h), dtype, seed=seed + 3, scale=0.5)
+    normal((*batch, p), dtype, seed=seed + 2, scale=0.5), normal((*batch, h), dtype, seed=seed + 3, scale=0.5)
   )
   return params, xs, state
 
@@ -102,6 +103,30 @@ def test_matches_reference_float64(peephole):
   assert_same(cases, TIGHT[jnp.dtype(jnp.float64)])
 
 
+NORM_OPTIONS = {
+  "layer_norm": {"layer_norm": True},
+  "proj": {"proj_size": 3},
+  "layer_norm_proj_peephole": {"layer_norm": True, "proj_size": 2, "peephole": True},
+}
+
+
+@pytest.mark.parametrize("options", NORM_OPTIONS.values(), ids=NORM_OPTIONS.keys())
+def test_layer_norm_and_projection_match_reference_float64(options):
+  params, xs, state = setup(jnp.float64, **options)
+  cases = []
+  for name in ("plain", "reverse_lengths_mask", "resets", "reverse_lengths_resets"):
+    cases.append((*both(**CASES[name]), params, xs, state))
+  assert_same(cases, TIGHT[jnp.dtype(jnp.float64)])
+
+
+def test_layer_norm_and_projection_match_reference_float32():
+  cases = []
+  for options in NORM_OPTIONS.values():
+    params, xs, state = setup(jnp.float32, t=12, h=16, **options)
+    cases.append((*both(reverse=True, lengths=LENGTHS, resets=np.tile(RESETS, (1, 3))[:, :12]), params, xs, state))
+  assert_same(cases, TIGHT[jnp.dtype(jnp.float32)])
+
+
 def test_matches_reference_float32():
   cases = []
   for peephole in (False, True):
@@ -136,8 +161,8 @@ def test_fused_path_is_taken_only_where_supported():
   kernel = lambda p, **kw: jaxlstm.explain(p, xs, **kw).kernel  # noqa: E731
   assert kernel(p) == "fused"
   assert kernel(p, resets=np.zeros((B, T), bool)) == "fused"
-  assert kernel(random_params(jaxlstm.lstm_init, I, H, layer_norm=True)) == "reference"
-  assert kernel(random_params(jaxlstm.lstm_init, I, H, proj_size=2)) == "reference"
+  assert kernel(random_params(jaxlstm.lstm_init, I, H, layer_norm=True)) == "fused"
+  assert kernel(random_params(jaxlstm.lstm_init, I, H, proj_size=2)) == "fused"
   assert kernel(random_params(jaxlstm.gru_init, I, H)) == "fused_gru"
   with pytest.raises(ValueError, match="remat must be a positive int"):
     kernel(p, remat=0)
@@ -224,9 +249,12 @@ def test_bfloat16_params_keep_a_float32_carry():
   assert g.w_h.dtype == jnp.bfloat16 and g.b.dtype == jnp.bfloat16
 
 
-def test_forward_mode_matches_reference_float64():
+@pytest.mark.parametrize(
+  "options", [{"peephole": True}, NORM_OPTIONS["layer_norm_proj_peephole"]], ids=["peephole", "norm"]
+)
+def test_forward_mode_matches_reference_float64(options):
   """jvp, jacfwd and hessian through the fused kernel (a custom_jvp) equal the reference scan's."""
-  params, xs, state = setup(jnp.float64, peephole=True)
+  params, xs, state = setup(jnp.float64, **options)
   tangents = jax.tree.map(lambda a: jnp.asarray(np.random.default_rng(7).standard_normal(a.shape), a.dtype), params)
   kw = {"lengths": LENGTHS, "resets": RESETS, "reverse": True}
 

@@ -105,8 +105,8 @@ def test_explicit_impl_that_cannot_run_raises_and_never_falls_back():
   lstm, xs, _, _ = setup("lstm", "plain")
   with pytest.raises(ValueError, match=r"impl='fused' cannot run this layer: it takes remat or resets, not both"):
     jaxlstm.lstm(lstm, xs, resets=RESETS, remat=2, impl="fused")
-  with pytest.raises(ValueError, match=r"impl='fused' cannot run this layer: it runs plain and peephole LSTMs only"):
-    jaxlstm.stack((setup("lstm_ln_proj", "plain")[0],), xs, impl="fused")
+  with pytest.raises(ValueError, match=r"impl='fused' cannot run this layer: zoneout acts inside the time loop"):
+    jaxlstm.stack((setup("lstm_ln_proj", "plain")[0],), xs, impl="fused", zoneout=0.1, key=jax.random.key(0))
 
 
 def test_explain_describes_a_stack_layer_by_layer():

@@ -613,11 +613,13 @@ def explain(
 
   Example:
     >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, layer_norm=True)
-    >>> choice = jaxlstm.explain(params, jnp.ones((2, 7, 3)))
+    >>> jaxlstm.explain(params, jnp.ones((2, 7, 3))).kernel
+    'fused'
+    >>> choice = jaxlstm.explain(params, jnp.ones((2, 7, 3)), zoneout=0.1)
     >>> choice.kernel
     'reference'
     >>> choice.reasons["fused"]
-    "it runs plain and peephole LSTMs only, not layer_norm or proj_size; use impl='reference'"
+    "zoneout acts inside the time loop, on the cell's own step; use impl='reference'"
   """
   del state, unroll, ignored
   from jaxlstm._src.stack import Bidirectional, check_stack  # stack builds on this module

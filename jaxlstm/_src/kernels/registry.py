@@ -248,13 +248,13 @@ def select(call: LayerCall, impl: str) -> Kernel:
   Example:
     >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5, layer_norm=True)
     >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("lstm"), params=params, lengths=False, mask=False,
-    ...                          resets=False, reverse=False, time_major=False, remat=None)
+    ...                          resets=False, reverse=False, time_major=False, remat=None, in_loop=("zoneout",))
     >>> jaxlstm.kernels.select(call, "auto").name
     'reference'
     >>> jaxlstm.kernels.select(call, "fused")
     Traceback (most recent call last):
-    ValueError: impl='fused' cannot run this layer: it runs plain and peephole LSTMs only, not layer_norm or
-      proj_size; use impl='reference'
+    ValueError: impl='fused' cannot run this layer: zoneout acts inside the time loop, on the cell's own step;
+      use impl='reference'
   """
   check_impl(impl)
   if impl != "auto":
