@@ -116,24 +116,37 @@ def _forward(w_x, b, w_h, b_hn, xs, valid, resets, h0, h_reset, unroll, save):
   zx = (xs.reshape(T * B, -1) @ w_x).astype(sdt).reshape(T, B, 3 * H)
   b = b.astype(sdt)
   step = functools.partial(_step, w_h, b[: 2 * H], b[2 * H :], b_hn.astype(sdt), h_reset, save=save)
+  at = functools.partial(lax.dynamic_index_in_dim, axis=0, keepdims=False)
+  flags = lambda t: (None if valid is None else at(valid, t), None if resets is None else at(resets, t))  # noqa: E731
+  put = functools.partial(lax.dynamic_update_index_in_dim, axis=0)
+  zeros = jnp.zeros((T, B, H), sdt)
+  # Each step reads zx[t] from the loop carry, fetched by the step before: on XLA's CPU backend an elementwise
+  # fusion that slices zx itself runs several times slower than one that reads a plain (B, 3H) array.
   if not save:
-    return lax.scan(step, h0, (zx, valid, resets), unroll=unroll)
 
-  # Training saves each step's factors while its gates are at hand, [P_r, P_z, Q] over zx[t] (its only
-  # reader), so that no fresh (T, B, 3H) buffer is touched.
+    def run_step(t, carry):
+      h, z, hs = carry
+      z_next = at(zx, jnp.minimum(t + 1, T - 1))
+      h, h_out = step(h, (z, *flags(t)))
+      return h, z_next, put(hs, h_out, t)
+
+    h, _, hs = lax.fori_loop(0, T, run_step, (h0, zx[0], zeros), unroll=unroll)
+    return h, hs
+
+  # Training saves each step's factors while its gates are at hand, [P_r, P_z, Q] over zx[t] (whose value the
+  # carry holds by then), so that no fresh (T, B, 3H) buffer is touched.
   def body(t, carry):
-    h, F3, P_n, Z, hs = carry
-    at = functools.partial(lax.dynamic_index_in_dim, index=t, axis=0, keepdims=False)
-    inputs = (at(F3), None if valid is None else at(valid), None if resets is None else at(resets))
-    h, ((f3, p_n, z), h_out) = step(h, inputs)
+    h, z, F3, P_n, Z, hs = carry
+    h, ((f3, p_n, zg), h_out) = step(h, (z, *flags(t)))
     # The gate blocks go straight into their columns, which XLA's CPU backend does faster than a concatenate.
     for k, block in enumerate(f3):
       F3 = lax.dynamic_update_slice(F3, block[None], (t, 0, k * H))
-    put = functools.partial(lax.dynamic_update_index_in_dim, index=t, axis=0)
-    return h, F3, put(P_n, p_n), put(Z, z), put(hs, h_out)
+    # zx[t + 1] is read after the writes at t, from the written buffer: a read before them, of the buffer being
+    # written in place, XLA could only make safe by copying the whole buffer.
+    z_next = at(F3, jnp.minimum(t + 1, T - 1))
+    return h, z_next, F3, put(P_n, p_n, t), put(Z, zg, t), put(hs, h_out, t)
 
-  zeros = jnp.zeros((T, B, H), sdt)
-  h, F3, P_n, Z, hs = lax.fori_loop(0, T, body, (h0, zx, zeros, zeros, zeros), unroll=unroll)
+  h, _, F3, P_n, Z, hs = lax.fori_loop(0, T, body, (h0, zx[0], zx, zeros, zeros, zeros), unroll=unroll)
   return h, (F3, P_n, Z, hs)
 
 
