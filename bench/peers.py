@@ -10,6 +10,7 @@ worker only its own peer's.
 Peers (``--peers``):
   jaxlstm-fused  ``jaxlstm.stack(..., impl="fused")``, whole step in one ``jax.jit``, optax.adam
   jaxlstm-ref    the same with ``impl="reference"`` (``lax.scan`` over the cell)
+  jaxlstm-native the same with ``impl="native"`` (the C++ loops, CPU float32); not run by default
   flax           Linen ``nn.RNN(nn.OptimizedLSTMCell(H))`` stack, optax.adam, jitted
   keras          Keras 3 on JAX, ``keras.layers.LSTM`` stack, ``model.train_on_batch``
                  / ``model.predict_on_batch`` (Keras compiles these with ``jax.jit``)
@@ -304,6 +305,7 @@ PEERS = {
   "jaxlstm": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "auto")),
   "jaxlstm-fused": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "fused")),
   "jaxlstm-ref": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "reference")),
+  "jaxlstm-native": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "native")),
   "jaxlstm-cudnn": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "cudnn"), needs_cuda=True),
   "jax-cudnn": Peer("jax.experimental.rnn", lambda cfg, mode, device: build_jax_cudnn(cfg, mode), needs_cuda=True),
   "flax": Peer("flax", lambda cfg, mode, device: build_flax(cfg, mode)),

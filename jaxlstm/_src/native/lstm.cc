@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -58,6 +59,7 @@ using SgemmFn = void (*)(int order, int trans_a, int trans_b, int m, int n, int 
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 std::atomic<SgemmFn> g_sgemm{nullptr};
 std::atomic<int> g_threads{0};  // 0: automatic; n > 0: exactly min(n, H) workers (tests and benchmarks)
+std::atomic<int> g_single_calls{0};  // calls left to run on one thread after an oversubscribed one (automatic mode)
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -82,16 +84,20 @@ void spin_wait(Done done) {
 struct Barrier {
   alignas(64) std::atomic<int> count{0};
   alignas(64) std::atomic<int> phase{0};
+  alignas(64) std::atomic<int64_t> waited_ns{0};  // the workers' time spent waiting here, summed at their end
   int n = 1;
 
-  void wait() {
+  // Waits for the other workers; adds the time it waited to *waited (nanoseconds).
+  void wait(int64_t* waited) {
     if (n == 1) return;
     const int p = phase.load(std::memory_order_acquire);  // the phase cannot move before this worker arrives
     if (count.fetch_add(1, std::memory_order_acq_rel) == n - 1) {
       count.store(0, std::memory_order_relaxed);
       phase.store(p + 1, std::memory_order_release);
     } else {
+      const auto t0 = std::chrono::steady_clock::now();
       spin_wait([&] { return phase.load(std::memory_order_acquire) != p; });
+      *waited += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
     }
   }
 };
@@ -308,7 +314,7 @@ struct Forward {
   bool save;
 };
 
-void forward_worker(const Forward& a, int nt, int k, Barrier& barrier) {
+void forward_worker(const Forward& a, int nt, int k, Barrier& barrier, int64_t* waited_ns) {
   const int64_t T = a.T, B = a.B, H = a.H;
   int64_t u0, u1;
   units(H, nt, k, &u0, &u1);
@@ -345,7 +351,7 @@ void forward_worker(const Forward& a, int nt, int k, Barrier& barrier) {
         if (a.save) scatter_row(hw, H, zr, a.P + row * 4 * H + u0);
       }
     }
-    barrier.wait();  // h of step t is complete: the next step's GEMM reads all of it
+    barrier.wait(waited_ns);  // h of step t is complete: the next step's GEMM reads all of it
   }
   for (int64_t r = 0; r < B; ++r) std::memcpy(a.hT + r * H + u0, a.hs + ((T - 1) * B + r) * H + u0, hw * sizeof(float));
 }
@@ -357,7 +363,7 @@ struct Backward {
   float *dz, *dh0, *dc0;
 };
 
-void backward_worker(const Backward& a, int nt, int k, Barrier& barrier) {
+void backward_worker(const Backward& a, int nt, int k, Barrier& barrier, int64_t* waited_ns) {
   const int64_t T = a.T, B = a.B, H = a.H;
   int64_t u0, u1;
   units(H, nt, k, &u0, &u1);
@@ -378,7 +384,7 @@ void backward_worker(const Backward& a, int nt, int k, Barrier& barrier) {
                      &dh[r * hw], &dc[r * hw], &dz[r * n4]);
       scatter_row(hw, H, &dz[r * n4], a.dz + row * 4 * H + u0);  // dz over P (maybe one buffer): row read already
     }
-    barrier.wait();  // dz of step t is complete: every worker's dh_prev reads all of its columns
+    barrier.wait(waited_ns);  // dz of step t is complete: every worker's dh_prev reads all of its columns
     if (hw > 0) {
       // dh_prev for the worker's units: dz[t] (B, 4H) @ w_h[u0:u1, :].T; rows of w_h are contiguous, so no packing.
       sgemm(kRowMajor, kNoTrans, kTrans, B, hw, 4 * H, 1.0f, a.dz + t * B * 4 * H, 4 * H, a.w + u0 * 4 * H, 4 * H,
@@ -392,13 +398,30 @@ void backward_worker(const Backward& a, int nt, int k, Barrier& barrier) {
   }
 }
 
+// Runs worker(args, nt, k, barrier) on nt threads. On a machine shared with other jobs the workers are not always
+// running at once, and a barrier per step then waits for whole scheduler time slices: where the workers of a call
+// spent over half their time waiting, the next calls run on one thread, and then the split is tried again.
 template <class Args, class Worker>
 void run_workers(const Args& args, int64_t B, int64_t H, Worker worker) {
-  const int nt = choose_threads(B, H);
+  int nt = choose_threads(B, H);
+  const bool automatic = g_threads.load(std::memory_order_relaxed) == 0;
+  if (nt > 1 && automatic && g_single_calls.load(std::memory_order_relaxed) > 0) {
+    g_single_calls.fetch_sub(1, std::memory_order_relaxed);
+    nt = 1;
+  }
   Barrier barrier;
   barrier.n = nt;
-  std::function<void(int)> fn = [&](int k) { worker(args, nt, k, barrier); };
+  std::function<void(int)> fn = [&](int k) {
+    int64_t waited = 0;
+    worker(args, nt, k, barrier, &waited);
+    barrier.waited_ns.fetch_add(waited, std::memory_order_relaxed);
+  };
+  const auto t0 = std::chrono::steady_clock::now();
   Pool::get().run(nt, fn);
+  if (nt > 1 && automatic) {
+    const double total = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
+    if (barrier.waited_ns.load() > 0.5 * nt * total) g_single_calls.store(32, std::memory_order_relaxed);
+  }
 }
 
 ffi::Error bad(const std::string& what) { return ffi::Error(ffi::ErrorCode::kInvalidArgument, "jaxlstm native: " + what); }
