@@ -8,6 +8,7 @@ shared, so compare the two columns of one run rather than absolute numbers.
   python bench/fused_micro.py --configs S M L --mode train
   python bench/fused_micro.py --configs S M --mode fwd
   python bench/fused_micro.py --cell gru --configs S M   # fused_gru against reference; --cell rnn likewise
+  python bench/fused_micro.py --cell gru --impls fused_gru torch   # against torch.nn.GRU at its defaults
   python bench/fused_micro.py --remat 100 --T 20000   # long sequence, memory: run under /usr/bin/time -v
 """
 
@@ -64,7 +65,47 @@ def median_time(fn, args, steps):
   return median_times([(fn, args)], steps)[0]
 
 
+def make_torch_call(cfg_name, mode, cell):
+  """The same model, loss and Adam step in PyTorch (``nn.LSTM``, ``nn.GRU`` or ``nn.RNN``), at its defaults.
+
+  Denormals are flushed to zero, as XLA's CPU backend does (``bench/peers.py`` explains why).
+  """
+  import torch
+
+  torch.set_flush_denormal(True)
+  torch.manual_seed(0)
+  B, T, I, H, L, O = CONFIGS[cfg_name]
+  _, xs, ys = make(CONFIGS[cfg_name], cell=cell)
+  xs, ys = torch.from_numpy(np.asarray(xs)), torch.from_numpy(np.asarray(ys))
+  rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](I, H, num_layers=L, batch_first=True)
+  head = torch.nn.Linear(H, O)
+  modules = torch.nn.ModuleList([rnn, head])
+
+  def loss():
+    return torch.mean(torch.square(head(rnn(xs)[0]) - ys))
+
+  if mode == "fwd":
+
+    def fwd():
+      with torch.inference_mode():
+        return loss().item()
+
+    return fwd, ()
+  opt = torch.optim.Adam(modules.parameters(), lr=1e-3)
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    value = loss()
+    value.backward()
+    opt.step()
+    return value.item()
+
+  return step, ()
+
+
 def make_call(cfg_name, impl, mode, unroll, cell="lstm"):
+  if impl == "torch":
+    return make_torch_call(cfg_name, mode, cell)
   model, xs, ys = make(CONFIGS[cfg_name], cell=cell)
   if mode == "train":
     opt = optax.adam(1e-3)
@@ -106,7 +147,9 @@ def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--configs", nargs="+", default=["S", "M"])
   ap.add_argument("--cell", choices=list(FUSED), default="lstm")
-  ap.add_argument("--impls", nargs="+", default=None, help="default: the cell's fused kernel and reference")
+  ap.add_argument(
+    "--impls", nargs="+", default=None, help="kernels, or torch; default: the cell's fused kernel and reference"
+  )
   ap.add_argument("--mode", choices=["train", "fwd"], default="train")
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--unroll", type=int, default=1)
@@ -127,6 +170,8 @@ def main():
     ratio = ""
     if fast in row and "reference" in row:
       ratio = f"  speedup {row['reference'] / row[fast]:.2f}x"
+    if fast in row and "torch" in row:
+      ratio += f"  torch/{fast} {row['torch'] / row[fast]:.2f}x"
     cell = "" if args.cell == "lstm" else f"{args.cell} "
     print(f"{cell}{name} {args.mode} unroll={args.unroll}: {cells}{ratio}", flush=True)
 
