@@ -128,6 +128,15 @@ def test_vmap_and_jit_match_a_loop():
   )
   assert_close(got, want, tol=1e-6)
 
+  # grad through vmap: the backward loop is batched too.
+  def grad(impl):
+    def loss(p):
+      return jnp.sum(jax.vmap(lambda x: jaxlstm.lstm(p, x, lengths=LENGTHS, impl=impl)[1])(xs) ** 2)
+
+    return jax.jit(jax.grad(loss))(params)
+
+  assert_close(grad("native"), grad("reference"), tol=1e-5)
+
 
 @built
 def test_stack_and_bidirectional_match_reference():
