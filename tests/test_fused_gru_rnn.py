@@ -30,10 +30,15 @@ CASES = {
   "plain": {},
   "resets": {"resets": RESETS},
   "reverse_lengths_resets": {"reverse": True, "lengths": LENGTHS, "resets": RESETS},
-  "reverse_mask_resets": {"reverse": True, "mask": MASK, "resets": RESETS},
   "time_major_lengths_mask_resets": {"time_major": True, "lengths": LENGTHS, "mask": MASK.T, "resets": RESETS.T},
-  "remat_2_lengths_resets": {"remat": 2, "lengths": LENGTHS, "resets": RESETS},
-  "remat_3_reverse_mask": {"remat": 3, "reverse": True, "mask": MASK},
+  # remat=2 over T=5 pads the last chunk.
+  "remat_2_reverse_lengths_mask_resets": {
+    "remat": 2,
+    "reverse": True,
+    "lengths": LENGTHS,
+    "mask": MASK,
+    "resets": RESETS,
+  },
 }
 
 
@@ -95,7 +100,8 @@ def assert_same(cases, tol):
     assert_close(f"case {k}: outputs", got[1], want[1], tol)
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
+# tanh RNNs are held to the reference in float32 below, and in forward mode and second order in float64.
+@pytest.mark.parametrize("cell", ["gru", "rnn_relu"])
 def test_matches_reference_float64(cell):
   fast = CELLS[cell][2]
   params, xs, state = setup(cell, F64)
@@ -182,16 +188,11 @@ def test_forward_mode_and_hessian_match_reference(cell):
 
 
 def test_check_grads_second_order_float64():
-  # Both kernels in one function: check_grads compiles every derivative it takes, so one call halves the compiles.
-  kw = {"lengths": np.array([3, 2]), "resets": RESETS[:2, :3], "reverse": True}
-  args = [setup(cell, F64, t=3, h=2, batch=(2,)) for cell in ("gru", "rnn_tanh")]
-
-  @jax.jit
-  def f(args):
-    (gru, x, s), (rnn, y, u) = args
-    return jaxlstm.layer(gru, x, s, impl="fused_gru", **kw), jaxlstm.layer(rnn, y, u, impl="fused_rnn", **kw)
-
-  check_grads(f, (args,), order=2, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+  # The GRU, the harder tangent; the RNN's second order is held to the reference path's Hessian above.
+  params, xs, state = setup("gru", F64, t=3, h=2, batch=(2,))
+  kw = {"lengths": np.array([3, 2]), "resets": RESETS[:2, :3], "reverse": True, "impl": "fused_gru"}
+  f = jax.jit(lambda p, x, s: jaxlstm.layer(p, x, s, **kw))
+  check_grads(f, (params, xs, state), order=2, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("cell", ["gru", "rnn_relu"])
