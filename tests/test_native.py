@@ -82,7 +82,7 @@ def test_matches_reference(case, peephole):
 
 
 @built
-@pytest.mark.parametrize("t, batch, h", [(1, (3,), 4), (4, (1,), 4), (3, (2,), 1), (1, (1,), 1)])
+@pytest.mark.parametrize("t, batch, h", [(1, (3,), 4), (4, (1,), 4), (3, (2,), 1), (1, (1,), 1), (3, (0,), 4)])
 def test_size_one(t, batch, h):
   check(*setup(t=t, batch=batch, h=h))
 

@@ -185,8 +185,9 @@ def native_backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT):
 
 
 def _project(xs, w_x):
-  T, B, _ = xs.shape
-  return (xs.reshape(T * B, -1) @ w_x).reshape(T, B, -1)  # all T input projections in one GEMM, before the loop
+  # All T input projections in one GEMM, before the loop (shapes spelled out: B may be 0).
+  T, B, I = xs.shape
+  return (xs.reshape(T * B, I) @ w_x).reshape(T, B, w_x.shape[-1])
 
 
 @jax.custom_vjp
@@ -210,7 +211,7 @@ def _layer_bwd(res, cts):
   h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
   dz2 = dz.reshape(T * B, H4)
   dw_h = h_prevs.reshape(T * B, H).T @ dz2
-  dw_x = xs.reshape(T * B, -1).T @ dz2
+  dw_x = xs.reshape(T * B, xs.shape[-1]).T @ dz2  # shapes spelled out: B may be 0
   dxs = (dz2 @ w_x.T).reshape(xs.shape)
   db = jnp.sum(dz, axis=(0, 1))
   dpeep = None

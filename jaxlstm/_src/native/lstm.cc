@@ -432,7 +432,7 @@ ffi::Error check_common(int64_t T, int64_t B, int64_t H, ffi::Buffer<ffi::F32>& 
   if (wd.size() != 2 || wd[0] != H || wd[1] != 4 * H) return bad("w_h must be (H, 4H)");
   if (valid.element_count() != 0 && static_cast<int64_t>(valid.element_count()) != T * B)
     return bad("valid must be (T, B) or empty");
-  if (T < 1 || B < 1 || H < 1) return bad("T, B and H must be positive");
+  if (T < 1 || H < 1) return bad("T and H must be positive");
   return ffi::Error::Success();
 }
 
@@ -474,7 +474,7 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> zx, ffi::Buffer<ffi::F32> b, ffi::B
             save ? F->typed_data() : nullptr,
             save && has_peep ? cs->typed_data() : nullptr,
             save};
-  run_workers(a, B, H, forward_worker);
+  if (B > 0) run_workers(a, B, H, forward_worker);  // an empty batch has nothing to compute
   return ffi::Error::Success();
 }
 
@@ -524,7 +524,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> P, ffi::B
              dz->typed_data(),
              dh0->typed_data(),
              dc0->typed_data()};
-  run_workers(a, B, H, backward_worker);
+  if (B > 0) run_workers(a, B, H, backward_worker);
   return ffi::Error::Success();
 }
 
