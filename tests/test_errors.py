@@ -108,14 +108,13 @@ def test_option_errors(p, xs):
     jaxlstm.lstm(p, xs, remat=0)
   with pytest.raises(
     ValueError,
-    match=r"impl='reference' cannot run this layer: remat is implemented by the fused "
-    r"kernel only",
+    match=r"impl='reference' cannot run this layer: remat is implemented by the fused kernels",
   ):
     jaxlstm.lstm(p, xs, remat=2, impl="reference")
   with pytest.raises(
     ValueError,
     match=r"no kernel can run this slstm layer: fused: it runs LSTM layers only, not slstm; .*"
-    r"reference: remat is implemented by the fused kernel only",
+    r"reference: remat is implemented by the fused kernels",
   ):
     jaxlstm.stack((random_params(jaxlstm.get_cell("slstm").init, I, H),), xs, remat=2)
   r = random_params(jaxlstm.rnn_init, I, H)

@@ -278,3 +278,22 @@ def test_finite_differences_both_modes_second_order():
   params, xs, state = setup(jnp.float64, peephole=True, t=3)
   f = jax.jit(lambda p, x, s: jaxlstm.lstm(p, x, s, lengths=np.array([3, 1, 2]), resets=RESETS[:, :3], impl="fused"))
   check_grads(f, (params, xs, state), order=2, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+
+
+def test_forward_mode_through_stacks_at_their_defaults():
+  """jvp and hessian through jaxlstm.stack with impl="auto" (fused LSTM and GRU kernels) equal the reference's."""
+  xs = normal((B, T, I), jnp.float64, seed=1)
+  stacks = [
+    random_params(jaxlstm.stack_init, I, H, 2, bidirectional=True, dtype=jnp.float64),
+    random_params(jaxlstm.stack_init, I, H, 2, cell="gru", dtype=jnp.float64, seed=1),
+  ]
+  assert {c.kernel for p in stacks for c in jaxlstm.explain(p, xs, lengths=LENGTHS)} == {"fused", "fused_gru"}
+
+  def everything(impl):
+    out = []
+    for p in stacks:
+      f = lambda p, x: jnp.sum(jnp.sin(jaxlstm.stack(p, x, lengths=LENGTHS, impl=impl)[1]))
+      out.append((jax.jvp(f, (p, xs), (p, xs))[1], jax.hessian(f, argnums=1)(p, xs)))
+    return out
+
+  _tree_close("stacks", jax.jit(lambda: everything("auto"))(), jax.jit(lambda: everything("reference"))(), 1e-10)

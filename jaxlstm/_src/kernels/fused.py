@@ -44,6 +44,7 @@ reversed.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -173,13 +174,13 @@ def _forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save):
   consts = _gate_consts(H, sdt)
   if peep is not None:
     peep = peep.astype(sdt)
-  step = functools.partial(_step, w_h, b.astype(sdt), peep, consts, (h0, c0), save=save)
+  step_zx = functools.partial(_step, w_h, b.astype(sdt), peep, consts, (h0, c0), save=save)
   # With peepholes the input projection stays in the loop, one small GEMM per step: hoisted out of it, XLA's
   # CPU backend ran the peephole step far slower (B=32, T=100, I=32, H=128, this 2-core CPU: training 96 ms
   # hoisted, 29 ms in the loop, 44 ms for the reference scan). Without peepholes hoisting wins (27.6 vs 29.0 ms).
   in_loop = peep is not None
+  step: Callable = step_zx
   if in_loop:
-    step_zx = step
     step = lambda carry, inp: step_zx(carry, ((inp[0] @ w_x).astype(sdt), *inp[1:]))
     zx = xs
   else:

@@ -132,12 +132,24 @@ def _step(w: _Weights, state0, carry, inputs, *, save):
   return (h_new, c), ((factors, h_new, c) if save else h_new)
 
 
-def _forward(w: _Weights, X, valid, resets, h0, c0, unroll, save):
-  """The loop over ``X (T, B, 4H)``: ``((h_T, c_T), hs)``, or with ``save`` also every step's factors."""
-  step = functools.partial(_step, w, (h0, c0), save=save)
+def _project(xs, w_x, s_x, b, sdt):
+  """``X = LN(xs @ w_x) * s_x + b`` (without ``s_x``, ``xs @ w_x + b``) for inputs ``(..., I)``, in ``sdt``."""
+  zx = (xs.reshape(-1, xs.shape[-1]) @ w_x).reshape(*xs.shape[:-1], -1)
+  if s_x is not None:
+    zx = layer_norm(zx, s_x)
+  return (zx + b).astype(sdt)
+
+
+def _forward(w: _Weights, src, valid, resets, h0, c0, unroll, save, project=None):
+  """The loop: ``((h_T, c_T), hs)``, or with ``save`` also every step's factors.
+
+  ``src`` is ``X (T, B, 4H)``, or with ``project`` the inputs ``xs (T, B, I)``, projected step by step.
+  """
+  step_x = functools.partial(_step, w, (h0, c0), save=save)
+  step = step_x if project is None else (lambda carry, inp: step_x(carry, (project(inp[0]), *inp[1:])))
   if not save:
-    return lax.scan(step, (h0, c0), (X, valid, resets), unroll=unroll)
-  T, B, _ = X.shape
+    return lax.scan(step, (h0, c0), (src, valid, resets), unroll=unroll)
+  T, B = src.shape[:2]
   H, Pd = c0.shape[-1], h0.shape[-1]
   sdt = c0.dtype
   ln = w.s_h is not None
@@ -145,7 +157,8 @@ def _forward(w: _Weights, X, valid, resets, h0, c0, unroll, save):
   def body(t, carry):
     h, c, bufs = carry
     at = functools.partial(lax.dynamic_index_in_dim, index=t, axis=0, keepdims=False)
-    inputs = (at(bufs["P"]), None if valid is None else at(valid), None if resets is None else at(resets))
+    x_t = at(bufs["P"] if project is None else src)
+    inputs = (x_t, None if valid is None else at(valid), None if resets is None else at(resets))
     (h, c), ((P, F, R, n, r, nc, rc, y), h_out, c_out) = step((h, c), inputs)
     put = lambda buf, val: lax.dynamic_update_index_in_dim(buf, val, t, 0)
     new = dict(bufs)
@@ -160,7 +173,8 @@ def _forward(w: _Weights, X, valid, resets, h0, c0, unroll, save):
     return h, c, new
 
   zeros = lambda *shape: jnp.zeros(shape, sdt)
-  bufs = {"P": X, "F": zeros(T, B, H), "R": zeros(T, B, H), "hs": zeros(T, B, Pd), "cs": zeros(T, B, H)}
+  P0 = src if project is None else zeros(T, B, 4 * H)
+  bufs = {"P": P0, "F": zeros(T, B, H), "R": zeros(T, B, H), "hs": zeros(T, B, Pd), "cs": zeros(T, B, H)}
   if ln:
     bufs.update(n=zeros(T, B, 4 * H), r=zeros(T, B, 1), nc=zeros(T, B, H), rc=zeros(T, B, 1))
   if w.w_p is not None:
@@ -292,27 +306,56 @@ def _rows(*pairs):
   return tuple(axis for value, axis in pairs if value is not None)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(11,))
-def _layer(X, w_h, s_h, peep, s_c, b_c, w_p, valid, resets, h0, c0, unroll):
-  """``(hs (T, B, P), h_T, c_T)`` of the loop over ``X (T, B, 4H)``, the biased (and normalized) input projection."""
-  w = _Weights(w_h, s_h, peep, s_c, b_c, w_p, c0.dtype)
-  (h, c), hs = _forward(w, X, valid, resets, h0, c0, unroll, save=False)
+def _loop_source(xs, w_x, s_x, b, peep, sdt):
+  """What the loop reads: ``(X, None)``, the projection hoisted, or for peephole layers ``(xs, project)``.
+
+  With peepholes the input projection stays in the loop: hoisted, XLA's CPU backend ran the peephole step far
+  slower (B=32, T=100, I=32, H=128, one process, calls interleaved: forward 28.9 ms hoisted against 17.8 ms in
+  the loop with layer_norm, 22.3 against 11.9 ms with a projection), as in the plain kernel.
+  """
+  if peep is None:
+    return _project(xs, w_x, s_x, b, sdt), None
+  return xs, functools.partial(_project, w_x=w_x, s_x=s_x, b=b, sdt=sdt)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(14,))
+def _layer(xs, w_x, s_x, b, w_h, s_h, peep, s_c, b_c, w_p, valid, resets, h0, c0, unroll):
+  """``(hs (T, B, P), h_T, c_T)`` of the layer on time-major ``xs (T, B, I)``; ``hs`` is the carried ``h``."""
+  sdt = c0.dtype
+  w = _Weights(w_h, s_h, peep, s_c, b_c, w_p, sdt)
+  src, project = _loop_source(xs, w_x, s_x, b, peep, sdt)
+  (h, c), hs = _forward(w, src, valid, resets, h0, c0, unroll, save=False, project=project)
   return hs, h, c
 
 
 @functools.partial(_layer.defjvp, symbolic_zeros=True)
 def _layer_jvp(unroll, primals, tangents):
-  X, w_h, s_h, peep, s_c, b_c, w_p, valid, resets, h0, c0 = primals
-  dX, dw_h, ds_h, dpeep, ds_c, db_c, dw_p, _, _, dh0, dc0 = tangents
+  xs, w_x, s_x, bias, w_h, s_h, peep, s_c, b_c, w_p, valid, resets, h0, c0 = primals
+  dxs, dw_x, ds_x, dbias, dw_h, ds_h, dpeep, ds_c, db_c, dw_p, _, _, dh0, dc0 = tangents
   sdt = c0.dtype
   w = _Weights(w_h, s_h, peep, s_c, b_c, w_p, sdt)
-  (h, c), b = _forward(w, X, valid, resets, h0, c0, unroll, save=True)
-  T, B, H4 = X.shape
+  src, project = _loop_source(xs, w_x, s_x, bias, peep, sdt)
+  (h, c), b = _forward(w, src, valid, resets, h0, c0, unroll, save=True, project=project)
+  T, B, _ = xs.shape
+  H4 = w_h.shape[-1]
   H, Pd = H4 // 4, h0.shape[-1]
   mm = functools.partial(jnp.matmul, preferred_element_type=sdt)
   zeros = lambda *shape: jnp.zeros(shape, sdt)
-  # The hoisted terms: every tangent that does not ride on the carried (dh, dc).
-  V = zeros(T, B, H4) if _zero(dX) else dX.astype(sdt)
+  # The hoisted terms: every tangent that does not ride on the carried (dh, dc). First the input side's,
+  # the tangent of X = LN(xs @ w_x) * s_x + b, as GEMMs over all T * B rows.
+  terms = []
+  if not _zero(dxs):
+    terms.append(mm(dxs.reshape(T * B, -1).astype(w_x.dtype), w_x))
+  if not _zero(dw_x):
+    terms.append(mm(xs.reshape(T * B, -1), dw_x))
+  V = functools.reduce(jnp.add, terms).reshape(T, B, H4) if terms else zeros(T, B, H4)
+  if s_x is not None:
+    n_x, r_x = _norm(mm(xs.reshape(T * B, -1), w_x).reshape(T, B, H4))
+    V = _norm_tangent(V, n_x, r_x, s_x.astype(sdt)) if terms else V
+    if not _zero(ds_x):
+      V = V + n_x * ds_x.astype(sdt)
+  if not _zero(dbias):
+    V = V + dbias.astype(sdt)
   if s_h is not None and not _zero(ds_h):
     V = V + b["n"] * ds_h.astype(sdt)
   if peep is not None and not _zero(dpeep):
@@ -357,13 +400,8 @@ def run(params: LSTMParams, xs, valid, resets, h0, c0, unroll):
     >>> bool(jnp.allclose(hs, reference.run(params, xs, state0, None, None)[1], atol=1e-6))
     True
   """
-  T, B, _ = xs.shape
-  sdt = c0.dtype
   ln = params.layer_norm
-  # The input side of every step at once: one GEMM, and its normalization row by row.
-  zx = (xs.astype(params.w_x.dtype).reshape(T * B, -1) @ params.w_x).reshape(T, B, -1)
-  if ln is not None:
-    zx = layer_norm(zx, ln.x_scale)
-  X = (zx + params.b).astype(sdt)
-  s_h, s_c, b_c = (None, None, None) if ln is None else (ln.h_scale, ln.c_scale, ln.c_bias)
-  return _layer(X, params.w_h, s_h, params.peephole, s_c, b_c, params.w_proj, valid, resets, h0, c0, unroll)
+  s_x, s_h, s_c, b_c = (None,) * 4 if ln is None else (ln.x_scale, ln.h_scale, ln.c_scale, ln.c_bias)
+  xs = xs.astype(params.w_x.dtype)
+  w = (params.w_x, s_x, params.b, params.w_h, s_h, params.peephole, s_c, b_c, params.w_proj)
+  return _layer(xs, *w, valid, resets, h0, c0, unroll)

@@ -97,7 +97,7 @@ def why_not(call: LayerCall) -> str | None:
       f"is not linear in h"
     )
   if call.remat is not None:
-    return "remat is implemented by the fused kernel only; the parallel kernel saves only a and the states"
+    return "remat is implemented by the fused kernels only; the parallel kernel saves only a and the states"
   return None
 
 

@@ -94,8 +94,7 @@ def why_not(call: LayerCall) -> str | None:
   """
   if call.remat is not None:
     return (
-      "remat is implemented by the fused kernel only (plain and peephole LSTMs); "
-      "the reference kernel keeps every step"
+      "remat is implemented by the fused kernels (fused, fused_gru, fused_rnn); the reference kernel keeps every step"
     )
   return None
 
