@@ -155,8 +155,8 @@ def check_figures_tables_and_math(site):
   # of each report's first table row is on the page.
   for report in (
     "results.md",
-    "results_torch.md",
-    "results_torch_defaults.md",
+    "results_bidirectional.md",
+    "results_packed.md",
     "results_gpu.md",
     "results_gpu_unroll1.md",
     "results_mingru.md",
