@@ -52,6 +52,7 @@ from jax import lax
 
 from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
 from jaxlstm._src.kernels import fused_norm
+from jaxlstm._src.kernels.chunks import gate_consts, is_zero, remat_chunks, step_starts
 from jaxlstm._src.kernels.linear import linear_recurrence
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
@@ -98,17 +99,6 @@ def default_unroll() -> int:
   return 8 if jax.default_backend() == "gpu" else 1
 
 
-def _gate_consts(H: int, dtype):
-  """``scale`` and ``(mul, add)`` vectors ``(4H,)``: ``gate = mul * tanh(scale * z) + add``.
-
-  ``i, f, o`` are sigmoids, ``0.5 * tanh(z / 2) + 0.5``; ``g`` is ``tanh(z)``.
-  """
-  half, one, zero = (jnp.full((H,), v, dtype) for v in (0.5, 1.0, 0.0))
-  scale = jnp.concatenate([half, half, one, half])
-  add = jnp.concatenate([half, half, zero, half])
-  return scale, scale, add  # the multiplier equals the scale: 0.5 for sigmoids, 1 for g
-
-
 def _backward_factors(i, f, g, o, c_prev, tc, peep):
   """The parts of a step's backward pass that do not depend on the incoming gradient.
 
@@ -139,20 +129,20 @@ def _step(w_h, b, peep, consts, state0, carry, inputs, *, save):
     rr = r[:, None]
     carry = (jnp.where(rr, state0[0], carry[0]), jnp.where(rr, state0[1], carry[1]))
   h, c_prev = carry
-  scale, mul, add = consts
+  scale, add = consts
   H = c_prev.shape[-1]
   cdt = w_h.dtype
   # The bias is added here, where it fuses into the gate nonlinearity, not in a pass over all of zx.
   z = zx + b + (h.astype(cdt) @ w_h).astype(zx.dtype)  # (B, 4H)
   if peep is None:
     # One tanh for all four gates; the slices below fuse into the cell update.
-    a = jnp.tanh(z * scale) * mul + add
+    a = jnp.tanh(z * scale) * scale + add
     i, f, g, o = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H], a[:, 3 * H :]
     c = f * c_prev + i * g
   else:
     # The output gate's peephole reads the new c, so its tanh comes after the update.
     pc = jnp.concatenate([peep[0] * c_prev, peep[1] * c_prev, jnp.zeros_like(c_prev)], axis=-1)
-    a3 = jnp.tanh((z[:, : 3 * H] + pc) * scale[: 3 * H]) * mul[: 3 * H] + add[: 3 * H]
+    a3 = jnp.tanh((z[:, : 3 * H] + pc) * scale[: 3 * H]) * scale[: 3 * H] + add[: 3 * H]
     i, f, g = a3[:, :H], a3[:, H : 2 * H], a3[:, 2 * H :]
     c = f * c_prev + i * g
     o = 0.5 * jnp.tanh(0.5 * (z[:, 3 * H :] + peep[2] * c)) + 0.5
@@ -171,7 +161,7 @@ def _forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save):
   sdt = c0.dtype
   T, B, _ = xs.shape
   H = c0.shape[-1]
-  consts = _gate_consts(H, sdt)
+  consts = gate_consts(H, sdt)
   if peep is not None:
     peep = peep.astype(sdt)
   step_zx = functools.partial(_step, w_h, b.astype(sdt), peep, consts, (h0, c0), save=save)
@@ -303,16 +293,6 @@ def _layer(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll):
   return hs, h, c
 
 
-def _prevs(seq, first, resets):
-  """``(T, B, H)``: each step's starting carry, from the carried values ``seq`` after each step."""
-  prevs = jnp.concatenate([first[None], seq[:-1]], axis=0)
-  return prevs if resets is None else jnp.where(resets[..., None], first, prevs)
-
-
-def _zero(t) -> bool:
-  return isinstance(t, jax.custom_derivatives.SymbolicZero)
-
-
 @functools.partial(_layer.defjvp, symbolic_zeros=True)
 def _layer_jvp(unroll, primals, tangents):
   # The forward loop saves each step's activation derivatives; the tangent is then the hoisted GEMMs (input and
@@ -325,24 +305,24 @@ def _layer_jvp(unroll, primals, tangents):
   sdt = c0.dtype
   mm = functools.partial(jnp.matmul, preferred_element_type=sdt)  # float32 sums under 16-bit params
   terms = []
-  if not _zero(dxs):
+  if not is_zero(dxs):
     terms.append(mm(dxs.reshape(T * B, -1).astype(w_x.dtype), w_x))
-  if not _zero(dw_x):
+  if not is_zero(dw_x):
     terms.append(mm(xs.reshape(T * B, -1), dw_x))
-  if not _zero(dw_h):
-    h_prevs = _prevs(hs, h0, resets)
+  if not is_zero(dw_h):
+    h_prevs = step_starts(hs, h0, resets)
     terms.append(mm(h_prevs.reshape(T * B, H).astype(w_h.dtype), dw_h))
   a = functools.reduce(jnp.add, terms) if terms else jnp.zeros((T * B, 4 * H), sdt)
   a = a.reshape(T, B, 4 * H)
-  if not _zero(db):
+  if not is_zero(db):
     a = a + db.astype(sdt)
-  if peep is not None and not _zero(dpeep):
-    c_prevs = _prevs(cs, c0, resets)
+  if peep is not None and not is_zero(dpeep):
+    c_prevs = step_starts(cs, c0, resets)
     dpeep = dpeep.astype(sdt)
     zeros = jnp.zeros_like(cs)
     a = a + jnp.concatenate([dpeep[0] * c_prevs, dpeep[1] * c_prevs, zeros, dpeep[2] * cs], axis=-1)
-  dh0 = jnp.zeros_like(h0) if _zero(dh0) else dh0
-  dc0 = jnp.zeros_like(c0) if _zero(dc0) else dc0
+  dh0 = jnp.zeros_like(h0) if is_zero(dh0) else dh0
+  dc0 = jnp.zeros_like(c0) if is_zero(dc0) else dc0
   coefs = (w_h, P, Q, F, valid, resets)
   d_hs, d_h, d_c = _recurrence(coefs, (a, dh0, dc0), rows=_tangent_rows(valid, resets), unroll=unroll)
   return (hs, h, c), (d_hs, d_h, d_c)
@@ -354,29 +334,6 @@ def _run(params, xs, valid, resets, h0, c0, unroll):
     return fused_norm.run(params, xs, valid, resets, h0, c0, unroll)
   xs = xs.astype(params.w_x.dtype)
   return _layer(params.w_x, params.b, params.w_h, params.peephole, xs, valid, resets, h0, c0, unroll)
-
-
-def _run_remat(params, xs, valid, h0, c0, unroll, k):
-  """:func:`_run` in checkpointed chunks of ``k`` steps; memory O(T * (I + H) + k * B * 4H)."""
-  T, B, _ = xs.shape
-  n = -(-T // k)
-  pad = n * k - T
-  if valid is None:
-    valid = jnp.ones((T, B), bool)
-  if pad:
-    # Padded steps are invalid: the state stays frozen, so the final state is unchanged.
-    xs = jnp.concatenate([xs, jnp.zeros((pad, *xs.shape[1:]), xs.dtype)], axis=0)
-    valid = jnp.concatenate([valid, jnp.zeros((pad, B), bool)], axis=0)
-
-  @jax.checkpoint
-  def chunk(carry, inp):
-    x, v = inp
-    h, c = carry
-    hs, h, c = _run(params, x, v, None, h, c, unroll)
-    return (h, c), hs
-
-  (h, c), hs = lax.scan(chunk, (h0, c0), (xs.reshape(n, k, *xs.shape[1:]), valid.reshape(n, k, B)))
-  return hs.reshape(n * k, *hs.shape[2:])[:T], h, c
 
 
 def run(
@@ -428,7 +385,12 @@ def run(
   if remat is None:
     hs, h, c = _run(params, xs, valid, resets, state.h, state.c, unroll)
   else:
-    hs, h, c = _run_remat(params, xs, valid, state.h, state.c, unroll, remat)
+
+    def core(x, v, r, carry):
+      hs, h, c = _run(params, x, v, r, carry[0], carry[1], unroll)
+      return hs, (h, c)
+
+    hs, (h, c) = remat_chunks(core, xs, valid, None, (state.h, state.c), remat)
   return LSTMState(h, c), hs
 
 

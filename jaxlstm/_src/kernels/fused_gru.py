@@ -56,6 +56,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxlstm._src.cells.gru import GRUParams, GRUState
+from jaxlstm._src.kernels.chunks import is_zero, remat_chunks, step_starts
 from jaxlstm._src.kernels.fused import default_unroll
 from jaxlstm._src.kernels.linear import linear_recurrence
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
@@ -235,10 +236,6 @@ def _layer(w_x, b, w_h, b_hn, xs, valid, resets, h0, h_reset, unroll):
   return hs, h
 
 
-def _zero(t) -> bool:
-  return t is None or isinstance(t, jax.custom_derivatives.SymbolicZero)
-
-
 def _sum(terms, shape, dtype):
   return functools.reduce(jnp.add, terms) if terms else jnp.zeros(shape, dtype)
 
@@ -259,29 +256,27 @@ def _layer_jvp(unroll, primals, tangents):
   rz = jnp.concatenate([jnp.ones((2 * H,), w_x.dtype), jnp.zeros((H,), w_x.dtype)])  # (3H,)
   x2 = xs.reshape(T * B, -1)
   a, a_n = [], []
-  if not _zero(dxs):
+  if not is_zero(dxs):
     dx2 = dxs.reshape(T * B, -1).astype(w_x.dtype)
     a.append(mm(dx2, w_x * rz))
     a_n.append(mm(dx2, w_x[:, 2 * H :]))
-  if not _zero(dw_x):
+  if not is_zero(dw_x):
     a.append(mm(x2, dw_x * rz))
     a_n.append(mm(x2, dw_x[:, 2 * H :]))
-  if not _zero(dw_h):
+  if not is_zero(dw_h):
     # Each step's starting carry: h0, the previous step's carry, or h_reset at a reset step.
-    h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)
-    if resets is not None:
-      h_prevs = jnp.where(resets[..., None], h_reset, h_prevs)
+    h_prevs = step_starts(hs, h0, resets, h_reset)
     a.append(mm(h_prevs.reshape(T * B, H).astype(w_h.dtype), dw_h))
   a = _sum(a, (T * B, 3 * H), sdt).reshape(T, B, 3 * H)
   a_n = _sum(a_n, (T * B, H), sdt).reshape(T, B, H)
-  if not _zero(db):
+  if not is_zero(db):
     db = db.astype(sdt)
     a, a_n = a + db * rz.astype(sdt), a_n + db[2 * H :]
-  if not _zero(db_hn):
+  if not is_zero(db_hn):
     a = a + jnp.concatenate([jnp.zeros((2 * H,), sdt), db_hn.astype(sdt)])
-  dh0 = jnp.zeros_like(h0) if _zero(dh0) else dh0
+  dh0 = jnp.zeros_like(h0) if is_zero(dh0) else dh0
   if resets is not None:
-    dh_reset = jnp.zeros_like(h0) if _zero(dh_reset) else dh_reset
+    dh_reset = jnp.zeros_like(h0) if is_zero(dh_reset) else dh_reset
   else:
     dh_reset = None
   coefs = (w_h, F3, P_n, Z, valid, resets)
@@ -294,32 +289,6 @@ def _run(params, xs, valid, resets, h0, h_reset, unroll):
   xs = xs.astype(params.w_x.dtype)
   h_reset = None if resets is None else h_reset
   return _layer(params.w_x, params.b, params.w_h, params.b_hn, xs, valid, resets, h0, h_reset, unroll)
-
-
-def _run_remat(params, xs, valid, resets, h0, unroll, k):
-  """:func:`_run` in checkpointed chunks of ``k`` steps; memory O(T * (I + H) + k * B * 6H)."""
-  T, B, _ = xs.shape
-  n = -(-T // k)
-  pad = n * k - T
-  if valid is None:
-    valid = jnp.ones((T, B), bool)
-  if pad:
-    # Padded steps are invalid and never reset: the state stays frozen, so the final state is unchanged.
-    xs = jnp.concatenate([xs, jnp.zeros((pad, *xs.shape[1:]), xs.dtype)], axis=0)
-    valid = jnp.concatenate([valid, jnp.zeros((pad, B), bool)], axis=0)
-    if resets is not None:
-      resets = jnp.concatenate([resets, jnp.zeros((pad, B), bool)], axis=0)
-  chunks = lambda a: None if a is None else a.reshape(n, k, *a.shape[1:])  # noqa: E731
-
-  # A reset inside a chunk starts from the layer's initial state h0, not from the chunk's first carry.
-  @jax.checkpoint
-  def chunk(h, inp):
-    x, v, r = inp
-    hs, h = _run(params, x, v, r, h, h0, unroll)
-    return h, hs
-
-  h, hs = lax.scan(chunk, h0, (chunks(xs), chunks(valid), chunks(resets)))
-  return hs.reshape(n * k, *hs.shape[2:])[:T], h
 
 
 def run(
@@ -372,7 +341,9 @@ def run(
   if remat is None:
     hs, h = _run(params, xs, valid, resets, state.h, state.h, unroll)
   else:
-    hs, h = _run_remat(params, xs, valid, resets, state.h, unroll, remat)
+    # A reset inside a chunk starts from the layer's initial state, not from the chunk's first carry.
+    core = lambda x, v, r, h: _run(params, x, v, r, h, state.h, unroll)
+    hs, h = remat_chunks(core, xs, valid, resets, state.h, remat)
   return GRUState(h), hs
 
 

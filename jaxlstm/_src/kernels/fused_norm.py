@@ -42,13 +42,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxlstm._src.cells.lstm import LAYER_NORM_EPS, LSTMParams, layer_norm
+from jaxlstm._src.kernels.chunks import gate_consts, is_zero, step_starts
 from jaxlstm._src.kernels.linear import linear_recurrence
-
-
-def _gate_consts(H: int, dtype):
-  """``(scale, add)`` vectors ``(4H,)``: ``gate = scale * tanh(scale * z) + add`` (sigmoids for i, f, o; tanh for g)."""
-  half, one, zero = (jnp.full((H,), v, dtype) for v in (0.5, 1.0, 0.0))
-  return jnp.concatenate([half, half, one, half]), jnp.concatenate([half, half, zero, half])
 
 
 def _norm(v):
@@ -77,7 +72,7 @@ class _Weights:
     self.w_h, self.w_p = w_h, w_p  # GEMM operands stay in the params' dtype
     cast = lambda a: None if a is None else a.astype(sdt)
     self.s_h, self.peep, self.s_c, self.b_c = cast(s_h), cast(peep), cast(s_c), cast(b_c)
-    self.consts = _gate_consts(w_h.shape[-1] // 4, sdt)
+    self.consts = gate_consts(w_h.shape[-1] // 4, sdt)
 
 
 def _step(w: _Weights, state0, carry, inputs, *, save):
@@ -291,16 +286,6 @@ def _backward(coefs, cts, *, unroll):
 _recurrence = linear_recurrence("lstm_fused_norm_tangent", _tangent, _backward)
 
 
-def _zero(t) -> bool:
-  return isinstance(t, jax.custom_derivatives.SymbolicZero)
-
-
-def _prevs(seq, first, resets):
-  """``(T, B, F)``: each step's starting carry, from the carried values ``seq`` after each step."""
-  prevs = jnp.concatenate([first[None], seq[:-1]], axis=0)
-  return prevs if resets is None else jnp.where(resets[..., None], first, prevs)
-
-
 def _rows(*pairs):
   """The batch axis of each non-``None`` leaf, in order (for :func:`~jaxlstm._src.kernels.linear.linear_recurrence`)."""
   return tuple(axis for value, axis in pairs if value is not None)
@@ -344,40 +329,40 @@ def _layer_jvp(unroll, primals, tangents):
   # The hoisted terms: every tangent that does not ride on the carried (dh, dc). First the input side's,
   # the tangent of X = LN(xs @ w_x) * s_x + b, as GEMMs over all T * B rows.
   terms = []
-  if not _zero(dxs):
+  if not is_zero(dxs):
     terms.append(mm(dxs.reshape(T * B, -1).astype(w_x.dtype), w_x))
-  if not _zero(dw_x):
+  if not is_zero(dw_x):
     terms.append(mm(xs.reshape(T * B, -1), dw_x))
   V = functools.reduce(jnp.add, terms).reshape(T, B, H4) if terms else zeros(T, B, H4)
   if s_x is not None:
     n_x, r_x = _norm(mm(xs.reshape(T * B, -1), w_x).reshape(T, B, H4))
     V = _norm_tangent(V, n_x, r_x, s_x.astype(sdt)) if terms else V
-    if not _zero(ds_x):
+    if not is_zero(ds_x):
       V = V + n_x * ds_x.astype(sdt)
-  if not _zero(dbias):
+  if not is_zero(dbias):
     V = V + dbias.astype(sdt)
-  if s_h is not None and not _zero(ds_h):
+  if s_h is not None and not is_zero(ds_h):
     V = V + b["n"] * ds_h.astype(sdt)
-  if peep is not None and not _zero(dpeep):
-    c_prevs, dp = _prevs(b["cs"], c0, resets), dpeep.astype(sdt)
+  if peep is not None and not is_zero(dpeep):
+    c_prevs, dp = step_starts(b["cs"], c0, resets), dpeep.astype(sdt)
     V = V + jnp.concatenate([dp[0] * c_prevs, dp[1] * c_prevs, jnp.zeros_like(c_prevs), dp[2] * b["cs"]], axis=-1)
-  if _zero(dw_h):
+  if is_zero(dw_h):
     A = zeros(T, B, H4)
   else:
-    h_prevs = _prevs(b["hs"], h0, resets)
+    h_prevs = step_starts(b["hs"], h0, resets)
     A = mm(h_prevs.reshape(T * B, Pd).astype(w_h.dtype), dw_h).reshape(T, B, H4)
   E = None
   if s_c is not None:
     E = zeros(T, B, H)
-    if not _zero(ds_c):
+    if not is_zero(ds_c):
       E = E + b["nc"] * ds_c.astype(sdt)
-    if not _zero(db_c):
+    if not is_zero(db_c):
       E = E + db_c.astype(sdt)
   G = None
   if w_p is not None:
-    G = zeros(T, B, Pd) if _zero(dw_p) else mm(b["y"].reshape(T * B, H).astype(w_p.dtype), dw_p).reshape(T, B, Pd)
-  dh0 = jnp.zeros_like(h0) if _zero(dh0) else dh0
-  dc0 = jnp.zeros_like(c0) if _zero(dc0) else dc0
+    G = zeros(T, B, Pd) if is_zero(dw_p) else mm(b["y"].reshape(T * B, H).astype(w_p.dtype), dw_p).reshape(T, B, Pd)
+  dh0 = jnp.zeros_like(h0) if is_zero(dh0) else dh0
+  dc0 = jnp.zeros_like(c0) if is_zero(dc0) else dc0
   n, r, nc, rc = (b.get(k) for k in ("n", "r", "nc", "rc"))
   coefs = (w_h, w.s_h, w.peep, w.s_c, w_p, b["P"], b["F"], b["R"], n, r, nc, rc, valid, resets)
   coef_rows = _rows(*zip(coefs, (None,) * 5 + (1,) * 9))

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxlstm._src.cells.rnn import RNNParams, RNNState
+from jaxlstm._src.kernels.chunks import is_zero, remat_chunks, step_starts
 from jaxlstm._src.kernels.fused import default_unroll
 from jaxlstm._src.kernels.linear import linear_recurrence
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
@@ -189,10 +190,6 @@ def _layer(w_x, b, w_h, xs, valid, resets, h0, h_reset, relu, unroll):
   return hs, h
 
 
-def _zero(t) -> bool:
-  return t is None or isinstance(t, jax.custom_derivatives.SymbolicZero)
-
-
 @functools.partial(_layer.defjvp, symbolic_zeros=True)
 def _layer_jvp(relu, unroll, primals, tangents):
   # The forward loop saves each step's D; the tangent is the hoisted GEMMs (input and weight tangents over all
@@ -205,23 +202,21 @@ def _layer_jvp(relu, unroll, primals, tangents):
   sdt = h0.dtype
   mm = functools.partial(jnp.matmul, preferred_element_type=sdt)  # float32 sums under 16-bit params
   terms = []
-  if not _zero(dxs):
+  if not is_zero(dxs):
     terms.append(mm(dxs.reshape(T * B, -1).astype(w_x.dtype), w_x))
-  if not _zero(dw_x):
+  if not is_zero(dw_x):
     terms.append(mm(xs.reshape(T * B, -1), dw_x))
-  if not _zero(dw_h):
+  if not is_zero(dw_h):
     # Each step's starting carry: h0, the previous step's carry, or h_reset at a reset step.
-    h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)
-    if resets is not None:
-      h_prevs = jnp.where(resets[..., None], h_reset, h_prevs)
+    h_prevs = step_starts(hs, h0, resets, h_reset)
     terms.append(mm(h_prevs.reshape(T * B, H).astype(w_h.dtype), dw_h))
   a = functools.reduce(jnp.add, terms) if terms else jnp.zeros((T * B, H), sdt)
   a = a.reshape(T, B, H)
-  if not _zero(db):
+  if not is_zero(db):
     a = a + db.astype(sdt)
-  dh0 = jnp.zeros_like(h0) if _zero(dh0) else dh0
+  dh0 = jnp.zeros_like(h0) if is_zero(dh0) else dh0
   if resets is not None:
-    dh_reset = jnp.zeros_like(h0) if _zero(dh_reset) else dh_reset
+    dh_reset = jnp.zeros_like(h0) if is_zero(dh_reset) else dh_reset
   else:
     dh_reset = None
   coefs = (w_h, D, valid, resets)
@@ -235,32 +230,6 @@ def _run(params, xs, valid, resets, h0, h_reset, unroll):
   h_reset = None if resets is None else h_reset
   relu = params.activation == "relu"
   return _layer(params.w_x, params.b, params.w_h, xs, valid, resets, h0, h_reset, relu, unroll)
-
-
-def _run_remat(params, xs, valid, resets, h0, unroll, k):
-  """:func:`_run` in checkpointed chunks of ``k`` steps; memory O(T * (I + H) + k * B * H)."""
-  T, B, _ = xs.shape
-  n = -(-T // k)
-  pad = n * k - T
-  if valid is None:
-    valid = jnp.ones((T, B), bool)
-  if pad:
-    # Padded steps are invalid and never reset: the state stays frozen, so the final state is unchanged.
-    xs = jnp.concatenate([xs, jnp.zeros((pad, *xs.shape[1:]), xs.dtype)], axis=0)
-    valid = jnp.concatenate([valid, jnp.zeros((pad, B), bool)], axis=0)
-    if resets is not None:
-      resets = jnp.concatenate([resets, jnp.zeros((pad, B), bool)], axis=0)
-  chunks = lambda a: None if a is None else a.reshape(n, k, *a.shape[1:])  # noqa: E731
-
-  # A reset inside a chunk starts from the layer's initial state h0, not from the chunk's first carry.
-  @jax.checkpoint
-  def chunk(h, inp):
-    x, v, r = inp
-    hs, h = _run(params, x, v, r, h, h0, unroll)
-    return h, hs
-
-  h, hs = lax.scan(chunk, h0, (chunks(xs), chunks(valid), chunks(resets)))
-  return hs.reshape(n * k, *hs.shape[2:])[:T], h
 
 
 def run(
@@ -311,7 +280,9 @@ def run(
   if remat is None:
     hs, h = _run(params, xs, valid, resets, state.h, state.h, unroll)
   else:
-    hs, h = _run_remat(params, xs, valid, resets, state.h, unroll, remat)
+    # A reset inside a chunk starts from the layer's initial state, not from the chunk's first carry.
+    core = lambda x, v, r, h: _run(params, x, v, r, h, state.h, unroll)
+    hs, h = remat_chunks(core, xs, valid, resets, state.h, remat)
   return RNNState(h), hs
 
 

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
+from jaxlstm._src.kernels.chunks import step_starts
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
 _LIBRARY = "jaxlstm._src.native._lstm"  # the extension that setup.py builds (no Python module inside: a plain DSO)
@@ -208,7 +209,7 @@ def _layer_bwd(res, cts):
   T, B, H4 = dz.shape
   H = H4 // 4
   # The weight and input gradients as big GEMMs over all T * B rows, as fused.py computes them.
-  h_prevs = jnp.concatenate([h0[None], hs[:-1]], axis=0)  # (T, B, H)
+  h_prevs = step_starts(hs, h0, None)  # (T, B, H)
   dz2 = dz.reshape(T * B, H4)
   dw_h = h_prevs.reshape(T * B, H).T @ dz2
   dw_x = xs.reshape(T * B, xs.shape[-1]).T @ dz2  # shapes spelled out: B may be 0
@@ -216,7 +217,7 @@ def _layer_bwd(res, cts):
   db = jnp.sum(dz, axis=(0, 1))
   dpeep = None
   if peep is not None:
-    c_prevs = jnp.concatenate([c0[None], cs[:-1]], axis=0)  # (T, B, H)
+    c_prevs = step_starts(cs, c0, None)  # (T, B, H)
     dpeep = jnp.stack(
       [
         jnp.sum(dz[..., :H] * c_prevs, axis=(0, 1)),

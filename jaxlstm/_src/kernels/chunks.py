@@ -1,0 +1,81 @@
+"""What the fused kernels share around their loops: checkpointed chunks (``remat``), and the tangent helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def gate_consts(H: int, dtype) -> tuple[jax.Array, jax.Array]:
+  """``(scale, add)``, each ``(4H,)``: the LSTM gates i, f, g, o are ``scale * tanh(scale * z) + add``.
+
+  One ``tanh`` over the whole gate block: ``sigmoid(z) = 0.5 * tanh(z / 2) + 0.5`` for i, f and o, ``tanh(z)``
+  for g. On XLA's CPU backend one fusion over ``(B, 4H)`` runs much faster per step than four over its slices.
+  """
+  half, one, zero = (jnp.full((H,), v, dtype) for v in (0.5, 1.0, 0.0))
+  return jnp.concatenate([half, half, one, half]), jnp.concatenate([half, half, zero, half])
+
+
+def is_zero(t: Any) -> bool:
+  """Whether a ``custom_jvp`` rule's tangent (with ``symbolic_zeros=True``) is zero: absent or symbolic."""
+  return t is None or isinstance(t, jax.custom_derivatives.SymbolicZero)
+
+
+def step_starts(
+  seq: jax.Array, first: jax.Array, resets: jax.Array | None, reset: jax.Array | None = None
+) -> jax.Array:
+  """``(T, B, F)``: each step's starting carry, from ``seq``, the carry after each step, ``first``, the initial
+  carry, and ``reset`` (``first`` unless given), where a reset step starts.
+
+  Example:
+    >>> from jaxlstm._src.kernels.chunks import step_starts
+    >>> seq, first = jnp.array([[[1.0]], [[2.0]], [[3.0]]]), jnp.zeros((1, 1))
+    >>> step_starts(seq, first, jnp.array([[False], [False], [True]])).ravel()
+    Array([0., 1., 0.], dtype=float32)
+  """
+  prevs = jnp.concatenate([first[None], seq[:-1]], axis=0)
+  return prevs if resets is None else jnp.where(resets[..., None], first if reset is None else reset, prevs)
+
+
+def remat_chunks(core: Callable, xs: jax.Array, valid, resets, carry0: Any, k: int) -> tuple[jax.Array, Any]:
+  """``core`` over ``xs (T, B, I)`` in checkpointed chunks of ``k`` steps: ``(hs (T, B, F), final carry)``.
+
+  ``core(x, valid, resets, carry) -> (hs, carry)`` runs one chunk from ``carry``. Under :func:`jax.checkpoint`
+  training keeps only the chunk-boundary carries and recomputes each chunk's factors in the backward pass, so
+  memory no longer grows with ``T`` times the gate width. The last chunk is padded with invalid steps, which
+  keep the carry, so the final carry is unchanged; a reset inside a chunk is ``core``'s to honour (it starts
+  from the layer's initial state, not the chunk's first carry).
+
+  Example:
+    >>> from jaxlstm._src.kernels.chunks import remat_chunks
+    >>> def core(x, v, r, carry):  # a running sum that skips invalid steps
+    ...   hs = carry + jnp.cumsum(jnp.where(v[..., None], x, 0.0), axis=0)
+    ...   return hs, hs[-1]
+    >>> hs, last = remat_chunks(core, jnp.ones((5, 1, 1)), None, None, jnp.zeros((1, 1)), 2)
+    >>> hs.ravel(), last.ravel()
+    (Array([1., 2., 3., 4., 5.], dtype=float32), Array([5.], dtype=float32))
+  """
+  T, B = xs.shape[:2]
+  n = -(-T // k)
+  pad = n * k - T
+  if valid is None:
+    valid = jnp.ones((T, B), bool)
+  if pad:
+    # Padded steps are invalid and never reset: the carry stays frozen.
+    xs = jnp.concatenate([xs, jnp.zeros((pad, *xs.shape[1:]), xs.dtype)], axis=0)
+    valid = jnp.concatenate([valid, jnp.zeros((pad, B), bool)], axis=0)
+    if resets is not None:
+      resets = jnp.concatenate([resets, jnp.zeros((pad, B), bool)], axis=0)
+  chunked = lambda a: None if a is None else a.reshape(n, k, *a.shape[1:])  # noqa: E731
+
+  @jax.checkpoint
+  def chunk(carry, inp):
+    hs, carry = core(*inp, carry)
+    return carry, hs
+
+  carry, hs = lax.scan(chunk, carry0, (chunked(xs), chunked(valid), chunked(resets)))
+  return hs.reshape(n * k, *hs.shape[2:])[:T], carry
