@@ -10,7 +10,7 @@ per fusion and per small GEMM on every step:
 1. The input projection of all ``T`` steps is one big GEMM before the loop,
    ``zx = xs @ w_x`` of shape ``(T, B, 4H)``. Only ``h @ w_h`` and the bias
    (which fuses into the gates) stay in the loop. (With peepholes the input
-   GEMM stays in the loop, which measured faster; see :func:`_forward`.)
+   GEMM stays in the loop, which measured faster; see :func:`forward`.)
 2. The four gates share one transcendental:
    ``sigmoid(z) = 0.5 * tanh(z / 2) + 0.5``, so a single ``tanh`` runs over the
    whole ``(B, 4H)`` block, with the ``i, f, o`` columns pre-scaled by 0.5.
@@ -157,7 +157,13 @@ def _step(w_h, b, peep, consts, state0, carry, inputs, *, save):
   return (h_new, c), ((factors, h_new, c) if save else h_new)
 
 
-def _forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save):
+def forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save):
+  """The forward loop on time-major ``xs (T, B, I)``: ``((h_T, c_T), hs)``, ``hs (T, B, H)`` the carried ``h``.
+
+  With ``save``, ``((h_T, c_T), (P, Q, F, hs, cs))``: the backward factors of :func:`_backward_factors`
+  (``P (T, B, 4H)`` in gate blocks ``i, f, g, o``; ``Q``, ``F (T, B, H)``) and, with peepholes, the carried
+  ``cs`` (else ``None``).
+  """
   sdt = c0.dtype
   T, B, _ = xs.shape
   H = c0.shape[-1]
@@ -202,8 +208,8 @@ def _forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save):
   return (h, c), (P, Q, F, hs, cs)
 
 
-def _tangent(coefs, lins, *, unroll):
-  """The layer's tangent recurrence, linear in ``lins = (a, dh0, dc0)``; the transpose of :func:`_backward`.
+def tangent(coefs, lins, *, unroll):
+  """The layer's tangent recurrence, linear in ``lins = (a, dh0, dc0)``; the transpose of :func:`backward`.
 
   ``coefs = (w_h, P, Q, F, valid, resets)`` as saved by the forward loop and ``a (T, B, 4H)`` the hoisted part
   of the gate tangents (input, weight, bias and peephole-weight terms). A reset step starts from the initial
@@ -233,8 +239,8 @@ def _tangent(coefs, lins, *, unroll):
   return dhs, dh, dc
 
 
-def _backward(coefs, cts, *, unroll):
-  """The transpose of :func:`_tangent`: the layer's backward loop, carrying only the ``(dh, dc)`` recursion.
+def backward(coefs, cts, *, unroll):
+  """The transpose of :func:`tangent`: the layer's backward loop, carrying only the ``(dh, dc)`` recursion.
 
   ``cts = (d_hs (T, B, H), d_hT, d_cT)``; returns ``(dz (T, B, 4H), dh0, dc0)``, ``dz`` the gradient of the
   gate pre-activations, from which the weight gradients are GEMMs over all ``T * B`` rows. The gradient reaching
@@ -277,29 +283,15 @@ def _backward(coefs, cts, *, unroll):
   return dz, dh0, dc0
 
 
-_recurrence = linear_recurrence("lstm_fused_tangent", _tangent, _backward)
+def hoisted_tangent(w_x, w_h, peep, xs, hs, cs, resets, h0, c0, tangents) -> jax.Array:
+  """``a (T, B, 4H)``: the part of the gate tangents that does not go through the recurrence.
 
-
-def _tangent_rows(valid, resets):
-  """The batch axis of each leaf of :func:`_tangent`'s coefficients, linear inputs and outputs (for ``vmap``)."""
-  coef_rows = (None, 1, 1, 1) + (() if valid is None else (1,)) + (() if resets is None else (1,))
-  return coef_rows, (1, 0, 0), (1, 0, 0)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(9,))
-def _layer(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll):
-  """``(hs (T, B, H), h_T, c_T)`` of the layer on time-major ``xs (T, B, I)``; ``hs`` is the carried ``h``."""
-  (h, c), hs = _forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save=False)
-  return hs, h, c
-
-
-@functools.partial(_layer.defjvp, symbolic_zeros=True)
-def _layer_jvp(unroll, primals, tangents):
-  # The forward loop saves each step's activation derivatives; the tangent is then the hoisted GEMMs (input and
-  # weight tangents over all T * B rows) plus the linear recurrence, whose transpose is the backward loop.
-  w_x, b, w_h, peep, xs, valid, resets, h0, c0 = primals
-  dw_x, db, dw_h, dpeep, dxs, _, _, dh0, dc0 = tangents
-  (h, c), (P, Q, F, hs, cs) = _forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save=True)
+  ``tangents = (dw_x, db, dw_h, dpeep, dxs)`` (each possibly a symbolic zero) and ``hs``, ``cs`` the carried
+  states of the forward loop (``cs`` only with peepholes). The input, weight, bias and peephole-weight terms are
+  GEMMs and elementwise products over all ``T * B`` rows at once, outside any loop; their transposes are the
+  layer's weight gradients.
+  """
+  dw_x, db, dw_h, dpeep, dxs = tangents
   T, B, _ = xs.shape
   H = c0.shape[-1]
   sdt = c0.dtype
@@ -321,10 +313,37 @@ def _layer_jvp(unroll, primals, tangents):
     dpeep = dpeep.astype(sdt)
     zeros = jnp.zeros_like(cs)
     a = a + jnp.concatenate([dpeep[0] * c_prevs, dpeep[1] * c_prevs, zeros, dpeep[2] * cs], axis=-1)
+  return a
+
+
+_recurrence = linear_recurrence("lstm_fused_tangent", tangent, backward)
+
+
+def tangent_rows(valid, resets):
+  """The batch axis of each leaf of :func:`tangent`'s coefficients, linear inputs and outputs (for ``vmap``)."""
+  coef_rows = (None, 1, 1, 1) + (() if valid is None else (1,)) + (() if resets is None else (1,))
+  return coef_rows, (1, 0, 0), (1, 0, 0)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(9,))
+def _layer(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll):
+  """``(hs (T, B, H), h_T, c_T)`` of the layer on time-major ``xs (T, B, I)``; ``hs`` is the carried ``h``."""
+  (h, c), hs = forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save=False)
+  return hs, h, c
+
+
+@functools.partial(_layer.defjvp, symbolic_zeros=True)
+def _layer_jvp(unroll, primals, tangents):
+  # The forward loop saves each step's activation derivatives; the tangent is then the hoisted GEMMs (input and
+  # weight tangents over all T * B rows) plus the linear recurrence, whose transpose is the backward loop.
+  w_x, b, w_h, peep, xs, valid, resets, h0, c0 = primals
+  dw_x, db, dw_h, dpeep, dxs, _, _, dh0, dc0 = tangents
+  (h, c), (P, Q, F, hs, cs) = forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save=True)
+  a = hoisted_tangent(w_x, w_h, peep, xs, hs, cs, resets, h0, c0, (dw_x, db, dw_h, dpeep, dxs))
   dh0 = jnp.zeros_like(h0) if is_zero(dh0) else dh0
   dc0 = jnp.zeros_like(c0) if is_zero(dc0) else dc0
   coefs = (w_h, P, Q, F, valid, resets)
-  d_hs, d_h, d_c = _recurrence(coefs, (a, dh0, dc0), rows=_tangent_rows(valid, resets), unroll=unroll)
+  d_hs, d_h, d_c = _recurrence(coefs, (a, dh0, dc0), rows=tangent_rows(valid, resets), unroll=unroll)
   return (hs, h, c), (d_hs, d_h, d_c)
 
 

@@ -191,4 +191,26 @@ def linear_recurrence(name: str, apply: Callable, transpose: Callable) -> Callab
   return call
 
 
-__all__ = ["linear_recurrence"]
+def reference_jvp(fast: Callable, reference: Callable) -> Callable:
+  """``fast``, whose derivatives are those of ``reference``, a function that computes the same thing.
+
+  For a kernel call whose own autodiff rules JAX lacks or cannot transform further (a ``pallas_call``'s jvp
+  under ``vmap``, as second-order autodiff needs), with an XLA formulation of the same mathematics as its
+  reference. The values always come from ``fast``; only tangents go through ``reference``.
+
+  Example:
+    >>> from jaxlstm._src.kernels.linear import reference_jvp
+    >>> f = reference_jvp(lambda x: jnp.exp(x), lambda x: jnp.exp(x))
+    >>> float(jax.grad(jax.grad(f))(0.0))
+    1.0
+  """
+  f = jax.custom_jvp(fast)
+
+  @f.defjvp
+  def _(primals, tangents):
+    return fast(*primals), jax.jvp(reference, primals, tangents)[1]
+
+  return f
+
+
+__all__ = ["linear_recurrence", "reference_jvp"]
