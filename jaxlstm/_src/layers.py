@@ -464,12 +464,14 @@ def lstm(
 ) -> tuple[Any, jax.Array]:
   """Runs one LSTM layer (:func:`jaxlstm.lstm_step`) over a sequence: :func:`jaxlstm.layer` for LSTMs.
 
-  The default ``impl="auto"`` runs plain and peephole LSTMs on the fused
-  kernel (:mod:`jaxlstm.kernels.fused`) and layer-norm, projection and
-  ``resets`` calls on the reference scan. ``impl="cudnn"`` runs a plain
-  float32 LSTM as one cuDNN call on a CUDA GPU (``lengths`` but no ``mask``,
-  ``resets``, ``reverse`` or ``time_major``). Arguments and returns as
-  :func:`jaxlstm.layer`; ``hs`` is ``(*batch, T, P)``.
+  The default ``impl="auto"`` runs every LSTM (plain, peephole,
+  layer-normalized, projected, with ``resets``) on the fused kernel
+  (:mod:`jaxlstm.kernels.fused`), and in-loop regularizers on the reference
+  scan. ``impl="pallas"`` runs a plain LSTM's time loop in one Pallas kernel
+  launch on a CUDA GPU (:mod:`jaxlstm.kernels.pallas`); ``impl="cudnn"`` runs
+  a plain float32 LSTM as one cuDNN call on a CUDA GPU (``lengths`` but no
+  ``mask``, ``resets``, ``reverse`` or ``time_major``). Arguments and returns
+  as :func:`jaxlstm.layer`; ``hs`` is ``(*batch, T, P)``.
 
   Example:
     >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)

@@ -9,6 +9,8 @@
   ``why_not`` where it is not built).
 * :mod:`~jaxlstm.kernels.parallel`: cells whose step is a diagonal linear
   recurrence (minGRU, minLSTM), as one associative scan over time.
+* :mod:`~jaxlstm.kernels.pallas`: plain LSTMs on CUDA GPUs, the whole time loop
+  in one Pallas (Triton) kernel launch.
 * :mod:`~jaxlstm.kernels.cudnn`: plain float32 LSTMs as one cuDNN call (CUDA
   GPUs only).
 * :mod:`~jaxlstm.kernels.reference`: ``lax.scan`` over the cell's step; every
@@ -18,10 +20,10 @@ A new kernel is one module that builds a :class:`~jaxlstm.Kernel` record plus
 one :func:`~jaxlstm.register_kernel` line here.
 
 >>> jaxlstm.kernel_names()  # in impl="auto" order
-('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'cudnn', 'reference')
+('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'cudnn', 'reference')
 """
 
-from jaxlstm._src.kernels import cudnn, fused, fused_gru, fused_rnn, native, parallel, reference
+from jaxlstm._src.kernels import cudnn, fused, fused_gru, fused_rnn, native, pallas, parallel, reference
 from jaxlstm._src.kernels.registry import (
   Kernel,
   KernelChoice,
@@ -40,6 +42,7 @@ register_kernel(native.KERNEL)
 register_kernel(fused_gru.KERNEL)
 register_kernel(fused_rnn.KERNEL)
 register_kernel(parallel.KERNEL)
+register_kernel(pallas.KERNEL)
 register_kernel(cudnn.KERNEL)
 register_kernel(reference.KERNEL)
 

@@ -162,7 +162,7 @@ def unregister_kernel(name: str) -> Kernel:
   Example:
     >>> cudnn = jaxlstm.unregister_kernel("cudnn")
     >>> jaxlstm.kernel_names()
-    ('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'reference')
+    ('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'reference')
     >>> jaxlstm.register_kernel(cudnn) is cudnn
     True
   """
@@ -175,7 +175,7 @@ def kernel_names() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.kernel_names()
-    ('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'cudnn', 'reference')
+    ('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'cudnn', 'reference')
   """
   return tuple(k.name for k in sorted(_KERNELS.values(), key=lambda k: k.rank))
 
@@ -185,7 +185,7 @@ def impls() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.kernels.impls()
-    ('auto', 'fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'cudnn', 'reference')
+    ('auto', 'fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'cudnn', 'reference')
   """
   return ("auto", *kernel_names())
 
@@ -195,10 +195,10 @@ def check_impl(impl: Any) -> None:
 
   Example:
     >>> jaxlstm.kernels.check_impl("fused")
-    >>> jaxlstm.kernels.check_impl("pallas")
+    >>> jaxlstm.kernels.check_impl("triton")
     Traceback (most recent call last):
-    ValueError: impl must be one of ('auto', 'fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'cudnn',
-      'reference'); got 'pallas'
+    ValueError: impl must be one of ('auto', 'fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas',
+      'cudnn', 'reference'); got 'triton'
   """
   if not isinstance(impl, str) or (impl != "auto" and impl not in _KERNELS):
     raise ValueError(f"impl must be one of {impls()}; got {impl!r}")
@@ -214,8 +214,8 @@ def reasons(call: LayerCall) -> dict[str, str | None]:
     >>> jaxlstm.kernels.reasons(call)
     {'fused': 'it runs LSTM layers only, not gru', 'fused_gru': None, 'fused_rnn': 'it runs Elman RNN layers
       only, not gru', 'native': 'it runs LSTM layers only, not gru', 'parallel': 'it runs cells whose gates read
-      only the input (mingru, minlstm), not gru, whose step is not linear in h', 'cudnn': 'it runs LSTM layers
-      only, not gru', 'reference': None}
+      only the input (mingru, minlstm), not gru, whose step is not linear in h', 'pallas': 'it runs LSTM layers
+      only, not gru', 'cudnn': 'it runs LSTM layers only, not gru', 'reference': None}
   """
   return {name: why_not(_KERNELS[name], call) for name in kernel_names()}
 
@@ -288,6 +288,7 @@ class KernelChoice(NamedTuple):
       native: it runs LSTM layers only, not gru
       parallel: it runs cells whose gates read only the input (mingru, minlstm), not gru, whose step is not
         linear in h
+      pallas: it runs LSTM layers only, not gru
       cudnn: it runs LSTM layers only, not gru
       reference: can run it
   """
