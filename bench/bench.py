@@ -7,6 +7,7 @@
   python bench/bench.py --peers jaxlstm-fused,torch --out /tmp/results.md
   python bench/bench.py --render bench/results.json   # rewrite results.md from a saved run
   python bench/bench.py --device gpu --out bench/results_gpu.md   # on a CUDA GPU, with the cuDNN peers
+  python bench/bench.py --device gpu --precision tf32 --configs S --infer-configs S   # TF32 on every side
 
 Every peer (``peers.py``) trains the same model, on the shapes of
 ``configs.py``: a stack of LSTM layers, a Dense(10) head on the last time
@@ -59,12 +60,21 @@ def parse_args(argv=None):
     "--device",
     choices=["cpu", "gpu"],
     default="cpu",
-    help="cpu (default), or gpu: JAX on CUDA, PyTorch on CUDA, cuDNN peers, more steps, config XL",
+    help="cpu (default), or gpu: JAX on CUDA, PyTorch on CUDA, cuDNN and Pallas peers, more steps, configs XL, DB",
   )
   p.add_argument(
-    "--configs", default=None, help="training configs, from S, M, L, XL (default S,M,L; GPU S,M,L,XL); '' for none"
+    "--precision",
+    choices=["native", "highest", "tf32", "bf16"],
+    default=None,
+    help="one precision for every peer (see peers.py): highest (full float32), tf32, bf16, or native (each "
+    "framework's own default, which mixes precisions on a GPU); default: highest on GPU, native on CPU",
   )
-  p.add_argument("--infer-configs", default=None, help="inference configs (default S,M; GPU S,M,L,XL); '' for none")
+  p.add_argument(
+    "--configs",
+    default=None,
+    help="training configs, from S, M, L, XL, DB (default S,M,L; GPU S,M,L,XL,DB); '' for none",
+  )
+  p.add_argument("--infer-configs", default=None, help="inference configs (default S,M; GPU S,M,L,XL,DB); '' for none")
   p.add_argument(
     "--peers",
     default=None,
@@ -101,9 +111,12 @@ def parse_args(argv=None):
   args = p.parse_args(argv)
   gpu = args.device == "gpu"
   if args.configs is None:
-    args.configs = "S,M,L,XL" if gpu else "S,M,L"
+    args.configs = "S,M,L,XL,DB" if gpu else "S,M,L"
   if args.infer_configs is None:
-    args.infer_configs = "S,M,L,XL" if gpu else "S,M"
+    args.infer_configs = "S,M,L,XL,DB" if gpu else "S,M"
+  if args.precision is None:
+    # On a GPU the frameworks' own defaults differ (TF32 or not): the headline compares at one precision.
+    args.precision = "highest" if gpu else "native"
   if args.peers is None:
     args.peers = ",".join(DEFAULT_GPU_PEERS if gpu else DEFAULT_PEERS)
   if args.quick:
@@ -153,7 +166,7 @@ def main(argv=None) -> None:
   train, infer = split_list(args.configs, CONFIGS), split_list(args.infer_configs, CONFIGS)
   # One job per config; a peer's worker runs its training and inference measurements in turn.
   jobs = [(c, [m for m, cs in (("train", train), ("infer", infer)) if c in cs]) for c in CONFIGS if c in train + infer]
-  header = machine_lines(args.device)
+  header = machine_lines(args.device) + [f"- matmul precision, every peer: {args.precision}"]
   print("\n".join(header), flush=True)
   log = lambda msg: print(msg, flush=True)
   results = []
@@ -178,6 +191,7 @@ def main(argv=None) -> None:
       "load_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
       "warmup": args.warmup,
       "torch_denormals": args.torch_denormals,
+      "precision": args.precision,
       "jobs": results,
     }
     if args.out:  # the configs so far, in case the run is cut short (render it with --render)

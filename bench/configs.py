@@ -28,13 +28,14 @@ CONFIGS = {
   "M": Config(B=64, T=256, I=64, H=256, layers=2),
   "L": Config(B=128, T=512, I=128, H=512, layers=1),
   "XL": Config(B=256, T=512, I=512, H=1024, layers=2),  # for GPUs
+  "DB": Config(B=128, T=25, I=1024, H=1024, layers=1),  # DeepBench-style: wide and short, for GPUs
   "Q": Config(B=4, T=8, I=3, H=8, layers=2),  # --quick
 }
 # Timed steps per peer per config, pooled over the rounds, when --steps does not say (L steps take seconds).
-DEFAULT_STEPS = {"S": 20, "M": 12, "L": 10, "XL": 10, "Q": 2}
-DEFAULT_ROUNDS = {"S": 2, "M": 2, "L": 2, "XL": 1, "Q": 1}
-GPU_STEPS = {"S": 30, "M": 20, "L": 20, "XL": 10, "Q": 2}
-GPU_ROUNDS = {"S": 1, "M": 1, "L": 1, "XL": 1, "Q": 1}
+DEFAULT_STEPS = {"S": 20, "M": 12, "L": 10, "XL": 10, "DB": 10, "Q": 2}
+DEFAULT_ROUNDS = {"S": 2, "M": 2, "L": 2, "XL": 1, "DB": 1, "Q": 1}
+GPU_STEPS = {"S": 30, "M": 20, "L": 20, "XL": 10, "DB": 20, "Q": 2}
+GPU_ROUNDS = {"S": 1, "M": 1, "L": 1, "XL": 1, "DB": 1, "Q": 1}
 
 
 def param_count(cfg: Config) -> int:

@@ -21,7 +21,7 @@ import sys
 import time
 
 from configs import Config
-from peers import PEERS, build_matmul, cudnn_available
+from peers import PEERS, bf16, build_matmul, cudnn_available, set_precision
 
 RESULT_TAG = "BENCH_RESULT "
 # Workers run the entry point as a script, as the driver does: Python then puts bench/ first on sys.path,
@@ -68,6 +68,7 @@ def run_worker(spec: dict) -> dict:
   A peer's worker times each of ``spec["modes"]`` ("train", "infer") on one
   config; the ``ceiling`` worker times the JAX matmul, then the PyTorch one.
   """
+  set_precision(spec.get("precision", "native"))  # the ceiling's matmul too
   if spec["peer"] == "ceiling":
     device = spec.get("device", "cpu")
     out = {"status": "ok", "jax": measure_ceiling("jax", spec["steps"], device)}
@@ -84,6 +85,8 @@ def run_worker(spec: dict) -> dict:
       return {"status": "missing", "error": "needs a CUDA GPU (run with --device gpu)"}
   except ImportError as e:
     return {"status": "missing", "error": f"{peer.library} not installed ({e})"}
+  if spec["peer"] in ("jaxlstm-cudnn", "jax-cudnn") and bf16():
+    return {"status": "missing", "error": "cuDNN through JAX runs float32 only"}
   out = {"status": "ok"}
   for mode in spec["modes"]:
     call, n_params = peer.build(cfg, mode, spec.get("device", "cpu"))
@@ -180,6 +183,7 @@ def run_rounds(name: str, cfg: Config, modes: list, peers: list, args, log) -> d
         "steps": steps_per_round,
         "warmup": args.warmup,
         "device": args.device,
+        "precision": args.precision,
       }
       t0 = time.perf_counter()
       res = spawn(spec, args.timeout, keep_denormals=args.torch_denormals)

@@ -18,7 +18,15 @@ Peers (``--peers``):
                  (``stateless_call`` + ``optimizer.stateless_apply``); not run by default
   torch          ``torch.nn.LSTM(num_layers=L)`` + ``Linear``, ``torch.optim.Adam``, 2 threads (or CUDA)
   jaxlstm-cudnn  ``jaxlstm.stack(..., impl="cudnn")`` (GPU only)
+  jaxlstm-pallas ``jaxlstm.stack(..., impl="pallas")``, each layer's time loop in one Pallas kernel (GPU only)
   jax-cudnn      ``jax.experimental.rnn.lstm``, all layers in one cuDNN call (GPU only)
+
+Precision (``--precision``, GPU): every worker first calls :func:`set_precision`, so that all peers compute at
+one precision: ``highest`` (full float32 matmuls on both sides: JAX's ``jax_default_matmul_precision="highest"``,
+PyTorch's ``allow_tf32 = False`` for cuBLAS and cuDNN), ``tf32`` (TF32 inputs, float32 sums, on both sides),
+``bf16`` (bfloat16 weights and inputs, float32 sums; the cuDNN peers through JAX take float32 only and are
+skipped), or ``native``, each framework at its own defaults, which on a GPU mixes precisions (JAX's default
+float32 matmul uses TF32 there; PyTorch's cuBLAS default does not).
 """
 
 from __future__ import annotations
@@ -40,7 +48,41 @@ from configs import (
 # "jaxlstm" is the default path (impl="auto"), what a user who calls jaxlstm.stack gets.
 REFERENCE_PEER = "jaxlstm"
 DEFAULT_PEERS = ("jaxlstm", "jaxlstm-fused", "jaxlstm-ref", "flax", "keras", "torch")
-DEFAULT_GPU_PEERS = ("jaxlstm", "jaxlstm-fused", "jaxlstm-ref", "jaxlstm-cudnn", "jax-cudnn", "flax", "torch")
+DEFAULT_GPU_PEERS = (
+  "jaxlstm",
+  "jaxlstm-fused",
+  "jaxlstm-pallas",
+  "jaxlstm-ref",
+  "jaxlstm-cudnn",
+  "jax-cudnn",
+  "flax",
+  "torch",
+)
+PRECISIONS = ("native", "highest", "tf32", "bf16")
+PRECISION = ["native"]  # set once per worker by set_precision
+
+
+def set_precision(precision: str) -> None:
+  """Puts this worker's frameworks at ``precision`` (see the module docstring); ``native`` changes nothing."""
+  if precision not in PRECISIONS:
+    raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+  PRECISION[0] = precision
+  if precision == "native":
+    return
+  import jax
+
+  # bf16 keeps float32 matmuls (the head, the optimizer's) at full precision; only the weights are 16-bit.
+  jax.config.update("jax_default_matmul_precision", "tensorfloat32" if precision == "tf32" else "highest")
+  try:
+    import torch
+  except ImportError:
+    return
+  torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+  torch.backends.cudnn.allow_tf32 = precision == "tf32"
+
+
+def bf16() -> bool:
+  return PRECISION[0] == "bf16"
 
 
 def make_data(cfg: Config, seed: int = 0):
@@ -109,15 +151,17 @@ def build_jaxlstm(cfg: Config, mode: str, impl: str):
 
   import jaxlstm
 
+  dtype = jnp.bfloat16 if bf16() else jnp.float32
+
   def init_fn(key, xs):
     k_rnn, k_head = jax.random.split(key)
-    stack = jaxlstm.stack_init(k_rnn, cfg.I, cfg.H, cfg.layers)
+    stack = jaxlstm.stack_init(k_rnn, cfg.I, cfg.H, cfg.layers, dtype=dtype)
     w = jax.random.normal(k_head, (cfg.H, NUM_CLASSES), jnp.float32) / cfg.H**0.5
     return {"stack": stack, "head": {"w": w, "b": jnp.zeros((NUM_CLASSES,), jnp.float32)}}
 
   def apply_fn(params, xs):
-    _, hs = jaxlstm.stack(params["stack"], xs, impl=impl)
-    return hs[:, -1] @ params["head"]["w"] + params["head"]["b"]
+    _, hs = jaxlstm.stack(params["stack"], xs.astype(dtype), impl=impl)
+    return hs[:, -1].astype(jnp.float32) @ params["head"]["w"] + params["head"]["b"]
 
   return jax_runner(init_fn, apply_fn, cfg, mode)
 
@@ -160,12 +204,16 @@ def build_jax_cudnn(cfg: Config, mode: str):
 def build_flax(cfg: Config, mode: str):
   """Flax Linen: ``nn.RNN(nn.OptimizedLSTMCell(H))`` per layer, then ``nn.Dense(10)``."""
   import flax.linen as nn
+  import jax.numpy as jnp
+
+  # Flax's mixed precision: bfloat16 computation on float32 params (param_dtype stays float32).
+  dtype = jnp.bfloat16 if bf16() else None
 
   class Model(nn.Module):
     @nn.compact
     def __call__(self, xs):
       for _ in range(cfg.layers):
-        xs = nn.RNN(nn.OptimizedLSTMCell(cfg.H))(xs)
+        xs = nn.RNN(nn.OptimizedLSTMCell(cfg.H, dtype=dtype))(xs)
       return nn.Dense(NUM_CLASSES)(xs[:, -1])
 
   model = Model()
@@ -253,13 +301,15 @@ def build_torch(cfg: Config, mode: str, device: str = "cpu"):
   xs_np, labels_np = make_data(cfg)
   xs, labels = torch.from_numpy(xs_np).to(dev), torch.from_numpy(labels_np).long().to(dev)
   lstm = torch.nn.LSTM(cfg.I, cfg.H, num_layers=cfg.layers, batch_first=True).to(dev)
+  if bf16():  # bfloat16 weights and inputs; cuDNN sums in float32
+    lstm, xs = lstm.to(torch.bfloat16), xs.to(torch.bfloat16)
   head = torch.nn.Linear(cfg.H, NUM_CLASSES).to(dev)
   modules = torch.nn.ModuleList([lstm, head])
   n_params = sum(p.numel() for p in modules.parameters())
 
   def forward():
     hs, _ = lstm(xs)
-    return head(hs[:, -1])
+    return head(hs[:, -1].float())
 
   if mode == "infer":
 
@@ -307,6 +357,7 @@ PEERS = {
   "jaxlstm-ref": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "reference")),
   "jaxlstm-native": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "native")),
   "jaxlstm-cudnn": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "cudnn"), needs_cuda=True),
+  "jaxlstm-pallas": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "pallas"), needs_cuda=True),
   "jax-cudnn": Peer("jax.experimental.rnn", lambda cfg, mode, device: build_jax_cudnn(cfg, mode), needs_cuda=True),
   "flax": Peer("flax", lambda cfg, mode, device: build_flax(cfg, mode)),
   "keras": Peer("keras", lambda cfg, mode, device: build_keras(cfg, mode)),

@@ -97,6 +97,18 @@ def gpu_name() -> str:
   return out.replace("\n", "; ") or "unknown (nvidia-smi printed nothing)"
 
 
+def git_commit() -> str:
+  """The checkout's short commit, with ``+changes`` if the tree differs from it; ``unknown`` outside git."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    run = lambda *a: subprocess.run(["git", *a], cwd=here, capture_output=True, text=True, check=True).stdout  # noqa: E731
+    return run("rev-parse", "--short", "HEAD").strip() + (
+      " +changes" if run("status", "--porcelain", "-uno").strip() else ""
+    )
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
 def machine_lines(device: str = "cpu") -> list:
   """Date, CPU (and GPU), cores, load and library versions."""
   cpu = platform.processor() or "unknown"
@@ -121,6 +133,7 @@ def machine_lines(device: str = "cpu") -> list:
       f"load average at start {load}"
     ),
     f"- Versions: {', '.join(versions)}",
+    f"- Commit: {git_commit()}",
   ]
 
 
