@@ -53,7 +53,7 @@ from jax import lax
 from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
 from jaxlstm._src.kernels import fused_norm
 from jaxlstm._src.kernels.chunks import gate_consts, is_zero, remat_chunks, step_starts
-from jaxlstm._src.kernels.linear import linear_recurrence
+from jaxlstm._src.kernels.linear import linear_recurrence, reference_jvp
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
 
@@ -181,7 +181,7 @@ def forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save):
     zx = xs
   else:
     # All T input projections in one GEMM, outside the loop.
-    zx = (xs.reshape(T * B, -1) @ w_x).astype(sdt).reshape(T, B, -1)
+    zx = (xs.reshape(T * B, xs.shape[-1]) @ w_x).astype(sdt).reshape(T, B, w_x.shape[-1])
   if not save:
     return lax.scan(step, (h0, c0), (zx, valid, resets), unroll=unroll)
 
@@ -298,9 +298,9 @@ def hoisted_tangent(w_x, w_h, peep, xs, hs, cs, resets, h0, c0, tangents) -> jax
   mm = functools.partial(jnp.matmul, preferred_element_type=sdt)  # float32 sums under 16-bit params
   terms = []
   if not is_zero(dxs):
-    terms.append(mm(dxs.reshape(T * B, -1).astype(w_x.dtype), w_x))
+    terms.append(mm(dxs.reshape(T * B, dxs.shape[-1]).astype(w_x.dtype), w_x))
   if not is_zero(dw_x):
-    terms.append(mm(xs.reshape(T * B, -1), dw_x))
+    terms.append(mm(xs.reshape(T * B, xs.shape[-1]), dw_x))
   if not is_zero(dw_h):
     h_prevs = step_starts(hs, h0, resets)
     terms.append(mm(h_prevs.reshape(T * B, H).astype(w_h.dtype), dw_h))
@@ -332,19 +332,66 @@ def _layer(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll):
   return hs, h, c
 
 
-@functools.partial(_layer.defjvp, symbolic_zeros=True)
-def _layer_jvp(unroll, primals, tangents):
-  # The forward loop saves each step's activation derivatives; the tangent is then the hoisted GEMMs (input and
-  # weight tangents over all T * B rows) plus the linear recurrence, whose transpose is the backward loop.
+def _tangent_of(recurrence, saved, primals, tangents, unroll):
+  """The layer's tangent from the forward loop's ``saved = ((h, c), (P, Q, F, hs, cs))``: the hoisted GEMMs
+  (input and weight tangents over all ``T * B`` rows) plus the linear recurrence, whose transpose is the
+  backward loop."""
   w_x, b, w_h, peep, xs, valid, resets, h0, c0 = primals
   dw_x, db, dw_h, dpeep, dxs, _, _, dh0, dc0 = tangents
-  (h, c), (P, Q, F, hs, cs) = forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save=True)
+  (h, c), (P, Q, F, hs, cs) = saved
   a = hoisted_tangent(w_x, w_h, peep, xs, hs, cs, resets, h0, c0, (dw_x, db, dw_h, dpeep, dxs))
   dh0 = jnp.zeros_like(h0) if is_zero(dh0) else dh0
   dc0 = jnp.zeros_like(c0) if is_zero(dc0) else dc0
   coefs = (w_h, P, Q, F, valid, resets)
-  d_hs, d_h, d_c = _recurrence(coefs, (a, dh0, dc0), rows=tangent_rows(valid, resets), unroll=unroll)
+  d_hs, d_h, d_c = recurrence(coefs, (a, dh0, dc0), rows=tangent_rows(valid, resets), unroll=unroll)
   return (hs, h, c), (d_hs, d_h, d_c)
+
+
+@functools.partial(_layer.defjvp, symbolic_zeros=True)
+def _layer_jvp(unroll, primals, tangents):
+  saved = forward(*primals, unroll, save=True)
+  return _tangent_of(_recurrence, saved, primals, tangents, unroll)
+
+
+def kernel_layer(name: str, run_loop: Callable, run_loop_saved: Callable, run_backward: Callable) -> Callable:
+  """An LSTM layer on another kernel's two loops, with this kernel's tangent, forward mode and XLA fallbacks.
+
+  For a kernel that runs :func:`forward` and :func:`backward`'s loops in its own code (native, Pallas), over
+  the same saved factors:
+
+  * ``run_loop(w_x, b, w_h, peep, xs, valid, h0, c0) -> (hs, h_T, c_T)``: the forward loop;
+  * ``run_loop_saved(...)`` (same arguments) ``-> ((h_T, c_T), (P, Q, F, hs, cs))``: the training forward;
+  * ``run_backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT) -> (dz, dh0, dc0)``: the backward loop.
+
+  Returns ``layer(w_x, b, w_h, peep, xs, valid, h0, c0) -> (hs, h_T, c_T)``, a :func:`jax.custom_jvp` like this
+  kernel's: reverse mode runs ``run_backward``, forward mode :func:`tangent`. Second-order autodiff, which
+  differentiates the loops' own calls, goes through :func:`forward` and :func:`backward` instead (through
+  :func:`~jaxlstm._src.kernels.linear.reference_jvp`): custom calls have no derivative rules of their own.
+  Resets are not passed: the other kernels refuse them.
+  """
+
+  def xla_saved(w_x, b, w_h, peep, xs, valid, h0, c0):
+    return forward(w_x, b, w_h, peep, xs, valid, None, h0, c0, 1, save=True)
+
+  saved_call = reference_jvp(run_loop_saved, xla_saved)
+  backward_call = reference_jvp(
+    lambda coefs, cts: run_backward(*coefs[:5], *cts), functools.partial(backward, unroll=1)
+  )
+  recurrence = linear_recurrence(name, tangent, lambda coefs, cts, *, unroll: backward_call(coefs, cts))
+
+  @jax.custom_jvp
+  def layer(w_x, b, w_h, peep, xs, valid, h0, c0):
+    return run_loop(w_x, b, w_h, peep, xs, valid, h0, c0)
+
+  @functools.partial(layer.defjvp, symbolic_zeros=True)
+  def _(primals, tangents):
+    w_x, b, w_h, peep, xs, valid, h0, c0 = primals
+    dw_x, db, dw_h, dpeep, dxs, dv, dh0, dc0 = tangents
+    saved = saved_call(*primals)
+    full = (w_x, b, w_h, peep, xs, valid, None, h0, c0)
+    return _tangent_of(recurrence, saved, full, (dw_x, db, dw_h, dpeep, dxs, dv, None, dh0, dc0), default_unroll())
+
+  return layer
 
 
 def _run(params, xs, valid, resets, h0, c0, unroll):

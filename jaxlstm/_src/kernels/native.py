@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
-from jaxlstm._src.kernels.chunks import step_starts
+from jaxlstm._src.kernels import fused
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
 _LIBRARY = "jaxlstm._src.native._lstm"  # the extension that setup.py builds (no Python module inside: a plain DSO)
@@ -191,44 +191,18 @@ def _project(xs, w_x):
   return (xs.reshape(T * B, I) @ w_x).reshape(T, B, w_x.shape[-1])
 
 
-@jax.custom_vjp
-def _layer(w_x, b, w_h, peep, xs, valid, h0, c0):
-  """``(hs (T, B, H), h_T, c_T)`` of the layer on time-major ``xs (T, B, I)``; ``hs`` is the carried ``h``."""
+def _loop(w_x, b, w_h, peep, xs, valid, h0, c0):
   return native_forward(_project(xs, w_x), b, w_h, peep, valid, h0, c0, save=False)
 
 
-def _layer_fwd(w_x, b, w_h, peep, xs, valid, h0, c0):
+def _loop_saved(w_x, b, w_h, peep, xs, valid, h0, c0):
   hs, h, c, P, Q, F, cs = native_forward(_project(xs, w_x), b, w_h, peep, valid, h0, c0, save=True)
-  return (hs, h, c), (w_x, xs, w_h, peep, valid, h0, c0, P, Q, F, hs, cs)
+  return (h, c), (P, Q, F, hs, cs if peep is not None else None)
 
 
-def _layer_bwd(res, cts):
-  w_x, xs, w_h, peep, valid, h0, c0, P, Q, F, hs, cs = res
-  d_hs, d_hT, d_cT = cts  # (T, B, H), (B, H), (B, H)
-  dz, dh0, dc0 = native_backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT)
-  T, B, H4 = dz.shape
-  H = H4 // 4
-  # The weight and input gradients as big GEMMs over all T * B rows, as fused.py computes them.
-  h_prevs = step_starts(hs, h0, None)  # (T, B, H)
-  dz2 = dz.reshape(T * B, H4)
-  dw_h = h_prevs.reshape(T * B, H).T @ dz2
-  dw_x = xs.reshape(T * B, xs.shape[-1]).T @ dz2  # shapes spelled out: B may be 0
-  dxs = (dz2 @ w_x.T).reshape(xs.shape)
-  db = jnp.sum(dz, axis=(0, 1))
-  dpeep = None
-  if peep is not None:
-    c_prevs = step_starts(cs, c0, None)  # (T, B, H)
-    dpeep = jnp.stack(
-      [
-        jnp.sum(dz[..., :H] * c_prevs, axis=(0, 1)),
-        jnp.sum(dz[..., H : 2 * H] * c_prevs, axis=(0, 1)),
-        jnp.sum(dz[..., 3 * H :] * cs, axis=(0, 1)),
-      ]
-    )
-  return dw_x, db, dw_h, dpeep, dxs, None, dh0, dc0
-
-
-_layer.defvjp(_layer_fwd, _layer_bwd)
+# (hs (T, B, H), h_T, c_T) of the layer on time-major xs (T, B, I): the native loops, with the fused kernel's
+# tangent, so that reverse mode runs native_backward and forward mode (jvp, jacfwd, hessian) works too.
+_layer = fused.kernel_layer("lstm_native_tangent", _loop, _loop_saved, native_backward)
 
 
 def why_not(call: LayerCall) -> str | None:

@@ -58,8 +58,7 @@ from jax.experimental import pallas as pl
 
 from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
 from jaxlstm._src.kernels import fused
-from jaxlstm._src.kernels.chunks import is_zero, remat_chunks
-from jaxlstm._src.kernels.linear import linear_recurrence, reference_jvp
+from jaxlstm._src.kernels.chunks import remat_chunks
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
 BLOCK_B = 16  # batch rows per program: the smallest tensor-core tile side Triton takes
@@ -306,9 +305,9 @@ def _forward(w_h, zx, valid, h0, c0, save: bool):
   return ((h, c), tuple(outs[3:]) + (hs,)) if save else ((h, c), hs)
 
 
-def _backward(coefs, cts):
-  w_h, P, Q, F, valid, _ = coefs
-  d_hs, d_hT, d_cT = cts
+def _backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT):
+  """The backward kernel on padded shapes: the transpose of :func:`jaxlstm.kernels.fused.tangent`, as one
+  launch: ``(dz (T, Bp, 4Hp), dh0, dc0)``."""
   T, Bp, _ = P.shape
   Hp = d_hT.shape[-1]
   masked = valid is not None
@@ -322,62 +321,23 @@ def _backward(coefs, cts):
   return dz, dh0, dc0
 
 
-# Second-order autodiff differentiates the kernels' calls themselves; JAX's rules for pallas_call do not compose
-# that far (vmap of a pallas_call's jvp), so those derivatives go through the fused kernel's XLA loops, which
-# compute the same values. First-order autodiff never reaches them.
-_backward_kernel_call = reference_jvp(_backward, functools.partial(fused.backward, unroll=1))
+def _input_projection(w_x, b, xs, sdt):
+  T, Bp, _ = xs.shape
+  return ((xs.reshape(T * Bp, xs.shape[-1]) @ w_x).astype(sdt) + b.astype(sdt)).reshape(T, Bp, -1)
 
 
-def backward(coefs, cts, *, unroll):
-  """The transpose of :func:`jaxlstm.kernels.fused.tangent`, as one kernel launch: ``(dz, dh0, dc0)``.
-
-  ``coefs = (w_h, P, Q, F, valid, None)`` and ``cts = (d_hs, d_hT, d_cT)`` on padded shapes. (``unroll`` is
-  the tangent loop's, unused here.)
-  """
-  del unroll
-  return _backward_kernel_call(coefs, cts)
-
-
-def _saved_forward(w_x, b, w_h, xs, valid, h0, c0):
-  (h, c), (P, Q, F, hs) = _forward(w_h, _input_projection(w_x, b, xs, h0.dtype), valid, h0, c0, save=True)
-  return (h, c), (P, Q, F, hs)
-
-
-def _saved_forward_xla(w_x, b, w_h, xs, valid, h0, c0):
-  (h, c), (P, Q, F, hs, _) = fused.forward(w_x, b, w_h, None, xs, valid, None, h0, c0, 1, save=True)
-  return (h, c), (P, Q, F, hs)
-
-
-_saved_forward_call = reference_jvp(_saved_forward, _saved_forward_xla)
-_recurrence = linear_recurrence("lstm_pallas_tangent", fused.tangent, backward)
-
-
-@jax.custom_jvp
-def _layer(w_x, b, w_h, xs, valid, h0, c0):
-  """``(hs (T, Bp, Hp), h_T, c_T)`` on padded, time-major arrays."""
-  zx = _input_projection(w_x, b, xs, h0.dtype)
-  (h, c), hs = _forward(w_h, zx, valid, h0, c0, save=False)
+def _loop(w_x, b, w_h, peep, xs, valid, h0, c0):
+  (h, c), hs = _forward(w_h, _input_projection(w_x, b, xs, h0.dtype), valid, h0, c0, save=False)
   return hs, h, c
 
 
-def _input_projection(w_x, b, xs, sdt):
-  T, Bp, _ = xs.shape
-  return ((xs.reshape(T * Bp, -1) @ w_x).astype(sdt) + b.astype(sdt)).reshape(T, Bp, -1)
+def _loop_saved(w_x, b, w_h, peep, xs, valid, h0, c0):
+  (h, c), (P, Q, F, hs) = _forward(w_h, _input_projection(w_x, b, xs, h0.dtype), valid, h0, c0, save=True)
+  return (h, c), (P, Q, F, hs, None)
 
 
-@functools.partial(_layer.defjvp, symbolic_zeros=True)
-def _layer_jvp(primals, tangents):
-  # The fused kernel's tangent: hoisted GEMMs plus the linear recurrence, whose transpose is the backward kernel.
-  w_x, b, w_h, xs, valid, h0, c0 = primals
-  dw_x, db, dw_h, dxs, _, dh0, dc0 = tangents
-  (h, c), (P, Q, F, hs) = _saved_forward_call(w_x, b, w_h, xs, valid, h0, c0)
-  a = fused.hoisted_tangent(w_x, w_h, None, xs, hs, None, None, h0, c0, (dw_x, db, dw_h, None, dxs))
-  dh0 = jnp.zeros_like(h0) if is_zero(dh0) else dh0
-  dc0 = jnp.zeros_like(c0) if is_zero(dc0) else dc0
-  coefs = (w_h, P, Q, F, valid, None)
-  rows = fused.tangent_rows(valid, None)
-  d_hs, d_h, d_c = _recurrence(coefs, (a, dh0, dc0), rows=rows, unroll=fused.default_unroll())
-  return (hs, h, c), (d_hs, d_h, d_c)
+# (hs (T, Bp, Hp), h_T, c_T) on padded, time-major arrays: the two kernels, with the fused kernel's tangent.
+_layer = fused.kernel_layer("lstm_pallas_tangent", _loop, _loop_saved, _backward)
 
 
 def _pad_gates(w, H: int, Hp: int, rows: int | None = None) -> jax.Array:
@@ -395,7 +355,7 @@ def _pad_gates(w, H: int, Hp: int, rows: int | None = None) -> jax.Array:
 def _run(params: LSTMParams, xs, valid, h0, c0):
   T, B, _ = xs.shape
   H = h0.shape[-1]
-  Hp, Bp = _pow2(H), -(-B // BLOCK_B) * BLOCK_B
+  Hp, Bp = _pow2(H), max(1, -(-B // BLOCK_B)) * BLOCK_B  # B = 0 runs one block of padding
   sdt = h0.dtype
   w_x = _pad_gates(params.w_x, H, Hp)
   w_h = _pad_gates(params.w_h, H, Hp, rows=Hp)
@@ -404,7 +364,7 @@ def _run(params: LSTMParams, xs, valid, h0, c0):
     xs = jnp.pad(xs, ((0, 0), (0, Bp - B), (0, 0)))
     valid = None if valid is None else jnp.pad(valid, ((0, 0), (0, Bp - B)))
   pad_state = lambda s: jnp.pad(s.astype(sdt), ((0, Bp - B), (0, Hp - H)))  # noqa: E731
-  hs, h, c = _layer(w_x, b, w_h, xs.astype(w_x.dtype), valid, pad_state(h0), pad_state(c0))
+  hs, h, c = _layer(w_x, b, w_h, None, xs.astype(w_x.dtype), valid, pad_state(h0), pad_state(c0))
   return hs[:, :B, :H], h[:B, :H], c[:B, :H]
 
 
