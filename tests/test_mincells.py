@@ -8,6 +8,8 @@
 * The ``mingru-pytorch`` package on converted weights, when it is installed.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,12 +161,43 @@ def test_parallel_gradients_match_reference_on_every_block(block):
     assert rel_err(a, b) < 1e-11
 
 
-def test_parallel_gradients_against_finite_differences():
-  # On the default block; the other blocks are held to the reference kernel's gradients above.
+def test_parallel_gradients_against_finite_differences_in_both_modes():
+  # On the default block, to second order: forward over forward and over reverse, through the custom_jvp. The other
+  # blocks are held to the reference kernel's gradients and forward mode.
   _, params, xs, state = setup("minlstm")
-  kw = {"lengths": LENGTHS, "resets": RESETS}
+  kw = {"lengths": np.minimum(LENGTHS, 4), "resets": RESETS[:, :4]}
   loss = jax.jit(lambda p, x, s: jnp.sum(jnp.sin(jaxlstm.layer(p, x, s, impl="parallel", **kw)[1])))
-  check_grads(loss, (params, xs, state), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+  check_grads(loss, (params, xs[:, :4], state), order=2, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+
+
+def test_forward_mode_matches_reference_on_every_block(monkeypatch):
+  """jvp, jacfwd and hessian through the parallel kernel (a custom_jvp over a linear recurrence) equal the scan's."""
+  cases = [(setup(variant), kw) for variant, kw in CASES.values()]
+  assert all(jaxlstm.explain(params, xs, **kw).kernel == "parallel" for (_, params, xs, _), kw in cases)
+
+  def everything(impl):
+    out = []
+    for (_, params, xs, state), kw in cases:
+      run = functools.partial(jaxlstm.layer, impl=impl, **kw)
+      f = lambda p, x, s, run=run: jnp.sum(jnp.sin(run(p, x, s)[1]))
+      tangents = jax.tree.map(lambda a: normal(a.shape, a.dtype, seed=7), (params, xs, state))
+      out.append(
+        (
+          jax.jvp(run, (params, xs, state), tangents),
+          jax.jacfwd(f, argnums=(0, 2))(params, xs, state),  # jvp under vmap
+          jax.hessian(f, argnums=1)(params, xs, state),  # forward over reverse
+        )
+      )
+    return out
+
+  # One reference for every block (the block is read when the parallel kernel is traced).
+  want = jax.jit(lambda: everything("reference"))()
+  for n in BLOCKS:
+    monkeypatch.setattr(parallel, "default_block", lambda T, n=n: n)
+    got = jax.jit(lambda: everything("parallel"))()
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
+      assert a.dtype == b.dtype and rel_err(a, b) < 1e-11, f"block {n}{jax.tree_util.keystr(path)}"
 
 
 def test_the_scan_of_a_long_float32_sequence_keeps_float64_accuracy():

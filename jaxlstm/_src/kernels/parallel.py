@@ -42,16 +42,20 @@ from the initial state, as the reference kernel's reset does. An invalid step
 is the identity ``(a, b) = (1, 0)``, so it keeps the state; a reset at an
 invalid step still resets.
 
-**Gradients.** The scan is a :func:`jax.custom_vjp`: the gradient reaching
-``h_t`` flows back through ``lam_t = g_t + a_{t+1} lam_{t+1}`` (cut where
-``t + 1`` starts a segment), itself a linear recurrence, run by the same
-blocks backwards in time in one pass that recomputes each block's gates and
-pulls ``da_t = lam_t h_{t-1}``, ``db_t = lam_t`` back through them to ``dk``,
+**Gradients.** The scan is a :func:`jax.custom_jvp`. Its tangent is the same
+kind of recurrence, ``dh_t = a_t dh_{t-1} + (da_t h_{t-1} + db_t)``, linear in
+``(dk, dh0)`` given ``k`` and the states: a
+:func:`~jaxlstm._src.kernels.linear.linear_recurrence` whose transpose is the
+hand-written backward pass. There the gradient reaching ``h_t`` flows back
+through ``lam_t = g_t + a_{t+1} lam_{t+1}`` (cut where ``t + 1`` starts a
+segment), itself a linear recurrence, run by the same blocks backwards in time
+in one pass that recomputes each block's gates and pulls
+``da_t = lam_t h_{t-1}``, ``db_t = lam_t`` back through them to ``dk``,
 written over ``k``. It saves only ``k`` and the states, where differentiating
 through an associative scan would keep every level. The projection's
-gradients are then one GEMM each. ``jit``, ``vmap`` and ``grad`` work;
-forward-mode (``jvp``) does not, as for the fused kernel (use
-``impl="reference"``).
+gradients are then one GEMM each. So ``jit``, ``vmap``, ``grad``, ``jvp``,
+``jacfwd`` and ``hessian`` work, and reverse mode costs what the
+:func:`jax.custom_vjp` it replaced cost.
 
 References:
   Feng, Tung, Ahmed, Bengio & Hajimirsadeghi (2024), Were RNNs all we needed?
@@ -71,6 +75,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxlstm._src.cells.registry import cell_of
+from jaxlstm._src.kernels.chunks import is_zero
+from jaxlstm._src.kernels.linear import linear_recurrence
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
 
@@ -223,22 +229,65 @@ def _backward(gates, n, k, hs, h0, valid, starts, g):
   return dk[:T], dh0 + a0 * lam0
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _tangent(coefs, lins, *, gates, n):
+  """The tangent of :func:`_forward`, linear in ``lins = (dk, dh0)``: the transpose of :func:`_backward`.
+
+  ``coefs = (k, hs, h0, valid, starts)``, ``hs`` the states :func:`_forward` gave. The tangent is the same
+  kind of recurrence, ``dh_t = a_t * (dh0 if starts_t else dh_{t-1}) + u_t`` with ``u_t = da_t h_{t-1} + db_t``
+  (``h0`` at a start) and ``(da, db)`` the tangent of ``gates`` at ``k_t``, so the same blocks solve it, each
+  evaluating its gates and their tangent, as :func:`_backward` pulls back through them.
+  """
+  k, hs, h0, valid, starts = coefs
+  dk, dh0 = lins
+  T = k.shape[0]
+  (k, v, s), m = _prepare(k, valid, starts, n)
+  (dk, hs), _ = _padded((dk, hs), (0, 0), T, n)  # the padding is invalid: its a is 1 and its u is 0
+
+  def block(dh, j):
+    v_j, s_j, hs_j = _slice(v, j, n), _slice(s, j, n), _slice(hs, j, n)
+    (a, _), (da, db) = jax.jvp(lambda kk: _masked(gates, kk, v_j), (_slice(k, j, n),), (_slice(dk, j, n),))
+    before = lax.dynamic_index_in_dim(hs, jnp.maximum(j * n - 1, 0), keepdims=False)
+    h_prev = jnp.concatenate([jnp.where(j == 0, h0, before)[None], hs_j[:-1]], axis=0)
+    if s_j is not None:
+      h_prev = jnp.where(s_j, h0, h_prev)
+    u = da * h_prev + db
+    A, U, *started = lax.associative_scan(_op, (a, u) if s_j is None else (a, u, s_j), axis=0)
+    dhs = A * (jnp.where(started[0], dh0, dh) if started else dh) + U
+    return dhs[-1], dhs
+
+  if m == 1:
+    return block(dh0, 0)[1][:T]
+  dhs = lax.scan(block, dh0, jnp.arange(m, dtype=jnp.int32))[1]
+  return dhs.reshape(m * n, *dhs.shape[2:])[:T]
+
+
+def _transpose(coefs, g, *, gates, n):
+  """The transpose of :func:`_tangent`: ``(dk, dh0)`` for the gradient ``g`` of the states, by :func:`_backward`."""
+  k, hs, h0, valid, starts = coefs
+  return _backward(gates, n, k, hs, h0, valid, starts, g)
+
+
+_recurrence = linear_recurrence("parallel_scan_tangent", _tangent, _transpose)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def _scan(gates, n, k, h0, valid, starts):
   return _forward(gates, n, k, h0, valid, starts)
 
 
-def _scan_fwd(gates, n, k, h0, valid, starts):
+@functools.partial(_scan.defjvp, symbolic_zeros=True)
+def _scan_jvp(gates, n, primals, tangents):
+  # Forward mode runs _tangent; reverse mode transposes it into _backward, which needs only k and the states,
+  # the residuals a custom_vjp would keep. A tangent reaching k, hs or h0 inside _tangent or _backward
+  # (second order) goes through jax.jvp of the plain functions.
+  k, h0, valid, starts = primals
+  dk, dh0 = tangents[:2]
   hs = _forward(gates, n, k, h0, valid, starts)
-  return hs, (k, hs, h0, valid, starts)
-
-
-def _scan_bwd(gates, n, res, g):
-  k, hs, h0, valid, starts = res
-  return (*_backward(gates, n, k, hs, h0, valid, starts, g), None, None)
-
-
-_scan.defvjp(_scan_fwd, _scan_bwd)
+  dk = jnp.zeros_like(k) if is_zero(dk) else dk
+  dh0 = jnp.zeros_like(h0) if is_zero(dh0) else dh0
+  flags = tuple(1 for f in (valid, starts) if f is not None)  # the batch axis of each (T, B) flag that is there
+  rows = ((1, 1, 0, *flags), (1, 0), (1,))
+  return hs, _recurrence((k, hs, h0, valid, starts), (dk, dh0), rows=rows, gates=gates, n=n)
 
 
 def recurrence_scan(
