@@ -1,5 +1,6 @@
 """State options: a learned initial state (functional, Flax, fit, checkpoints) and stateful truncated BPTT in fit."""
 
+import functools
 import json
 import os
 import re
@@ -85,7 +86,7 @@ def test_learned_state_gradient_equals_the_hand_written_one():
     _, hs = jaxlstm.stack(params, xs, rows)
     return jnp.sum(hs**2)
 
-  got, want = jax.grad(loss)(h0), jax.grad(by_hand)(h0)
+  got, want = jax.jit(jax.grad(loss))(h0), jax.jit(jax.grad(by_hand))(h0)
   for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
     assert float(jnp.abs(g).max()) > 0
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
@@ -110,18 +111,21 @@ def test_nnx_and_linen_modules_learn_the_same_state_gradient():
   def functional(h0, p=params):
     return jnp.sum(jaxlstm.stack(p, xs, jaxlstm.broadcast_state(h0, (B,)))[1] ** 2)
 
-  want = jax.grad(functional)(jaxlstm.initial_state_init(params))
-  assert_same_grads(nnx.grad(lambda m: jnp.sum(m(xs) ** 2))(model)["h0"], want)
-  lwant = jax.grad(lambda h0: jnp.sum(jaxlstm.layer(lparams, xs, jaxlstm.broadcast_state(h0, (B,)))[1] ** 2))(
+  # Each gradient jitted: one compile each, where run eagerly each scan in it compiled on its own.
+  want = jax.jit(jax.grad(functional))(jaxlstm.initial_state_init(params))
+  assert_same_grads(nnx.jit(nnx.grad(lambda m: jnp.sum(m(xs) ** 2)))(model)["h0"], want)
+  lwant = jax.jit(jax.grad(lambda h0: jnp.sum(jaxlstm.layer(lparams, xs, jaxlstm.broadcast_state(h0, (B,)))[1] ** 2)))(
     jaxlstm.initial_state_init(lparams)
   )
-  assert_same_grads(nnx.grad(lambda m: jnp.sum(m(xs) ** 2))(layer)["h0"], lwant)
+  assert_same_grads(nnx.jit(nnx.grad(lambda m: jnp.sum(m(xs) ** 2)))(layer)["h0"], lwant)
 
   linen_model = jaxlstm.linen.Stack(H, num_layers=2, bidirectional=True, learn_initial_state=True)
   variables = linen_model.init(jax.random.key(0), xs)
   assert set(variables["params"]) == {jaxlstm.linen.WEIGHTS, jaxlstm.linen.INITIAL_STATE}
-  grads = jax.grad(lambda v: jnp.sum(linen_model.apply(v, xs) ** 2))(variables)["params"]["h0"]
-  assert_same_grads(grads, jax.grad(functional)(variables["params"]["h0"], jaxlstm.linen.from_variables(variables)))
+  grads = jax.jit(jax.grad(lambda v: jnp.sum(linen_model.apply(v, xs) ** 2)))(variables)["params"]["h0"]
+  assert_same_grads(
+    grads, jax.jit(jax.grad(functional))(variables["params"]["h0"], jaxlstm.linen.from_variables(variables))
+  )
   module, variables = jaxlstm.linen.GRU.from_params(lparams, learn_initial_state=True)
   np.testing.assert_allclose(module.apply(variables, xs), layer(xs), rtol=1e-6)
 
@@ -185,6 +189,13 @@ def test_stream_indices_follow_each_row():
   tree_equal(steps[4], steps[0])  # an epoch later, every stream starts again
 
 
+@functools.partial(jax.jit, static_argnames="lr")
+def hand_step(params, batch, start, lr):
+  """One plain SGD step of ``lm_loss`` from the carry ``start``; jitted, as an eager step compiled every scan anew."""
+  (_, carry), grads = jax.value_and_grad(lambda p: lm_loss(p, batch, None, start), has_aux=True)(params)
+  return jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads), carry
+
+
 def hand_loop(params, data, steps, batch_size, lr, *, reset=True, stop=True):
   """TBPTT written out: each row's final state is the next step's start, reset where an epoch starts."""
   n = len(data["xs"])
@@ -195,8 +206,7 @@ def hand_loop(params, data, steps, batch_size, lr, *, reset=True, stop=True):
     if reset and s % per_epoch == 0:
       carry = None
     start = carry if (carry is None or not stop) else jax.lax.stop_gradient(carry)
-    (_, carry), grads = jax.value_and_grad(lambda p, b=batch, c=start: lm_loss(p, b, None, c), has_aux=True)(params)
-    params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
+    params, carry = hand_step(params, batch, start, lr)
   return params
 
 
@@ -216,10 +226,10 @@ def test_stateful_fit_carries_the_state_stops_the_gradient_and_resets_each_epoch
     )
   # The gradient through a carry computed by these params differs from the stopped one: it is a real stop.
   batch = lambda s: jax.tree_util.tree_map(lambda a: a[np.arange(3) * 4 + s], data)
-  through = jax.grad(lambda p: lm_loss(p, batch(1), None, lm_loss(p, batch(0), None)[1])[0])(model)
-  stopped = jax.grad(lambda p: lm_loss(p, batch(1), None, jax.lax.stop_gradient(lm_loss(p, batch(0), None)[1]))[0])(
-    model
-  )
+  through = jax.jit(jax.grad(lambda p: lm_loss(p, batch(1), None, lm_loss(p, batch(0), None)[1])[0]))(model)
+  stopped = jax.jit(
+    jax.grad(lambda p: lm_loss(p, batch(1), None, jax.lax.stop_gradient(lm_loss(p, batch(0), None)[1]))[0])
+  )(model)
   assert float(jnp.abs(through.rnn[0].w_h - stopped.rnn[0].w_h).max()) > 1e-6
   assert float(jnp.abs(stopped.h0[0].h).max()) == 0.0  # the learned state is reached only from an epoch start
 
