@@ -256,7 +256,7 @@ def _layer_jvp(unroll, primals, tangents):
   # The input side of all three gates is one GEMM on whole arrays, ax; its r, z columns join a, its n columns
   # are a_n. Reverse mode joins their cotangents into one (T * B, 3H) array (a cheap elementwise fusion) for
   # one GEMM each for dw_x and dxs: as two GEMMs (w_x masked to r, z and sliced to n) they summed over 4H
-  # columns, and M-sized training (B=64, T=256, I=64, H=256, 2 layers) ran 4-7 % slower on this 2-core CPU.
+  # columns, and M-sized training (B=64, T=256, I=64, H=256, 2 layers) ran 3-7 % slower on this 2-core CPU.
   ax = []
   if not is_zero(dxs):
     ax.append(mm(dxs.reshape(T * B, -1).astype(w_x.dtype), w_x))
