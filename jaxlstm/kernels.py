@@ -9,7 +9,8 @@ record plus one :func:`register_kernel` call.
 * ``fused_gru``, ``fused_rnn``: GRU and Elman RNN layers, built the same way.
 * ``native``: plain and peephole float32 LSTMs on CPU, the fused kernel's loops in C++.
 * ``parallel``: minGRU and minLSTM layers as one associative scan over time.
-* ``pallas``: plain LSTMs on CUDA GPUs, the whole time loop in one Pallas (Triton) kernel launch.
+* ``pallas``, ``pallas_gru``: plain LSTM and GRU layers on CUDA GPUs, the whole time loop in one Pallas (Triton)
+  kernel launch.
 * ``cudnn``: plain float32 LSTMs as one cuDNN call on CUDA GPUs.
 * ``reference``: ``lax.scan`` over the cell's step, for every cell and option.
 * ``shell``: the layer shell, ``shell.run(kernel.run, params, xs, state, ...)``,
@@ -17,7 +18,7 @@ record plus one :func:`register_kernel` call.
 """
 
 from jaxlstm._src import shell
-from jaxlstm._src.kernels import cudnn, fused, fused_gru, fused_rnn, native, pallas, parallel, reference
+from jaxlstm._src.kernels import cudnn, fused, fused_gru, fused_rnn, native, pallas, pallas_gru, parallel, reference
 from jaxlstm._src.kernels.registry import (
   Kernel,
   KernelChoice,
@@ -44,6 +45,7 @@ __all__ = [
   "kernel_names",
   "native",
   "pallas",
+  "pallas_gru",
   "parallel",
   "reasons",
   "reference",

@@ -100,7 +100,8 @@ def test_lengths_mask_resets_errors(p, xs):
 def test_option_errors(p, xs):
   with pytest.raises(
     ValueError,
-    match=r"impl must be one of \('auto', 'fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'cudnn', "
+    match=r"impl must be one of \('auto', 'fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', "
+    r"'pallas_gru', 'cudnn', "
     r"'reference'\); got 'cuda'",
   ):
     jaxlstm.lstm(p, xs, impl="cuda")

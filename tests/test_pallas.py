@@ -172,22 +172,125 @@ def test_resident_weights_variant_matches():
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a CUDA GPU: the compiled Triton kernels")
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_compiled_kernels_match_reference_on_gpu(dtype):
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_compiled_kernels_match_fused_on_gpu(cell, dtype):
   # The real kernels, compiled by Triton, at S-like shapes (two 16-row blocks, H = 128: the streamed weights in
   # float32, the resident ones in bfloat16); conftest sets full float32 matmuls, so float32 is held tightly.
-  params = random_params(jaxlstm.lstm_init, 10, 128, dtype=dtype)
+  init, layer_fn, fast, ref = {
+    "lstm": (jaxlstm.lstm_init, jaxlstm.lstm, "pallas", "fused"),
+    "gru": (jaxlstm.gru_init, jaxlstm.gru, "pallas_gru", "fused_gru"),
+  }[cell]
+  params = random_params(init, 10, 128, dtype=dtype)
   xs = normal((32, 50, 10), dtype, seed=1)
   lengths = jnp.arange(32) % 50 + 1
 
   def loss(impl):
     def f(p, x):
-      final, hs = jaxlstm.lstm(p, x, lengths=lengths, impl=impl)
+      final, hs = layer_fn(p, x, lengths=lengths, impl=impl)
       w = normal(hs.shape, jnp.float32, seed=4)
-      return jnp.sum(hs.astype(jnp.float32) * w) + jnp.sum(final.c)
+      return jnp.sum(hs.astype(jnp.float32) * w) + sum(jnp.sum(leaf) for leaf in final)
 
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
 
-  got, want = loss("pallas")(params, xs), loss("fused")(params, xs)
+  got, want = loss(fast)(params, xs), loss(ref)(params, xs)
   tol = 1e-4 if dtype == jnp.float32 else 3e-2
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     assert rel_err(a.astype(jnp.float32), b.astype(jnp.float32)) < tol
+
+
+# -- the GRU kernel ---------------------------------------------------------------------------------------------
+
+
+def gru_setup(dtype, *, batch=(3,), t=5, h=4, seed=0):
+  params = random_params(jaxlstm.gru_init, 2, h, dtype=dtype, seed=seed)
+  xs = normal((*batch, t, 2), dtype, seed=seed + 1)
+  return params, xs, jaxlstm.GRUState(normal((*batch, h), dtype, seed=seed + 2, scale=0.5))
+
+
+def gru_grads(impl, cases):
+  """Outputs and gradients (params, xs, state) of a loss weighing every output, for each ``(kw, args)``."""
+
+  def one(kw, params, xs, state):
+    def loss(p, x, s):
+      final, hs = jaxlstm.gru(p, x, s, impl=impl, **kw)
+      w = [jnp.asarray(np.random.default_rng(k).standard_normal(a.shape), a.dtype) for k, a in enumerate((hs, final.h))]
+      return jnp.sum(hs * w[0]) + jnp.sum(final.h * w[1]), (final, hs)
+
+    return jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(params, xs, state)
+
+  with pallas.interpret():
+    return jax.jit(lambda args: [one(kw, *a) for (kw, _), a in zip(cases, args)])([a for _, a in cases])
+
+
+def test_gru_matches_reference_float64():
+  params, xs, state = gru_setup(jnp.float64)
+  fast, ref = [], []
+  for kw in PALLAS_CASES.values():
+    args = (params, jnp.swapaxes(xs, 0, 1) if kw.get("time_major") else xs, state)
+    fast.append((kw, args))
+    ref.append(({k: v for k, v in kw.items() if k != "remat"}, args))  # the reference keeps every step
+  for args in (gru_setup(jnp.float64, batch=(1,), t=1, seed=3), gru_setup(jnp.float64, batch=(32,), h=16)):
+    fast.append(({}, args))  # B = 1, T = 1; two aligned blocks (no padding)
+    ref.append(({}, args))
+  for k, (got, want) in enumerate(zip(gru_grads("pallas_gru", fast), gru_grads("reference", ref))):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert a.dtype == b.dtype and rel_err(a, b) < 1e-11, k
+
+
+def test_gru_forward_mode_bfloat16_and_lowering():
+  params, xs, state = gru_setup(jnp.float64)
+
+  def f(impl):
+    return lambda x: jnp.sum(jaxlstm.gru(params, x, state, lengths=LENGTHS, impl=impl)[1] ** 2, axis=(0, 2))
+
+  with pallas.interpret():
+    got = jax.jit(lambda x: (jax.jacfwd(f("pallas_gru"))(x), jax.hessian(lambda y: f("pallas_gru")(y).sum())(x)))(xs)
+  want = (jax.jacfwd(f("reference"))(xs), jax.hessian(lambda y: f("reference")(y).sum())(xs))
+  for a, b in zip(got, want):
+    assert rel_err(a, b) < 1e-10
+  # bfloat16 params, float32 carry, against the fused GRU kernel.
+  p16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+  x16 = xs.astype(jnp.bfloat16)
+  with pallas.interpret():
+    got16 = jax.jit(lambda p, x: jaxlstm.gru(p, x, lengths=LENGTHS, impl="pallas_gru"))(p16, x16)
+  want16 = jaxlstm.gru(p16, x16, lengths=LENGTHS, impl="fused_gru")
+  assert got16[0].h.dtype == jnp.float32
+  for a, b in zip(jax.tree.leaves(got16), jax.tree.leaves(want16)):
+    assert rel_err(a.astype(jnp.float32), b.astype(jnp.float32)) < 2e-2
+  # Lowering for CUDA, padded (H = 100, B = 20) and masked, forward and backward.
+  p100 = random_params(jaxlstm.gru_init, 3, 100, dtype=jnp.bfloat16)
+
+  def loss(p, x):
+    return jnp.sum(jaxlstm.gru(p, x, lengths=jnp.arange(20) % 9, impl="pallas_gru")[1].astype(jnp.float32) ** 2)
+
+  with pallas.for_gpu():
+    exported = jax.export.export(jax.jit(jax.grad(loss)), platforms=["cuda"], disabled_checks=pallas.EXPORT_CHECKS)(
+      p100, jax.ShapeDtypeStruct((20, 9, 3), jnp.bfloat16)
+    )
+  names = re.findall(r'name = "(jaxlstm_gru_\w+)"', exported.mlir_module())
+  assert names == ["jaxlstm_gru_forward", "jaxlstm_gru_backward"]
+  assert "stablehlo.while" not in exported.mlir_module()
+
+
+def test_gru_why_not():
+  params = jaxlstm.gru_init(jax.random.key(0), 3, 8)
+  call = jaxlstm.LayerCall(
+    cell=jaxlstm.get_cell("gru"),
+    params=params,
+    lengths=False,
+    mask=False,
+    resets=False,
+    reverse=False,
+    time_major=False,
+    remat=None,
+  )
+  from jaxlstm.kernels import pallas_gru
+
+  if jax.default_backend() != "gpu":
+    assert "it compiles for CUDA GPUs" in pallas_gru.why_not(call)
+    assert jaxlstm.explain(params, jnp.ones((2, 4, 3), jnp.float32)).kernel == "fused_gru"
+  with pallas.interpret():
+    assert pallas_gru.why_not(call) is None
+    assert pallas_gru.why_not(call._replace(cell=jaxlstm.get_cell("lstm"))) == "it runs GRU layers only, not lstm"
+    big = call._replace(params=jaxlstm.gru_init(jax.random.key(0), 3, 200))
+    assert pallas_gru.why_not(big).startswith("its tiles hold hidden sizes up to 128; got 200")

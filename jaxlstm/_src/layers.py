@@ -310,9 +310,9 @@ def layer(
   """Runs one recurrent layer of any registered cell over a sequence.
 
   ``impl="auto"`` (the default) runs the call on the fastest kernel that can
-  run it: the fused kernel for plain and peephole LSTMs, the reference scan
-  for everything else. ``impl="fused"``, ``"cudnn"`` or ``"reference"``
-  asks for one kernel, and raises with the reason if that kernel cannot run
+  run it: on a CPU the native or fused kernel of its cell, and the reference
+  scan for in-loop regularizers. ``impl="fused"``, ``"pallas"``,
+  ``"reference"`` or another kernel's name asks for one kernel, and raises with the reason if that kernel cannot run
   the call; nothing falls back silently. :func:`jaxlstm.explain` tells
   which kernel a call runs on.
 
@@ -334,7 +334,7 @@ def layer(
     unroll: the loops' unroll factor; ``None`` lets the kernel choose (8 on
       the fused kernel on a GPU, else 1).
     impl: ``"auto"`` or a kernel's name (see :func:`jaxlstm.kernel_names`).
-    remat: checkpoint every ``remat`` steps (fused kernel), so that training
+    remat: checkpoint every ``remat`` steps (fused kernels), so that training
       memory grows with ``T / remat`` chunk states instead of every step's
       gates: for very long sequences.
     input_dropout: variational dropout on the input, one mask per sequence
@@ -507,6 +507,7 @@ def gru(
   time_major: bool = False,
   unroll: int | bool | None = None,
   impl: str = "auto",
+  remat: int | None = None,
 ) -> tuple[Any, jax.Array]:
   """Runs one GRU layer (:func:`jaxlstm.gru_step`) over a sequence: :func:`jaxlstm.layer` for GRUs.
 
@@ -529,6 +530,7 @@ def gru(
     time_major=time_major,
     unroll=unroll,
     impl=impl,
+    remat=remat,
   )
 
 
@@ -545,6 +547,7 @@ def rnn(
   time_major: bool = False,
   unroll: int | bool | None = None,
   impl: str = "auto",
+  remat: int | None = None,
 ) -> tuple[Any, jax.Array]:
   """Runs one Elman RNN layer (:func:`jaxlstm.rnn_step`) over a sequence: :func:`jaxlstm.layer` for RNNs.
 
@@ -572,6 +575,7 @@ def rnn(
     time_major=time_major,
     unroll=unroll,
     impl=impl,
+    remat=remat,
   )
 
 

@@ -174,8 +174,8 @@ def unregister_cell(name: str) -> Cell:
     ValueError: no cell has that name.
 
   Example:
-    >>> cell = jaxlstm.unregister_cell("rnn")
-    >>> "rnn" in jaxlstm.cell_names()
+    >>> cell = jaxlstm.unregister_cell("convlstm2d")  # the last one registered, so the order stays
+    >>> "convlstm2d" in jaxlstm.cell_names()
     False
     >>> jaxlstm.register_cell(cell) is cell
     True

@@ -9,8 +9,9 @@
   ``why_not`` where it is not built).
 * :mod:`~jaxlstm.kernels.parallel`: cells whose step is a diagonal linear
   recurrence (minGRU, minLSTM), as one associative scan over time.
-* :mod:`~jaxlstm.kernels.pallas`: plain LSTMs on CUDA GPUs, the whole time loop
-  in one Pallas (Triton) kernel launch.
+* :mod:`~jaxlstm.kernels.pallas`, :mod:`~jaxlstm.kernels.pallas_gru`: plain LSTM
+  and GRU layers on CUDA GPUs, the whole time loop in one Pallas (Triton) kernel
+  launch.
 * :mod:`~jaxlstm.kernels.cudnn`: plain float32 LSTMs as one cuDNN call (CUDA
   GPUs only).
 * :mod:`~jaxlstm.kernels.reference`: ``lax.scan`` over the cell's step; every
@@ -20,10 +21,10 @@ A new kernel is one module that builds a :class:`~jaxlstm.Kernel` record plus
 one :func:`~jaxlstm.register_kernel` line here.
 
 >>> jaxlstm.kernel_names()  # in impl="auto" order
-('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'cudnn', 'reference')
+('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'pallas_gru', 'cudnn', 'reference')
 """
 
-from jaxlstm._src.kernels import cudnn, fused, fused_gru, fused_rnn, native, pallas, parallel, reference
+from jaxlstm._src.kernels import cudnn, fused, fused_gru, fused_rnn, native, pallas, pallas_gru, parallel, reference
 from jaxlstm._src.kernels.registry import (
   Kernel,
   KernelChoice,
@@ -43,6 +44,7 @@ register_kernel(fused_gru.KERNEL)
 register_kernel(fused_rnn.KERNEL)
 register_kernel(parallel.KERNEL)
 register_kernel(pallas.KERNEL)
+register_kernel(pallas_gru.KERNEL)
 register_kernel(cudnn.KERNEL)
 register_kernel(reference.KERNEL)
 

@@ -349,7 +349,8 @@ def _tangent_of(recurrence, saved, primals, tangents, unroll):
 
 @functools.partial(_layer.defjvp, symbolic_zeros=True)
 def _layer_jvp(unroll, primals, tangents):
-  saved = forward(*primals, unroll, save=True)
+  w_x, b, w_h, peep, xs, valid, resets, h0, c0 = primals
+  saved = forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save=True)
   return _tangent_of(_recurrence, saved, primals, tangents, unroll)
 
 

@@ -51,6 +51,7 @@ reversed.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +60,7 @@ from jax import lax
 from jaxlstm._src.cells.gru import GRUParams, GRUState
 from jaxlstm._src.kernels.chunks import is_zero, remat_chunks, step_starts
 from jaxlstm._src.kernels.fused import default_unroll
-from jaxlstm._src.kernels.linear import linear_recurrence
+from jaxlstm._src.kernels.linear import linear_recurrence, reference_jvp
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
 
@@ -241,13 +242,13 @@ def _sum(terms, shape, dtype):
   return functools.reduce(jnp.add, terms) if terms else jnp.zeros(shape, dtype)
 
 
-@functools.partial(_layer.defjvp, symbolic_zeros=True)
-def _layer_jvp(unroll, primals, tangents):
-  # The forward loop saves each step's factors; the tangent is the hoisted GEMMs (input and weight tangents
-  # over all T * B rows) plus the linear recurrence, whose transpose is the backward loop.
+def _tangent_of(recurrence, saved, primals, tangents, unroll):
+  """The layer's tangent from the forward loop's ``saved = (h_T, (F3, P_n, Z, hs))``: the hoisted GEMMs
+  (input and weight tangents over all ``T * B`` rows) plus the linear recurrence, whose transpose is the
+  backward loop."""
   w_x, b, w_h, b_hn, xs, valid, resets, h0, h_reset = primals
   dw_x, db, dw_h, db_hn, dxs, _, _, dh0, dh_reset = tangents
-  h, (F3, P_n, Z, hs) = _forward(w_x, b, w_h, b_hn, xs, valid, resets, h0, h_reset, unroll, save=True)
+  h, (F3, P_n, Z, hs) = saved
   T, B, _ = xs.shape
   H = h0.shape[-1]
   sdt = h0.dtype
@@ -282,8 +283,56 @@ def _layer_jvp(unroll, primals, tangents):
   else:
     dh_reset = None
   coefs = (w_h, F3, P_n, Z, valid, resets)
-  d_hs, d_h = _recurrence(coefs, (a, a_n, dh0, dh_reset), rows=_tangent_rows(valid, resets), unroll=unroll)
+  d_hs, d_h = recurrence(coefs, (a, a_n, dh0, dh_reset), rows=_tangent_rows(valid, resets), unroll=unroll)
   return (hs, h), (d_hs, d_h)
+
+
+@functools.partial(_layer.defjvp, symbolic_zeros=True)
+def _layer_jvp(unroll, primals, tangents):
+  w_x, b, w_h, b_hn, xs, valid, resets, h0, h_reset = primals
+  saved = _forward(w_x, b, w_h, b_hn, xs, valid, resets, h0, h_reset, unroll, save=True)
+  return _tangent_of(_recurrence, saved, primals, tangents, unroll)
+
+
+def kernel_layer(name: str, run_loop: Callable, run_loop_saved: Callable, run_backward: Callable) -> Callable:
+  """A GRU layer on another kernel's two loops, with this kernel's tangent, forward mode and XLA fallbacks.
+
+  The GRU counterpart of :func:`jaxlstm.kernels.fused.kernel_layer`, for a kernel that runs this kernel's
+  forward and backward loops in its own code (Pallas), over the same saved factors:
+
+  * ``run_loop(w_x, b, w_h, b_hn, xs, valid, h0) -> (hs, h_T)``: the forward loop;
+  * ``run_loop_saved(...)`` (same arguments) ``-> (h_T, (F3, P_n, Z, hs))``: the training forward;
+  * ``run_backward(w_h, F3, P_n, Z, valid, d_hs, d_hT) -> (g, g_n, dh0)``: the backward loop.
+
+  Returns ``layer(w_x, b, w_h, b_hn, xs, valid, h0) -> (hs, h_T)``, a :func:`jax.custom_jvp`: reverse mode
+  runs ``run_backward``, forward mode this kernel's tangent loop; second-order autodiff goes through this
+  kernel's XLA loops (:func:`~jaxlstm._src.kernels.linear.reference_jvp`). Resets are not passed.
+  """
+
+  def xla_saved(w_x, b, w_h, b_hn, xs, valid, h0):
+    return _forward(w_x, b, w_h, b_hn, xs, valid, None, h0, None, 1, save=True)
+
+  def xla_backward(coefs, cts):
+    return _backward(coefs, cts, unroll=1)[:3]
+
+  saved_call = reference_jvp(run_loop_saved, xla_saved)
+  backward_call = reference_jvp(lambda coefs, cts: tuple(run_backward(*coefs[:5], *cts)), xla_backward)
+  # The backward loop's fourth output, the gradient of a reset step's start, is None without resets.
+  recurrence = linear_recurrence(name, _tangent, lambda coefs, cts, *, unroll: (*backward_call(coefs, cts), None))
+
+  @jax.custom_jvp
+  def layer(w_x, b, w_h, b_hn, xs, valid, h0):
+    return run_loop(w_x, b, w_h, b_hn, xs, valid, h0)
+
+  @functools.partial(layer.defjvp, symbolic_zeros=True)
+  def _(primals, tangents):
+    w_x, b, w_h, b_hn, xs, valid, h0 = primals
+    dw_x, db, dw_h, db_hn, dxs, dv, dh0 = tangents
+    saved = saved_call(*primals)
+    full = (w_x, b, w_h, b_hn, xs, valid, None, h0, None)
+    return _tangent_of(recurrence, saved, full, (dw_x, db, dw_h, db_hn, dxs, dv, None, dh0, None), default_unroll())
+
+  return layer
 
 
 def _run(params, xs, valid, resets, h0, h_reset, unroll):

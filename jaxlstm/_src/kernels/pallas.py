@@ -137,9 +137,14 @@ def why_not(call: LayerCall) -> str | None:
     return 'it runs plain LSTMs only (no peephole, layer_norm or proj_size); impl="fused" runs them all'
   if call.resets:
     return 'it takes lengths and masks but not resets; impl="fused" does'
-  H = params.w_h.shape[0]
+  return runs_here(params.w_h.shape[0], params.w_x.dtype, "fused")
+
+
+def runs_here(H: int, dtype, fallback: str) -> str | None:
+  """Why the Pallas kernels cannot run a layer of ``H`` units in ``dtype`` here, or ``None``; ``fallback`` is
+  the kernel a reason points to."""
   if H > MAX_HIDDEN:
-    return f'its tiles hold hidden sizes up to {MAX_HIDDEN}; got {H} (impl="fused" runs any size)'
+    return f'its tiles hold hidden sizes up to {MAX_HIDDEN}; got {H} (impl="{fallback}" runs any size)'
   if _MODE[0] == "interpret":
     return None
   if _MODE[0] == "backend" and jax.default_backend() != "gpu":
@@ -147,36 +152,37 @@ def why_not(call: LayerCall) -> str | None:
       f"it compiles for CUDA GPUs (Pallas on Triton); JAX's default backend is {jax.default_backend()!r} "
       "(jaxlstm.kernels.pallas.interpret() runs its semantics on any backend, for tests)"
     )
-  if params.w_x.dtype == jnp.float64:
+  if dtype == jnp.float64:
     return "Triton's tensor cores take float32, bfloat16 and float16, not float64"
   return None
 
 
-def _pow2(n: int) -> int:
+def pow2(n: int) -> int:
+  """The tile side for ``n``: the next power of two, at least 16 (Triton's smallest tensor-core side)."""
   return max(16, 1 << (n - 1).bit_length())
 
 
-def resident(H: int, dtype) -> bool:
-  """Whether the kernels load a layer's recurrent weights ``(H, 4H)`` once per program rather than per step.
+def resident(H: int, dtype, gates: int = 4) -> bool:
+  """Whether the kernels load a layer's recurrent weights ``(H, gates * H)`` once per program, not per step.
 
   Example:
     >>> from jaxlstm.kernels import pallas
     >>> pallas.resident(128, jnp.bfloat16), pallas.resident(128, jnp.float32)
     (True, False)
   """
-  return _pow2(H) * 4 * _pow2(H) * jnp.dtype(dtype).itemsize <= RESIDENT_BYTES
+  return pow2(H) * gates * pow2(H) * jnp.dtype(dtype).itemsize <= RESIDENT_BYTES
 
 
-def _dot(a, b, *, trans_b=False):
+def dot(a, b, *, trans_b=False):
   """``a @ b`` (or ``a @ b.T``) in ``a``'s dtype, the carry's: float32 sums under 16-bit weights. The precision
   follows ``jax_default_matmul_precision``, as XLA's GEMMs do."""
   dims = (((1,), (1 if trans_b else 0,)), ((), ()))
   return lax.dot_general(a.astype(b.dtype), b, dims, preferred_element_type=a.dtype)
 
 
-def _gate_weights(w_ref, Hp: int, load_now: bool):
-  """The four ``(Hp, Hp)`` gate tiles of ``w_ref``: values loaded now, or functions that load them when called."""
-  tiles = [functools.partial(lambda k: w_ref[:, pl.ds(k * Hp, Hp)], k) for k in range(4)]
+def gate_weights(w_ref, Hp: int, load_now: bool, gates: int = 4) -> list:
+  """The ``(Hp, Hp)`` gate tiles of ``w_ref``: functions that return values loaded now, or load when called."""
+  tiles = [functools.partial(lambda k: w_ref[:, pl.ds(k * Hp, Hp)], k) for k in range(gates)]
   if load_now:
     values = [t() for t in tiles]
     return [functools.partial(lambda v: v, v) for v in values]
@@ -188,16 +194,16 @@ def _forward_kernel(*refs, T: int, Hp: int, masked: bool, save: bool, keep: bool
   zx_ref, w_ref, *rest = refs
   v_ref = rest.pop(0) if masked else None
   h0_ref, c0_ref, hs_ref, hT_ref, cT_ref, *saved = rest
-  w = _gate_weights(w_ref, Hp, keep)
+  w = gate_weights(w_ref, Hp, keep)
   gate = lambda t, k: zx_ref[t, :, pl.ds(k * Hp, Hp)].astype(hs_ref.dtype)  # noqa: E731
 
   def body(t, carry):
     h, c_prev = carry
     sig = lambda z: 0.5 * jnp.tanh(0.5 * z) + 0.5  # noqa: E731 (the fused kernel's form of the sigmoid)
-    i = sig(gate(t, 0) + _dot(h, w[0]()))
-    f = sig(gate(t, 1) + _dot(h, w[1]()))
-    g = jnp.tanh(gate(t, 2) + _dot(h, w[2]()))
-    o = sig(gate(t, 3) + _dot(h, w[3]()))
+    i = sig(gate(t, 0) + dot(h, w[0]()))
+    f = sig(gate(t, 1) + dot(h, w[1]()))
+    g = jnp.tanh(gate(t, 2) + dot(h, w[2]()))
+    o = sig(gate(t, 3) + dot(h, w[3]()))
     c = f * c_prev + i * g
     tc = jnp.tanh(c)
     h_new = o * tc
@@ -225,7 +231,7 @@ def _backward_kernel(*refs, T: int, Hp: int, masked: bool, keep: bool):
   P_ref, Q_ref, F_ref, w_ref, *rest = refs
   v_ref = rest.pop(0) if masked else None
   dhs_ref, dhT_ref, dcT_ref, dz_ref, dh0_ref, dc0_ref = rest
-  w = _gate_weights(w_ref, Hp, keep)
+  w = gate_weights(w_ref, Hp, keep)
 
   def body(k, carry):
     dh, dc = carry
@@ -240,7 +246,7 @@ def _backward_kernel(*refs, T: int, Hp: int, masked: bool, keep: bool):
     for j, d in enumerate((dc, dc, dc, dh)):
       dz = P_ref[t, :, pl.ds(j * Hp, Hp)].astype(d.dtype) * d
       dz_ref[t, :, pl.ds(j * Hp, Hp)] = dz.astype(dz_ref.dtype)
-      dh_prev = dh_prev + _dot(dz, w[j](), trans_b=True)
+      dh_prev = dh_prev + dot(dz, w[j](), trans_b=True)
     dc_prev = dc * F_ref[t]
     if v_ref is not None:
       dh_prev, dc_prev = dh_prev + dh_skip, dc_prev + dc_skip
@@ -251,17 +257,20 @@ def _backward_kernel(*refs, T: int, Hp: int, masked: bool, keep: bool):
   dc0_ref[...] = dc
 
 
-def _specs(T: int, Hp: int, names: str) -> list:
-  """Block specs over the batch grid: ``s`` a (T, Bb, F) sequence, ``w`` the whole weight, ``v`` the (T, Bb)
-  validity, ``b`` a (Bb, Hp) state; sequence widths are ``4Hp`` for ``z`` and ``Hp`` for ``s``."""
+def block_specs(T: int, Hp: int, names: str, gates: int = 4) -> list:
+  """Block specs over the batch grid, one per letter of ``names``: ``z`` a ``(T, Bb, gates * Hp)`` gate sequence,
+  ``s`` a ``(T, Bb, Hp)`` sequence, ``w`` the whole ``(Hp, gates * Hp)`` weight, ``u`` a whole ``(Hp,)`` vector,
+  ``v`` the ``(T, Bb)`` validity, ``b`` a ``(Bb, Hp)`` state."""
   out = []
   for n in names:
     if n == "z":
-      out.append(pl.BlockSpec((T, BLOCK_B, 4 * Hp), lambda b: (0, b, 0)))
+      out.append(pl.BlockSpec((T, BLOCK_B, gates * Hp), lambda b: (0, b, 0)))
     elif n == "s":
       out.append(pl.BlockSpec((T, BLOCK_B, Hp), lambda b: (0, b, 0)))
     elif n == "w":
-      out.append(pl.BlockSpec((Hp, 4 * Hp), lambda b: (0, 0)))
+      out.append(pl.BlockSpec((Hp, gates * Hp), lambda b: (0, 0)))
+    elif n == "u":
+      out.append(pl.BlockSpec((Hp,), lambda b: (0,)))
     elif n == "v":
       out.append(pl.BlockSpec((T, BLOCK_B), lambda b: (0, b)))
     else:
@@ -269,7 +278,8 @@ def _specs(T: int, Hp: int, names: str) -> list:
   return out
 
 
-def _call(kernel, name: str, grid: int, in_specs, out_specs, out_shape):
+def launch(kernel, name: str, grid: int, in_specs, out_specs, out_shape):
+  """``pallas_call`` of ``kernel`` on a 1-D grid with Triton's settings; interpreted inside :func:`interpret`."""
   from jax.experimental.pallas import triton as pltr
 
   return pl.pallas_call(
@@ -293,14 +303,15 @@ def _forward(w_h, zx, valid, h0, c0, save: bool):
   keep = resident(Hp, w_h.dtype)
   sdt = h0.dtype
   ins = [zx, w_h] + ([valid.astype(sdt)] if masked else []) + [h0, c0]
-  in_specs = _specs(T, Hp, "zw" + ("v" if masked else "") + "bb")
+  in_specs = block_specs(T, Hp, "zw" + ("v" if masked else "") + "bb")
   seq, state = jax.ShapeDtypeStruct((T, Bp, Hp), sdt), jax.ShapeDtypeStruct((Bp, Hp), sdt)
   out_shape, out_names = [seq, state, state], "sbb"
   if save:
     out_shape += [jax.ShapeDtypeStruct(zx.shape, zx.dtype), seq, seq]
     out_names += "zss"
   kernel = functools.partial(_forward_kernel, T=T, Hp=Hp, masked=masked, save=save, keep=keep)
-  outs = _call(kernel, "jaxlstm_lstm_forward", Bp // BLOCK_B, in_specs, _specs(T, Hp, out_names), out_shape)(*ins)
+  out_specs = block_specs(T, Hp, out_names)
+  outs = launch(kernel, "jaxlstm_lstm_forward", Bp // BLOCK_B, in_specs, out_specs, out_shape)(*ins)
   hs, h, c = outs[:3]
   return ((h, c), tuple(outs[3:]) + (hs,)) if save else ((h, c), hs)
 
@@ -313,11 +324,12 @@ def _backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT):
   masked = valid is not None
   sdt = d_hT.dtype
   ins = [P, Q, F, w_h] + ([valid.astype(sdt)] if masked else []) + [d_hs, d_hT, d_cT]
-  in_specs = _specs(T, Hp, "zssw" + ("v" if masked else "") + "sbb")
+  in_specs = block_specs(T, Hp, "zssw" + ("v" if masked else "") + "sbb")
   state = jax.ShapeDtypeStruct((Bp, Hp), sdt)
   out_shape = [jax.ShapeDtypeStruct(P.shape, P.dtype), state, state]
   kernel = functools.partial(_backward_kernel, T=T, Hp=Hp, masked=masked, keep=resident(Hp, w_h.dtype))
-  dz, dh0, dc0 = _call(kernel, "jaxlstm_lstm_backward", Bp // BLOCK_B, in_specs, _specs(T, Hp, "zbb"), out_shape)(*ins)
+  out_specs = block_specs(T, Hp, "zbb")
+  dz, dh0, dc0 = launch(kernel, "jaxlstm_lstm_backward", Bp // BLOCK_B, in_specs, out_specs, out_shape)(*ins)
   return dz, dh0, dc0
 
 
@@ -340,26 +352,26 @@ def _loop_saved(w_x, b, w_h, peep, xs, valid, h0, c0):
 _layer = fused.kernel_layer("lstm_pallas_tangent", _loop, _loop_saved, _backward)
 
 
-def _pad_gates(w, H: int, Hp: int, rows: int | None = None) -> jax.Array:
-  """``w (..., 4H)`` with each gate block padded with zero columns to ``Hp``, and the rows of a 2-D ``w`` with
-  zeros to ``rows``."""
+def pad_gates(w, H: int, Hp: int, rows: int | None = None, gates: int = 4) -> jax.Array:
+  """``w (..., gates * H)`` with each gate block padded with zero columns to ``Hp``, and the rows of a 2-D ``w``
+  with zeros to ``rows``."""
   lead = w.shape[:-1]
   if Hp == H and (rows is None or rows == lead[0]):
     return w
-  w = jnp.pad(w.reshape(*lead, 4, H), [(0, 0)] * len(lead) + [(0, 0), (0, Hp - H)])
+  w = jnp.pad(w.reshape(*lead, gates, H), [(0, 0)] * len(lead) + [(0, 0), (0, Hp - H)])
   if rows is not None:
     w = jnp.pad(w, [(0, rows - lead[0]), (0, 0), (0, 0)])
-  return w.reshape(*w.shape[:-2], 4 * Hp)
+  return w.reshape(*w.shape[:-2], gates * Hp)
 
 
 def _run(params: LSTMParams, xs, valid, h0, c0):
   T, B, _ = xs.shape
   H = h0.shape[-1]
-  Hp, Bp = _pow2(H), max(1, -(-B // BLOCK_B)) * BLOCK_B  # B = 0 runs one block of padding
+  Hp, Bp = pow2(H), max(1, -(-B // BLOCK_B)) * BLOCK_B  # B = 0 runs one block of padding
   sdt = h0.dtype
-  w_x = _pad_gates(params.w_x, H, Hp)
-  w_h = _pad_gates(params.w_h, H, Hp, rows=Hp)
-  b = _pad_gates(params.b, H, Hp)
+  w_x = pad_gates(params.w_x, H, Hp)
+  w_h = pad_gates(params.w_h, H, Hp, rows=Hp)
+  b = pad_gates(params.b, H, Hp)
   if Bp != B:
     xs = jnp.pad(xs, ((0, 0), (0, Bp - B), (0, 0)))
     valid = None if valid is None else jnp.pad(valid, ((0, 0), (0, Bp - B)))

@@ -162,7 +162,7 @@ def unregister_kernel(name: str) -> Kernel:
   Example:
     >>> cudnn = jaxlstm.unregister_kernel("cudnn")
     >>> jaxlstm.kernel_names()
-    ('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'reference')
+    ('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'pallas_gru', 'reference')
     >>> jaxlstm.register_kernel(cudnn) is cudnn
     True
   """
@@ -175,7 +175,7 @@ def kernel_names() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.kernel_names()
-    ('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'cudnn', 'reference')
+    ('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'pallas_gru', 'cudnn', 'reference')
   """
   return tuple(k.name for k in sorted(_KERNELS.values(), key=lambda k: k.rank))
 
@@ -185,7 +185,7 @@ def impls() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.kernels.impls()
-    ('auto', 'fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'cudnn', 'reference')
+    ('auto', 'fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'pallas_gru', 'cudnn', 'reference')
   """
   return ("auto", *kernel_names())
 
@@ -198,7 +198,7 @@ def check_impl(impl: Any) -> None:
     >>> jaxlstm.kernels.check_impl("triton")
     Traceback (most recent call last):
     ValueError: impl must be one of ('auto', 'fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas',
-      'cudnn', 'reference'); got 'triton'
+      'pallas_gru', 'cudnn', 'reference'); got 'triton'
   """
   if not isinstance(impl, str) or (impl != "auto" and impl not in _KERNELS):
     raise ValueError(f"impl must be one of {impls()}; got {impl!r}")
@@ -215,7 +215,9 @@ def reasons(call: LayerCall) -> dict[str, str | None]:
     {'fused': 'it runs LSTM layers only, not gru', 'fused_gru': None, 'fused_rnn': 'it runs Elman RNN layers
       only, not gru', 'native': 'it runs LSTM layers only, not gru', 'parallel': 'it runs cells whose gates read
       only the input (mingru, minlstm), not gru, whose step is not linear in h', 'pallas': 'it runs LSTM layers
-      only, not gru', 'cudnn': 'it runs LSTM layers only, not gru', 'reference': None}
+      only, not gru', 'pallas_gru': "it compiles for CUDA GPUs (Pallas on Triton); JAX's default backend is
+      'cpu' (jaxlstm.kernels.pallas.interpret() runs its semantics on any backend, for tests)", 'cudnn': 'it
+      runs LSTM layers only, not gru', 'reference': None}
   """
   return {name: why_not(_KERNELS[name], call) for name in kernel_names()}
 
@@ -289,6 +291,8 @@ class KernelChoice(NamedTuple):
       parallel: it runs cells whose gates read only the input (mingru, minlstm), not gru, whose step is not
         linear in h
       pallas: it runs LSTM layers only, not gru
+      pallas_gru: it compiles for CUDA GPUs (Pallas on Triton); JAX's default backend is 'cpu'
+        (jaxlstm.kernels.pallas.interpret() runs its semantics on any backend, for tests)
       cudnn: it runs LSTM layers only, not gru
       reference: can run it
   """
