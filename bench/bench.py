@@ -1,4 +1,4 @@
-"""Side-by-side LSTM benchmark: jaxlstm (fused, reference, cuDNN) against Flax, Keras 3, cuDNN and PyTorch.
+"""Side-by-side LSTM and GRU benchmark: jaxlstm (fused, reference, Pallas, cuDNN) against Flax, Keras 3, cuDNN, PyTorch.
 
   python bench/bench.py                          # full run: train S, M, L; inference S, M
   python bench/bench.py --quick                  # tiny smoke run: 1-2 minutes, mostly imports and compiles
@@ -8,6 +8,7 @@
   python bench/bench.py --render bench/results.json   # rewrite results.md from a saved run
   python bench/bench.py --device gpu --out bench/results_gpu.md   # on a CUDA GPU, with the cuDNN peers
   python bench/bench.py --device gpu --precision tf32 --configs S --infer-configs S   # TF32 on every side
+  python bench/bench.py --cell gru --peers jaxlstm,jaxlstm-ref,torch   # GRU layers on every side
 
 Every peer (``peers.py``) trains the same model, on the shapes of
 ``configs.py``: a stack of LSTM layers, a Dense(10) head on the last time
@@ -68,6 +69,12 @@ def parse_args(argv=None):
     default=None,
     help="one precision for every peer (see peers.py): highest (full float32), tf32, bf16, or native (each "
     "framework's own default, which mixes precisions on a GPU); default: highest on GPU, native on CPU",
+  )
+  p.add_argument(
+    "--cell",
+    choices=["lstm", "gru"],
+    default="lstm",
+    help="the layers every peer stacks: lstm (default), or gru (PyTorch's semantics on every side)",
   )
   p.add_argument(
     "--configs",
@@ -166,13 +173,13 @@ def main(argv=None) -> None:
   train, infer = split_list(args.configs, CONFIGS), split_list(args.infer_configs, CONFIGS)
   # One job per config; a peer's worker runs its training and inference measurements in turn.
   jobs = [(c, [m for m, cs in (("train", train), ("infer", infer)) if c in cs]) for c in CONFIGS if c in train + infer]
-  header = machine_lines(args.device) + [f"- matmul precision, every peer: {args.precision}"]
+  header = machine_lines(args.device) + [f"- matmul precision, every peer: {args.precision}", f"- cell: {args.cell}"]
   print("\n".join(header), flush=True)
   log = lambda msg: print(msg, flush=True)
   results = []
   for name, modes in jobs:
     cfg = CONFIGS[name]
-    log(f"{name} ({'+'.join(modes)}): {cfg} — {param_count(cfg):,d} params")
+    log(f"{name} ({'+'.join(modes)}): {cfg} — {param_count(cfg, args.cell):,d} params")
     results.append(
       {
         "name": name,
@@ -192,6 +199,7 @@ def main(argv=None) -> None:
       "warmup": args.warmup,
       "torch_denormals": args.torch_denormals,
       "precision": args.precision,
+      "cell": args.cell,
       "jobs": results,
     }
     if args.out:  # the configs so far, in case the run is cut short (render it with --render)

@@ -38,31 +38,37 @@ GPU_STEPS = {"S": 30, "M": 20, "L": 20, "XL": 10, "DB": 20, "Q": 2}
 GPU_ROUNDS = {"S": 1, "M": 1, "L": 1, "XL": 1, "DB": 1, "Q": 1}
 
 
-def param_count(cfg: Config) -> int:
-  """Parameters of the shared model: per layer ``w_x (I,4H)``, ``w_h (H,4H)``, ``b (4H,)``; then Dense(10)."""
+# Gate blocks of each benchmarked cell: the columns of its GEMMs are GATES * H.
+GATES = {"lstm": 4, "gru": 3}
+
+
+def param_count(cfg: Config, cell: str = "lstm") -> int:
+  """Parameters of the shared model: per layer ``w_x (I, gH)``, ``w_h (H, gH)``, ``b (gH,)`` for ``g`` gates
+  (and the GRU's ``b_hn (H,)``); then Dense(10)."""
+  g = GATES[cell]
   total = 0
   size = cfg.I
   for _ in range(cfg.layers):
-    total += size * 4 * cfg.H + cfg.H * 4 * cfg.H + 4 * cfg.H
+    total += size * g * cfg.H + cfg.H * g * cfg.H + g * cfg.H + (cfg.H if cell == "gru" else 0)
     size = cfg.H
   return total + cfg.H * NUM_CLASSES + NUM_CLASSES
 
 
-def forward_flops(cfg: Config) -> float:
+def forward_flops(cfg: Config, cell: str = "lstm") -> float:
   """FLOPs of one forward pass.
 
-  Per layer and time step: the two gate GEMMs, ``2 * B * (I + H) * 4H``, plus
-  about ``10 * B * H`` elementwise operations (bias, four activations, the cell
-  update, ``tanh(c)`` and the output gate). Then the Dense head on the last step.
+  Per layer and time step: the two gate GEMMs, ``2 * B * (I + H) * gH`` for ``g``
+  gates, plus about ``10 * B * H`` elementwise operations (biases, activations,
+  the state update). Then the Dense head on the last step.
   """
   flops = 0.0
   size = cfg.I
   for _ in range(cfg.layers):
-    flops += cfg.T * (2.0 * cfg.B * (size + cfg.H) * 4 * cfg.H + 10.0 * cfg.B * cfg.H)
+    flops += cfg.T * (2.0 * cfg.B * (size + cfg.H) * GATES[cell] * cfg.H + 10.0 * cfg.B * cfg.H)
     size = cfg.H
   return flops + 2.0 * cfg.B * cfg.H * NUM_CLASSES
 
 
-def step_flops(cfg: Config, mode: str) -> float:
+def step_flops(cfg: Config, mode: str, cell: str = "lstm") -> float:
   """FLOPs of one step: the forward pass, or about three of them for a training step."""
-  return forward_flops(cfg) * (3.0 if mode == "train" else 1.0)
+  return forward_flops(cfg, cell) * (3.0 if mode == "train" else 1.0)

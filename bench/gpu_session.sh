@@ -2,7 +2,8 @@
 # Everything that needs a CUDA GPU, in one go (device time is scarce): versions; the GPU-only tests (the
 # compiled Pallas kernels and cuDNN against the reference paths) and the fused path's tests on the GPU; then the
 # side-by-side benchmark at matched precision: full float32 on every side (the headline), then TF32 and
-# bfloat16 on S and M. Run from the repository root:
+# bfloat16 on S and M, and GRU layers at full float32 on S and M (PyTorch's nn.GRU, Flax's GRUCell, the Pallas
+# GRU kernel). Run from the repository root:
 #   OUT=/tmp/gpu bash bench/gpu_session.sh
 #   OUT=/tmp/gpu PEERS=jaxlstm,jaxlstm-pallas,torch PRECISIONS=highest bash bench/gpu_session.sh   # fewer
 # Logs and the reports results_gpu_<precision>.{md,json} go to $OUT.
@@ -28,3 +29,11 @@ for prec in ${PRECISIONS-highest tf32 bf16}; do
   echo "bench $prec exit $?"; grep -E "^\s+\[|^- " "$OUT/bench_gpu_$prec.log" | cut -c1-160
   sed -n '/^## Summary/,/^### /p' "$OUT/results_gpu_$prec.md" 2>/dev/null
 done
+if [ -n "${GRU_CONFIGS-S,M}" ]; then
+  timeout "${BENCH_TIMEOUT:-150}" $PY bench/bench.py --device gpu --precision highest --cell gru \
+    --peers "${GRU_PEERS:-jaxlstm,jaxlstm-fused,jaxlstm-pallas,jaxlstm-ref,flax,torch}" --configs "${GRU_CONFIGS-S,M}" \
+    --infer-configs "${GRU_CONFIGS-S,M}" --steps "${STEPS:-20}" --out "$OUT/results_gpu_gru_highest.md" \
+    > "$OUT/bench_gpu_gru_highest.log" 2>&1
+  echo "bench gru highest exit $?"; grep -E "^\s+\[|^- " "$OUT/bench_gpu_gru_highest.log" | cut -c1-160
+  sed -n '/^## Summary/,/^### /p' "$OUT/results_gpu_gru_highest.md" 2>/dev/null
+fi

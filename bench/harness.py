@@ -21,7 +21,7 @@ import sys
 import time
 
 from configs import Config
-from peers import PEERS, bf16, build_matmul, cudnn_available, set_precision
+from peers import PEERS, bf16, build_matmul, cudnn_available, set_cell, set_precision
 
 RESULT_TAG = "BENCH_RESULT "
 # Workers run the entry point as a script, as the driver does: Python then puts bench/ first on sys.path,
@@ -69,6 +69,7 @@ def run_worker(spec: dict) -> dict:
   config; the ``ceiling`` worker times the JAX matmul, then the PyTorch one.
   """
   set_precision(spec.get("precision", "native"))  # the ceiling's matmul too
+  set_cell(spec.get("cell", "lstm"))
   if spec["peer"] == "ceiling":
     device = spec.get("device", "cpu")
     out = {"status": "ok", "jax": measure_ceiling("jax", spec["steps"], device)}
@@ -79,6 +80,8 @@ def run_worker(spec: dict) -> dict:
     return out
   cfg = Config(*spec["config"])
   peer = PEERS[spec["peer"]]
+  if spec.get("cell", "lstm") not in peer.cells:
+    return {"status": "missing", "error": f"it runs {', '.join(peer.cells)} layers only"}
   try:
     __import__(peer.library)
     if peer.needs_cuda and not cudnn_available():
@@ -184,6 +187,7 @@ def run_rounds(name: str, cfg: Config, modes: list, peers: list, args, log) -> d
         "warmup": args.warmup,
         "device": args.device,
         "precision": args.precision,
+        "cell": args.cell,
       }
       t0 = time.perf_counter()
       res = spawn(spec, args.timeout, keep_denormals=args.torch_denormals)

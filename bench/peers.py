@@ -1,6 +1,7 @@
 """The peers: one builder per framework, each returning a blocking step callable and its parameter count.
 
-Every peer trains the same model: a stack of LSTM layers, a Dense(10) head on
+Every peer trains the same model: a stack of LSTM layers (GRU layers with ``--cell gru``, PyTorch's
+semantics on every side: ``b_hn`` inside the reset product), a Dense(10) head on
 the last time step's output, softmax cross-entropy against random integer
 labels, Adam with learning rate 1e-3. A training step is forward + backward +
 optimizer update; an inference step is the forward pass alone. Frameworks are
@@ -8,18 +9,23 @@ imported inside the builders, so that the driver loads none of them and each
 worker only its own peer's.
 
 Peers (``--peers``):
-  jaxlstm-fused  ``jaxlstm.stack(..., impl="fused")``, whole step in one ``jax.jit``, optax.adam
+  jaxlstm-fused  ``jaxlstm.stack(..., impl="fused")`` (GRU: ``"fused_gru"``), whole step in one ``jax.jit``,
+                 optax.adam
   jaxlstm-ref    the same with ``impl="reference"`` (``lax.scan`` over the cell)
   jaxlstm-native the same with ``impl="native"`` (the C++ loops, CPU float32); not run by default
-  flax           Linen ``nn.RNN(nn.OptimizedLSTMCell(H))`` stack, optax.adam, jitted
-  keras          Keras 3 on JAX, ``keras.layers.LSTM`` stack, ``model.train_on_batch``
+  flax           Linen ``nn.RNN(nn.OptimizedLSTMCell(H))`` (GRU: ``nn.GRUCell``) stack, optax.adam, jitted
+  keras          Keras 3 on JAX, ``keras.layers.LSTM`` (``GRU``) stack, ``model.train_on_batch``
                  / ``model.predict_on_batch`` (Keras compiles these with ``jax.jit``)
   keras-jit      the same Keras model through a hand-written jitted stateless step
                  (``stateless_call`` + ``optimizer.stateless_apply``); not run by default
-  torch          ``torch.nn.LSTM(num_layers=L)`` + ``Linear``, ``torch.optim.Adam``, 2 threads (or CUDA)
+  torch          ``torch.nn.LSTM(num_layers=L)`` (``nn.GRU``) + ``Linear``, ``torch.optim.Adam``, 2 threads (or
+                 CUDA)
   jaxlstm-cudnn  ``jaxlstm.stack(..., impl="cudnn")`` (GPU only)
-  jaxlstm-pallas ``jaxlstm.stack(..., impl="pallas")``, each layer's time loop in one Pallas kernel (GPU only)
+  jaxlstm-pallas ``jaxlstm.stack(..., impl="pallas")`` (GRU: ``"pallas_gru"``), each layer's time loop in one
+                 Pallas kernel (GPU only)
   jax-cudnn      ``jax.experimental.rnn.lstm``, all layers in one cuDNN call (GPU only)
+
+``jaxlstm-native``, ``jaxlstm-cudnn`` and ``jax-cudnn`` run LSTMs only (:attr:`Peer.cells`).
 
 Precision (``--precision``, GPU): every worker first calls :func:`set_precision`, so that all peers compute at
 one precision: ``highest`` (full float32 matmuls on both sides: JAX's ``jax_default_matmul_precision="highest"``,
@@ -60,6 +66,15 @@ DEFAULT_GPU_PEERS = (
 )
 PRECISIONS = ("native", "highest", "tf32", "bf16")
 PRECISION = ["native"]  # set once per worker by set_precision
+CELLS = ("lstm", "gru")
+CELL = ["lstm"]  # set once per worker by set_cell
+
+
+def set_cell(cell: str) -> None:
+  """Makes this worker's peers build ``cell`` layers (``lstm`` or ``gru``)."""
+  if cell not in CELLS:
+    raise ValueError(f"cell must be one of {CELLS}; got {cell!r}")
+  CELL[0] = cell
 
 
 def set_precision(precision: str) -> None:
@@ -152,10 +167,13 @@ def build_jaxlstm(cfg: Config, mode: str, impl: str):
   import jaxlstm
 
   dtype = jnp.bfloat16 if bf16() else jnp.float32
+  cell = CELL[0]
+  if cell == "gru":  # the GRU's kernels of the same kind
+    impl = {"fused": "fused_gru", "pallas": "pallas_gru"}.get(impl, impl)
 
   def init_fn(key, xs):
     k_rnn, k_head = jax.random.split(key)
-    stack = jaxlstm.stack_init(k_rnn, cfg.I, cfg.H, cfg.layers, dtype=dtype)
+    stack = jaxlstm.stack_init(k_rnn, cfg.I, cfg.H, cfg.layers, cell=cell, dtype=dtype)
     w = jax.random.normal(k_head, (cfg.H, NUM_CLASSES), jnp.float32) / cfg.H**0.5
     return {"stack": stack, "head": {"w": w, "b": jnp.zeros((NUM_CLASSES,), jnp.float32)}}
 
@@ -202,18 +220,19 @@ def build_jax_cudnn(cfg: Config, mode: str):
 
 
 def build_flax(cfg: Config, mode: str):
-  """Flax Linen: ``nn.RNN(nn.OptimizedLSTMCell(H))`` per layer, then ``nn.Dense(10)``."""
+  """Flax Linen: ``nn.RNN(nn.OptimizedLSTMCell(H))`` (or ``nn.GRUCell(H)``) per layer, then ``nn.Dense(10)``."""
   import flax.linen as nn
   import jax.numpy as jnp
 
   # Flax's mixed precision: bfloat16 computation on float32 params (param_dtype stays float32).
   dtype = jnp.bfloat16 if bf16() else None
+  Cell = nn.GRUCell if CELL[0] == "gru" else nn.OptimizedLSTMCell
 
   class Model(nn.Module):
     @nn.compact
     def __call__(self, xs):
       for _ in range(cfg.layers):
-        xs = nn.RNN(nn.OptimizedLSTMCell(cfg.H, dtype=dtype))(xs)
+        xs = nn.RNN(Cell(cfg.H, dtype=dtype))(xs)
       return nn.Dense(NUM_CLASSES)(xs[:, -1])
 
   model = Model()
@@ -221,13 +240,15 @@ def build_flax(cfg: Config, mode: str):
 
 
 def build_keras_model(cfg: Config):
-  """The Keras model: ``LSTM(return_sequences=True)`` layers, a last ``LSTM``, ``Dense(10)``."""
+  """The Keras model: ``LSTM(return_sequences=True)`` layers (or ``GRU``), a last ``LSTM``, ``Dense(10)``."""
   import keras
 
+  # keras.layers.GRU's default reset_after=True is PyTorch's GRU (the reset gate after the recurrent GEMM).
+  Layer = keras.layers.GRU if CELL[0] == "gru" else keras.layers.LSTM
   inputs = keras.Input(shape=(cfg.T, cfg.I), batch_size=cfg.B)
   x = inputs
   for i in range(cfg.layers):
-    x = keras.layers.LSTM(cfg.H, return_sequences=i < cfg.layers - 1)(x)
+    x = Layer(cfg.H, return_sequences=i < cfg.layers - 1)(x)
   model = keras.Model(inputs, keras.layers.Dense(NUM_CLASSES)(x))
   return model
 
@@ -288,7 +309,8 @@ def build_keras_jit(cfg: Config, mode: str):
 
 
 def build_torch(cfg: Config, mode: str, device: str = "cpu"):
-  """PyTorch: ``nn.LSTM(num_layers=L, batch_first=True)`` + ``nn.Linear``, Adam; on CPU at its defaults, or CUDA."""
+  """PyTorch: ``nn.LSTM(num_layers=L, batch_first=True)`` (or ``nn.GRU``) + ``nn.Linear``, Adam; on CPU at its
+  defaults, or CUDA."""
   import torch
 
   # XLA's CPU backend flushes denormals to zero; PyTorch does not by default, and at M the gradients that
@@ -300,7 +322,8 @@ def build_torch(cfg: Config, mode: str, device: str = "cpu"):
   sync = torch.cuda.synchronize if device == "gpu" else (lambda: None)
   xs_np, labels_np = make_data(cfg)
   xs, labels = torch.from_numpy(xs_np).to(dev), torch.from_numpy(labels_np).long().to(dev)
-  lstm = torch.nn.LSTM(cfg.I, cfg.H, num_layers=cfg.layers, batch_first=True).to(dev)
+  Layer = torch.nn.GRU if CELL[0] == "gru" else torch.nn.LSTM
+  lstm = Layer(cfg.I, cfg.H, num_layers=cfg.layers, batch_first=True).to(dev)
   if bf16():  # bfloat16 weights and inputs; cuDNN sums in float32
     lstm, xs = lstm.to(torch.bfloat16), xs.to(torch.bfloat16)
   head = torch.nn.Linear(cfg.H, NUM_CLASSES).to(dev)
@@ -346,6 +369,7 @@ class Peer(NamedTuple):
   library: str  # imported first: if it is missing, the peer is skipped
   build: Callable  # (cfg, mode, device) -> (call, n_params)
   needs_cuda: bool = False
+  cells: tuple = CELLS  # the cells it builds
   # Environment of the worker process beyond the defaults: only for a labelled, tuned variant of a peer,
   # never for the headline rows, where every peer runs as its users run it.
   env: tuple = ()
@@ -355,10 +379,14 @@ PEERS = {
   "jaxlstm": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "auto")),
   "jaxlstm-fused": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "fused")),
   "jaxlstm-ref": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "reference")),
-  "jaxlstm-native": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "native")),
-  "jaxlstm-cudnn": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "cudnn"), needs_cuda=True),
+  "jaxlstm-native": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "native"), cells=("lstm",)),
+  "jaxlstm-cudnn": Peer(
+    "jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "cudnn"), needs_cuda=True, cells=("lstm",)
+  ),
   "jaxlstm-pallas": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "pallas"), needs_cuda=True),
-  "jax-cudnn": Peer("jax.experimental.rnn", lambda cfg, mode, device: build_jax_cudnn(cfg, mode), needs_cuda=True),
+  "jax-cudnn": Peer(
+    "jax.experimental.rnn", lambda cfg, mode, device: build_jax_cudnn(cfg, mode), needs_cuda=True, cells=("lstm",)
+  ),
   "flax": Peer("flax", lambda cfg, mode, device: build_flax(cfg, mode)),
   "keras": Peer("keras", lambda cfg, mode, device: build_keras(cfg, mode)),
   "keras-jit": Peer("keras", lambda cfg, mode, device: build_keras_jit(cfg, mode)),

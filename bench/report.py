@@ -35,12 +35,14 @@ def fmt_ms(seconds: float) -> str:
   return f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
 
 
-def job_table(name: str, cfg: Config, mode: str, pooled: dict, peers: list, rounds: int, device: str = "cpu") -> list:
+def job_table(
+  name: str, cfg: Config, mode: str, pooled: dict, peers: list, rounds: int, device: str = "cpu", cell: str = "lstm"
+) -> list:
   """Markdown lines of one config's table for one mode."""
   ceiling = statistics.median(pooled["ceiling"]["jax"] or [float("nan")])
   torch_ceiling = pooled["ceiling"]["torch"]
-  expected = param_count(cfg)
-  flops = step_flops(cfg, mode)
+  expected = param_count(cfg, cell)
+  flops = step_flops(cfg, mode, cell)
   ref = pooled.get(REFERENCE_PEER, {})
   ref_times = ref[mode]["times_s"] if ref.get("status") == "ok" else []
   ref_median = statistics.median(ref_times) if ref_times else None
@@ -192,15 +194,24 @@ def report(run: dict) -> str:
       "the rounds given per config; **median** and **IQR** pool the timed steps of all rounds "
       f"(`n` of them, after the first step and {run['warmup']} more warm-up step(s) of each round). "
       "**first step** is each round's first call: tracing and XLA compilation for the JAX peers. "
-      "GFLOP/s counts the LSTM work (gate GEMMs `2·B·T·(I+H)·4H` per layer plus elementwise; "
-      "training = 3× forward), and **% of ceiling** compares it with the jitted JAX matmul measured "
+      + (
+        "GFLOP/s counts the GRU work (gate GEMMs `2·B·T·(I+H)·3H` per layer plus elementwise; "
+        if run.get("cell") == "gru"
+        else "GFLOP/s counts the LSTM work (gate GEMMs `2·B·T·(I+H)·4H` per layer plus elementwise; "
+      )
+      + "training = 3× forward), and **% of ceiling** compares it with the jitted JAX matmul measured "
       "in the same rounds. **page faults / step** is the worker process's minor page faults per timed "
       "step (median over rounds): memory touched for the first time in that step. "
       f"**× {REFERENCE_PEER} time** is a peer's median over {REFERENCE_PEER}'s (jaxlstm's default path, "
       f'`impl="auto"`): above 1 means {REFERENCE_PEER} is faster. '
       "`params` ✓ means the peer's parameter count equals the "
-      "shared model's; PyTorch's LSTM has two bias vectors (`b_ih`, `b_hh`) where the others have one, "
-      "hence its +4H per layer."
+      + (
+        "shared model's; PyTorch's GRU has two full bias vectors (`b_ih`, `b_hh`) where jaxlstm has `b` and `b_hn`, "
+        "hence its +2H per layer."
+        if run.get("cell") == "gru"
+        else "shared model's; PyTorch's LSTM has two bias vectors (`b_ih`, `b_hh`) where the others have one, "
+        "hence its +4H per layer."
+      )
     ),
     "",
     (
@@ -234,7 +245,14 @@ def report(run: dict) -> str:
   for job in run["jobs"]:
     for mode in job["modes"]:
       lines += job_table(
-        job["name"], Config(*job["config"]), mode, job["pooled"], job["peers"], job["rounds"], run.get("device", "cpu")
+        job["name"],
+        Config(*job["config"]),
+        mode,
+        job["pooled"],
+        job["peers"],
+        job["rounds"],
+        run.get("device", "cpu"),
+        run.get("cell", "lstm"),
       )
   return "\n".join(lines)
 
