@@ -97,11 +97,10 @@ def test_bidirectional_stack():
     assert rel_err(a, b) < 2e-5
 
 
-def test_why_not():
-  params = jaxlstm.lstm_init(jax.random.key(0), 3, 8)
-  xs = jnp.ones((2, 4, 3), jnp.float32)
-  call = jaxlstm.LayerCall(
-    cell=jaxlstm.get_cell("lstm"),
+def plain_call(cell, params):
+  """The static facts of a call with no options: lengths, mask, resets, reverse, time_major and remat off."""
+  return jaxlstm.LayerCall(
+    cell=jaxlstm.get_cell(cell),
     params=params,
     lengths=False,
     mask=False,
@@ -110,6 +109,12 @@ def test_why_not():
     time_major=False,
     remat=None,
   )
+
+
+def test_why_not():
+  params = jaxlstm.lstm_init(jax.random.key(0), 3, 8)
+  xs = jnp.ones((2, 4, 3), jnp.float32)
+  call = plain_call("lstm", params)
   if jax.default_backend() != "gpu":
     assert "it compiles for CUDA GPUs" in pallas.why_not(call)
     assert "interpret()" in pallas.why_not(call)
@@ -274,16 +279,7 @@ def test_gru_forward_mode_bfloat16_and_lowering():
 
 def test_gru_why_not():
   params = jaxlstm.gru_init(jax.random.key(0), 3, 8)
-  call = jaxlstm.LayerCall(
-    cell=jaxlstm.get_cell("gru"),
-    params=params,
-    lengths=False,
-    mask=False,
-    resets=False,
-    reverse=False,
-    time_major=False,
-    remat=None,
-  )
+  call = plain_call("gru", params)
   from jaxlstm.kernels import pallas_gru
 
   if jax.default_backend() != "gpu":
