@@ -147,3 +147,24 @@ def test_static_activation_survives_jit_vmap_and_tree_maps():
   assert grads.activation == "relu"
   with pytest.raises(ValueError, match="different pytree metadata"):  # relu and tanh params never mix
     jax.tree.map(lambda a, b: a + b, relu[0], relu[0]._replace(activation="tanh"))
+
+
+@pytest.mark.parametrize("variant", ["lstm", "lstm_peephole", "gru", "rnn_relu"])
+def test_inference_projects_in_chunks(variant, monkeypatch):
+  # Past chunks.PROJECT_BYTES the fused kernels' inference loops project PROJECT_STEPS steps at a time; forced
+  # here on T = 11 steps in chunks of 4 (two chunks and a tail of 3), with lengths, masks, resets and reverse.
+  from jaxlstm._src.kernels import chunks
+
+  monkeypatch.setattr(chunks, "PROJECT_BYTES", 0)
+  monkeypatch.setattr(chunks, "PROJECT_STEPS", 4)
+  cell, opts = VARIANTS[variant]
+  params = random_params(jaxlstm.get_cell(cell).init, I, H, dtype=jnp.float64, **opts)
+  xs = normal((B, 11, I), jnp.float64, seed=1)
+  rng = np.random.default_rng(0)
+  kw = {"lengths": np.array([11, 6, 0]), "mask": rng.random((B, 11)) < 0.8, "resets": rng.random((B, 11)) < 0.2}
+  for reverse in (False, True):
+    fast = lambda x: jaxlstm.layer(params, x, reverse=reverse, **kw)  # noqa: E731
+    assert "length=2" in str(jax.make_jaxpr(fast)(xs))  # the scan over the two whole chunks
+    want = jaxlstm.layer(params, xs, reverse=reverse, impl="reference", **kw)
+    for a, b in zip(jax.tree.leaves(jax.jit(fast)(xs)), jax.tree.leaves(want)):
+      assert rel_err(a, b) < 1e-12

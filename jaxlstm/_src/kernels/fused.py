@@ -52,7 +52,7 @@ from jax import lax
 
 from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
 from jaxlstm._src.kernels import fused_norm
-from jaxlstm._src.kernels.chunks import gate_consts, is_zero, remat_chunks, step_starts
+from jaxlstm._src.kernels.chunks import gate_consts, is_zero, project_in_chunks, remat_chunks, step_starts
 from jaxlstm._src.kernels.linear import linear_recurrence, reference_jvp
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
@@ -178,12 +178,15 @@ def forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save):
   step: Callable = step_zx
   if in_loop:
     step = lambda carry, inp: step_zx(carry, ((inp[0] @ w_x).astype(sdt), *inp[1:]))
-    zx = xs
-  else:
-    # All T input projections in one GEMM, outside the loop.
-    zx = (xs.reshape(T * B, xs.shape[-1]) @ w_x).astype(sdt).reshape(T, B, w_x.shape[-1])
+
+  def project(x):  # the input projections of x's steps in one GEMM, outside the loop
+    K = x.shape[0]
+    return x if in_loop else (x.reshape(K * B, x.shape[-1]) @ w_x).astype(sdt).reshape(K, B, w_x.shape[-1])
+
   if not save:
-    return lax.scan(step, (h0, c0), (zx, valid, resets), unroll=unroll)
+    run = lambda zx, rest, carry: lax.scan(step, carry, (zx, *rest), unroll=unroll)  # noqa: E731
+    return project_in_chunks(run, project, xs, (valid, resets), (h0, c0))
+  zx = project(xs)
 
   # Training saves each step's backward factors, computed while its gates are at hand; P of step t
   # is written over zx[t] in place (its only reader), since a fresh (T, B, 4H) buffer would cost a

@@ -58,7 +58,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxlstm._src.cells.gru import GRUParams, GRUState
-from jaxlstm._src.kernels.chunks import is_zero, remat_chunks, step_starts
+from jaxlstm._src.kernels.chunks import is_zero, project_in_chunks, remat_chunks, step_starts
 from jaxlstm._src.kernels.fused import default_unroll
 from jaxlstm._src.kernels.linear import linear_recurrence, reference_jvp
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
@@ -115,26 +115,37 @@ def _forward(w_x, b, w_h, b_hn, xs, valid, resets, h0, h_reset, unroll, save):
   sdt = h0.dtype
   T, B, _ = xs.shape
   H = h0.shape[-1]
-  # All T input projections in one GEMM, outside the loop.
-  zx = (xs.reshape(T * B, -1) @ w_x).astype(sdt).reshape(T, B, 3 * H)
   b = b.astype(sdt)
   step = functools.partial(_step, w_h, b[: 2 * H], b[2 * H :], b_hn.astype(sdt), h_reset, save=save)
   at = functools.partial(lax.dynamic_index_in_dim, axis=0, keepdims=False)
-  flags = lambda t: (None if valid is None else at(valid, t), None if resets is None else at(resets, t))  # noqa: E731
   put = functools.partial(lax.dynamic_update_index_in_dim, axis=0)
-  zeros = jnp.zeros((T, B, H), sdt)
+
+  def project(x):  # the input projections of x's steps in one GEMM, outside the loop
+    K = x.shape[0]
+    return (x.reshape(K * B, -1) @ w_x).astype(sdt).reshape(K, B, 3 * H)
+
   # Each step reads zx[t] from the loop carry, fetched by the step before: on XLA's CPU backend an elementwise
   # fusion that slices zx itself runs several times slower than one that reads a plain (B, 3H) array.
   if not save:
 
-    def run_step(t, carry):
-      h, z, hs = carry
-      z_next = at(zx, jnp.minimum(t + 1, T - 1))
-      h, h_out = step(h, (z, *flags(t)))
-      return h, z_next, put(hs, h_out, t)
+    def run(zx, rest, h):
+      K = zx.shape[0]
+      v, rs = rest
 
-    h, _, hs = lax.fori_loop(0, T, run_step, (h0, zx[0], zeros), unroll=unroll)
-    return h, hs
+      def run_step(t, carry):
+        h, z, hs = carry
+        z_next = at(zx, jnp.minimum(t + 1, K - 1))
+        h, h_out = step(h, (z, None if v is None else at(v, t), None if rs is None else at(rs, t)))
+        return h, z_next, put(hs, h_out, t)
+
+      h, _, hs = lax.fori_loop(0, K, run_step, (h, zx[0], jnp.zeros((K, B, H), sdt)), unroll=unroll)
+      return h, hs
+
+    return project_in_chunks(run, project, xs, (valid, resets), h0)
+
+  zx = project(xs)
+  flags = lambda t: (None if valid is None else at(valid, t), None if resets is None else at(resets, t))  # noqa: E731
+  zeros = jnp.zeros((T, B, H), sdt)
 
   # Training saves each step's factors while its gates are at hand, [P_r, P_z, Q] over zx[t] (whose value the
   # carry holds by then), so that no fresh (T, B, 3H) buffer is touched.
