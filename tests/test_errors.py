@@ -100,7 +100,7 @@ def test_lengths_mask_resets_errors(p, xs):
 def test_option_errors(p, xs):
   with pytest.raises(
     ValueError,
-    match=r"impl must be one of \('auto', 'fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', "
+    match=r"impl must be one of \('auto', 'native', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas', "
     r"'pallas_gru', 'cudnn', "
     r"'reference'\); got 'cuda'",
   ):
@@ -114,7 +114,7 @@ def test_option_errors(p, xs):
     jaxlstm.lstm(p, xs, remat=2, impl="reference")
   with pytest.raises(
     ValueError,
-    match=r"no kernel can run this slstm layer: fused: it runs LSTM layers only, not slstm; .*"
+    match=r"no kernel can run this slstm layer: native: it runs LSTM layers only, not slstm; .*"
     r"reference: remat is implemented by the fused kernels",
   ):
     jaxlstm.stack((random_params(jaxlstm.get_cell("slstm").init, I, H),), xs, remat=2)

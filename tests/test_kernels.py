@@ -163,7 +163,7 @@ def test_inference_projects_in_chunks(variant, monkeypatch):
   rng = np.random.default_rng(0)
   kw = {"lengths": np.array([11, 6, 0]), "mask": rng.random((B, 11)) < 0.8, "resets": rng.random((B, 11)) < 0.2}
   for reverse in (False, True):
-    fast = lambda x: jaxlstm.layer(params, x, reverse=reverse, **kw)  # noqa: E731
+    fast = lambda x, reverse=reverse: jaxlstm.layer(params, x, reverse=reverse, **kw)  # noqa: E731
     assert "length=2" in str(jax.make_jaxpr(fast)(xs))  # the scan over the two whole chunks
     want = jaxlstm.layer(params, xs, reverse=reverse, impl="reference", **kw)
     for a, b in zip(jax.tree.leaves(jax.jit(fast)(xs)), jax.tree.leaves(want)):

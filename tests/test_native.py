@@ -101,12 +101,19 @@ def test_threads_split_hidden_units(threads):
 
 @built
 def test_auto_order():
-  """native can run float32 LSTMs on CPU; impl="auto" takes it or fused, whichever ranks first."""
+  """native can run float32 LSTMs on CPU; impl="auto" takes it for plain LSTMs from AUTO_MIN_HIDDEN units on,
+  where it measured faster, and says why it passes it over elsewhere."""
   params, xs, _ = f32(setup())
   choice = jaxlstm.explain(params, xs)
-  assert choice.reasons["native"] is None
-  assert choice.kernel == ("native" if native.KERNEL.rank < fused.KERNEL.rank else "fused")
-  bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+  assert choice.reasons["native"] is None and choice.kernel == "fused"
+  assert "passes it over: the fused kernel measured faster below 256 hidden units" in str(choice)
+  assert native.KERNEL.rank < fused.KERNEL.rank
+  xs = jnp.ones((2, 3, 4), jnp.float32)
+  cases = ((256, False, "native"), (512, False, "native"), (255, False, "fused"), (256, True, "fused"))
+  for H, peephole, want in cases:
+    p = jaxlstm.lstm_init(jax.random.key(0), 4, H, peephole=peephole)
+    assert jaxlstm.explain(p, xs).kernel == want, (H, peephole)
+  bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), jaxlstm.lstm_init(jax.random.key(0), 4, 256))
   assert jaxlstm.explain(bf16, xs.astype(jnp.bfloat16)).kernel == "fused"
 
 
@@ -196,7 +203,7 @@ def f64(tree):
 def test_without_the_library_auto_falls_back_and_native_raises(monkeypatch):
   reason = "the native library is not built (a test's stand-in reason)"
   monkeypatch.setattr(native, "_load", lambda: (None, reason))
-  params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+  params = jaxlstm.lstm_init(jax.random.key(0), 3, 256)  # where auto would take native if it were built
   xs = jnp.ones((2, 7, 3), jnp.float32)
   choice = jaxlstm.explain(params, xs)
   assert choice.kernel == "fused"

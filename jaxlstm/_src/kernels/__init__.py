@@ -21,7 +21,7 @@ A new kernel is one module that builds a :class:`~jaxlstm.Kernel` record plus
 one :func:`~jaxlstm.register_kernel` line here.
 
 >>> jaxlstm.kernel_names()  # in impl="auto" order
-('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'pallas_gru', 'cudnn', 'reference')
+('native', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas', 'pallas_gru', 'cudnn', 'reference')
 """
 
 from jaxlstm._src.kernels import cudnn, fused, fused_gru, fused_rnn, native, pallas, pallas_gru, parallel, reference
@@ -32,6 +32,7 @@ from jaxlstm._src.kernels.registry import (
   check_impl,
   impls,
   kernel_names,
+  passed_over,
   reasons,
   register_kernel,
   select,
@@ -55,6 +56,7 @@ __all__ = [
   "check_impl",
   "impls",
   "kernel_names",
+  "passed_over",
   "reasons",
   "register_kernel",
   "select",

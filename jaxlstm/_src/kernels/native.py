@@ -24,7 +24,9 @@ It runs plain and peephole LSTM layers in float32 on the CPU backend, with
 ``lengths``, ``mask`` and ``reverse`` (the shell reverses); not ``resets`` or
 ``remat``, and not where the library was not built (no C++17 compiler at
 install time) or cannot load: :func:`why_not` then says why, and
-``impl="auto"`` picks the fused kernel instead.
+``impl="auto"`` picks the fused kernel instead. ``impl="auto"`` picks this
+kernel for plain LSTMs of ``H >= AUTO_MIN_HIDDEN`` units, where it measured
+faster than the fused kernel (:func:`auto_skip`).
 """
 
 from __future__ import annotations
@@ -236,6 +238,38 @@ def why_not(call: LayerCall) -> str | None:
   return load_error()
 
 
+# impl="auto" takes this kernel over the fused one for plain LSTMs from this many hidden units. The bench's models
+# (python bench/bench.py --peers jaxlstm,jaxlstm-native, each in its own process, alternating; native time over
+# fused): on the 2-core CPU while quiet (commit 1e59bfb), S (H=128) training 1.15, S inference 0.87, M (H=256)
+# training 0.86, M inference 0.79, L (H=512) training 0.89; under a load of 2 to 6 (commit 364fdb9), 1.12, 1.05,
+# 1.00, 0.97 and 0.99; quiet again (a second run, fused and native alone), 1.23, 1.07, 0.82, 0.69 and 0.88. From
+# H=256 on it was never slower; at H=128 training lost in every run. Peephole LSTMs
+# are not measured on it, so auto keeps them on the fused kernel.
+AUTO_MIN_HIDDEN = 256
+
+
+def auto_skip(call: LayerCall) -> str | None:
+  """Why ``impl="auto"`` keeps a layer that this kernel can run on the fused kernel instead, or ``None``.
+
+  Example:
+    >>> from jaxlstm.kernels import native
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 128)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("lstm"), params=params, lengths=False, mask=False,
+    ...                          resets=False, reverse=False, time_major=False, remat=None)
+    >>> native.auto_skip(call)
+    'the fused kernel measured faster below 256 hidden units (H=128)'
+    >>> native.auto_skip(call._replace(params=jaxlstm.lstm_init(jax.random.key(0), 3, 256))) is None
+    True
+  """
+  p = call.params
+  if p.peephole is not None:
+    return "its peephole path is not measured against the fused kernel's"
+  H = p.w_h.shape[0]
+  if H < AUTO_MIN_HIDDEN:
+    return f"the fused kernel measured faster below {AUTO_MIN_HIDDEN} hidden units (H={H})"
+  return None
+
+
 def run(
   params: LSTMParams,
   xs: jax.Array,
@@ -282,4 +316,5 @@ def run(
   return LSTMState(h, c), hs
 
 
-KERNEL = Kernel(name="native", why_not=why_not, run=run, rank=15)
+# Ranked before the fused kernel, which auto takes wherever auto_skip says so.
+KERNEL = Kernel(name="native", why_not=why_not, run=run, rank=9, auto_skip=auto_skip)

@@ -96,6 +96,8 @@ class Kernel(NamedTuple):
     scans_step: whether ``run`` is :func:`~jaxlstm.kernels.reference.scan_core` over the cell's own step,
       so that the layer may hand it a step with in-loop regularizers wrapped around it
       (:attr:`LayerCall.in_loop`); only the reference kernel does.
+    auto_skip: ``auto_skip(call) -> str | None``, or ``None``: why ``impl="auto"`` passes the kernel over for
+      a call that it can run, where another kernel measured faster (an explicit ``impl`` still runs it).
 
   Example:
     >>> from jaxlstm.kernels import fused
@@ -110,6 +112,7 @@ class Kernel(NamedTuple):
   run: Callable[..., tuple[Any, Any]]
   rank: int
   scans_step: bool = False
+  auto_skip: Callable[[LayerCall], str | None] | None = None
 
 
 _KERNELS: dict[str, Kernel] = {}
@@ -162,7 +165,7 @@ def unregister_kernel(name: str) -> Kernel:
   Example:
     >>> cudnn = jaxlstm.unregister_kernel("cudnn")
     >>> jaxlstm.kernel_names()
-    ('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'pallas_gru', 'reference')
+    ('native', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas', 'pallas_gru', 'reference')
     >>> jaxlstm.register_kernel(cudnn) is cudnn
     True
   """
@@ -175,7 +178,7 @@ def kernel_names() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.kernel_names()
-    ('fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'pallas_gru', 'cudnn', 'reference')
+    ('native', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas', 'pallas_gru', 'cudnn', 'reference')
   """
   return tuple(k.name for k in sorted(_KERNELS.values(), key=lambda k: k.rank))
 
@@ -185,7 +188,7 @@ def impls() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.kernels.impls()
-    ('auto', 'fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas', 'pallas_gru', 'cudnn', 'reference')
+    ('auto', 'native', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas', 'pallas_gru', 'cudnn', 'reference')
   """
   return ("auto", *kernel_names())
 
@@ -197,7 +200,7 @@ def check_impl(impl: Any) -> None:
     >>> jaxlstm.kernels.check_impl("fused")
     >>> jaxlstm.kernels.check_impl("triton")
     Traceback (most recent call last):
-    ValueError: impl must be one of ('auto', 'fused', 'fused_gru', 'fused_rnn', 'native', 'parallel', 'pallas',
+    ValueError: impl must be one of ('auto', 'native', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas',
       'pallas_gru', 'cudnn', 'reference'); got 'triton'
   """
   if not isinstance(impl, str) or (impl != "auto" and impl not in _KERNELS):
@@ -212,8 +215,8 @@ def reasons(call: LayerCall) -> dict[str, str | None]:
     >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("gru"), params=params, lengths=False, mask=False,
     ...                          resets=False, reverse=False, time_major=False, remat=None)
     >>> jaxlstm.kernels.reasons(call)
-    {'fused': 'it runs LSTM layers only, not gru', 'fused_gru': None, 'fused_rnn': 'it runs Elman RNN layers
-      only, not gru', 'native': 'it runs LSTM layers only, not gru', 'parallel': 'it runs cells whose gates read
+    {'native': 'it runs LSTM layers only, not gru', 'fused': 'it runs LSTM layers only, not gru', 'fused_gru':
+      None, 'fused_rnn': 'it runs Elman RNN layers only, not gru', 'parallel': 'it runs cells whose gates read
       only the input (mingru, minlstm), not gru, whose step is not linear in h', 'pallas': 'it runs LSTM layers
       only, not gru', 'pallas_gru': "it compiles for CUDA GPUs (Pallas on Triton); JAX's default backend is
       'cpu' (jaxlstm.kernels.pallas.interpret() runs its semantics on any backend, for tests)", 'cudnn': 'it
@@ -238,6 +241,36 @@ def why_not(kernel: Kernel, call: LayerCall) -> str | None:
   if call.in_loop and not kernel.scans_step:
     return in_loop_reason(call)
   return kernel.why_not(call)
+
+
+def passed_over(call: LayerCall) -> dict[str, str]:
+  """``{kernel name: why impl="auto" passes it over}`` for the kernels that can run ``call`` but measured slower.
+
+  Example:
+    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("gru"), params=params, lengths=False, mask=False,
+    ...                          resets=False, reverse=False, time_major=False, remat=None)
+    >>> jaxlstm.kernels.passed_over(call)
+    {}
+  """
+  whys = reasons(call)
+  out = {name: skip_reason(_KERNELS[name], call) for name, why in whys.items() if why is None}
+  return {name: why for name, why in out.items() if why is not None}
+
+
+def skip_reason(kernel: Kernel, call: LayerCall) -> str | None:
+  """Why ``impl="auto"`` passes ``kernel`` over for ``call``, which it can run: its measured choice, or ``None``.
+
+  Example:
+    >>> from jaxlstm._src.kernels.registry import skip_reason
+    >>> from jaxlstm.kernels import fused
+    >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("lstm"), params=params, lengths=False, mask=False,
+    ...                          resets=False, reverse=False, time_major=False, remat=None)
+    >>> skip_reason(fused.KERNEL, call) is None
+    True
+  """
+  return None if kernel.auto_skip is None else kernel.auto_skip(call)
 
 
 def select(call: LayerCall, impl: str) -> Kernel:
@@ -266,7 +299,7 @@ def select(call: LayerCall, impl: str) -> Kernel:
     return _KERNELS[impl]
   whys = reasons(call)
   for name, reason in whys.items():
-    if reason is None:
+    if reason is None and skip_reason(_KERNELS[name], call) is None:
       return _KERNELS[name]
   detail = "; ".join(f"{name}: {reason}" for name, reason in whys.items())
   raise ValueError(f"no kernel can run this {call.cell.name} layer: {detail}")
@@ -279,15 +312,17 @@ class KernelChoice(NamedTuple):
     layer: which layer of the call, e.g. ``"params"`` or ``"params[1].backward"``.
     kernel: the name of the kernel that runs it.
     reasons: ``{kernel name: None if it can run the call, else why not}``, in ``impl="auto"`` order.
+    passed_over: ``{kernel name: why impl="auto" passes it over}`` for the kernels that can run the call but
+      measured slower there (see :attr:`Kernel.auto_skip`); ``None`` or empty when there are none.
 
   Example:
     >>> choice = jaxlstm.explain(jaxlstm.gru_init(jax.random.key(0), 3, 5), jnp.ones((2, 7, 3)))
     >>> print(choice)
     params: runs on 'fused_gru'
+      native: it runs LSTM layers only, not gru
       fused: it runs LSTM layers only, not gru
       fused_gru: chosen
       fused_rnn: it runs Elman RNN layers only, not gru
-      native: it runs LSTM layers only, not gru
       parallel: it runs cells whose gates read only the input (mingru, minlstm), not gru, whose step is not
         linear in h
       pallas: it runs LSTM layers only, not gru
@@ -300,10 +335,14 @@ class KernelChoice(NamedTuple):
   layer: str  # e.g. "params" or "params[1].backward"
   kernel: str  # the kernel that runs it
   reasons: dict  # {kernel name: None if it can run the call, else why not}
+  passed_over: dict | None = None  # {kernel name: why impl="auto" passes it over} for kernels that can run it
 
   def __str__(self) -> str:
     lines = [f"{self.layer}: runs on {self.kernel!r}"]
+    skipped = self.passed_over or {}
     for name, why in self.reasons.items():
       mark = "chosen" if name == self.kernel else ("can run it" if why is None else why)
+      if name != self.kernel and why is None and name in skipped:
+        mark = f"can run it; impl='auto' passes it over: {skipped[name]}"
       lines.append(f"  {name}: {mark}")
     return "\n".join(lines)
