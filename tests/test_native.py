@@ -212,4 +212,4 @@ def test_without_the_library_auto_falls_back_and_native_raises(monkeypatch):
   with pytest.raises(ValueError, match=r"impl='native' cannot run this layer: the native library is not built"):
     jaxlstm.lstm(params, xs, impl="native")
   _, hs = jaxlstm.lstm(params, xs)  # impl="auto" runs as before
-  assert hs.shape == (2, 7, 5)
+  assert hs.shape == (2, 7, 256)
