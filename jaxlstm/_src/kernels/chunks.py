@@ -81,6 +81,18 @@ def remat_chunks(core: Callable, xs: jax.Array, valid, resets, carry0: Any, k: i
   return hs.reshape(n * k, *hs.shape[2:])[:T], carry
 
 
+def project_steps(xs: jax.Array, w_x: jax.Array, dtype) -> jax.Array:
+  """``xs (K, B, I) @ w_x (I, G)`` as one GEMM over all ``K * B`` rows: ``(K, B, G)`` in ``dtype``.
+
+  Example:
+    >>> from jaxlstm._src.kernels.chunks import project_steps
+    >>> project_steps(jnp.ones((4, 2, 3)), jnp.ones((3, 5)), jnp.float32).shape
+    (4, 2, 5)
+  """
+  K, B, I = xs.shape
+  return (xs.reshape(K * B, I) @ w_x).astype(dtype).reshape(K, B, w_x.shape[-1])
+
+
 # The inference loops project the inputs of PROJECT_STEPS steps at a time, not of all T at once, where the whole
 # projection would exceed PROJECT_BYTES. A buffer that large is fresh memory on every call (glibc maps blocks
 # over its 32 MiB threshold afresh, and each page faults on first touch), and the projection GEMM writing it ran

@@ -52,7 +52,14 @@ from jax import lax
 
 from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
 from jaxlstm._src.kernels import fused_norm
-from jaxlstm._src.kernels.chunks import gate_consts, is_zero, project_in_chunks, remat_chunks, step_starts
+from jaxlstm._src.kernels.chunks import (
+  gate_consts,
+  is_zero,
+  project_in_chunks,
+  project_steps,
+  remat_chunks,
+  step_starts,
+)
 from jaxlstm._src.kernels.linear import linear_recurrence, reference_jvp
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
@@ -179,9 +186,8 @@ def forward(w_x, b, w_h, peep, xs, valid, resets, h0, c0, unroll, save):
   if in_loop:
     step = lambda carry, inp: step_zx(carry, ((inp[0] @ w_x).astype(sdt), *inp[1:]))
 
-  def project(x):  # the input projections of x's steps in one GEMM, outside the loop
-    K = x.shape[0]
-    return x if in_loop else (x.reshape(K * B, x.shape[-1]) @ w_x).astype(sdt).reshape(K, B, w_x.shape[-1])
+  # The input projections of a run of steps in one GEMM, outside the loop.
+  project = (lambda x: x) if in_loop else functools.partial(project_steps, w_x=w_x, dtype=sdt)
 
   if not save:
     run = lambda zx, rest, carry: lax.scan(step, carry, (zx, *rest), unroll=unroll)  # noqa: E731

@@ -58,7 +58,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxlstm._src.cells.gru import GRUParams, GRUState
-from jaxlstm._src.kernels.chunks import is_zero, project_in_chunks, remat_chunks, step_starts
+from jaxlstm._src.kernels.chunks import is_zero, project_in_chunks, project_steps, remat_chunks, step_starts
 from jaxlstm._src.kernels.fused import default_unroll
 from jaxlstm._src.kernels.linear import linear_recurrence, reference_jvp
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
@@ -120,9 +120,7 @@ def _forward(w_x, b, w_h, b_hn, xs, valid, resets, h0, h_reset, unroll, save):
   at = functools.partial(lax.dynamic_index_in_dim, axis=0, keepdims=False)
   put = functools.partial(lax.dynamic_update_index_in_dim, axis=0)
 
-  def project(x):  # the input projections of x's steps in one GEMM, outside the loop
-    K = x.shape[0]
-    return (x.reshape(K * B, -1) @ w_x).astype(sdt).reshape(K, B, 3 * H)
+  project = functools.partial(project_steps, w_x=w_x, dtype=sdt)  # a run of steps in one GEMM, outside the loop
 
   # Each step reads zx[t] from the loop carry, fetched by the step before: on XLA's CPU backend an elementwise
   # fusion that slices zx itself runs several times slower than one that reads a plain (B, 3H) array.

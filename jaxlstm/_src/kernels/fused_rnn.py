@@ -42,7 +42,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxlstm._src.cells.rnn import RNNParams, RNNState
-from jaxlstm._src.kernels.chunks import is_zero, project_in_chunks, remat_chunks, step_starts
+from jaxlstm._src.kernels.chunks import is_zero, project_in_chunks, project_steps, remat_chunks, step_starts
 from jaxlstm._src.kernels.fused import default_unroll
 from jaxlstm._src.kernels.linear import linear_recurrence
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
@@ -93,13 +93,9 @@ def _step(w_h, b, relu, h_reset, h, inputs, *, save):
 
 def _forward(w_x, b, w_h, xs, valid, resets, h0, h_reset, relu, unroll, save):
   sdt = h0.dtype
-  T, B, _ = xs.shape
+  T = xs.shape[0]
   step = functools.partial(_step, w_h, b.astype(sdt), relu, h_reset, save=save)
-
-  def project(x):  # the input projections of x's steps in one GEMM, outside the loop
-    K = x.shape[0]
-    return (x.reshape(K * B, -1) @ w_x).astype(sdt).reshape(K, B, -1)
-
+  project = functools.partial(project_steps, w_x=w_x, dtype=sdt)  # a run of steps in one GEMM, outside the loop
   if not save:
     run = lambda zx, rest, h: lax.scan(step, h, (zx, *rest), unroll=unroll)  # noqa: E731
     return project_in_chunks(run, project, xs, (valid, resets), h0)

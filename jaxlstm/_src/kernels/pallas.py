@@ -58,7 +58,7 @@ from jax.experimental import pallas as pl
 
 from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
 from jaxlstm._src.kernels import fused
-from jaxlstm._src.kernels.chunks import remat_chunks
+from jaxlstm._src.kernels.chunks import project_steps, remat_chunks
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
 BLOCK_B = 16  # batch rows per program: the smallest tensor-core tile side Triton takes
@@ -333,18 +333,31 @@ def _backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT):
   return dz, dh0, dc0
 
 
-def _input_projection(w_x, b, xs, sdt):
-  T, Bp, _ = xs.shape
-  return ((xs.reshape(T * Bp, xs.shape[-1]) @ w_x).astype(sdt) + b.astype(sdt)).reshape(T, Bp, -1)
+def input_projection(w_x, b, xs, sdt):
+  """``xs @ w_x + b`` of all steps in one XLA GEMM, in the carry dtype ``sdt``: the kernels' ``zx``."""
+  return project_steps(xs, w_x, sdt) + b.astype(sdt)
+
+
+def pad_batch(xs, valid, states: tuple, Hp: int):
+  """``xs (T, B, I)`` and ``valid`` padded to whole batch blocks, ``states`` (each ``(B, H)``) to ``(Bp, Hp)``.
+
+  Padded rows compute on zeros and are sliced off after the launch; ``B = 0`` runs one block of padding.
+  """
+  B = xs.shape[1]
+  Bp = max(1, -(-B // BLOCK_B)) * BLOCK_B
+  if Bp != B:
+    xs = jnp.pad(xs, ((0, 0), (0, Bp - B), (0, 0)))
+    valid = None if valid is None else jnp.pad(valid, ((0, 0), (0, Bp - B)))
+  return xs, valid, tuple(jnp.pad(s, ((0, Bp - B), (0, Hp - s.shape[-1]))) for s in states)
 
 
 def _loop(w_x, b, w_h, peep, xs, valid, h0, c0):
-  (h, c), hs = _forward(w_h, _input_projection(w_x, b, xs, h0.dtype), valid, h0, c0, save=False)
+  (h, c), hs = _forward(w_h, input_projection(w_x, b, xs, h0.dtype), valid, h0, c0, save=False)
   return hs, h, c
 
 
 def _loop_saved(w_x, b, w_h, peep, xs, valid, h0, c0):
-  (h, c), (P, Q, F, hs) = _forward(w_h, _input_projection(w_x, b, xs, h0.dtype), valid, h0, c0, save=True)
+  (h, c), (P, Q, F, hs) = _forward(w_h, input_projection(w_x, b, xs, h0.dtype), valid, h0, c0, save=True)
   return (h, c), (P, Q, F, hs, None)
 
 
@@ -365,18 +378,13 @@ def pad_gates(w, H: int, Hp: int, rows: int | None = None, gates: int = 4) -> ja
 
 
 def _run(params: LSTMParams, xs, valid, h0, c0):
-  T, B, _ = xs.shape
-  H = h0.shape[-1]
-  Hp, Bp = pow2(H), max(1, -(-B // BLOCK_B)) * BLOCK_B  # B = 0 runs one block of padding
-  sdt = h0.dtype
+  B, H = xs.shape[1], h0.shape[-1]
+  Hp = pow2(H)
   w_x = pad_gates(params.w_x, H, Hp)
   w_h = pad_gates(params.w_h, H, Hp, rows=Hp)
   b = pad_gates(params.b, H, Hp)
-  if Bp != B:
-    xs = jnp.pad(xs, ((0, 0), (0, Bp - B), (0, 0)))
-    valid = None if valid is None else jnp.pad(valid, ((0, 0), (0, Bp - B)))
-  pad_state = lambda s: jnp.pad(s.astype(sdt), ((0, Bp - B), (0, Hp - H)))  # noqa: E731
-  hs, h, c = _layer(w_x, b, w_h, None, xs.astype(w_x.dtype), valid, pad_state(h0), pad_state(c0))
+  xs, valid, (h0, c0) = pad_batch(xs, valid, (h0, c0.astype(h0.dtype)), Hp)
+  hs, h, c = _layer(w_x, b, w_h, None, xs.astype(w_x.dtype), valid, h0, c0)
   return hs[:, :B, :H], h[:B, :H], c[:B, :H]
 
 

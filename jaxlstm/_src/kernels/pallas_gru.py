@@ -39,7 +39,18 @@ from jax.experimental import pallas as pl
 from jaxlstm._src.cells.gru import GRUParams, GRUState
 from jaxlstm._src.kernels import fused_gru, pallas
 from jaxlstm._src.kernels.chunks import remat_chunks
-from jaxlstm._src.kernels.pallas import BLOCK_B, block_specs, dot, gate_weights, launch, pad_gates, pow2, resident
+from jaxlstm._src.kernels.pallas import (
+  BLOCK_B,
+  block_specs,
+  dot,
+  gate_weights,
+  input_projection,
+  launch,
+  pad_batch,
+  pad_gates,
+  pow2,
+  resident,
+)
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
 
@@ -160,18 +171,13 @@ def _backward(w_h, F3, P_n, Z, valid, d_hs, d_hT):
   return tuple(launch(kernel, "jaxlstm_gru_backward", Bp // BLOCK_B, in_specs, out_specs, out_shape)(*ins))
 
 
-def _input_projection(w_x, b, xs, sdt):
-  T, Bp, _ = xs.shape
-  return ((xs.reshape(T * Bp, xs.shape[-1]) @ w_x).astype(sdt) + b.astype(sdt)).reshape(T, Bp, -1)
-
-
 def _loop(w_x, b, w_h, b_hn, xs, valid, h0):
-  hs, h = _forward(w_h, b_hn, _input_projection(w_x, b, xs, h0.dtype), valid, h0, save=False)
+  hs, h = _forward(w_h, b_hn, input_projection(w_x, b, xs, h0.dtype), valid, h0, save=False)
   return hs, h
 
 
 def _loop_saved(w_x, b, w_h, b_hn, xs, valid, h0):
-  hs, h, F3, P_n, Z = _forward(w_h, b_hn, _input_projection(w_x, b, xs, h0.dtype), valid, h0, save=True)
+  hs, h, F3, P_n, Z = _forward(w_h, b_hn, input_projection(w_x, b, xs, h0.dtype), valid, h0, save=True)
   return h, (F3, P_n, Z, hs)
 
 
@@ -180,18 +186,14 @@ _layer = fused_gru.kernel_layer("gru_pallas_tangent", _loop, _loop_saved, _backw
 
 
 def _run(params: GRUParams, xs, valid, h0):
-  T, B, _ = xs.shape
-  H = h0.shape[-1]
-  Hp, Bp = pow2(H), max(1, -(-B // BLOCK_B)) * BLOCK_B  # B = 0 runs one block of padding
+  B, H = xs.shape[1], h0.shape[-1]
+  Hp = pow2(H)
   # Padded units have zero weights and biases: r = z = 1/2, n = 0, so h stays exactly 0 there.
   w_x = pad_gates(params.w_x, H, Hp, gates=3)
   w_h = pad_gates(params.w_h, H, Hp, rows=Hp, gates=3)
   b = pad_gates(params.b, H, Hp, gates=3)
   b_hn = jnp.pad(params.b_hn, (0, Hp - H))
-  if Bp != B:
-    xs = jnp.pad(xs, ((0, 0), (0, Bp - B), (0, 0)))
-    valid = None if valid is None else jnp.pad(valid, ((0, 0), (0, Bp - B)))
-  h0 = jnp.pad(h0, ((0, Bp - B), (0, Hp - H)))
+  xs, valid, (h0,) = pad_batch(xs, valid, (h0,), Hp)
   hs, h = _layer(w_x, b, w_h, b_hn, xs.astype(w_x.dtype), valid, h0)
   return hs[:, :B, :H], h[:B, :H]
 
