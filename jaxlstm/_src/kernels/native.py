@@ -7,18 +7,24 @@ still pays microseconds for every fusion, small GEMM and thread hand-off. This
 kernel keeps the same organization and runs the two loops in native code
 (``jaxlstm/_src/native/lstm.cc``):
 
-* :func:`native_forward`: the recurrence on precomputed ``zx = xs @ w_x``;
-  with ``save`` it also writes the backward factors ``P, Q, F`` of
-  :mod:`~jaxlstm.kernels.fused` (``P`` over ``zx``, in place).
+* :func:`native_forward`: the input projection ``xs @ w_x`` and the
+  recurrence; with ``save`` it also writes the backward factors ``P, Q, F``
+  of :mod:`~jaxlstm.kernels.fused`.
 * :func:`native_backward`: the ``(dh, dc)`` recursion, emitting ``dz``, the
   gradient of the gate pre-activations (over ``P``, in place).
 
-The input GEMM and the weight-gradient GEMMs (``dW_h, dW_x, dxs, db``) stay in
-XLA, as big GEMMs over all ``T * B`` rows. In the loops, the hidden units are
-split over the CPU's cores; each worker owns its units' columns of all four
-gates, so a step needs one barrier, and a step's ``(B, H) x (H, 4H)`` GEMM is
-OpenBLAS's sgemm (from the ``scipy-openblas32`` wheel) on each worker's slice,
-with its columns of ``w_h`` packed once per call and hot in that core's cache.
+The weight-gradient GEMMs (``dW_h, dW_x, dxs, db``) stay in XLA, as big GEMMs
+over all ``T * B`` rows. The hidden units are split into tasks, one per core;
+a task owns its units' columns of all four gates, so a step hands off between
+threads once, and a step's ``(B, H) x (H, 4H)`` GEMM is OpenBLAS's sgemm (from
+the ``scipy-openblas32`` wheel) on the task's slice, with its columns of
+``w_h`` packed once per call and hot in that core's cache. The threads claim
+the tasks' steps instead of meeting at a barrier, so a thread that the OS has
+not scheduled slows the loop to the threads that run rather than stalling each
+step. The input projection runs inside the forward call, a chunk of steps at a
+time, by each task for its own columns: right after one of XLA's
+multi-threaded GEMMs in the same executable, XLA's threads hold the cores for a
+while, and the loop's first steps would wait on them.
 
 It runs plain and peephole LSTM layers in float32 on the CPU backend, with
 ``lengths``, ``mask`` and ``reverse`` (the shell reverses); not ``resets`` or
@@ -65,7 +71,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     blas_name = scipy_openblas32.get_library()  # "scipy_openblas": its symbols are prefixed "scipy_"
     blas = ctypes.CDLL(os.path.join(scipy_openblas32.get_lib_dir(), f"lib{blas_name}.so"))
     prefix = blas_name[: -len("openblas")]
-    # The library's workers each call sgemm on their own slice, so OpenBLAS must not start threads of its own.
+    # The library's tasks each call sgemm on their own slice, so OpenBLAS must not start threads of its own.
     # This is the scipy-openblas32 wheel's own copy of OpenBLAS, not NumPy's or SciPy's.
     getattr(blas, f"{prefix}openblas_set_num_threads")(1)
     lib.jaxlstm_native_set_sgemm(ctypes.cast(getattr(blas, f"{prefix}cblas_sgemm"), ctypes.c_void_p))
@@ -90,8 +96,8 @@ def load_error() -> str | None:
 
 
 def set_threads(n: int) -> None:
-  """Sets the number of worker threads of the native loops: ``0`` (the default) picks per call, ``n > 0`` uses
-  ``min(n, H)``. The environment variable ``JAXLSTM_NATIVE_THREADS`` caps the automatic choice.
+  """Sets the number of tasks (one thread each) of the native loops: ``0`` (the default) picks per call,
+  ``n > 0`` uses ``min(n, H)``. The environment variable ``JAXLSTM_NATIVE_THREADS`` caps the automatic choice.
 
   Raises:
     RuntimeError: the native library cannot run here (with the reason).
@@ -103,7 +109,8 @@ def set_threads(n: int) -> None:
 
 
 def threads(batch: int, hidden: int) -> int:
-  """How many worker threads a layer of ``batch`` rows and ``hidden`` units runs on (1 without the library)."""
+  """How many tasks, and threads at most, a layer of ``batch`` rows and ``hidden`` units runs on (1 without the
+  library)."""
   lib = _load()[0]
   return 1 if lib is None else int(lib.jaxlstm_native_threads(batch, hidden))
 
@@ -113,11 +120,12 @@ def _optional(a, dtype):
   return jnp.zeros((0,), dtype) if a is None else a
 
 
-def native_forward(zx, b, w_h, peep, valid, h0, c0, *, save: bool):
-  """The forward loop of one layer, in native code, on precomputed input projections.
+def native_forward(xs, w_x, b, w_h, peep, valid, h0, c0, *, save: bool):
+  """The forward loop of one layer, in native code, its input projection included.
 
   Args:
-    zx: ``xs @ w_x``, ``(T, B, 4H)`` float32, bias not added; gates ``i, f, g, o``.
+    xs: the inputs ``(T, B, I)`` float32, time-major, in processing order.
+    w_x: the input weights ``(I, 4H)``; gates ``i, f, g, o``.
     b: the bias ``(4H,)``.
     w_h: the recurrent weights ``(H, 4H)``.
     peep: the peephole weights ``(3, H)`` (``i, f, o``) or ``None``.
@@ -128,25 +136,25 @@ def native_forward(zx, b, w_h, peep, valid, h0, c0, *, save: bool):
   Returns:
     ``(hs, h_T, c_T)``, with ``hs (T, B, H)`` the carried ``h`` (frozen where invalid); with ``save`` also
     ``P (T, B, 4H)``, ``Q, F (T, B, H)`` as :mod:`~jaxlstm.kernels.fused` defines them, and ``cs (T, B, H)``,
-    the carried ``c``, for the peephole gradient (``(0,)`` without peepholes). ``P`` takes ``zx``'s buffer
-    where XLA can donate it.
+    the carried ``c``, for the peephole gradient (``(0,)`` without peepholes).
 
   Example:
     >>> from jaxlstm.kernels import native, reference
     >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 5)
     >>> xs, state0 = jnp.ones((7, 2, 3)), jaxlstm.zero_state(params, (2,))
     >>> if native.load_error() is None:
-    ...   hs, h, c = native.native_forward(xs @ params.w_x, params.b, params.w_h, None, None, state0.h, state0.c,
+    ...   hs, h, c = native.native_forward(xs, params.w_x, params.b, params.w_h, None, None, state0.h, state0.c,
     ...                                    save=False)
     ... else:  # no library here: the reference kernel stands in for the example
     ...   (h, c), hs = reference.run(params, xs, state0, None, None)
     >>> hs.shape, bool(jnp.allclose(hs, reference.run(params, xs, state0, None, None)[1], atol=1e-6))
     ((7, 2, 5), True)
   """
-  T, B, H4 = zx.shape
+  T, B, _ = xs.shape
+  H4 = w_x.shape[-1]
   H = H4 // 4
   f32 = jnp.float32
-  args = (zx, b, w_h, _optional(peep, f32), _optional(valid, jnp.bool_), h0, c0)
+  args = (xs, w_x, b, w_h, _optional(peep, f32), _optional(valid, jnp.bool_), h0, c0)
   sds = jax.ShapeDtypeStruct
   outs = [sds((T, B, H), f32), sds((B, H), f32), sds((B, H), f32)]
   # vmap runs one call per example: the weights may differ between examples, which the handlers do not batch.
@@ -158,8 +166,7 @@ def native_forward(zx, b, w_h, peep, valid, h0, c0, *, save: bool):
     sds((T, B, H), f32),
     sds((T, B, H) if peep is not None else (0,), f32),
   ]
-  # P over zx: zx has no other reader, and a fresh (T, B, 4H) buffer would cost a pass over new memory.
-  return tuple(jax.ffi.ffi_call(_TARGETS[1], outs, vmap_method="sequential", input_output_aliases={0: 3})(*args))
+  return tuple(jax.ffi.ffi_call(_TARGETS[1], outs, vmap_method="sequential")(*args))
 
 
 def native_backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT):
@@ -187,18 +194,12 @@ def native_backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT):
   return tuple(call(w_h, P, Q, F, _optional(valid, jnp.bool_), d_hs, d_hT, d_cT))
 
 
-def _project(xs, w_x):
-  # All T input projections in one GEMM, before the loop (shapes spelled out: B may be 0).
-  T, B, I = xs.shape
-  return (xs.reshape(T * B, I) @ w_x).reshape(T, B, w_x.shape[-1])
-
-
 def _loop(w_x, b, w_h, peep, xs, valid, h0, c0):
-  return native_forward(_project(xs, w_x), b, w_h, peep, valid, h0, c0, save=False)
+  return native_forward(xs, w_x, b, w_h, peep, valid, h0, c0, save=False)
 
 
 def _loop_saved(w_x, b, w_h, peep, xs, valid, h0, c0):
-  hs, h, c, P, Q, F, cs = native_forward(_project(xs, w_x), b, w_h, peep, valid, h0, c0, save=True)
+  hs, h, c, P, Q, F, cs = native_forward(xs, w_x, b, w_h, peep, valid, h0, c0, save=True)
   return (h, c), (P, Q, F, hs, cs if peep is not None else None)
 
 
