@@ -22,6 +22,13 @@ MASK = np.array([[1, 0, 1, 1, 0], [1, 1, 1, 0, 0], [0, 1, 0, 1, 1]], bool)
 TOL = 3e-5  # float32 against float64, relative to each array's largest entry
 
 
+@pytest.fixture(autouse=True)
+def native_training(monkeypatch):
+  """Every size trains on the native loops here, so that the small cases test native_backward; the default
+  (below native.TRAIN_MIN_HIDDEN units, the XLA loops) has its own test."""
+  monkeypatch.setattr(native, "TRAIN_MIN_HIDDEN", 1)
+
+
 def setup(*, peephole=False, batch=(B,), t=T, i=I, h=H, seed=0):
   """float64 params, inputs and state; the native side runs them cast to float32."""
   params = random_params(jaxlstm.lstm_init, i, h, dtype=jnp.float64, peephole=peephole, seed=seed)
@@ -115,16 +122,37 @@ def test_chunked_projection_and_more_tasks_than_cores(threads):
 
 
 @built
+@pytest.mark.parametrize("h, train_target", [(4, None), (256, "jaxlstm_lstm_backward")])
+def test_small_layers_train_on_the_xla_loops(monkeypatch, h, train_target):
+  """At the default TRAIN_MIN_HIDDEN, a layer below it runs its forward natively and trains on the fused
+  kernel's XLA loops; from it on, training runs native_backward. Both match the reference."""
+  monkeypatch.setattr(native, "TRAIN_MIN_HIDDEN", 256)
+  params, xs, state = setup(h=h, t=3)
+  p32, x32, s32 = f32((params, xs, state))
+
+  def targets(fn, *args):
+    text = jax.jit(fn).lower(*args).as_text()
+    names = ("jaxlstm_lstm_forward_infer", "jaxlstm_lstm_forward_train", "jaxlstm_lstm_backward")
+    return {t for t in names if t in text}
+
+  assert targets(lambda x: jaxlstm.lstm(p32, x, s32, impl="native")[1], x32) == {"jaxlstm_lstm_forward_infer"}
+  grad = jax.grad(lambda p: jnp.sum(jaxlstm.lstm(p, x32, s32, impl="native")[1]))
+  assert targets(grad, p32) == ({"jaxlstm_lstm_forward_train", train_target} if train_target else set())
+  check(params, xs, state, tol=1e-4, lengths=np.array([3, 1, 0]))
+
+
+@built
 def test_auto_order():
-  """native can run float32 LSTMs on CPU; impl="auto" takes it for plain LSTMs from AUTO_MIN_HIDDEN units on,
-  where it measured faster, and says why it passes it over elsewhere."""
+  """native can run float32 LSTMs on CPU; impl="auto" takes it for plain LSTMs of any size, and says why it
+  passes it over for peephole ones."""
   params, xs, _ = f32(setup())
   choice = jaxlstm.explain(params, xs)
-  assert choice.reasons["native"] is None and choice.kernel == "fused"
-  assert "passes it over: the fused kernel measured faster below 256 hidden units" in str(choice)
+  assert choice.reasons["native"] is None and choice.kernel == "native"
+  peep = f32(setup(peephole=True)[0])
+  assert "passes it over: its peephole path is not measured" in str(jaxlstm.explain(peep, xs))
   assert native.KERNEL.rank < fused.KERNEL.rank
   xs = jnp.ones((2, 3, 4), jnp.float32)
-  cases = ((256, False, "native"), (512, False, "native"), (255, False, "fused"), (256, True, "fused"))
+  cases = ((256, False, "native"), (512, False, "native"), (8, False, "native"), (256, True, "fused"))
   for H, peephole, want in cases:
     p = jaxlstm.lstm_init(jax.random.key(0), 4, H, peephole=peephole)
     assert jaxlstm.explain(p, xs).kernel == want, (H, peephole)

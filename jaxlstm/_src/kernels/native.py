@@ -31,8 +31,11 @@ It runs plain and peephole LSTM layers in float32 on the CPU backend, with
 ``remat``, and not where the library was not built (no C++17 compiler at
 install time) or cannot load: :func:`why_not` then says why, and
 ``impl="auto"`` picks the fused kernel instead. ``impl="auto"`` picks this
-kernel for plain LSTMs of ``H >= AUTO_MIN_HIDDEN`` units, where it measured
-faster than the fused kernel (:func:`auto_skip`).
+kernel for plain float32 LSTMs (:func:`auto_skip`). Below
+``TRAIN_MIN_HIDDEN`` units only its forward loop runs natively: under
+differentiation the layer runs the fused kernel's XLA loops (the same
+mathematics and factors), which measured as fast or faster there in training,
+while the native forward measured 1.5x faster at H = 128.
 """
 
 from __future__ import annotations
@@ -203,9 +206,26 @@ def _loop_saved(w_x, b, w_h, peep, xs, valid, h0, c0):
   return (h, c), (P, Q, F, hs, cs if peep is not None else None)
 
 
+def _xla_loop_saved(w_x, b, w_h, peep, xs, valid, h0, c0):
+  return fused.forward(w_x, b, w_h, peep, xs, valid, None, h0, c0, 1, save=True)
+
+
+def _xla_backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT):
+  return fused.backward((w_h, P, Q, F, valid, None), (d_hs, d_hT, d_cT), unroll=1)
+
+
 # (hs (T, B, H), h_T, c_T) of the layer on time-major xs (T, B, I): the native loops, with the fused kernel's
 # tangent, so that reverse mode runs native_backward and forward mode (jvp, jacfwd, hessian) works too.
 _layer = fused.kernel_layer("lstm_native_tangent", _loop, _loop_saved, native_backward)
+# The same with only the forward loop native: differentiated, it runs the fused kernel's XLA loops.
+_layer_forward_only = fused.kernel_layer("lstm_native_forward_tangent", _loop, _xla_loop_saved, _xla_backward)
+
+# From this many hidden units on, training runs the native loops too; below, the fused kernel's XLA loops. The
+# bench's models (bench/native.py and bench/fused_micro.py's calls, both kernels in one process; fused time over
+# native) at commit 6a7279d: S (H=128) inference 1.51, training 0.84-1.07 over six runs (median 0.92); M (H=256)
+# inference 1.18, training 0.97-1.11; L (H=512) inference 1.12, training 0.97. Before that commit (1e59bfb) M and
+# L training measured 1.16 and 1.12: from H=256 on native training was never slower.
+TRAIN_MIN_HIDDEN = 256
 
 
 def why_not(call: LayerCall) -> str | None:
@@ -239,16 +259,6 @@ def why_not(call: LayerCall) -> str | None:
   return load_error()
 
 
-# impl="auto" takes this kernel over the fused one for plain LSTMs from this many hidden units. The bench's models
-# (python bench/bench.py --peers jaxlstm,jaxlstm-native, each in its own process, alternating; native time over
-# fused): on the 2-core CPU while quiet (commit 1e59bfb), S (H=128) training 1.15, S inference 0.87, M (H=256)
-# training 0.86, M inference 0.79, L (H=512) training 0.89; under a load of 2 to 6 (commit 364fdb9), 1.12, 1.05,
-# 1.00, 0.97 and 0.99; quiet again (a second run, fused and native alone), 1.23, 1.07, 0.82, 0.69 and 0.88. From
-# H=256 on it was never slower; at H=128 training lost in every run. Peephole LSTMs
-# are not measured on it, so auto keeps them on the fused kernel.
-AUTO_MIN_HIDDEN = 256
-
-
 def auto_skip(call: LayerCall) -> str | None:
   """Why ``impl="auto"`` keeps a layer that this kernel can run on the fused kernel instead, or ``None``.
 
@@ -257,17 +267,13 @@ def auto_skip(call: LayerCall) -> str | None:
     >>> params = jaxlstm.lstm_init(jax.random.key(0), 3, 128)
     >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("lstm"), params=params, lengths=False, mask=False,
     ...                          resets=False, reverse=False, time_major=False, remat=None)
-    >>> native.auto_skip(call)
-    'the fused kernel measured faster below 256 hidden units (H=128)'
-    >>> native.auto_skip(call._replace(params=jaxlstm.lstm_init(jax.random.key(0), 3, 256))) is None
+    >>> native.auto_skip(call) is None
     True
+    >>> native.auto_skip(call._replace(params=jaxlstm.lstm_init(jax.random.key(0), 3, 128, peephole=True)))
+    "its peephole path is not measured against the fused kernel's"
   """
-  p = call.params
-  if p.peephole is not None:
+  if call.params.peephole is not None:
     return "its peephole path is not measured against the fused kernel's"
-  H = p.w_h.shape[0]
-  if H < AUTO_MIN_HIDDEN:
-    return f"the fused kernel measured faster below {AUTO_MIN_HIDDEN} hidden units (H={H})"
   return None
 
 
@@ -311,7 +317,8 @@ def run(
   """
   del lengths, resets, unroll, remat
   f32 = jnp.float32
-  hs, h, c = _layer(
+  layer = _layer if params.w_h.shape[0] >= TRAIN_MIN_HIDDEN else _layer_forward_only
+  hs, h, c = layer(
     params.w_x, params.b, params.w_h, params.peephole, xs.astype(f32), valid, state.h.astype(f32), state.c.astype(f32)
   )
   return LSTMState(h, c), hs
