@@ -375,6 +375,12 @@ class Peer(NamedTuple):
   env: tuple = ()
 
 
+MALLOC_TUNED = (
+  ("MALLOC_ARENA_MAX", "1"),
+  ("MALLOC_MMAP_THRESHOLD_", str(1 << 30)),
+  ("MALLOC_TRIM_THRESHOLD_", str(2 << 30)),
+)
+
 PEERS = {
   "jaxlstm": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "auto")),
   "jaxlstm-fused": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "fused")),
@@ -394,6 +400,11 @@ PEERS = {
   # Tuned, not a default: PyTorch's OpenMP threads sleep at barriers instead of spinning, which helps on a machine
   # shared with other jobs and costs on an idle one.
   "torch-passive": Peer("torch", build_torch, env=(("OMP_WAIT_POLICY", "PASSIVE"),)),
+  # Tuned, not a default: glibc's malloc with one arena and no mmap below 1 GiB, so that the large buffers a step
+  # allocates afresh come back from the heap instead of as new pages (each faults on first touch). Set through
+  # glibc's environment variables, as a user would, for either library.
+  "jaxlstm-malloc": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "auto"), env=MALLOC_TUNED),
+  "torch-malloc": Peer("torch", build_torch, env=MALLOC_TUNED),
 }
 ALL_PEERS = tuple(PEERS)
 

@@ -224,6 +224,13 @@ def report(run: dict) -> str:
         if any("torch-passive" in job["peers"] for job in run["jobs"])
         else ""
       )
+      + (
+        " The `jaxlstm-malloc` and `torch-malloc` rows are tuned variants, not defaults: glibc's malloc with "
+        "`MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=2147483648`, so that a "
+        "step's large buffers are reused instead of faulting in fresh pages."
+        if any(p.endswith("-malloc") for job in run["jobs"] for p in job["peers"])
+        else ""
+      )
       + " "
       + (
         "PyTorch keeps its default denormal handling (`--torch-denormals`)."
