@@ -142,12 +142,14 @@ def test_small_layers_train_on_the_xla_loops(monkeypatch, h, train_target):
 
 
 @built
-def test_auto_order():
+def test_auto_order(monkeypatch):
   """native can run float32 LSTMs on CPU; impl="auto" takes it for plain LSTMs of any size, and says why it
   passes it over for peephole ones."""
+  monkeypatch.setattr(native, "TRAIN_MIN_HIDDEN", 256)  # the default, which explain's note names
   params, xs, _ = f32(setup())
   choice = jaxlstm.explain(params, xs)
   assert choice.reasons["native"] is None and choice.kernel == "native"
+  assert "native: chosen (the forward loop; trained, below 256 hidden units (H=4), the fused kernel's" in str(choice)
   peep = f32(setup(peephole=True)[0])
   assert "passes it over: its peephole path is not measured" in str(jaxlstm.explain(peep, xs))
   assert native.KERNEL.rank < fused.KERNEL.rank

@@ -658,7 +658,7 @@ def explain(
     call = layer_call(
       p, lengths=lengths, mask=mask, resets=resets, reverse=rev, time_major=time_major, remat=remat, in_loop=reg.in_loop
     )
-    out.append(
-      kernels.KernelChoice(name, kernels.select(call, impl).name, kernels.reasons(call), kernels.passed_over(call))
-    )
+    kernel = kernels.select(call, impl)
+    note = None if kernel.note is None else kernel.note(call)
+    out.append(kernels.KernelChoice(name, kernel.name, kernels.reasons(call), kernels.passed_over(call), note))
   return out[0] if len(out) == 1 and layers[0][0] == "params" else tuple(out)

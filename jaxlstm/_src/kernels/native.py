@@ -324,5 +324,25 @@ def run(
   return LSTMState(h, c), hs
 
 
+def note(call: LayerCall) -> str | None:
+  """How this kernel runs ``call``: below ``TRAIN_MIN_HIDDEN`` units, training runs the fused kernel's loops.
+
+  :func:`jaxlstm.explain` shows it beside "chosen".
+
+  Example:
+    >>> from jaxlstm.kernels import native
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("lstm"), params=jaxlstm.lstm_init(jax.random.key(0), 3, 5),
+    ...                          lengths=False, mask=False, resets=False, reverse=False, time_major=False, remat=None)
+    >>> native.note(call)
+    "the forward loop; trained, below 256 hidden units (H=5), the fused kernel's XLA loops"
+    >>> native.note(call._replace(params=jaxlstm.lstm_init(jax.random.key(0), 3, 256))) is None
+    True
+  """
+  H = call.params.w_h.shape[0]
+  if H >= TRAIN_MIN_HIDDEN:
+    return None
+  return f"the forward loop; trained, below {TRAIN_MIN_HIDDEN} hidden units (H={H}), the fused kernel's XLA loops"
+
+
 # Ranked before the fused kernel, which auto takes wherever auto_skip says so.
-KERNEL = Kernel(name="native", why_not=why_not, run=run, rank=9, auto_skip=auto_skip)
+KERNEL = Kernel(name="native", why_not=why_not, run=run, rank=9, auto_skip=auto_skip, note=note)

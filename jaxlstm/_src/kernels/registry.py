@@ -98,6 +98,9 @@ class Kernel(NamedTuple):
       (:attr:`LayerCall.in_loop`); only the reference kernel does.
     auto_skip: ``auto_skip(call) -> str | None``, or ``None``: why ``impl="auto"`` passes the kernel over for
       a call that it can run, where another kernel measured faster (an explicit ``impl`` still runs it).
+    note: ``note(call) -> str | None``, or ``None``: how the kernel runs a call, where that depends on the
+      call (the native kernel's training loops below ``native.TRAIN_MIN_HIDDEN``); :func:`jaxlstm.explain`
+      shows it beside "chosen".
 
   Example:
     >>> from jaxlstm.kernels import fused
@@ -113,6 +116,7 @@ class Kernel(NamedTuple):
   rank: int
   scans_step: bool = False
   auto_skip: Callable[[LayerCall], str | None] | None = None
+  note: Callable[[LayerCall], str | None] | None = None
 
 
 _KERNELS: dict[str, Kernel] = {}
@@ -314,6 +318,7 @@ class KernelChoice(NamedTuple):
     reasons: ``{kernel name: None if it can run the call, else why not}``, in ``impl="auto"`` order.
     passed_over: ``{kernel name: why impl="auto" passes it over}`` for the kernels that can run the call but
       measured slower there (see :attr:`Kernel.auto_skip`); ``None`` or empty when there are none.
+    note: how the chosen kernel runs the call, where that depends on the call (:attr:`Kernel.note`), or ``None``.
 
   Example:
     >>> choice = jaxlstm.explain(jaxlstm.gru_init(jax.random.key(0), 3, 5), jnp.ones((2, 7, 3)))
@@ -336,12 +341,14 @@ class KernelChoice(NamedTuple):
   kernel: str  # the kernel that runs it
   reasons: dict  # {kernel name: None if it can run the call, else why not}
   passed_over: dict | None = None  # {kernel name: why impl="auto" passes it over} for kernels that can run it
+  note: str | None = None  # how the chosen kernel runs it, where that depends on the call
 
   def __str__(self) -> str:
     lines = [f"{self.layer}: runs on {self.kernel!r}"]
     skipped = self.passed_over or {}
     for name, why in self.reasons.items():
-      mark = "chosen" if name == self.kernel else ("can run it" if why is None else why)
+      chosen = "chosen" if self.note is None else f"chosen ({self.note})"
+      mark = chosen if name == self.kernel else ("can run it" if why is None else why)
       if name != self.kernel and why is None and name in skipped:
         mark = f"can run it; impl='auto' passes it over: {skipped[name]}"
       lines.append(f"  {name}: {mark}")
