@@ -363,7 +363,9 @@ def _layer_jvp(unroll, primals, tangents):
   return _tangent_of(_recurrence, saved, primals, tangents, unroll)
 
 
-def kernel_layer(name: str, run_loop: Callable, run_loop_saved: Callable, run_backward: Callable) -> Callable:
+def kernel_layer(
+  name: str, run_loop: Callable, run_loop_saved: Callable | None, run_backward: Callable | None
+) -> Callable:
   """An LSTM layer on another kernel's two loops, with this kernel's tangent, forward mode and XLA fallbacks.
 
   For a kernel that runs :func:`forward` and :func:`backward`'s loops in its own code (native, Pallas), over
@@ -372,6 +374,9 @@ def kernel_layer(name: str, run_loop: Callable, run_loop_saved: Callable, run_ba
   * ``run_loop(w_x, b, w_h, peep, xs, valid, h0, c0) -> (hs, h_T, c_T)``: the forward loop;
   * ``run_loop_saved(...)`` (same arguments) ``-> ((h_T, c_T), (P, Q, F, hs, cs))``: the training forward;
   * ``run_backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT) -> (dz, dh0, dc0)``: the backward loop.
+
+  ``run_loop_saved=None`` and ``run_backward=None`` train on this kernel's own XLA loops, :func:`forward` and
+  :func:`backward`: a kernel whose forward loop alone is faster than this kernel's.
 
   Returns ``layer(w_x, b, w_h, peep, xs, valid, h0, c0) -> (hs, h_T, c_T)``, a :func:`jax.custom_jvp` like this
   kernel's: reverse mode runs ``run_backward``, forward mode :func:`tangent`. Second-order autodiff, which
@@ -383,9 +388,12 @@ def kernel_layer(name: str, run_loop: Callable, run_loop_saved: Callable, run_ba
   def xla_saved(w_x, b, w_h, peep, xs, valid, h0, c0):
     return forward(w_x, b, w_h, peep, xs, valid, None, h0, c0, 1, save=True)
 
-  saved_call = reference_jvp(run_loop_saved, xla_saved)
-  backward_call = reference_jvp(
-    lambda coefs, cts: run_backward(*coefs[:5], *cts), functools.partial(backward, unroll=1)
+  xla_backward = functools.partial(backward, unroll=1)
+  saved_call = xla_saved if run_loop_saved is None else reference_jvp(run_loop_saved, xla_saved)
+  backward_call = (
+    xla_backward
+    if run_backward is None
+    else reference_jvp(lambda coefs, cts: run_backward(*coefs[:5], *cts), xla_backward)
   )
   recurrence = linear_recurrence(name, tangent, lambda coefs, cts, *, unroll: backward_call(coefs, cts))
 

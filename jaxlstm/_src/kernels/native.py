@@ -206,19 +206,11 @@ def _loop_saved(w_x, b, w_h, peep, xs, valid, h0, c0):
   return (h, c), (P, Q, F, hs, cs if peep is not None else None)
 
 
-def _xla_loop_saved(w_x, b, w_h, peep, xs, valid, h0, c0):
-  return fused.forward(w_x, b, w_h, peep, xs, valid, None, h0, c0, 1, save=True)
-
-
-def _xla_backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT):
-  return fused.backward((w_h, P, Q, F, valid, None), (d_hs, d_hT, d_cT), unroll=1)
-
-
 # (hs (T, B, H), h_T, c_T) of the layer on time-major xs (T, B, I): the native loops, with the fused kernel's
 # tangent, so that reverse mode runs native_backward and forward mode (jvp, jacfwd, hessian) works too.
 _layer = fused.kernel_layer("lstm_native_tangent", _loop, _loop_saved, native_backward)
 # The same with only the forward loop native: differentiated, it runs the fused kernel's XLA loops.
-_layer_forward_only = fused.kernel_layer("lstm_native_forward_tangent", _loop, _xla_loop_saved, _xla_backward)
+_layer_forward_only = fused.kernel_layer("lstm_native_forward_tangent", _loop, None, None)
 
 # From this many hidden units on, training runs the native loops too; below, the fused kernel's XLA loops. The
 # bench's models (bench/native.py and bench/fused_micro.py's calls, both kernels in one process; fused time over
@@ -226,6 +218,10 @@ _layer_forward_only = fused.kernel_layer("lstm_native_forward_tangent", _loop, _
 # inference 1.18, training 0.97-1.11; L (H=512) inference 1.12, training 0.97. Before that commit (1e59bfb) M and
 # L training measured 1.16 and 1.12: from H=256 on native training was never slower.
 TRAIN_MIN_HIDDEN = 256
+
+
+def _trains_natively(params: LSTMParams) -> bool:
+  return params.w_h.shape[0] >= TRAIN_MIN_HIDDEN
 
 
 def why_not(call: LayerCall) -> str | None:
@@ -317,7 +313,7 @@ def run(
   """
   del lengths, resets, unroll, remat
   f32 = jnp.float32
-  layer = _layer if params.w_h.shape[0] >= TRAIN_MIN_HIDDEN else _layer_forward_only
+  layer = _layer if _trains_natively(params) else _layer_forward_only
   hs, h, c = layer(
     params.w_x, params.b, params.w_h, params.peephole, xs.astype(f32), valid, state.h.astype(f32), state.c.astype(f32)
   )
@@ -338,9 +334,9 @@ def note(call: LayerCall) -> str | None:
     >>> native.note(call._replace(params=jaxlstm.lstm_init(jax.random.key(0), 3, 256))) is None
     True
   """
-  H = call.params.w_h.shape[0]
-  if H >= TRAIN_MIN_HIDDEN:
+  if _trains_natively(call.params):
     return None
+  H = call.params.w_h.shape[0]
   return f"the forward loop; trained, below {TRAIN_MIN_HIDDEN} hidden units (H={H}), the fused kernel's XLA loops"
 
 
