@@ -1,6 +1,6 @@
-"""The native CPU LSTM kernel, an optional C++ extension; everything else about the build is in pyproject.toml.
+"""The native CPU LSTM and GRU kernels, an optional C++ extension; everything else about the build is in pyproject.toml.
 
-``jaxlstm/_src/native/lstm.cc`` holds XLA FFI handlers, loaded with ctypes by
+``jaxlstm/_src/native/lstm.cc`` and ``gru.cc`` hold XLA FFI handlers, loaded with ctypes by
 ``jaxlstm/_src/kernels/native.py`` (it has no Python module inside). The build
 needs only a C++17 compiler: the XLA FFI headers are vendored beside it, and
 OpenBLAS is found at run time. Where it does not compile (no compiler, another
@@ -21,9 +21,9 @@ ext_modules = []
 if sys.platform.startswith("linux"):
   ext_modules.append(
     Extension(
-      "jaxlstm._src.native._lstm",
-      sources=["jaxlstm/_src/native/lstm.cc"],
-      depends=["jaxlstm/_src/native/include/xla/ffi/api/ffi.h"],
+      "jaxlstm._src.native._native",
+      sources=[f"jaxlstm/_src/native/{name}.cc" for name in ("module", "lstm", "gru")],
+      depends=["jaxlstm/_src/native/runtime.h", "jaxlstm/_src/native/include/xla/ffi/api/ffi.h"],
       language="c++",
       extra_compile_args=FLAGS,
       extra_link_args=["-pthread"],

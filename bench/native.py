@@ -1,10 +1,11 @@
-"""The native CPU kernel against the XLA fused kernel, side by side in one process.
+"""The native CPU kernels against the XLA fused kernels, side by side in one process.
 
 Times the median of ``--steps`` calls of one jitted step of the S, M and L configs (a stack, a Dense head on
 every step, MSE loss; ``train`` is a whole Adam step, ``fwd`` the loss alone), calling the two kernels in turn so
 that a change of load on a shared machine hits both alike, and prints fused / native (above 1: native is faster).
 
   python bench/native.py --configs S M L --modes fwd train
+  python bench/native.py --cell gru --configs S M        # native_gru against fused_gru
   JAXLSTM_NATIVE_THREADS=1 python bench/native.py --configs S   # the native loops on one thread
 """
 
@@ -25,15 +26,17 @@ def main():
   ap.add_argument("--configs", nargs="+", default=["S", "M", "L"])
   ap.add_argument("--modes", nargs="+", choices=["fwd", "train"], default=["fwd", "train"])
   ap.add_argument("--steps", type=int, default=10)
+  ap.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
   args = ap.parse_args()
+  impls = ("native", "fused") if args.cell == "lstm" else ("native_gru", "fused_gru")
   if native.load_error() is not None:
     sys.exit(native.load_error())
   for mode in args.modes:
     for name in args.configs:
-      native_ms, fused_ms = median_times([make_call(name, impl, mode, 1) for impl in ("native", "fused")], args.steps)
+      native_ms, fused_ms = median_times([make_call(name, impl, mode, 1, cell=args.cell) for impl in impls], args.steps)
+      ratio = fused_ms / native_ms
       print(
-        f"{name} {mode}: native {native_ms:8.1f} ms  fused {fused_ms:8.1f} ms  fused/native {fused_ms / native_ms:.2f}",
-        flush=True,
+        f"{args.cell} {name} {mode}: native {native_ms:8.1f} ms  fused {fused_ms:8.1f} ms  fused/native {ratio:.2f}"
       )
 
 

@@ -12,7 +12,8 @@ Peers (``--peers``):
   jaxlstm-fused  ``jaxlstm.stack(..., impl="fused")`` (GRU: ``"fused_gru"``), whole step in one ``jax.jit``,
                  optax.adam
   jaxlstm-ref    the same with ``impl="reference"`` (``lax.scan`` over the cell)
-  jaxlstm-native the same with ``impl="native"`` (the C++ loops, CPU float32); not run by default
+  jaxlstm-native the same with ``impl="native"`` (GRU: ``"native_gru"``; the C++ loops, CPU float32); not run by
+                 default
   flax           Linen ``nn.RNN(nn.OptimizedLSTMCell(H))`` (GRU: ``nn.GRUCell``) stack, optax.adam, jitted
   keras          Keras 3 on JAX, ``keras.layers.LSTM`` (``GRU``) stack, ``model.train_on_batch``
                  / ``model.predict_on_batch`` (Keras compiles these with ``jax.jit``)
@@ -169,7 +170,7 @@ def build_jaxlstm(cfg: Config, mode: str, impl: str):
   dtype = jnp.bfloat16 if bf16() else jnp.float32
   cell = CELL[0]
   if cell == "gru":  # the GRU's kernels of the same kind
-    impl = {"fused": "fused_gru", "pallas": "pallas_gru"}.get(impl, impl)
+    impl = {"fused": "fused_gru", "pallas": "pallas_gru", "native": "native_gru"}.get(impl, impl)
 
   def init_fn(key, xs):
     k_rnn, k_head = jax.random.split(key)

@@ -8,6 +8,7 @@ record plus one :func:`register_kernel` call.
 * ``fused``: plain and peephole LSTMs, with a hand-written backward pass.
 * ``fused_gru``, ``fused_rnn``: GRU and Elman RNN layers, built the same way.
 * ``native``: plain and peephole float32 LSTMs on CPU, the fused kernel's loops in C++.
+* ``native_gru``: float32 GRUs on CPU, the fused GRU kernel's loops in C++.
 * ``parallel``: minGRU and minLSTM layers as one associative scan over time.
 * ``pallas``, ``pallas_gru``: plain LSTM and GRU layers on CUDA GPUs, the whole time loop in one Pallas (Triton)
   kernel launch.
@@ -18,7 +19,18 @@ record plus one :func:`register_kernel` call.
 """
 
 from jaxlstm._src import shell
-from jaxlstm._src.kernels import cudnn, fused, fused_gru, fused_rnn, native, pallas, pallas_gru, parallel, reference
+from jaxlstm._src.kernels import (
+  cudnn,
+  fused,
+  fused_gru,
+  fused_rnn,
+  native,
+  native_gru,
+  pallas,
+  pallas_gru,
+  parallel,
+  reference,
+)
 from jaxlstm._src.kernels.registry import (
   Kernel,
   KernelChoice,
@@ -45,6 +57,7 @@ __all__ = [
   "impls",
   "kernel_names",
   "native",
+  "native_gru",
   "pallas",
   "pallas_gru",
   "parallel",

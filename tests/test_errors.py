@@ -100,8 +100,8 @@ def test_lengths_mask_resets_errors(p, xs):
 def test_option_errors(p, xs):
   with pytest.raises(
     ValueError,
-    match=r"impl must be one of \('auto', 'native', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas', "
-    r"'pallas_gru', 'cudnn', "
+    match=r"impl must be one of \('auto', 'native', 'native_gru', 'fused', 'fused_gru', 'fused_rnn', 'parallel', "
+    r"'pallas', 'pallas_gru', 'cudnn', "
     r"'reference'\); got 'cuda'",
   ):
     jaxlstm.lstm(p, xs, impl="cuda")

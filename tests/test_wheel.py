@@ -94,7 +94,7 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
   assert "jaxlstm = jaxlstm.cli:main" in entry_points
   # The native kernel is built wherever a C++ compiler is (Linux); elsewhere the wheel goes without it.
   builds_native = sys.platform.startswith("linux") and shutil.which("c++") is not None
-  assert {n.split(".")[0] for n in compiled} == ({"jaxlstm/_src/native/_lstm"} if builds_native else set()), compiled
+  assert {n.split(".")[0] for n in compiled} == ({"jaxlstm/_src/native/_native"} if builds_native else set()), compiled
   assert wheel_license == (ROOT / "LICENSE").read_text() and "Apache License" in wheel_license
   with tarfile.open(sdist) as t:
     in_sdist = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}

@@ -6,7 +6,8 @@
   same design for GRU and Elman RNN (tanh, relu) layers.
 * :mod:`~jaxlstm.kernels.native`: plain and peephole float32 LSTMs on CPU,
   the fused kernel's two time loops in C++ (an optional extension; see its
-  ``why_not`` where it is not built).
+  ``why_not`` where it is not built); :mod:`~jaxlstm.kernels.native_gru`, the
+  same for float32 GRUs.
 * :mod:`~jaxlstm.kernels.parallel`: cells whose step is a diagonal linear
   recurrence (minGRU, minLSTM), as one associative scan over time.
 * :mod:`~jaxlstm.kernels.pallas`, :mod:`~jaxlstm.kernels.pallas_gru`: plain LSTM
@@ -21,10 +22,21 @@ A new kernel is one module that builds a :class:`~jaxlstm.Kernel` record plus
 one :func:`~jaxlstm.register_kernel` line here.
 
 >>> jaxlstm.kernel_names()  # in impl="auto" order
-('native', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas', 'pallas_gru', 'cudnn', 'reference')
+('native', 'native_gru', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas', 'pallas_gru', 'cudnn', 'reference')
 """
 
-from jaxlstm._src.kernels import cudnn, fused, fused_gru, fused_rnn, native, pallas, pallas_gru, parallel, reference
+from jaxlstm._src.kernels import (
+  cudnn,
+  fused,
+  fused_gru,
+  fused_rnn,
+  native,
+  native_gru,
+  pallas,
+  pallas_gru,
+  parallel,
+  reference,
+)
 from jaxlstm._src.kernels.registry import (
   Kernel,
   KernelChoice,
@@ -41,6 +53,7 @@ from jaxlstm._src.kernels.registry import (
 
 register_kernel(fused.KERNEL)
 register_kernel(native.KERNEL)
+register_kernel(native_gru.KERNEL)
 register_kernel(fused_gru.KERNEL)
 register_kernel(fused_rnn.KERNEL)
 register_kernel(parallel.KERNEL)

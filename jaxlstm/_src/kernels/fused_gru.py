@@ -262,14 +262,14 @@ def _tangent_of(recurrence, saved, primals, tangents, unroll):
   H = h0.shape[-1]
   sdt = h0.dtype
   mm = functools.partial(jnp.matmul, preferred_element_type=sdt)  # float32 sums under 16-bit params
-  x2 = xs.reshape(T * B, -1)
+  x2 = xs.reshape(T * B, xs.shape[-1])
   # The input side of all three gates is one GEMM on whole arrays, ax; its r, z columns join a, its n columns
   # are a_n. Reverse mode joins their cotangents into one (T * B, 3H) array (a cheap elementwise fusion) for
   # one GEMM each for dw_x and dxs: as two GEMMs (w_x masked to r, z and sliced to n) they summed over 4H
   # columns, and M-sized training (B=64, T=256, I=64, H=256, 2 layers) ran 3-7 % slower on this 2-core CPU.
   ax = []
   if not is_zero(dxs):
-    ax.append(mm(dxs.reshape(T * B, -1).astype(w_x.dtype), w_x))
+    ax.append(mm(dxs.reshape(T * B, xs.shape[-1]).astype(w_x.dtype), w_x))
   if not is_zero(dw_x):
     ax.append(mm(x2, dw_x))
   a = []
@@ -303,15 +303,20 @@ def _layer_jvp(unroll, primals, tangents):
   return _tangent_of(_recurrence, saved, primals, tangents, unroll)
 
 
-def kernel_layer(name: str, run_loop: Callable, run_loop_saved: Callable, run_backward: Callable) -> Callable:
+def kernel_layer(
+  name: str, run_loop: Callable, run_loop_saved: Callable | None, run_backward: Callable | None
+) -> Callable:
   """A GRU layer on another kernel's two loops, with this kernel's tangent, forward mode and XLA fallbacks.
 
   The GRU counterpart of :func:`jaxlstm.kernels.fused.kernel_layer`, for a kernel that runs this kernel's
-  forward and backward loops in its own code (Pallas), over the same saved factors:
+  forward and backward loops in its own code (native, Pallas), over the same saved factors:
 
   * ``run_loop(w_x, b, w_h, b_hn, xs, valid, h0) -> (hs, h_T)``: the forward loop;
   * ``run_loop_saved(...)`` (same arguments) ``-> (h_T, (F3, P_n, Z, hs))``: the training forward;
   * ``run_backward(w_h, F3, P_n, Z, valid, d_hs, d_hT) -> (g, g_n, dh0)``: the backward loop.
+
+  ``run_loop_saved=None`` and ``run_backward=None`` train on this kernel's own XLA loops: a kernel whose
+  forward loop alone is faster than this kernel's.
 
   Returns ``layer(w_x, b, w_h, b_hn, xs, valid, h0) -> (hs, h_T)``, a :func:`jax.custom_jvp`: reverse mode
   runs ``run_backward``, forward mode this kernel's tangent loop; second-order autodiff goes through this
@@ -324,8 +329,12 @@ def kernel_layer(name: str, run_loop: Callable, run_loop_saved: Callable, run_ba
   def xla_backward(coefs, cts):
     return _backward(coefs, cts, unroll=1)[:3]
 
-  saved_call = reference_jvp(run_loop_saved, xla_saved)
-  backward_call = reference_jvp(lambda coefs, cts: tuple(run_backward(*coefs[:5], *cts)), xla_backward)
+  saved_call = xla_saved if run_loop_saved is None else reference_jvp(run_loop_saved, xla_saved)
+  backward_call = (
+    xla_backward
+    if run_backward is None
+    else reference_jvp(lambda coefs, cts: tuple(run_backward(*coefs[:5], *cts)), xla_backward)
+  )
   # The backward loop's fourth output, the gradient of a reset step's start, is None without resets.
   recurrence = linear_recurrence(name, _tangent, lambda coefs, cts, *, unroll: (*backward_call(coefs, cts), None))
 

@@ -129,7 +129,7 @@ def _step(w: _Weights, state0, carry, inputs, *, save):
 
 def _project(xs, w_x, s_x, b, sdt):
   """``X = LN(xs @ w_x) * s_x + b`` (without ``s_x``, ``xs @ w_x + b``) for inputs ``(..., I)``, in ``sdt``."""
-  zx = (xs.reshape(-1, xs.shape[-1]) @ w_x).reshape(*xs.shape[:-1], -1)
+  zx = (xs.reshape(-1, xs.shape[-1]) @ w_x).reshape(*xs.shape[:-1], w_x.shape[-1])
   if s_x is not None:
     zx = layer_norm(zx, s_x)
   return (zx + b).astype(sdt)
@@ -330,12 +330,12 @@ def _layer_jvp(unroll, primals, tangents):
   # the tangent of X = LN(xs @ w_x) * s_x + b, as GEMMs over all T * B rows.
   terms = []
   if not is_zero(dxs):
-    terms.append(mm(dxs.reshape(T * B, -1).astype(w_x.dtype), w_x))
+    terms.append(mm(dxs.reshape(T * B, xs.shape[-1]).astype(w_x.dtype), w_x))
   if not is_zero(dw_x):
-    terms.append(mm(xs.reshape(T * B, -1), dw_x))
+    terms.append(mm(xs.reshape(T * B, xs.shape[-1]), dw_x))
   V = functools.reduce(jnp.add, terms).reshape(T, B, H4) if terms else zeros(T, B, H4)
   if s_x is not None:
-    n_x, r_x = _norm(mm(xs.reshape(T * B, -1), w_x).reshape(T, B, H4))
+    n_x, r_x = _norm(mm(xs.reshape(T * B, xs.shape[-1]), w_x).reshape(T, B, H4))
     V = _norm_tangent(V, n_x, r_x, s_x.astype(sdt)) if terms else V
     if not is_zero(ds_x):
       V = V + n_x * ds_x.astype(sdt)

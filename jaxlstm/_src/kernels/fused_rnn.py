@@ -204,9 +204,9 @@ def _layer_jvp(relu, unroll, primals, tangents):
   mm = functools.partial(jnp.matmul, preferred_element_type=sdt)  # float32 sums under 16-bit params
   terms = []
   if not is_zero(dxs):
-    terms.append(mm(dxs.reshape(T * B, -1).astype(w_x.dtype), w_x))
+    terms.append(mm(dxs.reshape(T * B, xs.shape[-1]).astype(w_x.dtype), w_x))
   if not is_zero(dw_x):
-    terms.append(mm(xs.reshape(T * B, -1), dw_x))
+    terms.append(mm(xs.reshape(T * B, xs.shape[-1]), dw_x))
   if not is_zero(dw_h):
     # Each step's starting carry: h0, the previous step's carry, or h_reset at a reset step.
     h_prevs = step_starts(hs, h0, resets, h_reset)

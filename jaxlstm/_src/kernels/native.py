@@ -52,8 +52,9 @@ from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
 from jaxlstm._src.kernels import fused
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
-_LIBRARY = "jaxlstm._src.native._lstm"  # the extension that setup.py builds (no Python module inside: a plain DSO)
+_LIBRARY = "jaxlstm._src.native._native"  # the extension that setup.py builds (no Python module inside: a plain DSO)
 _TARGETS = ("jaxlstm_lstm_forward_infer", "jaxlstm_lstm_forward_train", "jaxlstm_lstm_backward")
+GRU_TARGETS = ("jaxlstm_gru_forward_infer", "jaxlstm_gru_forward_train", "jaxlstm_gru_backward")  # native_gru.py's
 
 
 @functools.cache
@@ -62,7 +63,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
   spec = importlib.util.find_spec(_LIBRARY)
   if spec is None or spec.origin is None:
     return None, (
-      "the native library is not built (no jaxlstm/_src/native/_lstm*.so; `pip install` builds it where a C++17 "
+      "the native library is not built (no jaxlstm/_src/native/_native*.so; `pip install` builds it where a C++17 "
       "compiler works, see its log)"
     )
   try:
@@ -79,8 +80,8 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     getattr(blas, f"{prefix}openblas_set_num_threads")(1)
     lib.jaxlstm_native_set_sgemm(ctypes.cast(getattr(blas, f"{prefix}cblas_sgemm"), ctypes.c_void_p))
     lib.jaxlstm_native_set_threads.argtypes = [ctypes.c_int]
-    lib.jaxlstm_native_threads.argtypes = [ctypes.c_int64, ctypes.c_int64]
-    for name in _TARGETS:
+    lib.jaxlstm_native_threads.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    for name in _TARGETS + GRU_TARGETS:
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   except Exception as e:  # a library built for another ABI, a missing symbol, a JAX without jax.ffi
     return None, f"the native library does not load: {type(e).__name__}: {e}"
@@ -111,15 +112,16 @@ def set_threads(n: int) -> None:
   lib.jaxlstm_native_set_threads(int(n))
 
 
-def threads(batch: int, hidden: int) -> int:
-  """How many tasks, and threads at most, a layer of ``batch`` rows and ``hidden`` units runs on (1 without the
-  library)."""
+def threads(batch: int, hidden: int, gates: int = 4) -> int:
+  """How many tasks, and threads at most, a layer of ``batch`` rows, ``hidden`` units and ``gates`` gate blocks
+  (4 for the LSTM, 3 for the GRU) runs on (1 without the library)."""
   lib = _load()[0]
-  return 1 if lib is None else int(lib.jaxlstm_native_threads(batch, hidden))
+  return 1 if lib is None else int(lib.jaxlstm_native_threads(batch, hidden, gates))
 
 
-def _optional(a, dtype):
-  # The FFI handlers take a fixed list of operands: an absent peephole or validity is an empty array.
+def optional_operand(a, dtype):
+  """``a``, or an empty array where it is ``None``: the FFI handlers take a fixed list of operands, so an absent
+  peephole or validity is an empty array."""
   return jnp.zeros((0,), dtype) if a is None else a
 
 
@@ -157,7 +159,7 @@ def native_forward(xs, w_x, b, w_h, peep, valid, h0, c0, *, save: bool):
   H4 = w_x.shape[-1]
   H = H4 // 4
   f32 = jnp.float32
-  args = (xs, w_x, b, w_h, _optional(peep, f32), _optional(valid, jnp.bool_), h0, c0)
+  args = (xs, w_x, b, w_h, optional_operand(peep, f32), optional_operand(valid, jnp.bool_), h0, c0)
   sds = jax.ShapeDtypeStruct
   outs = [sds((T, B, H), f32), sds((B, H), f32), sds((B, H), f32)]
   # vmap runs one call per example: the weights may differ between examples, which the handlers do not batch.
@@ -194,7 +196,7 @@ def native_backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT):
   sds = jax.ShapeDtypeStruct
   outs = [sds((T, B, H4), f32), sds((B, H), f32), sds((B, H), f32)]
   call = jax.ffi.ffi_call(_TARGETS[2], outs, vmap_method="sequential", input_output_aliases={1: 0})
-  return tuple(call(w_h, P, Q, F, _optional(valid, jnp.bool_), d_hs, d_hT, d_cT))
+  return tuple(call(w_h, P, Q, F, optional_operand(valid, jnp.bool_), d_hs, d_hT, d_cT))
 
 
 def _loop(w_x, b, w_h, peep, xs, valid, h0, c0):

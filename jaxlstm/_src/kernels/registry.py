@@ -169,7 +169,7 @@ def unregister_kernel(name: str) -> Kernel:
   Example:
     >>> cudnn = jaxlstm.unregister_kernel("cudnn")
     >>> jaxlstm.kernel_names()
-    ('native', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas', 'pallas_gru', 'reference')
+    ('native', 'native_gru', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas', 'pallas_gru', 'reference')
     >>> jaxlstm.register_kernel(cudnn) is cudnn
     True
   """
@@ -182,7 +182,8 @@ def kernel_names() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.kernel_names()
-    ('native', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas', 'pallas_gru', 'cudnn', 'reference')
+    ('native', 'native_gru', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas', 'pallas_gru', 'cudnn',
+     'reference')
   """
   return tuple(k.name for k in sorted(_KERNELS.values(), key=lambda k: k.rank))
 
@@ -192,7 +193,8 @@ def impls() -> tuple[str, ...]:
 
   Example:
     >>> jaxlstm.kernels.impls()
-    ('auto', 'native', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas', 'pallas_gru', 'cudnn', 'reference')
+    ('auto', 'native', 'native_gru', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas', 'pallas_gru', 'cudnn',
+     'reference')
   """
   return ("auto", *kernel_names())
 
@@ -204,8 +206,8 @@ def check_impl(impl: Any) -> None:
     >>> jaxlstm.kernels.check_impl("fused")
     >>> jaxlstm.kernels.check_impl("triton")
     Traceback (most recent call last):
-    ValueError: impl must be one of ('auto', 'native', 'fused', 'fused_gru', 'fused_rnn', 'parallel', 'pallas',
-      'pallas_gru', 'cudnn', 'reference'); got 'triton'
+    ValueError: impl must be one of ('auto', 'native', 'native_gru', 'fused', 'fused_gru', 'fused_rnn', 'parallel',
+      'pallas', 'pallas_gru', 'cudnn', 'reference'); got 'triton'
   """
   if not isinstance(impl, str) or (impl != "auto" and impl not in _KERNELS):
     raise ValueError(f"impl must be one of {impls()}; got {impl!r}")
@@ -215,16 +217,15 @@ def reasons(call: LayerCall) -> dict[str, str | None]:
   """``{kernel name: why it cannot run the call, or None}``, in ``impl="auto"`` order.
 
   Example:
-    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
-    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("gru"), params=params, lengths=False, mask=False,
+    >>> params = jaxlstm.rnn_init(jax.random.key(0), 3, 5)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("rnn"), params=params, lengths=False, mask=False,
     ...                          resets=False, reverse=False, time_major=False, remat=None)
     >>> jaxlstm.kernels.reasons(call)
-    {'native': 'it runs LSTM layers only, not gru', 'fused': 'it runs LSTM layers only, not gru', 'fused_gru':
-      None, 'fused_rnn': 'it runs Elman RNN layers only, not gru', 'parallel': 'it runs cells whose gates read
-      only the input (mingru, minlstm), not gru, whose step is not linear in h', 'pallas': 'it runs LSTM layers
-      only, not gru', 'pallas_gru': "it compiles for CUDA GPUs (Pallas on Triton); JAX's default backend is
-      'cpu' (jaxlstm.kernels.pallas.interpret() runs its semantics on any backend, for tests)", 'cudnn': 'it
-      runs LSTM layers only, not gru', 'reference': None}
+    {'native': 'it runs LSTM layers only, not rnn', 'native_gru': 'it runs GRU layers only, not rnn', 'fused':
+      'it runs LSTM layers only, not rnn', 'fused_gru': 'it runs GRU layers only, not rnn', 'fused_rnn': None,
+      'parallel': 'it runs cells whose gates read only the input (mingru, minlstm), not rnn, whose step is not
+      linear in h', 'pallas': 'it runs LSTM layers only, not rnn', 'pallas_gru': 'it runs GRU layers only, not
+      rnn', 'cudnn': 'it runs LSTM layers only, not rnn', 'reference': None}
   """
   return {name: why_not(_KERNELS[name], call) for name in kernel_names()}
 
@@ -251,8 +252,8 @@ def passed_over(call: LayerCall) -> dict[str, str]:
   """``{kernel name: why impl="auto" passes it over}`` for the kernels that can run ``call`` but measured slower.
 
   Example:
-    >>> params = jaxlstm.gru_init(jax.random.key(0), 3, 5)
-    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("gru"), params=params, lengths=False, mask=False,
+    >>> params = jaxlstm.rnn_init(jax.random.key(0), 3, 5)
+    >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("rnn"), params=params, lengths=False, mask=False,
     ...                          resets=False, reverse=False, time_major=False, remat=None)
     >>> jaxlstm.kernels.passed_over(call)
     {}
@@ -321,19 +322,19 @@ class KernelChoice(NamedTuple):
     note: how the chosen kernel runs the call, where that depends on the call (:attr:`Kernel.note`), or ``None``.
 
   Example:
-    >>> choice = jaxlstm.explain(jaxlstm.gru_init(jax.random.key(0), 3, 5), jnp.ones((2, 7, 3)))
+    >>> choice = jaxlstm.explain(jaxlstm.rnn_init(jax.random.key(0), 3, 5), jnp.ones((2, 7, 3)))
     >>> print(choice)
-    params: runs on 'fused_gru'
-      native: it runs LSTM layers only, not gru
-      fused: it runs LSTM layers only, not gru
-      fused_gru: chosen
-      fused_rnn: it runs Elman RNN layers only, not gru
-      parallel: it runs cells whose gates read only the input (mingru, minlstm), not gru, whose step is not
+    params: runs on 'fused_rnn'
+      native: it runs LSTM layers only, not rnn
+      native_gru: it runs GRU layers only, not rnn
+      fused: it runs LSTM layers only, not rnn
+      fused_gru: it runs GRU layers only, not rnn
+      fused_rnn: chosen
+      parallel: it runs cells whose gates read only the input (mingru, minlstm), not rnn, whose step is not
         linear in h
-      pallas: it runs LSTM layers only, not gru
-      pallas_gru: it compiles for CUDA GPUs (Pallas on Triton); JAX's default backend is 'cpu'
-        (jaxlstm.kernels.pallas.interpret() runs its semantics on any backend, for tests)
-      cudnn: it runs LSTM layers only, not gru
+      pallas: it runs LSTM layers only, not rnn
+      pallas_gru: it runs GRU layers only, not rnn
+      cudnn: it runs LSTM layers only, not rnn
       reference: can run it
   """
 
