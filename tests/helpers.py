@@ -42,3 +42,19 @@ def assert_trees_close(a, b):
   """Same pytree structure and leaves equal to float32 rounding."""
   assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
+
+
+def assert_trees_rel_close(got, want, tol):
+  """Same pytree structure and shapes, each leaf within ``tol`` of ``want``'s relative to its largest entry
+  (:func:`rel_err`); a failure names the leaf's path."""
+  leaves_got, tree_got = jax.tree_util.tree_flatten_with_path(got)
+  leaves_want, tree_want = jax.tree_util.tree_flatten(want)
+  assert tree_got == tree_want
+  for (path, a), b in zip(leaves_got, leaves_want):
+    assert a.shape == b.shape, jax.tree_util.keystr(path)
+    assert rel_err(a, b) <= tol, f"{jax.tree_util.keystr(path)}: {rel_err(a, b)}"
+
+
+def as_float32(tree):
+  """Every leaf cast to float32."""
+  return jax.tree.map(lambda a: a.astype(jnp.float32), tree)

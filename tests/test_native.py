@@ -12,7 +12,7 @@ import pytest
 
 import jaxlstm
 from jaxlstm._src.kernels import fused, native
-from tests.helpers import normal, random_params, rel_err
+from tests.helpers import as_float32, assert_trees_rel_close, normal, random_params
 
 built = pytest.mark.skipif(native.load_error() is not None, reason=f"{native.load_error()}")
 
@@ -40,10 +40,6 @@ def setup(*, peephole=False, batch=(B,), t=T, i=I, h=H, seed=0):
   return params, xs, state
 
 
-def f32(tree):
-  return jax.tree.map(lambda a: a.astype(jnp.float32), tree)
-
-
 def loss_and_grads(impl, params, xs, state, **kw):
   """Outputs, final state and the gradients w.r.t. params, xs and state of a loss that weighs every output."""
 
@@ -58,16 +54,11 @@ def loss_and_grads(impl, params, xs, state, **kw):
 
 
 def assert_close(got, want, tol=TOL):
-  leaves_got, tree_got = jax.tree_util.tree_flatten_with_path(got)
-  leaves_want, tree_want = jax.tree_util.tree_flatten(want)
-  assert tree_got == tree_want
-  for (path, a), b in zip(leaves_got, leaves_want):
-    assert a.shape == b.shape, jax.tree_util.keystr(path)
-    assert rel_err(a, b) <= tol, f"{jax.tree_util.keystr(path)}: {rel_err(a, b)}"
+  assert_trees_rel_close(got, want, tol)
 
 
 def check(params, xs, state, tol=TOL, **kw):
-  got = loss_and_grads("native", *f32((params, xs, state)), **kw)
+  got = loss_and_grads("native", *as_float32((params, xs, state)), **kw)
   want = loss_and_grads("reference", params, xs, state, **kw)
   assert_close(got, want, tol)
 
@@ -128,7 +119,7 @@ def test_small_layers_train_on_the_xla_loops(monkeypatch, h, train_target):
   kernel's XLA loops; from it on, training runs native_backward. Both match the reference."""
   monkeypatch.setattr(native, "TRAIN_MIN_HIDDEN", 256)
   params, xs, state = setup(h=h, t=3)
-  p32, x32, s32 = f32((params, xs, state))
+  p32, x32, s32 = as_float32((params, xs, state))
 
   def targets(fn, *args):
     text = jax.jit(fn).lower(*args).as_text()
@@ -146,11 +137,11 @@ def test_auto_order(monkeypatch):
   """native can run float32 LSTMs on CPU; impl="auto" takes it for plain LSTMs of any size, and says why it
   passes it over for peephole ones."""
   monkeypatch.setattr(native, "TRAIN_MIN_HIDDEN", 256)  # the default, which explain's note names
-  params, xs, _ = f32(setup())
+  params, xs, _ = as_float32(setup())
   choice = jaxlstm.explain(params, xs)
   assert choice.reasons["native"] is None and choice.kernel == "native"
   assert "native: chosen (the forward loop; trained, below 256 hidden units (H=4), the fused kernel's" in str(choice)
-  peep = f32(setup(peephole=True)[0])
+  peep = as_float32(setup(peephole=True)[0])
   assert "passes it over: its peephole path is not measured" in str(jaxlstm.explain(peep, xs))
   assert native.KERNEL.rank < fused.KERNEL.rank
   xs = jnp.ones((2, 3, 4), jnp.float32)
@@ -164,7 +155,7 @@ def test_auto_order(monkeypatch):
 
 @built
 def test_vmap_and_jit_match_a_loop():
-  params, xs, state = f32(setup(batch=(2, B)))
+  params, xs, state = as_float32(setup(batch=(2, B)))
 
   def one(x, s):
     return jaxlstm.lstm(params, x, s, lengths=LENGTHS, impl="native")
@@ -195,7 +186,7 @@ def test_vmap_and_jit_match_a_loop():
 def test_forward_mode_matches_reference(peephole):
   # jvp and jacfwd run the fused kernel's tangent loop on the native forward's saved factors; hessian
   # differentiates the native calls through their XLA equivalents.
-  params, xs, _ = f32(setup(peephole=peephole))
+  params, xs, _ = as_float32(setup(peephole=peephole))
 
   def f(impl):
     return lambda x: jnp.sum(jaxlstm.lstm(params, x, lengths=LENGTHS, impl=impl)[1] ** 2, axis=(0, 2))
@@ -222,7 +213,7 @@ def test_stack_and_bidirectional_match_reference():
 
     return jax.grad(loss, argnums=(0, 1), has_aux=True)(params, xs)
 
-  assert_close(run("native", *f32((params, xs))), run("reference", params, xs))
+  assert_close(run("native", *as_float32((params, xs))), run("reference", params, xs))
 
 
 def call(params, **kw):

@@ -12,7 +12,7 @@ import pytest
 
 import jaxlstm
 from jaxlstm._src.kernels import fused_gru, native, native_gru
-from tests.helpers import normal, random_params, rel_err
+from tests.helpers import as_float32, assert_trees_rel_close, normal, random_params
 
 built = pytest.mark.skipif(native.load_error() is not None, reason=f"{native.load_error()}")
 
@@ -39,10 +39,6 @@ def setup(*, batch=(B,), t=T, i=I, h=H, seed=0, scale=0.5):
   return params, xs, state
 
 
-def f32(tree):
-  return jax.tree.map(lambda a: a.astype(jnp.float32), tree)
-
-
 def loss_and_grads(impl, params, xs, state, **kw):
   """Outputs, final state and the gradients w.r.t. params, xs and state of a loss that weighs every output."""
 
@@ -57,16 +53,11 @@ def loss_and_grads(impl, params, xs, state, **kw):
 
 
 def assert_close(got, want, tol=TOL):
-  leaves_got, tree_got = jax.tree_util.tree_flatten_with_path(got)
-  leaves_want, tree_want = jax.tree_util.tree_flatten(want)
-  assert tree_got == tree_want
-  for (path, a), b in zip(leaves_got, leaves_want):
-    assert a.shape == b.shape, jax.tree_util.keystr(path)
-    assert rel_err(a, b) <= tol, f"{jax.tree_util.keystr(path)}: {rel_err(a, b)}"
+  assert_trees_rel_close(got, want, tol)
 
 
 def check(params, xs, state, tol=TOL, **kw):
-  got = loss_and_grads("native_gru", *f32((params, xs, state)), **kw)
+  got = loss_and_grads("native_gru", *as_float32((params, xs, state)), **kw)
   want = loss_and_grads("reference", params, xs, state, **kw)
   assert_close(got, want, tol)
 
@@ -113,7 +104,7 @@ def test_small_layers_train_on_the_xla_loops(monkeypatch, h, train_targets):
   kernel's XLA loops; from it on, training runs the native loops. Both match the reference."""
   monkeypatch.setattr(native_gru, "TRAIN_MIN_HIDDEN", 256)
   params, xs, state = setup(h=h, t=3)
-  p32, x32, s32 = f32((params, xs, state))
+  p32, x32, s32 = as_float32((params, xs, state))
 
   def targets(fn, *args):
     text = jax.jit(fn).lower(*args).as_text()
@@ -128,14 +119,14 @@ def test_small_layers_train_on_the_xla_loops(monkeypatch, h, train_targets):
 @built
 def test_auto_takes_it_for_float32_grus(monkeypatch):
   monkeypatch.setattr(native_gru, "TRAIN_MIN_HIDDEN", 256)
-  params, xs, _ = f32(setup())
+  params, xs, _ = as_float32(setup())
   choice = jaxlstm.explain(params, xs)
   assert choice.kernel == "native_gru"
   assert "native_gru: chosen (the forward loop; trained, below 256 hidden units (H=4), the fused GRU" in str(choice)
   assert native_gru.KERNEL.rank < fused_gru.KERNEL.rank
   big = jaxlstm.gru_init(jax.random.key(0), 2, 256)
   assert "native_gru: chosen\n" in str(jaxlstm.explain(big, xs))
-  assert jaxlstm.explain(f32(params), xs, resets=jnp.zeros((B, T), bool)).kernel == "fused_gru"
+  assert jaxlstm.explain(as_float32(params), xs, resets=jnp.zeros((B, T), bool)).kernel == "fused_gru"
   bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
   assert jaxlstm.explain(bf16, xs.astype(jnp.bfloat16)).kernel == "fused_gru"
 
@@ -144,7 +135,7 @@ def test_auto_takes_it_for_float32_grus(monkeypatch):
 def test_vmap_forward_mode_and_stack():
   """vmap over examples with their own weights (one call each), jvp, jacfwd and hessian (the fused GRU kernel's
   tangent on the native forward's factors), and a bidirectional two-layer stack with lengths."""
-  params, xs, _ = f32(setup(batch=(2, B)))
+  params, xs, _ = as_float32(setup(batch=(2, B)))
   params2 = jax.tree.map(lambda a: jnp.stack([a, 0.5 * a]), params)
   got = jax.vmap(lambda p, x: jaxlstm.gru(p, x, lengths=LENGTHS, impl="native_gru")[1])(params2, xs)
   want = jax.vmap(lambda p, x: jaxlstm.gru(p, x, lengths=LENGTHS, impl="reference")[1])(params2, xs)
@@ -170,7 +161,7 @@ def test_vmap_forward_mode_and_stack():
 
     return jax.grad(loss, argnums=(0, 1), has_aux=True)(stack, xs)
 
-  assert_close(run("native_gru", *f32((stack, xs64))), run("reference", stack, xs64))
+  assert_close(run("native_gru", *as_float32((stack, xs64))), run("reference", stack, xs64))
 
 
 def call(params, **kw):

@@ -246,12 +246,20 @@ def why_not(call: LayerCall) -> str | None:
   p = call.params
   if p.layer_norm is not None or p.w_proj is not None:
     return "it runs plain and peephole LSTMs only, not layer_norm or proj_size; use impl='reference'"
+  return why_not_native(call, "fused")
+
+
+def why_not_native(call: LayerCall, fused_impl: str) -> str | None:
+  """What every native kernel (LSTM and GRU) refuses, past its cell's own checks, naming ``fused_impl`` as the
+  kernel that takes the call instead: resets, remat, params other than float32, a backend other than the CPU,
+  and a library that is not built or does not load."""
   if call.resets:
-    return "it does not take resets; use impl='reference'"
+    return f"it does not take resets; use impl={fused_impl!r}"
   if call.remat is not None:
-    return "it keeps every step's factors, so it takes no remat; use impl='fused'"
-  if p.w_x.dtype != jnp.float32:
-    return f"it runs float32 params only; got {p.w_x.dtype}; use impl='fused'"
+    return f"it keeps every step's factors, so it takes no remat; use impl={fused_impl!r}"
+  dtype = call.params.w_x.dtype
+  if dtype != jnp.float32:
+    return f"it runs float32 params only; got {dtype}; use impl={fused_impl!r}"
   if jax.default_backend() != "cpu":
     return f"it runs on the CPU backend only; JAX's default backend is {jax.default_backend()!r}"
   return load_error()

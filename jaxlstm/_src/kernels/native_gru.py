@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from jaxlstm._src.cells.gru import GRUParams, GRUState
 from jaxlstm._src.kernels import fused_gru
-from jaxlstm._src.kernels.native import GRU_TARGETS, load_error, optional_operand
+from jaxlstm._src.kernels.native import GRU_TARGETS, optional_operand, why_not_native
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
 
@@ -148,16 +148,7 @@ def why_not(call: LayerCall) -> str | None:
   """
   if call.cell.name != "gru":
     return f"it runs GRU layers only, not {call.cell.name}"
-  if call.resets:
-    return "it does not take resets; use impl='fused_gru'"
-  if call.remat is not None:
-    return "it keeps every step's factors, so it takes no remat; use impl='fused_gru'"
-  p = call.params
-  if p.w_x.dtype != jnp.float32:
-    return f"it runs float32 params only; got {p.w_x.dtype}; use impl='fused_gru'"
-  if jax.default_backend() != "cpu":
-    return f"it runs on the CPU backend only; JAX's default backend is {jax.default_backend()!r}"
-  return load_error()
+  return why_not_native(call, "fused_gru")
 
 
 def run(
