@@ -245,7 +245,7 @@ def why_not(call: LayerCall) -> str | None:
     return f"it runs LSTM layers only, not {call.cell.name}"
   p = call.params
   if p.layer_norm is not None or p.w_proj is not None:
-    return "it runs plain and peephole LSTMs only, not layer_norm or proj_size; use impl='reference'"
+    return "it runs plain and peephole LSTMs only, not layer_norm or proj_size; use impl='fused'"
   return why_not_native(call, "fused")
 
 
