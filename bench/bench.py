@@ -9,6 +9,8 @@
   python bench/bench.py --device gpu --out bench/results_gpu.md   # on a CUDA GPU, with the cuDNN peers
   python bench/bench.py --device gpu --precision tf32 --configs S --infer-configs S   # TF32 on every side
   python bench/bench.py --cell gru --peers jaxlstm,jaxlstm-ref,torch   # GRU layers on every side
+  python bench/bench.py --cell proj --peers jaxlstm,jaxlstm-ref,torch  # LSTMs projected to H // 2 (proj_size)
+  python bench/bench.py --cell layernorm --peers jaxlstm,jaxlstm-ref   # LayerNorm LSTMs: jaxlstm's kernels
 
 Every peer (``peers.py``) trains the same model, on the shapes of
 ``configs.py``: a stack of LSTM layers, a Dense(10) head on the last time
@@ -41,6 +43,7 @@ import sys
 import time
 
 from configs import (
+  CELLS,
   CONFIGS,
   DEFAULT_ROUNDS,
   DEFAULT_STEPS,
@@ -72,9 +75,10 @@ def parse_args(argv=None):
   )
   p.add_argument(
     "--cell",
-    choices=["lstm", "gru"],
+    choices=CELLS,
     default="lstm",
-    help="the layers every peer stacks: lstm (default), or gru (PyTorch's semantics on every side)",
+    help="the layers every peer stacks: lstm (default); gru (PyTorch's semantics on every side); layernorm, "
+    "the LayerNorm LSTM (jaxlstm only); proj, the LSTM projected to H // 2 (PyTorch's proj_size)",
   )
   p.add_argument(
     "--configs",

@@ -38,35 +38,51 @@ GPU_STEPS = {"S": 30, "M": 20, "L": 20, "XL": 10, "DB": 20, "Q": 2}
 GPU_ROUNDS = {"S": 1, "M": 1, "L": 1, "XL": 1, "DB": 1, "Q": 1}
 
 
+# The benchmarked cells (``--cell``): the plain LSTM, PyTorch's GRU, and two LSTM options, LayerNorm
+# (jaxlstm only) and a projection to half the hidden size (PyTorch's ``proj_size``).
+CELLS = ("lstm", "gru", "layernorm", "proj")
 # Gate blocks of each benchmarked cell: the columns of its GEMMs are GATES * H.
-GATES = {"lstm": 4, "gru": 3}
+GATES = {"lstm": 4, "gru": 3, "layernorm": 4, "proj": 4}
+
+
+def out_size(cfg: Config, cell: str = "lstm") -> int:
+  """A layer's output size: ``H``, or ``P = H // 2`` for the projected LSTM."""
+  return cfg.H // 2 if cell == "proj" else cfg.H
 
 
 def param_count(cfg: Config, cell: str = "lstm") -> int:
-  """Parameters of the shared model: per layer ``w_x (I, gH)``, ``w_h (H, gH)``, ``b (gH,)`` for ``g`` gates
-  (and the GRU's ``b_hn (H,)``); then Dense(10)."""
+  """Parameters of the shared model: per layer ``w_x (I, gH)``, ``w_h (P, gH)``, ``b (gH,)`` for ``g`` gates
+  and output size ``P`` (the GRU's ``b_hn (H,)``, the LayerNorm LSTM's gains and biases ``10H``, the projected
+  LSTM's ``w_proj (H, P)``); then Dense(10)."""
   g = GATES[cell]
+  H, P = cfg.H, out_size(cfg, cell)
+  extra = {"gru": H, "layernorm": 10 * H, "proj": H * P}.get(cell, 0)
   total = 0
   size = cfg.I
   for _ in range(cfg.layers):
-    total += size * g * cfg.H + cfg.H * g * cfg.H + g * cfg.H + (cfg.H if cell == "gru" else 0)
-    size = cfg.H
-  return total + cfg.H * NUM_CLASSES + NUM_CLASSES
+    total += size * g * H + P * g * H + g * H + extra
+    size = P
+  return total + P * NUM_CLASSES + NUM_CLASSES
 
 
 def forward_flops(cfg: Config, cell: str = "lstm") -> float:
   """FLOPs of one forward pass.
 
-  Per layer and time step: the two gate GEMMs, ``2 * B * (I + H) * gH`` for ``g``
-  gates, plus about ``10 * B * H`` elementwise operations (biases, activations,
-  the state update). Then the Dense head on the last step.
+  Per layer and time step: the two gate GEMMs, ``2 * B * (I + P) * gH`` for ``g``
+  gates and output size ``P``, the projected LSTM's ``2 * B * H * P``, plus about
+  ``10 * B * H`` elementwise operations (biases, activations, the state update;
+  ``90 * B * H`` with LayerNorm's three normalizations). Then the Dense head on the
+  last step.
   """
+  H, P = cfg.H, out_size(cfg, cell)
+  per_step = 2.0 * cfg.B * H * P if cell == "proj" else 0.0
+  per_step += (90.0 if cell == "layernorm" else 10.0) * cfg.B * H
   flops = 0.0
   size = cfg.I
   for _ in range(cfg.layers):
-    flops += cfg.T * (2.0 * cfg.B * (size + cfg.H) * GATES[cell] * cfg.H + 10.0 * cfg.B * cfg.H)
-    size = cfg.H
-  return flops + 2.0 * cfg.B * cfg.H * NUM_CLASSES
+    flops += cfg.T * (2.0 * cfg.B * (size + P) * GATES[cell] * H + per_step)
+    size = P
+  return flops + 2.0 * cfg.B * P * NUM_CLASSES
 
 
 def step_flops(cfg: Config, mode: str, cell: str = "lstm") -> float:

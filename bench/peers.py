@@ -1,7 +1,8 @@
 """The peers: one builder per framework, each returning a blocking step callable and its parameter count.
 
-Every peer trains the same model: a stack of LSTM layers (GRU layers with ``--cell gru``, PyTorch's
-semantics on every side: ``b_hn`` inside the reset product), a Dense(10) head on
+Every peer trains the same model: a stack of LSTM layers (``--cell``: GRU layers with PyTorch's semantics on
+every side, ``b_hn`` inside the reset product; LayerNorm LSTMs, jaxlstm's only; LSTMs projected to ``P = H // 2``,
+PyTorch's ``proj_size``), a Dense(10) head on
 the last time step's output, softmax cross-entropy against random integer
 labels, Adam with learning rate 1e-3. A training step is forward + backward +
 optimizer update; an inference step is the forward pass alone. Frameworks are
@@ -26,7 +27,8 @@ Peers (``--peers``):
                  Pallas kernel (GPU only)
   jax-cudnn      ``jax.experimental.rnn.lstm``, all layers in one cuDNN call (GPU only)
 
-``jaxlstm-native``, ``jaxlstm-cudnn`` and ``jax-cudnn`` run LSTMs only (:attr:`Peer.cells`).
+``jaxlstm-native``, ``jaxlstm-cudnn`` and ``jax-cudnn`` run plain LSTMs only, Flax and Keras plain LSTMs and GRUs,
+PyTorch all but the LayerNorm LSTM (:attr:`Peer.cells`).
 
 Precision (``--precision``, GPU): every worker first calls :func:`set_precision`, so that all peers compute at
 one precision: ``highest`` (full float32 matmuls on both sides: JAX's ``jax_default_matmul_precision="highest"``,
@@ -45,10 +47,12 @@ from typing import NamedTuple
 from configs import (
   ADAM_EPS,
   CEILING_N,
+  CELLS,
   GPU_CEILING_N,
   LEARNING_RATE,
   NUM_CLASSES,
   Config,
+  out_size,
 )
 
 # Every other peer's time is reported relative to this one's.
@@ -67,12 +71,11 @@ DEFAULT_GPU_PEERS = (
 )
 PRECISIONS = ("native", "highest", "tf32", "bf16")
 PRECISION = ["native"]  # set once per worker by set_precision
-CELLS = ("lstm", "gru")
 CELL = ["lstm"]  # set once per worker by set_cell
 
 
 def set_cell(cell: str) -> None:
-  """Makes this worker's peers build ``cell`` layers (``lstm`` or ``gru``)."""
+  """Makes this worker's peers build ``cell`` layers (one of :data:`configs.CELLS`)."""
   if cell not in CELLS:
     raise ValueError(f"cell must be one of {CELLS}; got {cell!r}")
   CELL[0] = cell
@@ -171,11 +174,14 @@ def build_jaxlstm(cfg: Config, mode: str, impl: str):
   cell = CELL[0]
   if cell == "gru":  # the GRU's kernels of the same kind
     impl = {"fused": "fused_gru", "pallas": "pallas_gru", "native": "native_gru"}.get(impl, impl)
+  options = {"layernorm": {"layer_norm": True}, "proj": {"proj_size": out_size(cfg, cell)}}.get(cell, {})
+  P = out_size(cfg, cell)
 
   def init_fn(key, xs):
     k_rnn, k_head = jax.random.split(key)
-    stack = jaxlstm.stack_init(k_rnn, cfg.I, cfg.H, cfg.layers, cell=cell, dtype=dtype)
-    w = jax.random.normal(k_head, (cfg.H, NUM_CLASSES), jnp.float32) / cfg.H**0.5
+    name = "gru" if cell == "gru" else "lstm"
+    stack = jaxlstm.stack_init(k_rnn, cfg.I, cfg.H, cfg.layers, cell=name, dtype=dtype, **options)
+    w = jax.random.normal(k_head, (P, NUM_CLASSES), jnp.float32) / P**0.5
     return {"stack": stack, "head": {"w": w, "b": jnp.zeros((NUM_CLASSES,), jnp.float32)}}
 
   def apply_fn(params, xs):
@@ -323,11 +329,15 @@ def build_torch(cfg: Config, mode: str, device: str = "cpu"):
   sync = torch.cuda.synchronize if device == "gpu" else (lambda: None)
   xs_np, labels_np = make_data(cfg)
   xs, labels = torch.from_numpy(xs_np).to(dev), torch.from_numpy(labels_np).long().to(dev)
-  Layer = torch.nn.GRU if CELL[0] == "gru" else torch.nn.LSTM
-  lstm = Layer(cfg.I, cfg.H, num_layers=cfg.layers, batch_first=True).to(dev)
+  if CELL[0] == "gru":
+    lstm = torch.nn.GRU(cfg.I, cfg.H, num_layers=cfg.layers, batch_first=True)
+  else:  # proj_size=0 is a plain LSTM
+    proj = out_size(cfg, CELL[0]) if CELL[0] == "proj" else 0
+    lstm = torch.nn.LSTM(cfg.I, cfg.H, num_layers=cfg.layers, batch_first=True, proj_size=proj)
+  lstm = lstm.to(dev)
   if bf16():  # bfloat16 weights and inputs; cuDNN sums in float32
     lstm, xs = lstm.to(torch.bfloat16), xs.to(torch.bfloat16)
-  head = torch.nn.Linear(cfg.H, NUM_CLASSES).to(dev)
+  head = torch.nn.Linear(out_size(cfg, CELL[0]), NUM_CLASSES).to(dev)
   modules = torch.nn.ModuleList([lstm, head])
   n_params = sum(p.numel() for p in modules.parameters())
 
@@ -376,6 +386,8 @@ class Peer(NamedTuple):
   env: tuple = ()
 
 
+PLAIN = ("lstm", "gru")  # the plain LSTM and the GRU, which every framework has
+TORCH_CELLS = ("lstm", "gru", "proj")  # PyTorch has proj_size, no LayerNorm LSTM
 MALLOC_TUNED = (
   ("MALLOC_ARENA_MAX", "1"),
   ("MALLOC_MMAP_THRESHOLD_", str(1 << 30)),
@@ -390,22 +402,24 @@ PEERS = {
   "jaxlstm-cudnn": Peer(
     "jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "cudnn"), needs_cuda=True, cells=("lstm",)
   ),
-  "jaxlstm-pallas": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "pallas"), needs_cuda=True),
+  "jaxlstm-pallas": Peer(
+    "jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "pallas"), needs_cuda=True, cells=PLAIN
+  ),
   "jax-cudnn": Peer(
     "jax.experimental.rnn", lambda cfg, mode, device: build_jax_cudnn(cfg, mode), needs_cuda=True, cells=("lstm",)
   ),
-  "flax": Peer("flax", lambda cfg, mode, device: build_flax(cfg, mode)),
-  "keras": Peer("keras", lambda cfg, mode, device: build_keras(cfg, mode)),
-  "keras-jit": Peer("keras", lambda cfg, mode, device: build_keras_jit(cfg, mode)),
-  "torch": Peer("torch", build_torch),
+  "flax": Peer("flax", lambda cfg, mode, device: build_flax(cfg, mode), cells=PLAIN),
+  "keras": Peer("keras", lambda cfg, mode, device: build_keras(cfg, mode), cells=PLAIN),
+  "keras-jit": Peer("keras", lambda cfg, mode, device: build_keras_jit(cfg, mode), cells=PLAIN),
+  "torch": Peer("torch", build_torch, cells=TORCH_CELLS),
   # Tuned, not a default: PyTorch's OpenMP threads sleep at barriers instead of spinning, which helps on a machine
   # shared with other jobs and costs on an idle one.
-  "torch-passive": Peer("torch", build_torch, env=(("OMP_WAIT_POLICY", "PASSIVE"),)),
+  "torch-passive": Peer("torch", build_torch, env=(("OMP_WAIT_POLICY", "PASSIVE"),), cells=TORCH_CELLS),
   # Tuned, not a default: glibc's malloc with one arena and no mmap below 1 GiB, so that the large buffers a step
   # allocates afresh come back from the heap instead of as new pages (each faults on first touch). Set through
   # glibc's environment variables, as a user would, for either library.
   "jaxlstm-malloc": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "auto"), env=MALLOC_TUNED),
-  "torch-malloc": Peer("torch", build_torch, env=MALLOC_TUNED),
+  "torch-malloc": Peer("torch", build_torch, env=MALLOC_TUNED, cells=TORCH_CELLS),
 }
 ALL_PEERS = tuple(PEERS)
 

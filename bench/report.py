@@ -194,11 +194,7 @@ def report(run: dict) -> str:
       "the rounds given per config; **median** and **IQR** pool the timed steps of all rounds "
       f"(`n` of them, after the first step and {run['warmup']} more warm-up step(s) of each round). "
       "**first step** is each round's first call: tracing and XLA compilation for the JAX peers. "
-      + (
-        "GFLOP/s counts the GRU work (gate GEMMs `2·B·T·(I+H)·3H` per layer plus elementwise; "
-        if run.get("cell") == "gru"
-        else "GFLOP/s counts the LSTM work (gate GEMMs `2·B·T·(I+H)·4H` per layer plus elementwise; "
-      )
+      + FLOPS_NOTE[run.get("cell", "lstm")]
       + "training = 3× forward), and **% of ceiling** compares it with the jitted JAX matmul measured "
       "in the same rounds. **page faults / step** is the worker process's minor page faults per timed "
       "step (median over rounds): memory touched for the first time in that step. "
@@ -262,6 +258,17 @@ def report(run: dict) -> str:
         run.get("cell", "lstm"),
       )
   return "\n".join(lines)
+
+
+# How each cell's GFLOP/s are counted (configs.forward_flops).
+FLOPS_NOTE = {
+  "lstm": "GFLOP/s counts the LSTM work (gate GEMMs `2·B·T·(I+H)·4H` per layer plus elementwise; ",
+  "gru": "GFLOP/s counts the GRU work (gate GEMMs `2·B·T·(I+H)·3H` per layer plus elementwise; ",
+  "layernorm": "GFLOP/s counts the LayerNorm LSTM's work (gate GEMMs `2·B·T·(I+H)·4H` per layer plus "
+  "elementwise, `90·B·H` per step with the three normalizations; ",
+  "proj": "GFLOP/s counts the projected LSTM's work (gate GEMMs `2·B·T·(I+P)·4H` and the projection "
+  "`2·B·T·H·P` per layer, `P = H/2`, plus elementwise; ",
+}
 
 
 def write_report(run: dict, out: str) -> None:
