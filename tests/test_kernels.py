@@ -149,7 +149,7 @@ def test_static_activation_survives_jit_vmap_and_tree_maps():
     jax.tree.map(lambda a, b: a + b, relu[0], relu[0]._replace(activation="tanh"))
 
 
-@pytest.mark.parametrize("variant", ["lstm", "lstm_peephole", "gru", "rnn_relu"])
+@pytest.mark.parametrize("variant", ["lstm", "lstm_peephole", "lstm_ln_proj", "gru", "rnn_relu"])
 def test_inference_projects_in_chunks(variant, monkeypatch):
   # Past chunks.PROJECT_BYTES the fused kernels' inference loops project PROJECT_STEPS steps at a time; forced
   # here on T = 11 steps in chunks of 4 (two chunks and a tail of 3), with lengths, masks, resets and reverse.
