@@ -127,9 +127,9 @@ def test_matches_reference_float32():
     kw = {"reverse": True, "lengths": np.array([12, 7, 0]), "resets": resets}
     cases.append((layer(fast, **kw), ref_layer(**kw), params, xs, state))
     if cell == "gru":
-      # Unrolled loops (the GPU default is 8) over a length that 8 does not divide.
+      # Unrolled loops (the GPU default is 8; 5 compiles in half the time) over a length that 5 does not divide.
       mask = np.tile(MASK, (1, 3))[:, :12]
-      cases.append((layer(fast, unroll=8, mask=mask), ref_layer(mask=mask), params, xs, state))
+      cases.append((layer(fast, unroll=5, mask=mask), ref_layer(mask=mask), params, xs, state))
   assert_same(cases, 5e-5)
 
 
