@@ -50,7 +50,12 @@ from collections.abc import Mapping
 from types import SimpleNamespace
 from typing import Any
 
-import equinox as eqx
+from jaxlstm._src.extras import missing
+
+try:  # without the package, name the extra that installs it
+  import equinox as eqx
+except ImportError as e:
+  raise missing("equinox", extra="equinox", needed_by="jaxlstm.equinox") from e
 import jax
 import jax.numpy as jnp
 

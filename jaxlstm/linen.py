@@ -45,8 +45,14 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-from flax import linen
-from flax.core import FrozenDict
+
+from jaxlstm._src.extras import missing
+
+try:  # without the package, name the extra that installs it
+  from flax import linen
+  from flax.core import FrozenDict
+except ImportError as e:
+  raise missing("flax", extra="flax", needed_by="jaxlstm.linen") from e
 
 import jaxlstm
 from jaxlstm._src.cells.registry import get_cell

@@ -48,7 +48,13 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+
+from jaxlstm._src.extras import missing
+
+try:  # without the package, name the extra that installs it
+  from flax import nnx
+except ImportError as e:
+  raise missing("flax", extra="flax", needed_by="jaxlstm.nnx") from e
 
 import jaxlstm
 from jaxlstm._src.cells.registry import cell_of, get_cell, is_cell_params

@@ -32,7 +32,16 @@ def require(module: str, *, extra: str, needed_by: str) -> ModuleType:
   try:
     return importlib.import_module(module)
   except ImportError as e:
-    top = module.split(".")[0]
-    raise MissingExtra(
-      f"{needed_by} needs the {top} package, which is not installed: pip install 'jaxlstm[{extra}]'"
-    ) from e
+    raise missing(module, extra=extra, needed_by=needed_by) from e
+
+
+def missing(module: str, *, extra: str, needed_by: str) -> MissingExtra:
+  """The :class:`MissingExtra` to raise, ``from`` the ``ImportError``, where importing ``module`` failed.
+
+  Example:
+    >>> from jaxlstm._src.extras import missing
+    >>> str(missing("flax.nnx", extra="flax", needed_by="jaxlstm.nnx"))
+    "jaxlstm.nnx needs the flax package, which is not installed: pip install 'jaxlstm[flax]'"
+  """
+  top = module.split(".")[0]
+  return MissingExtra(f"{needed_by} needs the {top} package, which is not installed: pip install 'jaxlstm[{extra}]'")
