@@ -28,7 +28,7 @@ Peers (``--peers``):
   jax-cudnn      ``jax.experimental.rnn.lstm``, all layers in one cuDNN call (GPU only)
 
 ``jaxlstm-native``, ``jaxlstm-cudnn`` and ``jax-cudnn`` run plain LSTMs only, Flax and Keras plain LSTMs and GRUs,
-PyTorch all but the LayerNorm LSTM (:attr:`Peer.cells`).
+PyTorch all but the LayerNorm LSTM; ``jaxlstm-pallas`` plain LSTMs and GRUs too (:attr:`Peer.cells`).
 
 Precision (``--precision``, GPU): every worker first calls :func:`set_precision`, so that all peers compute at
 one precision: ``highest`` (full float32 matmuls on both sides: JAX's ``jax_default_matmul_precision="highest"``,
