@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import jaxlstm
+
 
 def random_params(init, *args, seed=0, scale=0.5, **kwargs):
   """Params with the structure of ``init(key, *args, **kwargs)``, filled with N(0, scale²).
@@ -58,3 +60,17 @@ def assert_trees_rel_close(got, want, tol):
 def as_float32(tree):
   """Every leaf cast to float32."""
   return jax.tree.map(lambda a: a.astype(jnp.float32), tree)
+
+
+def loss_and_grads(impl, params, xs, state, **kw):
+  """``((final, hs), grads)`` of ``jaxlstm.layer`` on ``impl``: the outputs, the final state and the gradients
+  w.r.t. params, xs and state of a loss that weighs ``hs`` and every leaf of the final state, jitted."""
+
+  def loss(params, xs, state):
+    final, hs = jaxlstm.layer(params, xs, state, impl=impl, **kw)
+    out = (hs, *jax.tree.leaves(final))
+    ws = [jnp.asarray(np.random.default_rng(10 + k).standard_normal(a.shape), a.dtype) for k, a in enumerate(out)]
+    return sum(jnp.sum(a * w) for a, w in zip(out, ws)), (final, hs)
+
+  grads, (final, hs) = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state)
+  return (final, hs), grads

@@ -12,7 +12,7 @@ import pytest
 
 import jaxlstm
 from jaxlstm._src.kernels import fused, native
-from tests.helpers import as_float32, assert_trees_rel_close, normal, random_params
+from tests.helpers import as_float32, assert_trees_rel_close, loss_and_grads, normal, random_params
 
 built = pytest.mark.skipif(native.load_error() is not None, reason=f"{native.load_error()}")
 
@@ -38,19 +38,6 @@ def setup(*, peephole=False, batch=(B,), t=T, i=I, h=H, seed=0):
     normal((*batch, h), jnp.float64, seed=seed + 3, scale=0.5),
   )
   return params, xs, state
-
-
-def loss_and_grads(impl, params, xs, state, **kw):
-  """Outputs, final state and the gradients w.r.t. params, xs and state of a loss that weighs every output."""
-
-  def loss(params, xs, state):
-    final, hs = jaxlstm.lstm(params, xs, state, impl=impl, **kw)
-    out = (hs, final.h, final.c)
-    ws = [jnp.asarray(np.random.default_rng(10 + k).standard_normal(a.shape), a.dtype) for k, a in enumerate(out)]
-    return sum(jnp.sum(a * w) for a, w in zip(out, ws)), (final, hs)
-
-  grads, (final, hs) = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state)
-  return (final, hs), grads
 
 
 def assert_close(got, want, tol=TOL):
