@@ -174,8 +174,8 @@ def build_jaxlstm(cfg: Config, mode: str, impl: str):
   cell = CELL[0]
   if cell == "gru":  # the GRU's kernels of the same kind
     impl = {"fused": "fused_gru", "pallas": "pallas_gru", "native": "native_gru"}.get(impl, impl)
-  options = {"layernorm": {"layer_norm": True}, "proj": {"proj_size": out_size(cfg, cell)}}.get(cell, {})
   P = out_size(cfg, cell)
+  options = {"layernorm": {"layer_norm": True}, "proj": {"proj_size": P}}.get(cell, {})
 
   def init_fn(key, xs):
     k_rnn, k_head = jax.random.split(key)
