@@ -33,10 +33,13 @@ FUSED = {"lstm": "fused", "gru": "fused_gru", "rnn": "fused_rnn"}
 
 
 def make(cfg, seed=0, cell="lstm"):
+  """The model, inputs and targets of a config; ``cell="proj"`` is the LSTM with ``proj_size=H // 2``."""
   B, T, I, H, L, O = cfg
-  params = jaxlstm.stack_init(jax.random.key(seed), I, H, L, cell=cell)
+  options = {"proj_size": H // 2} if cell == "proj" else {}
+  params = jaxlstm.stack_init(jax.random.key(seed), I, H, L, cell="lstm" if cell == "proj" else cell, **options)
+  out = options.get("proj_size", H)
   rng = np.random.default_rng(seed)
-  dense = (jnp.asarray(rng.standard_normal((H, O)) / H**0.5, jnp.float32), jnp.zeros((O,), jnp.float32))
+  dense = (jnp.asarray(rng.standard_normal((out, O)) / out**0.5, jnp.float32), jnp.zeros((O,), jnp.float32))
   xs = jnp.asarray(rng.standard_normal((B, T, I)), jnp.float32)
   ys = jnp.asarray(rng.standard_normal((B, T, O)), jnp.float32)
   return (params, dense), xs, ys

@@ -6,6 +6,7 @@ that a change of load on a shared machine hits both alike, and prints fused / na
 
   python bench/native.py --configs S M L --modes fwd train
   python bench/native.py --cell gru --configs S M        # native_gru against fused_gru
+  python bench/native.py --cell proj --configs S M       # the projected LSTM (proj_size = H / 2)
   JAXLSTM_NATIVE_THREADS=1 python bench/native.py --configs S   # the native loops on one thread
 """
 
@@ -26,9 +27,9 @@ def main():
   ap.add_argument("--configs", nargs="+", default=["S", "M", "L"])
   ap.add_argument("--modes", nargs="+", choices=["fwd", "train"], default=["fwd", "train"])
   ap.add_argument("--steps", type=int, default=10)
-  ap.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
+  ap.add_argument("--cell", choices=["lstm", "gru", "proj"], default="lstm")
   args = ap.parse_args()
-  impls = ("native", "fused") if args.cell == "lstm" else ("native_gru", "fused_gru")
+  impls = ("native_gru", "fused_gru") if args.cell == "gru" else ("native", "fused")
   if native.load_error() is not None:
     sys.exit(native.load_error())
   for mode in args.modes:

@@ -162,7 +162,8 @@ def test_fused_path_is_taken_only_where_supported():
   assert kernel(p) == "fused"
   assert kernel(p, resets=np.zeros((B, T), bool)) == "fused"
   assert kernel(random_params(jaxlstm.lstm_init, I, H, layer_norm=True)) == "fused"
-  assert kernel(random_params(jaxlstm.lstm_init, I, H, proj_size=2)) == "fused"
+  # A projected LSTM with peepholes (float32 projected ones without run on native where the library is built).
+  assert kernel(random_params(jaxlstm.lstm_init, I, H, proj_size=2, peephole=True)) == "fused"
   # A GRU with resets (float32 GRUs without them run on native_gru where the native library is built).
   assert kernel(random_params(jaxlstm.gru_init, I, H), resets=np.zeros((B, T), bool)) == "fused_gru"
   with pytest.raises(ValueError, match="remat must be a positive int"):

@@ -36,6 +36,7 @@ into one and a backward pass already reversed.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +44,7 @@ from jax import lax
 
 from jaxlstm._src.cells.lstm import LAYER_NORM_EPS, LSTMParams, layer_norm
 from jaxlstm._src.kernels.chunks import gate_consts, is_zero, project_in_chunks, step_starts
-from jaxlstm._src.kernels.linear import linear_recurrence
+from jaxlstm._src.kernels.linear import linear_recurrence, reference_jvp
 
 
 def _norm(v):
@@ -329,11 +330,21 @@ def _layer(xs, w_x, s_x, b, w_h, s_h, peep, s_c, b_c, w_p, valid, resets, h0, c0
 @functools.partial(_layer.defjvp, symbolic_zeros=True)
 def _layer_jvp(unroll, primals, tangents):
   xs, w_x, s_x, bias, w_h, s_h, peep, s_c, b_c, w_p, valid, resets, h0, c0 = primals
+  w = _Weights(w_h, s_h, peep, s_c, b_c, w_p, c0.dtype)
+  src, project = _loop_source(xs, w_x, s_x, bias, peep, c0.dtype)
+  saved = _forward(w, src, valid, resets, h0, c0, unroll, save=True, project=project)
+  return _tangent_of(_recurrence, saved, primals, tangents, unroll)
+
+
+def _tangent_of(recurrence, saved, primals, tangents, unroll):
+  """The layer's tangent from the forward loop's ``saved = ((h_T, c_T), factors)``: the hoisted terms (input,
+  weight and gain tangents, as GEMMs and products over all ``T * B`` rows) plus ``recurrence``, whose transpose
+  is the backward loop. ``primals`` and ``tangents`` are :func:`_layer`'s."""
+  xs, w_x, s_x, bias, w_h, s_h, peep, s_c, b_c, w_p, valid, resets, h0, c0 = primals
   dxs, dw_x, ds_x, dbias, dw_h, ds_h, dpeep, ds_c, db_c, dw_p, _, _, dh0, dc0 = tangents
   sdt = c0.dtype
   w = _Weights(w_h, s_h, peep, s_c, b_c, w_p, sdt)
-  src, project = _loop_source(xs, w_x, s_x, bias, peep, sdt)
-  (h, c), b = _forward(w, src, valid, resets, h0, c0, unroll, save=True, project=project)
+  (h, c), b = saved
   T, B, _ = xs.shape
   H4 = w_h.shape[-1]
   H, Pd = H4 // 4, h0.shape[-1]
@@ -381,8 +392,51 @@ def _layer_jvp(unroll, primals, tangents):
   coef_rows = _rows(*zip(coefs, (None,) * 5 + (1,) * 9))
   lins = (V, A, E, G, dh0, dc0)
   lin_rows = _rows(*zip(lins, (1, 1, 1, 1, 0, 0)))
-  d_hs, d_h, d_c = _recurrence(coefs, lins, rows=(coef_rows, lin_rows, (1, 0, 0)), unroll=unroll)
+  d_hs, d_h, d_c = recurrence(coefs, lins, rows=(coef_rows, lin_rows, (1, 0, 0)), unroll=unroll)
   return (b["hs"], h, c), (d_hs, d_h, d_c)
+
+
+def kernel_layer(name: str, run_loop: Callable, run_loop_saved: Callable, run_backward: Callable) -> Callable:
+  """A projected LSTM layer (no layer norm or peepholes) on another kernel's two loops, with this kernel's
+  tangent, forward mode and XLA derivatives of the loops, as :func:`jaxlstm._src.kernels.fused.kernel_layer` is
+  for the plain layer.
+
+  * ``run_loop(xs, w_x, b, w_h, w_p, valid, h0, c0) -> (hs, h_T, c_T)``: the forward loop;
+  * ``run_loop_saved(...)`` (same arguments) ``-> ((h_T, c_T), {"P", "F", "R", "hs", "y"})``: the training
+    forward, with :func:`_forward`'s factors;
+  * ``run_backward(w_h, w_p, P, F, R, valid, d_hs, d_hT, d_cT) -> (dz, G, dh0, dc0)``: :func:`_backward`'s loop.
+
+  Returns ``layer(xs, w_x, b, w_h, w_p, valid, h0, c0) -> (hs, h_T, c_T)``, a :func:`jax.custom_jvp`. Second-order
+  autodiff, which differentiates the loops' own calls, goes through :func:`_forward` and :func:`_backward`.
+  """
+
+  def xla_saved(xs, w_x, b, w_h, w_p, valid, h0, c0):
+    w = _Weights(w_h, None, None, None, None, w_p, c0.dtype)
+    return _forward(w, _project(xs, w_x, None, b, c0.dtype), valid, None, h0, c0, 1, save=True)
+
+  def fast_backward(coefs, cts):
+    w_h, _, _, _, w_p, P, F, R, _, _, _, _, valid, _ = coefs
+    dz, G, dh0, dc0 = run_backward(w_h, w_p, P, F, R, valid, *cts)
+    return dz, dz, None, G, dh0, dc0  # without layer norm, A's gradient is V's
+
+  saved_call = reference_jvp(run_loop_saved, xla_saved)
+  backward_call = reference_jvp(fast_backward, functools.partial(_backward, unroll=1))
+  recurrence = linear_recurrence(name, _tangent, lambda coefs, cts, *, unroll: backward_call(coefs, cts))
+
+  @jax.custom_jvp
+  def layer(xs, w_x, b, w_h, w_p, valid, h0, c0):
+    return run_loop(xs, w_x, b, w_h, w_p, valid, h0, c0)
+
+  @functools.partial(layer.defjvp, symbolic_zeros=True)
+  def _(primals, tangents):
+    xs, w_x, b, w_h, w_p, valid, h0, c0 = primals
+    dxs, dw_x, db, dw_h, dw_p, _, dh0, dc0 = tangents
+    saved = saved_call(*primals)
+    full = (xs, w_x, None, b, w_h, None, None, None, None, w_p, valid, None, h0, c0)
+    full_t = (dxs, dw_x, None, db, dw_h, None, None, None, None, dw_p, None, None, dh0, dc0)
+    return _tangent_of(recurrence, saved, full, full_t, 1)
+
+  return layer
 
 
 def run(params: LSTMParams, xs, valid, resets, h0, c0, unroll):

@@ -26,7 +26,13 @@ time, by each task for its own columns: right after one of XLA's
 multi-threaded GEMMs in the same executable, XLA's threads hold the cores for a
 while, and the loop's first steps would wait on them.
 
-It runs plain and peephole LSTM layers in float32 on the CPU backend, with
+Projected layers (``proj_size``, without peepholes) run :func:`native_proj_forward` and
+:func:`native_proj_backward`: a step is two phases, the gates split over hidden
+units and then the projection ``h = y @ w_p`` split over its columns, each
+a GEMM per task and one hand-off; their tangent is
+:mod:`~jaxlstm.kernels.fused_norm`'s.
+
+It runs plain, peephole and projected LSTM layers in float32 on the CPU backend, with
 ``lengths``, ``mask`` and ``reverse`` (the shell reverses); not ``resets`` or
 ``remat``, and not where the library was not built (no C++17 compiler at
 install time) or cannot load: :func:`why_not` then says why, and
@@ -49,12 +55,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxlstm._src.cells.lstm import LSTMParams, LSTMState
-from jaxlstm._src.kernels import fused
+from jaxlstm._src.kernels import fused, fused_norm
 from jaxlstm._src.kernels.registry import Kernel, LayerCall
 
 _LIBRARY = "jaxlstm._src.native._native"  # the extension that setup.py builds (no Python module inside: a plain DSO)
 _TARGETS = ("jaxlstm_lstm_forward_infer", "jaxlstm_lstm_forward_train", "jaxlstm_lstm_backward")
 GRU_TARGETS = ("jaxlstm_gru_forward_infer", "jaxlstm_gru_forward_train", "jaxlstm_gru_backward")  # native_gru.py's
+PROJ_TARGETS = ("jaxlstm_lstm_proj_forward_infer", "jaxlstm_lstm_proj_forward_train", "jaxlstm_lstm_proj_backward")
 
 
 @functools.cache
@@ -81,7 +88,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     lib.jaxlstm_native_set_sgemm(ctypes.cast(getattr(blas, f"{prefix}cblas_sgemm"), ctypes.c_void_p))
     lib.jaxlstm_native_set_threads.argtypes = [ctypes.c_int]
     lib.jaxlstm_native_threads.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
-    for name in _TARGETS + GRU_TARGETS:
+    for name in _TARGETS + PROJ_TARGETS + GRU_TARGETS:
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   except Exception as e:  # a library built for another ABI, a missing symbol, a JAX without jax.ffi
     return None, f"the native library does not load: {type(e).__name__}: {e}"
@@ -199,6 +206,67 @@ def native_backward(w_h, P, Q, F, valid, d_hs, d_hT, d_cT):
   return tuple(call(w_h, P, Q, F, optional_operand(valid, jnp.bool_), d_hs, d_hT, d_cT))
 
 
+def native_proj_forward(xs, w_x, b, w_h, w_p, valid, h0, c0, *, save: bool):
+  """The forward loop of one projected LSTM layer (``proj_size``, no layer norm or peepholes), in native code.
+
+  Per step: ``z = X_t + h_{t-1} @ w_h``, the gates and ``c`` as in the plain layer, ``y = o * tanh(c)`` and
+  ``h = y @ w_p``; an invalid step leaves ``(h, c)`` as they were.
+
+  Args:
+    xs: the inputs ``(T, B, I)`` float32, time-major, in processing order.
+    w_x: the input weights ``(I, 4H)``; gates ``i, f, g, o``.
+    b: the bias ``(4H,)``.
+    w_h: the recurrent weights ``(P, 4H)``.
+    w_p: the projection ``(H, P)``.
+    valid: ``(T, B)`` bool or ``None``.
+    h0: ``(B, P)``; c0: ``(B, H)``.
+    save: also return the backward pass's factors.
+
+  Returns:
+    ``(hs (T, B, P), h_T (B, P), c_T (B, H))``; with ``save`` also the factors of
+    :mod:`~jaxlstm.kernels.fused_norm`, ``P (T, B, 4H)``, ``F, R (T, B, H)``, and ``y (T, B, H)``, all zero at
+    invalid steps.
+  """
+  T, B, _ = xs.shape
+  H, Pd = w_p.shape
+  f32 = jnp.float32
+  args = (xs, w_x, b, w_h, w_p, optional_operand(valid, jnp.bool_), h0, c0)
+  sds = jax.ShapeDtypeStruct
+  outs = [sds((T, B, Pd), f32), sds((B, Pd), f32), sds((B, H), f32)]
+  if not save:
+    return tuple(jax.ffi.ffi_call(PROJ_TARGETS[0], outs, vmap_method="sequential")(*args))
+  outs += [sds((T, B, 4 * H), f32)] + [sds((T, B, H), f32)] * 3
+  return tuple(jax.ffi.ffi_call(PROJ_TARGETS[1], outs, vmap_method="sequential")(*args))
+
+
+def native_proj_backward(w_h, w_p, P, F, R, valid, d_hs, d_hT, d_cT):
+  """The backward loop of one projected LSTM layer, in native code: :mod:`~jaxlstm.kernels.fused_norm`'s
+  without layer norm or peepholes.
+
+  Per step, from the last: ``g = d_hs[t] + dz[t + 1] @ w_h.T`` (the gradient reaching ``h_t``), ``gy = g @ w_p.T``,
+  ``dc += R[t] * gy; dz[t] = P[t] * [dc, dc, dc, gy]; dc = dc * F[t]``; an invalid step passes ``(g, dc)``
+  through and has ``dz[t] = 0`` and ``G[t] = 0``.
+
+  Args:
+    w_h: ``(P, 4H)``; w_p: ``(H, P)``.
+    P, F, R: the factors from :func:`native_proj_forward` with ``save``.
+    valid: ``(T, B)`` bool or ``None``.
+    d_hs: the gradient reaching ``hs``, ``(T, B, P)``.
+    d_hT: ``(B, P)``; d_cT: ``(B, H)``.
+
+  Returns:
+    ``(dz (T, B, 4H), G (T, B, P), dh0 (B, P), dc0 (B, H))``: ``G[t]`` is ``g`` at valid steps, the gradient
+    of the projection's output; ``dz`` takes ``P``'s buffer where XLA can donate it.
+  """
+  T, B, H4 = P.shape
+  H, Pd = w_p.shape
+  f32 = jnp.float32
+  sds = jax.ShapeDtypeStruct
+  outs = [sds((T, B, H4), f32), sds((T, B, Pd), f32), sds((B, Pd), f32), sds((B, H), f32)]
+  call = jax.ffi.ffi_call(PROJ_TARGETS[2], outs, vmap_method="sequential", input_output_aliases={2: 0})
+  return tuple(call(w_h, w_p, P, F, R, optional_operand(valid, jnp.bool_), d_hs, d_hT, d_cT))
+
+
 def _loop(w_x, b, w_h, peep, xs, valid, h0, c0):
   return native_forward(xs, w_x, b, w_h, peep, valid, h0, c0, save=False)
 
@@ -214,6 +282,19 @@ _layer = fused.kernel_layer("lstm_native_tangent", _loop, _loop_saved, native_ba
 # The same with only the forward loop native: differentiated, it runs the fused kernel's XLA loops.
 _layer_forward_only = fused.kernel_layer("lstm_native_forward_tangent", _loop, None, None)
 
+
+def _proj_loop(xs, w_x, b, w_h, w_p, valid, h0, c0):
+  return native_proj_forward(xs, w_x, b, w_h, w_p, valid, h0, c0, save=False)
+
+
+def _proj_loop_saved(xs, w_x, b, w_h, w_p, valid, h0, c0):
+  hs, h, c, P, F, R, y = native_proj_forward(xs, w_x, b, w_h, w_p, valid, h0, c0, save=True)
+  return (h, c), {"P": P, "F": F, "R": R, "hs": hs, "y": y}
+
+
+# The projected layer (proj_size): the native loops, with fused_norm's tangent.
+_proj_layer = fused_norm.kernel_layer("lstm_native_proj_tangent", _proj_loop, _proj_loop_saved, native_proj_backward)
+
 # From this many hidden units on, training runs the native loops too; below, the fused kernel's XLA loops. The
 # bench's models (bench/native.py and bench/fused_micro.py's calls, both kernels in one process; fused time over
 # native) at commit 6a7279d: S (H=128) inference 1.51, training 0.84-1.07 over six runs (median 0.92); M (H=256)
@@ -223,13 +304,15 @@ TRAIN_MIN_HIDDEN = 256
 
 
 def _trains_natively(params: LSTMParams) -> bool:
-  return params.w_h.shape[0] >= TRAIN_MIN_HIDDEN
+  """Projected layers always do: their XLA loops pay for two GEMMs a step, and the native ones measured faster
+  at every size of the benchmark (bench/native.py --cell proj)."""
+  return params.w_proj is not None or params.w_h.shape[0] >= TRAIN_MIN_HIDDEN
 
 
 def why_not(call: LayerCall) -> str | None:
   """Why the native kernel cannot run ``call``, or ``None``.
 
-  It runs float32 plain and peephole LSTMs on JAX's CPU backend, with
+  It runs float32 plain, peephole and projected (without peepholes) LSTMs on JAX's CPU backend, with
   ``lengths``, ``mask`` and ``reverse``; not ``resets`` or ``remat``, and not
   where its library is not built or does not load.
 
@@ -244,8 +327,10 @@ def why_not(call: LayerCall) -> str | None:
   if call.cell.name != "lstm":
     return f"it runs LSTM layers only, not {call.cell.name}"
   p = call.params
-  if p.layer_norm is not None or p.w_proj is not None:
-    return "it runs plain and peephole LSTMs only, not layer_norm or proj_size; use impl='fused'"
+  if p.layer_norm is not None:
+    return "it runs plain, peephole and projected LSTMs, not layer_norm; use impl='fused'"
+  if p.w_proj is not None and p.peephole is not None:
+    return "it runs projected LSTMs without peepholes only; use impl='fused'"
   return why_not_native(call, "fused")
 
 
@@ -297,7 +382,7 @@ def run(
   """The kernel's core: one LSTM layer on time-major ``xs (T, B, I)``, state leaves ``(B, H)``.
 
   Args:
-    params: float32 :class:`~jaxlstm.LSTMParams` without layer norm or projection.
+    params: float32 :class:`~jaxlstm.LSTMParams` without layer norm, and without peepholes where projected.
     xs: inputs ``(T, B, I)`` in processing order.
     state: :class:`~jaxlstm.LSTMState` with leaves ``(B, H)``.
     valid: ``(T, B)`` bool validity, or ``None``.
@@ -323,6 +408,11 @@ def run(
   """
   del lengths, resets, unroll, remat
   f32 = jnp.float32
+  if params.w_proj is not None:
+    hs, h, c = _proj_layer(
+      xs.astype(f32), params.w_x, params.b, params.w_h, params.w_proj, valid, state.h.astype(f32), state.c.astype(f32)
+    )
+    return LSTMState(h, c), hs
   layer = _layer if _trains_natively(params) else _layer_forward_only
   hs, h, c = layer(
     params.w_x, params.b, params.w_h, params.peephole, xs.astype(f32), valid, state.h.astype(f32), state.c.astype(f32)
@@ -346,7 +436,7 @@ def note(call: LayerCall) -> str | None:
   """
   if _trains_natively(call.params):
     return None
-  H = call.params.w_h.shape[0]
+  H = call.params.w_h.shape[-1] // 4
   return f"the forward loop; trained, below {TRAIN_MIN_HIDDEN} hidden units (H={H}), the fused kernel's XLA loops"
 
 

@@ -316,6 +316,7 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> wx, ffi::
             save ? F->typed_data() : nullptr,
             save && has_peep ? cs->typed_data() : nullptr,
             save};
+  advise_results(hs, P, Q, F, cs);  // without save, all of them are hs
   if (B > 0) run_tasks<Forward, ForwardTask>(a, T, forward_step);  // an empty batch has nothing to compute
   return ffi::Error::Success();
 }
@@ -366,7 +367,355 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> P, ffi::B
              dz->typed_data(),
              dh0->typed_data(),
              dc0->typed_data()};
+  advise_results(dz);  // where XLA did not give it P's buffer
   if (B > 0) run_tasks<Backward, BackwardTask>(a, T + 1, backward_step);
+  return ffi::Error::Success();
+}
+
+// ---- The projected LSTM (proj_size): h = (o * tanh(c)) @ w_p -------------------------------------------------
+//
+// The loops of jaxlstm/_src/kernels/fused_norm.py for a projected LSTM without layer norm or peepholes. A step has
+// two GEMMs, and the second needs all of the first's output, so it is two steps of the schedule: phase A, split
+// over hidden units, z = h_{t-1} @ w_h and the gates, writing y = o * tanh(c); phase B, split over the P columns
+// of the projection, h_t = y @ w_p. The backward pass runs the transposes in the opposite order: phase A over
+// the P columns, g = d_hs[t] + dz_{t+1} @ w_h.T (the gradient reaching h_t), phase B over the units,
+// gy = g @ w_p.T and the row update of the plain backward (with dh = gy, Q = R).
+//
+// Layout (time-major, row-major, float32): as above, with w_h (P, 4H), w_p (H, P), h0 (B, P), hs (T, B, P);
+// saved P (T, B, 4H), F and R (T, B, H) (R is the plain path's Q, o * (1 - tanh(c)^2)), y (T, B, H).
+
+struct ProjForward {
+  static constexpr int64_t kGates = 4;
+  int64_t T, B, I, H, Pd;
+  const float *xs, *wx, *b, *w, *wp, *h0, *c0;
+  const bool* valid;
+  float *hs, *hT, *cT, *P, *F, *R, *ys;  // ys: y (T, B, H) with save, else one step's y (B, H)
+  bool save;
+
+  float* y_at(int64_t t) const { return save ? ys + t * B * H : ys; }
+};
+
+// A task of the projected forward: units [u0, u0 + hw) of the gates, columns [p0, p0 + pw) of the projection.
+struct ProjForwardTask {
+  int64_t u0 = 0, hw = 0, p0 = 0, pw = 0, tc = 1;
+  Scratch scratch;
+  float *w, *wx, *wp, *zx, *z;
+
+  ProjForwardTask(const ProjForward& a, int ntask, int j) : scratch(sizes(a, ntask, j)) {
+    int64_t u1, p1;
+    units(a.H, ntask, j, &u0, &u1);
+    units(a.Pd, ntask, j, &p0, &p1);
+    hw = u1 - u0;
+    pw = p1 - p0;
+    tc = chunk_steps(a.T, a.B, 4 * hw);
+    w = scratch.take(a.Pd * 4 * hw);
+    wx = scratch.take(a.I * 4 * hw);
+    wp = scratch.take(a.H * pw);
+    zx = scratch.take(tc * a.B * 4 * hw);
+    z = scratch.take(a.B * 4 * hw);
+  }
+
+  static size_t sizes(const ProjForward& a, int ntask, int j) {
+    int64_t u0, u1, p0, p1;
+    units(a.H, ntask, j, &u0, &u1);
+    units(a.Pd, ntask, j, &p0, &p1);
+    const int64_t n4 = 4 * (u1 - u0);
+    return Scratch::size({size_t(a.Pd * n4), size_t(a.I * n4), size_t(a.H * (p1 - p0)),
+                          size_t(chunk_steps(a.T, a.B, n4) * a.B * n4), size_t(a.B * n4)});
+  }
+};
+
+// Phase A of step t (schedule step 2t): the gates of the task's units; h_{t-1} is complete.
+void proj_forward_gates(const ProjForward& a, ProjForwardTask& task, int64_t t) {
+  const int64_t B = a.B, I = a.I, H = a.H, Pd = a.Pd, u0 = task.u0, hw = task.hw, n4 = 4 * hw, tc = task.tc;
+  const SgemmFn sgemm = g_sgemm.load(std::memory_order_acquire);
+  if (t == 0) {
+    if (hw > 0) {
+      pack_columns(a.w, Pd, H, 4, u0, hw, task.w);
+      pack_columns(a.wx, I, H, 4, u0, hw, task.wx);
+      for (int64_t r = 0; r < B; ++r) std::memcpy(a.cT + r * H + u0, a.c0 + r * H + u0, hw * sizeof(float));
+    }
+    if (task.pw > 0) pack_columns(a.wp, H, Pd, 1, task.p0, task.pw, task.wp);
+  }
+  if (hw == 0) return;
+  if (t % tc == 0) {
+    const int64_t m = std::min(tc, a.T - t);
+    if (I > 0)
+      sgemm(kRowMajor, kNoTrans, kNoTrans, m * B, n4, I, 1.0f, a.xs + t * B * I, I, task.wx, n4, 0.0f,
+            task.zx, n4);
+    else
+      std::fill(task.zx, task.zx + m * B * n4, 0.0f);
+  }
+  const float* hp = t == 0 ? a.h0 : a.hs + (t - 1) * B * Pd;
+  sgemm(kRowMajor, kNoTrans, kNoTrans, B, n4, Pd, 1.0f, hp, Pd, task.w, n4, 0.0f, task.z, n4);
+  float* y = a.y_at(t);
+  for (int64_t r = 0; r < B; ++r) {
+    const int64_t row = t * B + r;
+    float* zr = &task.z[r * n4];
+    float* yr = y + r * H + u0;
+    if (a.valid && !a.valid[row]) {
+      // c stays; phase B keeps h. The saved factors are zero here (finite, for the weight gradients' GEMMs).
+      std::memset(yr, 0, hw * sizeof(float));
+      if (a.save) {
+        for (int64_t g = 0; g < 4; ++g) std::memset(a.P + row * 4 * H + g * H + u0, 0, hw * sizeof(float));
+        std::memset(a.F + row * H + u0, 0, hw * sizeof(float));
+        std::memset(a.R + row * H + u0, 0, hw * sizeof(float));
+      }
+      continue;
+    }
+    float* c = a.cT + r * H + u0;
+    const float* zxr = &task.zx[((t % tc) * B + r) * n4];
+    if (a.save) {
+      forward_row_plain_save(hw, H, zr, zxr, a.b + u0, nullptr, c, yr, a.R + row * H + u0, a.F + row * H + u0,
+                             nullptr);
+      scatter_row(hw, H, 4, zr, a.P + row * 4 * H + u0);
+    } else {
+      forward_row_plain(hw, H, zr, zxr, a.b + u0, nullptr, c, yr, nullptr, nullptr, nullptr);
+    }
+  }
+}
+
+// Phase B of step t (schedule step 2t + 1): h_t = y_t @ w_p for the task's columns; y_t is complete.
+void proj_forward_project(const ProjForward& a, ProjForwardTask& task, int64_t t) {
+  const int64_t B = a.B, H = a.H, Pd = a.Pd, p0 = task.p0, pw = task.pw;
+  if (pw == 0) return;
+  const SgemmFn sgemm = g_sgemm.load(std::memory_order_acquire);
+  float* out = a.hs + t * B * Pd;
+  sgemm(kRowMajor, kNoTrans, kNoTrans, B, pw, H, 1.0f, a.y_at(t), H, task.wp, pw, 0.0f, out + p0, Pd);
+  const float* hp = t == 0 ? a.h0 : a.hs + (t - 1) * B * Pd;
+  if (a.valid)
+    for (int64_t r = 0; r < B; ++r)
+      if (!a.valid[t * B + r]) std::memcpy(out + r * Pd + p0, hp + r * Pd + p0, pw * sizeof(float));
+  if (t == a.T - 1)
+    for (int64_t r = 0; r < B; ++r) std::memcpy(a.hT + r * Pd + p0, out + r * Pd + p0, pw * sizeof(float));
+}
+
+void proj_forward_step(const ProjForward& a, ProjForwardTask& task, int64_t s) {
+  if (s % 2 == 0)
+    proj_forward_gates(a, task, s / 2);
+  else
+    proj_forward_project(a, task, s / 2);
+}
+
+struct ProjBackward {
+  static constexpr int64_t kGates = 4;
+  int64_t T, B, H, Pd;
+  const float *w, *wp, *P, *F, *R, *dhs, *dhT, *dcT;
+  const bool* valid;
+  float *dz, *G, *dh0, *dc0;
+};
+
+// A task of the projected backward: its units (dc, gy, dz rows) and its projection columns (the skip term of g).
+struct ProjBackwardTask {
+  int64_t u0 = 0, hw = 0, p0 = 0, pw = 0;
+  Scratch scratch;
+  float *dc, *gy, *zero, *dz, *skip, *g;
+
+  ProjBackwardTask(const ProjBackward& a, int ntask, int j) : scratch(sizes(a, ntask, j)) {
+    int64_t u1, p1;
+    units(a.H, ntask, j, &u0, &u1);
+    units(a.Pd, ntask, j, &p0, &p1);
+    hw = u1 - u0;
+    pw = p1 - p0;
+    dc = scratch.take(a.B * hw);
+    gy = scratch.take(a.B * hw);
+    zero = scratch.take(a.B * hw);
+    dz = scratch.take(a.B * 4 * hw);
+    skip = scratch.take(a.B * pw);
+    g = scratch.take(a.B * pw);
+  }
+
+  static size_t sizes(const ProjBackward& a, int ntask, int j) {
+    int64_t u0, u1, p0, p1;
+    units(a.H, ntask, j, &u0, &u1);
+    units(a.Pd, ntask, j, &p0, &p1);
+    const size_t bh = a.B * (u1 - u0), bp = a.B * (p1 - p0);
+    return Scratch::size({bh, bh, bh, 4 * bh, bp, bp});
+  }
+};
+
+// Phase A for time t (t = -1: dh0), over the task's columns: g = d_hs[t] + dz_{t+1} @ w_h.T + skip, where skip is
+// g of t + 1 on a row invalid there (its state passed through). G[t] is g on valid rows and 0 elsewhere.
+void proj_backward_g(const ProjBackward& a, ProjBackwardTask& task, int64_t t) {
+  const int64_t T = a.T, B = a.B, H = a.H, Pd = a.Pd, p0 = task.p0, pw = task.pw;
+  if (t == T - 1 && task.hw > 0)
+    for (int64_t r = 0; r < B; ++r) std::memcpy(task.dc + r * task.hw, a.dcT + r * H + task.u0, task.hw * sizeof(float));
+  if (pw == 0) return;
+  float *g = task.g, *skip = task.skip;
+  if (t == T - 1) {
+    for (int64_t r = 0; r < B; ++r) std::memcpy(g + r * pw, a.dhT + r * Pd + p0, pw * sizeof(float));
+  } else {
+    // Rows of w_h (P, 4H) are contiguous: dz_{t+1} (B, 4H) @ w_h[p0:p0 + pw, :].T needs no packing.
+    const SgemmFn sgemm = g_sgemm.load(std::memory_order_acquire);
+    sgemm(kRowMajor, kNoTrans, kTrans, B, pw, 4 * H, 1.0f, a.dz + (t + 1) * B * 4 * H, 4 * H, a.w + p0 * 4 * H,
+          4 * H, 0.0f, g, pw);
+    for (int64_t k = 0; k < B * pw; ++k) g[k] += skip[k];
+  }
+  if (t < 0) {
+    for (int64_t r = 0; r < B; ++r) std::memcpy(a.dh0 + r * Pd + p0, g + r * pw, pw * sizeof(float));
+    return;
+  }
+  for (int64_t r = 0; r < B; ++r) {
+    const float* dy = a.dhs + (t * B + r) * Pd + p0;
+    float* gr = g + r * pw;
+    float* out = a.G + (t * B + r) * Pd + p0;
+    float* sk = skip + r * pw;
+    const bool v = !a.valid || a.valid[t * B + r];
+    for (int64_t k = 0; k < pw; ++k) {
+      const float gv = gr[k] + dy[k];
+      out[k] = v ? gv : 0.0f;
+      sk[k] = v ? 0.0f : gv;
+    }
+  }
+}
+
+// Phase B for time t, over the task's units: gy = G[t] @ w_p.T, then the plain row update with dh = gy.
+void proj_backward_rows(const ProjBackward& a, ProjBackwardTask& task, int64_t t) {
+  const int64_t B = a.B, H = a.H, Pd = a.Pd, u0 = task.u0, hw = task.hw, n4 = 4 * hw;
+  if (hw == 0) return;
+  const SgemmFn sgemm = g_sgemm.load(std::memory_order_acquire);
+  // Rows of w_p (H, P) are contiguous: G[t] (B, P) @ w_p[u0:u0 + hw, :].T.
+  sgemm(kRowMajor, kNoTrans, kTrans, B, hw, Pd, 1.0f, a.G + t * B * Pd, Pd, a.wp + u0 * Pd, Pd, 0.0f, task.gy, hw);
+  for (int64_t r = 0; r < B; ++r) {
+    const int64_t row = t * B + r;
+    float* dz = &task.dz[r * n4];
+    if (a.valid && !a.valid[row]) {
+      std::memset(dz, 0, n4 * sizeof(float));  // dc passes through
+    } else {
+      backward_row(hw, H, a.P + row * 4 * H + u0, a.R + row * H + u0, a.F + row * H + u0, task.gy + r * hw,
+                   task.zero + r * hw, task.dc + r * hw, dz);
+    }
+    scatter_row(hw, H, 4, dz, a.dz + row * 4 * H + u0);  // over P (maybe one buffer): the row is read already
+  }
+  if (t == 0)
+    for (int64_t r = 0; r < B; ++r) std::memcpy(a.dc0 + r * H + u0, task.dc + r * hw, hw * sizeof(float));
+}
+
+// Schedule step s = 2i: phase A of time T - 1 - i (i = T: dh0); s = 2i + 1: phase B of time T - 1 - i.
+void proj_backward_step(const ProjBackward& a, ProjBackwardTask& task, int64_t s) {
+  const int64_t t = a.T - 1 - s / 2;
+  if (s == 0) {
+    std::fill(task.skip, task.skip + a.B * task.pw, 0.0f);
+    std::fill(task.zero, task.zero + a.B * task.hw, 0.0f);
+  }
+  if (s % 2 == 0)
+    proj_backward_g(a, task, t);
+  else
+    proj_backward_rows(a, task, t);
+}
+
+ffi::Error ProjForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> wx, ffi::Buffer<ffi::F32> b,
+                           ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::PRED> valid,
+                           ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> hs,
+                           ffi::ResultBuffer<ffi::F32> hT, ffi::ResultBuffer<ffi::F32> cT, ffi::ResultBuffer<ffi::F32> P,
+                           ffi::ResultBuffer<ffi::F32> F, ffi::ResultBuffer<ffi::F32> R, ffi::ResultBuffer<ffi::F32> y,
+                           bool save) {
+  if (g_sgemm.load() == nullptr) return bad("no sgemm was set (jaxlstm_native_set_sgemm)");
+  auto d = xs.dimensions();
+  if (d.size() != 3) return bad("xs must be (T, B, I)");
+  auto wpd = wp.dimensions();
+  if (wpd.size() != 2) return bad("w_p must be (H, P)");
+  const int64_t T = d[0], B = d[1], I = d[2], H = wpd[0], Pd = wpd[1];
+  if (T < 1 || H < 1 || Pd < 1) return bad("T, H and P must be positive");
+  auto wd = w.dimensions();
+  if (wd.size() != 2 || wd[0] != Pd || wd[1] != 4 * H) return bad("w_h must be (P, 4H)");
+  auto wxd = wx.dimensions();
+  if (wxd.size() != 2 || wxd[0] != I || wxd[1] != 4 * H) return bad("w_x must be (I, 4H)");
+  if (static_cast<int64_t>(b.element_count()) != 4 * H) return bad("b must be (4H,)");
+  if (valid.element_count() != 0 && static_cast<int64_t>(valid.element_count()) != T * B)
+    return bad("valid must be (T, B) or empty");
+  if (static_cast<int64_t>(h0.element_count()) != B * Pd || static_cast<int64_t>(c0.element_count()) != B * H)
+    return bad("h0 must be (B, P) and c0 (B, H)");
+  const int64_t n = T * B * H;
+  if (save && (static_cast<int64_t>(P->element_count()) != 4 * n || static_cast<int64_t>(F->element_count()) != n ||
+               static_cast<int64_t>(R->element_count()) != n || static_cast<int64_t>(y->element_count()) != n))
+    return bad("P, F, R and y must be (T, B, 4H), (T, B, H), (T, B, H) and (T, B, H)");
+  if (B == 0) return ffi::Error::Success();  // an empty batch has nothing to compute
+  Scratch y_step(save ? 0 : B * H);  // inference keeps only the current step's y
+  ProjForward a{T,
+                B,
+                I,
+                H,
+                Pd,
+                xs.typed_data(),
+                wx.typed_data(),
+                b.typed_data(),
+                w.typed_data(),
+                wp.typed_data(),
+                h0.typed_data(),
+                c0.typed_data(),
+                valid.element_count() ? valid.typed_data() : nullptr,
+                hs->typed_data(),
+                hT->typed_data(),
+                cT->typed_data(),
+                save ? P->typed_data() : nullptr,
+                save ? F->typed_data() : nullptr,
+                save ? R->typed_data() : nullptr,
+                save ? y->typed_data() : y_step.take(B * H),
+                save};
+  advise_results(hs, P, F, R, y);  // without save, all of them are hs
+  run_tasks<ProjForward, ProjForwardTask>(a, 2 * T, proj_forward_step);
+  return ffi::Error::Success();
+}
+
+ffi::Error ProjForwardInferImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> wx, ffi::Buffer<ffi::F32> b,
+                                ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::PRED> valid,
+                                ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> hs,
+                                ffi::ResultBuffer<ffi::F32> hT, ffi::ResultBuffer<ffi::F32> cT) {
+  return ProjForwardImpl(xs, wx, b, w, wp, valid, h0, c0, hs, hT, cT, hs, hs, hs, hs, false);
+}
+
+ffi::Error ProjForwardTrainImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> wx, ffi::Buffer<ffi::F32> b,
+                                ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::PRED> valid,
+                                ffi::Buffer<ffi::F32> h0, ffi::Buffer<ffi::F32> c0, ffi::ResultBuffer<ffi::F32> hs,
+                                ffi::ResultBuffer<ffi::F32> hT, ffi::ResultBuffer<ffi::F32> cT,
+                                ffi::ResultBuffer<ffi::F32> P, ffi::ResultBuffer<ffi::F32> F,
+                                ffi::ResultBuffer<ffi::F32> R, ffi::ResultBuffer<ffi::F32> y) {
+  return ProjForwardImpl(xs, wx, b, w, wp, valid, h0, c0, hs, hT, cT, P, F, R, y, true);
+}
+
+ffi::Error ProjBackwardImpl(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> wp, ffi::Buffer<ffi::F32> P,
+                            ffi::Buffer<ffi::F32> F, ffi::Buffer<ffi::F32> R, ffi::Buffer<ffi::PRED> valid,
+                            ffi::Buffer<ffi::F32> dhs, ffi::Buffer<ffi::F32> dhT, ffi::Buffer<ffi::F32> dcT,
+                            ffi::ResultBuffer<ffi::F32> dz, ffi::ResultBuffer<ffi::F32> G,
+                            ffi::ResultBuffer<ffi::F32> dh0, ffi::ResultBuffer<ffi::F32> dc0) {
+  if (g_sgemm.load() == nullptr) return bad("no sgemm was set (jaxlstm_native_set_sgemm)");
+  auto d = P.dimensions();
+  if (d.size() != 3 || d[2] % 4 != 0) return bad("P must be (T, B, 4H)");
+  auto wpd = wp.dimensions();
+  if (wpd.size() != 2) return bad("w_p must be (H, P)");
+  const int64_t T = d[0], B = d[1], H = d[2] / 4, Pd = wpd[1];
+  if (T < 1 || H < 1 || Pd < 1 || wpd[0] != H) return bad("w_p must be (H, P) with P's H, and T, H, P positive");
+  auto wd = w.dimensions();
+  if (wd.size() != 2 || wd[0] != Pd || wd[1] != 4 * H) return bad("w_h must be (P, 4H)");
+  if (valid.element_count() != 0 && static_cast<int64_t>(valid.element_count()) != T * B)
+    return bad("valid must be (T, B) or empty");
+  const int64_t n = T * B * H;
+  if (static_cast<int64_t>(F.element_count()) != n || static_cast<int64_t>(R.element_count()) != n)
+    return bad("F and R must be (T, B, H)");
+  if (static_cast<int64_t>(dhs.element_count()) != T * B * Pd || static_cast<int64_t>(dhT.element_count()) != B * Pd ||
+      static_cast<int64_t>(dcT.element_count()) != B * H)
+    return bad("d_hs, d_hT and d_cT must be (T, B, P), (B, P) and (B, H)");
+  if (B == 0) return ffi::Error::Success();
+  ProjBackward a{T,
+                 B,
+                 H,
+                 Pd,
+                 w.typed_data(),
+                 wp.typed_data(),
+                 P.typed_data(),
+                 F.typed_data(),
+                 R.typed_data(),
+                 dhs.typed_data(),
+                 dhT.typed_data(),
+                 dcT.typed_data(),
+                 valid.element_count() ? valid.typed_data() : nullptr,
+                 dz->typed_data(),
+                 G->typed_data(),
+                 dh0->typed_data(),
+                 dc0->typed_data()};
+  advise_results(dz, G);
+  run_tasks<ProjBackward, ProjBackwardTask>(a, 2 * T + 1, proj_backward_step);
   return ffi::Error::Success();
 }
 
@@ -408,3 +757,41 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxlstm_lstm_backward, BackwardImpl,
                                 .Ret<ffi::Buffer<ffi::F32>>()   // dh0
                                 .Ret<ffi::Buffer<ffi::F32>>()); // dc0
 
+
+#define JAXLSTM_PROJ_FORWARD_ARGS                                                                               \
+  ffi::Ffi::Bind()                                                                                              \
+    .Arg<ffi::Buffer<ffi::F32>>()  /* xs */                                                                     \
+    .Arg<ffi::Buffer<ffi::F32>>()  /* w_x */                                                                    \
+    .Arg<ffi::Buffer<ffi::F32>>()  /* b */                                                                      \
+    .Arg<ffi::Buffer<ffi::F32>>()  /* w_h */                                                                    \
+    .Arg<ffi::Buffer<ffi::F32>>()  /* w_p */                                                                    \
+    .Arg<ffi::Buffer<ffi::PRED>>() /* valid */                                                                  \
+    .Arg<ffi::Buffer<ffi::F32>>()  /* h0 */                                                                     \
+    .Arg<ffi::Buffer<ffi::F32>>()  /* c0 */                                                                     \
+    .Ret<ffi::Buffer<ffi::F32>>()  /* hs */                                                                     \
+    .Ret<ffi::Buffer<ffi::F32>>()  /* h_T */                                                                    \
+    .Ret<ffi::Buffer<ffi::F32>>()  /* c_T */
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxlstm_lstm_proj_forward_infer, ProjForwardInferImpl, JAXLSTM_PROJ_FORWARD_ARGS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxlstm_lstm_proj_forward_train, ProjForwardTrainImpl,
+                              JAXLSTM_PROJ_FORWARD_ARGS.Ret<ffi::Buffer<ffi::F32>>()  // P
+                                .Ret<ffi::Buffer<ffi::F32>>()                         // F
+                                .Ret<ffi::Buffer<ffi::F32>>()                         // R
+                                .Ret<ffi::Buffer<ffi::F32>>());                       // y
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxlstm_lstm_proj_backward, ProjBackwardImpl,
+                              ffi::Ffi::Bind()
+                                .Arg<ffi::Buffer<ffi::F32>>()   // w_h
+                                .Arg<ffi::Buffer<ffi::F32>>()   // w_p
+                                .Arg<ffi::Buffer<ffi::F32>>()   // P
+                                .Arg<ffi::Buffer<ffi::F32>>()   // F
+                                .Arg<ffi::Buffer<ffi::F32>>()   // R
+                                .Arg<ffi::Buffer<ffi::PRED>>()  // valid
+                                .Arg<ffi::Buffer<ffi::F32>>()   // d_hs
+                                .Arg<ffi::Buffer<ffi::F32>>()   // d_hT
+                                .Arg<ffi::Buffer<ffi::F32>>()   // d_cT
+                                .Ret<ffi::Buffer<ffi::F32>>()   // dz
+                                .Ret<ffi::Buffer<ffi::F32>>()   // G
+                                .Ret<ffi::Buffer<ffi::F32>>()   // dh0
+                                .Ret<ffi::Buffer<ffi::F32>>()); // dc0
