@@ -27,8 +27,9 @@ Peers (``--peers``):
                  Pallas kernel (GPU only)
   jax-cudnn      ``jax.experimental.rnn.lstm``, all layers in one cuDNN call (GPU only)
 
-``jaxlstm-native``, ``jaxlstm-cudnn`` and ``jax-cudnn`` run plain LSTMs only, Flax and Keras plain LSTMs and GRUs,
-PyTorch all but the LayerNorm LSTM; ``jaxlstm-pallas`` plain LSTMs and GRUs too (:attr:`Peer.cells`).
+``jaxlstm-cudnn`` and ``jax-cudnn`` run plain LSTMs only, ``jaxlstm-native`` plain and projected LSTMs, Flax and
+Keras plain LSTMs and GRUs, PyTorch all but the LayerNorm LSTM; ``jaxlstm-pallas`` plain LSTMs and GRUs too
+(:attr:`Peer.cells`).
 
 Precision (``--precision``, GPU): every worker first calls :func:`set_precision`, so that all peers compute at
 one precision: ``highest`` (full float32 matmuls on both sides: JAX's ``jax_default_matmul_precision="highest"``,
@@ -398,7 +399,9 @@ PEERS = {
   "jaxlstm": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "auto")),
   "jaxlstm-fused": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "fused")),
   "jaxlstm-ref": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "reference")),
-  "jaxlstm-native": Peer("jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "native"), cells=("lstm",)),
+  "jaxlstm-native": Peer(
+    "jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "native"), cells=("lstm", "proj")
+  ),
   "jaxlstm-cudnn": Peer(
     "jaxlstm", lambda cfg, mode, device: build_jaxlstm(cfg, mode, "cudnn"), needs_cuda=True, cells=("lstm",)
   ),

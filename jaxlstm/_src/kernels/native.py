@@ -37,8 +37,8 @@ It runs plain, peephole and projected LSTM layers in float32 on the CPU backend,
 ``remat``, and not where the library was not built (no C++17 compiler at
 install time) or cannot load: :func:`why_not` then says why, and
 ``impl="auto"`` picks the fused kernel instead. ``impl="auto"`` picks this
-kernel for plain float32 LSTMs (:func:`auto_skip`). Below
-``TRAIN_MIN_HIDDEN`` units only its forward loop runs natively: under
+kernel for plain and projected float32 LSTMs (:func:`auto_skip`). Below
+``TRAIN_MIN_HIDDEN`` units only a plain layer's forward loop runs natively: under
 differentiation the layer runs the fused kernel's XLA loops (the same
 mathematics and factors), which measured as fast or faster there in training,
 while the native forward measured 1.5x faster at H = 128.
