@@ -316,7 +316,6 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> wx, ffi::
             save ? F->typed_data() : nullptr,
             save && has_peep ? cs->typed_data() : nullptr,
             save};
-  advise_results(hs, P, Q, F, cs);  // without save, all of them are hs
   if (B > 0) run_tasks<Forward, ForwardTask>(a, T, forward_step);  // an empty batch has nothing to compute
   return ffi::Error::Success();
 }
@@ -367,7 +366,6 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> P, ffi::B
              dz->typed_data(),
              dh0->typed_data(),
              dc0->typed_data()};
-  advise_results(dz);  // where XLA did not give it P's buffer
   if (B > 0) run_tasks<Backward, BackwardTask>(a, T + 1, backward_step);
   return ffi::Error::Success();
 }
@@ -653,7 +651,6 @@ ffi::Error ProjForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> wx, f
                 save ? R->typed_data() : nullptr,
                 save ? y->typed_data() : y_step.take(B * H),
                 save};
-  advise_results(hs, P, F, R, y);  // without save, all of them are hs
   run_tasks<ProjForward, ProjForwardTask>(a, 2 * T, proj_forward_step);
   return ffi::Error::Success();
 }
@@ -714,7 +711,6 @@ ffi::Error ProjBackwardImpl(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> wp, f
                  G->typed_data(),
                  dh0->typed_data(),
                  dc0->typed_data()};
-  advise_results(dz, G);
   run_tasks<ProjBackward, ProjBackwardTask>(a, 2 * T + 1, proj_backward_step);
   return ffi::Error::Success();
 }

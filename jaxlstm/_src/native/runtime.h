@@ -23,7 +23,6 @@
 #define JAXLSTM_NATIVE_RUNTIME_H_
 
 #include <sched.h>
-#include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
@@ -350,29 +349,6 @@ void run_tasks(const Args& a, int64_t steps, Step step) {
   Steps schedule(steps, nt);
   std::function<void(int)> fn = [&](int k) { schedule.work(k, [&](int j, int64_t s) { step(a, *tasks[j], s); }); };
   Pool::get().run(nt, fn);
-}
-
-// Asks the OS for transparent huge pages on the whole 2 MiB pages inside a result buffer that the loop is about to
-// write for the first time. XLA allocates large results afresh on each call (glibc maps blocks past its mmap
-// threshold from the OS and unmaps them when freed), so every 4 KiB page of them faults on first touch; with
-// huge pages a 64 MiB result takes 32 faults instead of 16384. Where the system has THP off or "always", or the
-// buffer is already backed, this changes nothing.
-inline void advise_huge_pages(void* p, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE) && !defined(JAXLSTM_NO_HUGE_PAGES)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)p;
-  (void)bytes;
-#endif
-}
-
-// advise_huge_pages on each of a handler's float32 results.
-template <class... Results>
-inline void advise_results(Results&... results) {
-  (advise_huge_pages(results->typed_data(), results->element_count() * sizeof(float)), ...);
 }
 
 inline ffi::Error bad(const std::string& what) {
