@@ -74,3 +74,11 @@ def loss_and_grads(impl, params, xs, state, **kw):
 
   grads, (final, hs) = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state)
   return (final, hs), grads
+
+
+def check_against_reference(impl, params, xs, state, tol, **kw):
+  """:func:`loss_and_grads` on ``impl`` with float64 ``params, xs, state`` cast to float32, held to the float64
+  reference kernel's on the same values within ``tol`` (relative to each array's largest entry)."""
+  got = loss_and_grads(impl, *as_float32((params, xs, state)), **kw)
+  want = loss_and_grads("reference", params, xs, state, **kw)
+  assert_trees_rel_close(got, want, tol)

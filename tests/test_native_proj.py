@@ -9,7 +9,7 @@ import pytest
 
 import jaxlstm
 from jaxlstm._src.kernels import native
-from tests.helpers import as_float32, assert_trees_rel_close, loss_and_grads, normal, random_params
+from tests.helpers import as_float32, assert_trees_rel_close, check_against_reference, normal, random_params
 
 built = pytest.mark.skipif(native.load_error() is not None, reason=f"{native.load_error()}")
 
@@ -31,9 +31,7 @@ def setup(*, batch=(B,), t=T, i=I, h=H, p=P, seed=0):
 
 
 def check(params, xs, state, tol=TOL, **kw):
-  got = loss_and_grads("native", *as_float32((params, xs, state)), **kw)
-  want = loss_and_grads("reference", params, xs, state, **kw)
-  assert_trees_rel_close(got, want, tol)
+  check_against_reference("native", params, xs, state, tol, **kw)
 
 
 CASES = {
