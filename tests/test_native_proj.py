@@ -9,7 +9,14 @@ import pytest
 
 import jaxlstm
 from jaxlstm._src.kernels import native
-from tests.helpers import as_float32, assert_trees_rel_close, check_against_reference, normal, random_params
+from tests.helpers import (
+  as_float32,
+  assert_trees_rel_close,
+  check_against_reference,
+  forward_modes,
+  normal,
+  random_params,
+)
 
 built = pytest.mark.skipif(native.load_error() is not None, reason=f"{native.load_error()}")
 
@@ -93,12 +100,7 @@ def test_forward_mode_matches_reference():
 
   t = normal(xs.shape, jnp.float32, seed=7)
 
-  def all_modes(impl):
-    return jax.jit(
-      lambda x: (jax.jvp(f(impl), (x,), (t,)), jax.jacfwd(f(impl))(x), jax.hessian(lambda y: f(impl)(y).sum())(x))
-    )(xs)
-
-  assert_trees_rel_close(all_modes("native"), all_modes("reference"), 1e-5)
+  assert_trees_rel_close(forward_modes(f("native"), xs, t), forward_modes(f("reference"), xs, t), 1e-5)
 
 
 @built

@@ -536,8 +536,6 @@ struct ProjBackwardTask {
 // g of t + 1 on a row invalid there (its state passed through). G[t] is g on valid rows and 0 elsewhere.
 void proj_backward_g(const ProjBackward& a, ProjBackwardTask& task, int64_t t) {
   const int64_t T = a.T, B = a.B, H = a.H, Pd = a.Pd, p0 = task.p0, pw = task.pw;
-  if (t == T - 1 && task.hw > 0)
-    for (int64_t r = 0; r < B; ++r) std::memcpy(task.dc + r * task.hw, a.dcT + r * H + task.u0, task.hw * sizeof(float));
   if (pw == 0) return;
   float *g = task.g, *skip = task.skip;
   if (t == T - 1) {
@@ -592,7 +590,9 @@ void proj_backward_rows(const ProjBackward& a, ProjBackwardTask& task, int64_t t
 // Schedule step s = 2i: phase A of time T - 1 - i (i = T: dh0); s = 2i + 1: phase B of time T - 1 - i.
 void proj_backward_step(const ProjBackward& a, ProjBackwardTask& task, int64_t s) {
   const int64_t t = a.T - 1 - s / 2;
-  if (s == 0) {
+  if (s == 0) {  // the task's running state: dc from d_cT, no skip term yet, and the zero dh of backward_row
+    for (int64_t r = 0; r < a.B; ++r)
+      std::memcpy(task.dc + r * task.hw, a.dcT + r * a.H + task.u0, task.hw * sizeof(float));
     std::fill(task.skip, task.skip + a.B * task.pw, 0.0f);
     std::fill(task.zero, task.zero + a.B * task.hw, 0.0f);
   }
@@ -754,27 +754,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxlstm_lstm_backward, BackwardImpl,
                                 .Ret<ffi::Buffer<ffi::F32>>()); // dc0
 
 
-#define JAXLSTM_PROJ_FORWARD_ARGS                                                                               \
-  ffi::Ffi::Bind()                                                                                              \
-    .Arg<ffi::Buffer<ffi::F32>>()  /* xs */                                                                     \
-    .Arg<ffi::Buffer<ffi::F32>>()  /* w_x */                                                                    \
-    .Arg<ffi::Buffer<ffi::F32>>()  /* b */                                                                      \
-    .Arg<ffi::Buffer<ffi::F32>>()  /* w_h */                                                                    \
-    .Arg<ffi::Buffer<ffi::F32>>()  /* w_p */                                                                    \
-    .Arg<ffi::Buffer<ffi::PRED>>() /* valid */                                                                  \
-    .Arg<ffi::Buffer<ffi::F32>>()  /* h0 */                                                                     \
-    .Arg<ffi::Buffer<ffi::F32>>()  /* c0 */                                                                     \
-    .Ret<ffi::Buffer<ffi::F32>>()  /* hs */                                                                     \
-    .Ret<ffi::Buffer<ffi::F32>>()  /* h_T */                                                                    \
-    .Ret<ffi::Buffer<ffi::F32>>()  /* c_T */
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxlstm_lstm_proj_forward_infer, ProjForwardInferImpl, JAXLSTM_PROJ_FORWARD_ARGS);
+// The projected forward takes the plain forward's operands, with w_h (P, 4H) and w_p (H, P) in the place of peep.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxlstm_lstm_proj_forward_infer, ProjForwardInferImpl, JAXLSTM_FORWARD_ARGS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxlstm_lstm_proj_forward_train, ProjForwardTrainImpl,
-                              JAXLSTM_PROJ_FORWARD_ARGS.Ret<ffi::Buffer<ffi::F32>>()  // P
-                                .Ret<ffi::Buffer<ffi::F32>>()                         // F
-                                .Ret<ffi::Buffer<ffi::F32>>()                         // R
-                                .Ret<ffi::Buffer<ffi::F32>>());                       // y
+                              JAXLSTM_FORWARD_ARGS.Ret<ffi::Buffer<ffi::F32>>()  // P
+                                .Ret<ffi::Buffer<ffi::F32>>()                    // F
+                                .Ret<ffi::Buffer<ffi::F32>>()                    // R
+                                .Ret<ffi::Buffer<ffi::F32>>());                  // y
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(jaxlstm_lstm_proj_backward, ProjBackwardImpl,
                               ffi::Ffi::Bind()
