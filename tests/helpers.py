@@ -1,5 +1,7 @@
 """Shared test helpers. Random data comes from NumPy, which compiles nothing."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -88,3 +90,16 @@ def forward_modes(f, x, t):
   """``(jax.jvp(f, (x,), (t,)), jax.jacfwd(f)(x), jax.hessian(sum of f)(x))``, jitted: forward mode's three
   entry points on one function, to hold a kernel's against the reference kernel's."""
   return jax.jit(lambda x: (jax.jvp(f, (x,), (t,)), jax.jacfwd(f)(x), jax.hessian(lambda y: f(y).sum())(x)))(x)
+
+
+@contextlib.contextmanager
+def native_settings(native, *, threads=0, panels=1):
+  """The native library's task count (``native.set_threads``) and per-step GEMM (``native.set_panels``) for the
+  calls inside the block, restored to the defaults after it."""
+  native.set_threads(threads)
+  native.set_panels(panels)
+  try:
+    yield
+  finally:
+    native.set_threads(0)
+    native.set_panels(1)

@@ -5,6 +5,8 @@ values, to float32 rounding. Tests that run the library skip where it is not bui
 everywhere.
 """
 
+import platform
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,7 @@ from tests.helpers import (
   assert_trees_rel_close,
   check_against_reference,
   forward_modes,
+  native_settings,
   normal,
   random_params,
 )
@@ -87,6 +90,45 @@ def test_threads_split_hidden_units(threads):
     check(params, xs, state, lengths=np.array([6, 3, 0, 1]), reverse=True)
   finally:
     native.set_threads(0)
+
+
+def cpu_flags():
+  """The x86 CPU's feature flags from /proc/cpuinfo, or an empty set (not Linux, not x86-64)."""
+  if platform.machine() not in ("x86_64", "AMD64"):
+    return set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return set()
+
+
+@built
+def test_panel_kernel_runs_where_the_cpu_has_avx2():
+  """The per-step GEMM's dispatch (panels.h): never in mode 0; by default on AVX2+FMA without AVX-512F; in mode 2
+  on any AVX2+FMA CPU."""
+  flags = cpu_flags()
+  avx2 = {"avx2", "fma"} <= flags
+  for mode, want in [(0, False), (1, avx2 and "avx512f" not in flags), (2, avx2)]:
+    with native_settings(native, panels=mode):
+      assert native.panels() == want, (mode, sorted(flags & {"avx2", "fma", "avx512f"}))
+  with pytest.raises(ValueError, match="mode must be 0, 1 or 2, got 3"):
+    native.set_panels(3)
+
+
+@built
+@pytest.mark.parametrize("panels", [0, 2])
+@pytest.mark.parametrize("threads, batch, h", [(1, 7, 16), (2, 13, 37), (3, 1, 5)])
+def test_panel_and_sgemm_gemms(panels, threads, batch, h):
+  """Both per-step GEMMs: 7 and 13 rows are blocks of 6 and a remainder; H = 37 on two tasks gives forward slices
+  of 72 and 76 columns and backward ones of 18 and 19, so the last 16-column panel of each is partial; H = 5 on
+  three tasks, slices of 1 or 2 units."""
+  with native_settings(native, threads=threads, panels=panels):
+    params, xs, state = setup(peephole=True, batch=(batch,), t=4, i=3, h=h)
+    check(params, xs, state, lengths=np.arange(batch) % 5, reverse=True)
 
 
 @built

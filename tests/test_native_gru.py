@@ -17,6 +17,7 @@ from tests.helpers import (
   assert_trees_rel_close,
   check_against_reference,
   forward_modes,
+  native_settings,
   normal,
   random_params,
 )
@@ -87,6 +88,16 @@ def test_threads_and_chunked_projection(threads, batch, t, h, scale):
     check(params, xs, state, lengths=np.arange(batch) % (t + 1), reverse=True)
   finally:
     native.set_threads(0)
+
+
+@built
+@pytest.mark.parametrize("panels", [0, 2])
+def test_panel_and_sgemm_gemms(panels):
+  """Both per-step GEMMs (panels.h): H = 37 on two tasks, slices of 54 and 57 forward columns and 18 and 19
+  backward ones (partial panels), 7 rows (a block of 6 and one)."""
+  with native_settings(native, threads=2, panels=panels):
+    params, xs, state = setup(batch=(7,), t=4, i=3, h=37)
+    check(params, xs, state, lengths=np.arange(7) % 5, reverse=True)
 
 
 @built

@@ -14,6 +14,7 @@ from tests.helpers import (
   assert_trees_rel_close,
   check_against_reference,
   forward_modes,
+  native_settings,
   normal,
   random_params,
 )
@@ -70,6 +71,15 @@ def test_threads_split_units_and_columns(threads, h, p):
     check(*setup(batch=(4,), t=6, i=3, h=h, p=p), lengths=np.array([6, 3, 0, 1]), reverse=True)
   finally:
     native.set_threads(0)
+
+
+@built
+@pytest.mark.parametrize("panels", [0, 2])
+def test_panel_and_sgemm_gemms(panels):
+  """Both per-step GEMMs (panels.h) on all four of the projected loops' weight slices: H = 37, P = 19 on two
+  tasks, so every slice ends on a partial panel; 7 rows."""
+  with native_settings(native, threads=2, panels=panels):
+    check(*setup(batch=(7,), t=4, i=3, h=37, p=19), lengths=np.arange(7) % 5, reverse=True)
 
 
 @built

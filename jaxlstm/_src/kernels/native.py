@@ -88,6 +88,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     lib.jaxlstm_native_set_sgemm(ctypes.cast(getattr(blas, f"{prefix}cblas_sgemm"), ctypes.c_void_p))
     lib.jaxlstm_native_set_threads.argtypes = [ctypes.c_int]
     lib.jaxlstm_native_threads.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    lib.jaxlstm_native_set_panels.argtypes = [ctypes.c_int]
     for name in _TARGETS + PROJ_TARGETS + GRU_TARGETS:
       jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   except Exception as e:  # a library built for another ABI, a missing symbol, a JAX without jax.ffi
@@ -117,6 +118,31 @@ def set_threads(n: int) -> None:
   if lib is None:
     raise RuntimeError(why)
   lib.jaxlstm_native_set_threads(int(n))
+
+
+def set_panels(mode: int) -> int:
+  """Chooses the per-step GEMM on the recurrent weights (``jaxlstm/_src/native/panels.h``) for the calls made
+  after it, and returns the previous mode: ``1`` (the default) packs each task's weights once per call into panels
+  for an AVX2 kernel where the CPU has AVX2 and FMA and no AVX-512F, and calls OpenBLAS's sgemm elsewhere; ``0``
+  calls sgemm everywhere; ``2`` runs the panel kernel on any CPU with AVX2 and FMA. For tests and benchmarks: the
+  result is the same up to float32 rounding.
+
+  Raises:
+    RuntimeError: the native library cannot run here (with the reason).
+    ValueError: ``mode`` is not 0, 1 or 2.
+  """
+  lib, why = _load()
+  if lib is None:
+    raise RuntimeError(why)
+  if mode not in (0, 1, 2):
+    raise ValueError(f"set_panels: mode must be 0, 1 or 2, got {mode!r}")
+  return int(lib.jaxlstm_native_set_panels(int(mode)))
+
+
+def panels() -> bool:
+  """Whether the native calls made now run the panel kernel (``set_panels``); ``False`` without the library."""
+  lib = _load()[0]
+  return lib is not None and bool(lib.jaxlstm_native_panels())
 
 
 def threads(batch: int, hidden: int, gates: int = 4) -> int:

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "panels.h"
 #include "runtime.h"
 
 namespace ffi = xla::ffi;
@@ -93,14 +94,15 @@ struct Forward {
 struct ForwardTask {
   int64_t u0 = 0, hw = 0, tc = 1;
   Scratch scratch;
-  float *w, *wx, *zx, *z;
+  Resident w;
+  float *wx, *zx, *z;
 
   ForwardTask(const Forward& a, int ntask, int j) : scratch(sizes(a, ntask, j)) {
     int64_t u1;
     units(a.H, ntask, j, &u0, &u1);
     hw = u1 - u0;
     tc = chunk_steps(a.T, a.B, 3 * hw);
-    w = scratch.take(a.H * 3 * hw);
+    w = Resident(a.H, 3 * hw, scratch.take(Resident::size(a.H, 3 * hw)));
     wx = scratch.take(a.I * 3 * hw);
     zx = scratch.take(tc * a.B * 3 * hw);
     z = scratch.take(a.B * 3 * hw);
@@ -110,7 +112,7 @@ struct ForwardTask {
     int64_t u0, u1;
     units(a.H, ntask, j, &u0, &u1);
     const int64_t n3 = 3 * (u1 - u0);
-    return Scratch::size({size_t(a.H * n3), size_t(a.I * n3), size_t(chunk_steps(a.T, a.B, n3) * a.B * n3),
+    return Scratch::size({Resident::size(a.H, n3), size_t(a.I * n3), size_t(chunk_steps(a.T, a.B, n3) * a.B * n3),
                           size_t(a.B * n3)});
   }
 };
@@ -121,7 +123,7 @@ void forward_step(const Forward& a, ForwardTask& task, int64_t t) {
   if (hw == 0) return;
   const SgemmFn sgemm = g_sgemm.load(std::memory_order_acquire);
   if (t == 0) {
-    pack_columns(a.w, H, H, 3, u0, hw, task.w);
+    task.w.pack([&](int64_t k, float* out) { gate_columns_row(a.w, k, H, 3, u0, hw, out); });
     pack_columns(a.wx, I, H, 3, u0, hw, task.wx);
   }
   if (t % tc == 0) {
@@ -133,7 +135,7 @@ void forward_step(const Forward& a, ForwardTask& task, int64_t t) {
       std::fill(task.zx, task.zx + m * B * n3, 0.0f);
   }
   const float* hp = t == 0 ? a.h0 : a.hs + (t - 1) * B * H;
-  sgemm(kRowMajor, kNoTrans, kNoTrans, B, n3, H, 1.0f, hp, H, task.w, n3, 0.0f, task.z, n3);
+  task.w.gemm(B, hp, H, task.z, n3);
   for (int64_t r = 0; r < B; ++r) {
     const int64_t row = t * B + r;
     float* zr = &task.z[r * n3];
@@ -168,12 +170,14 @@ struct Backward {
 struct BackwardTask {
   int64_t u0 = 0, hw = 0;
   Scratch scratch;
+  Resident wt;  // w_h[u0:u0 + hw, :].T, (3H, hw)
   float *dh, *mm, *g;
 
   BackwardTask(const Backward& a, int ntask, int j) : scratch(sizes(a, ntask, j)) {
     int64_t u1;
     units(a.H, ntask, j, &u0, &u1);
     hw = u1 - u0;
+    wt = Resident(3 * a.H, hw, scratch.take(Resident::size(3 * a.H, hw)));
     dh = scratch.take(a.B * hw);
     mm = scratch.take(a.B * hw);
     g = scratch.take(a.B * 3 * hw);
@@ -183,7 +187,7 @@ struct BackwardTask {
     int64_t u0, u1;
     units(a.H, ntask, j, &u0, &u1);
     const size_t bh = a.B * (u1 - u0);
-    return Scratch::size({bh, bh, 3 * bh});
+    return Scratch::size({Resident::size(3 * a.H, u1 - u0), bh, bh, 3 * bh});
   }
 };
 
@@ -193,12 +197,11 @@ void backward_step(const Backward& a, BackwardTask& task, int64_t i) {
   if (hw == 0) return;
   float* dh = task.dh;
   if (i == 0) {
+    task.wt.pack([&](int64_t k, float* out) { transposed_row(a.w, 3 * H, u0, hw, k, out); });
     for (int64_t r = 0; r < B; ++r) std::memcpy(dh + r * hw, a.dhT + r * H + u0, hw * sizeof(float));
   } else {
-    // dh_prev for the task's units: g (B, 3H) @ w_h[u0:u0 + hw, :].T; rows of w_h are contiguous, so no packing.
-    const SgemmFn sgemm = g_sgemm.load(std::memory_order_acquire);
-    sgemm(kRowMajor, kNoTrans, kTrans, B, hw, 3 * H, 1.0f, a.g + (T - i) * B * 3 * H, 3 * H, a.w + u0 * 3 * H, 3 * H,
-          0.0f, task.mm, hw);
+    // dh_prev for the task's units: g (B, 3H) @ w_h[u0:u0 + hw, :].T.
+    task.wt.gemm(B, a.g + (T - i) * B * 3 * H, 3 * H, task.mm, hw);
     for (int64_t k = 0; k < B * hw; ++k) dh[k] += task.mm[k];  // an invalid row's g is 0, so mm adds nothing there
   }
   if (i == T) {

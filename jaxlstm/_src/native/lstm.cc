@@ -19,11 +19,13 @@
 //   P (T, B, 4H), Q and F (T, B, H): the backward factors of fused.py's _backward_factors; cs (T, B, H), the carried
 //   c, for the peephole gradient only (empty without peepholes)
 //
-// The threads, the schedule and the scratch memory are runtime.h's.
+// The threads, the schedule and the scratch memory are runtime.h's; the per-step GEMMs on the recurrent weights are
+// panels.h's.
 
 #include <cstdint>
 #include <cstring>
 
+#include "panels.h"
 #include "runtime.h"
 
 namespace ffi = xla::ffi;
@@ -135,14 +137,15 @@ struct Forward {
 struct ForwardTask {
   int64_t u0 = 0, hw = 0, tc = 1;
   Scratch scratch;
-  float *w, *wx, *zx, *z;
+  Resident w;
+  float *wx, *zx, *z;
 
   ForwardTask(const Forward& a, int ntask, int j) : scratch(sizes(a, ntask, j)) {
     int64_t u1;
     units(a.H, ntask, j, &u0, &u1);
     hw = u1 - u0;
     tc = chunk_steps(a.T, a.B, 4 * hw);
-    w = scratch.take(a.H * 4 * hw);
+    w = Resident(a.H, 4 * hw, scratch.take(Resident::size(a.H, 4 * hw)));
     wx = scratch.take(a.I * 4 * hw);
     zx = scratch.take(tc * a.B * 4 * hw);
     z = scratch.take(a.B * 4 * hw);
@@ -152,7 +155,7 @@ struct ForwardTask {
     int64_t u0, u1;
     units(a.H, ntask, j, &u0, &u1);
     const int64_t n4 = 4 * (u1 - u0);
-    return Scratch::size({size_t(a.H * n4), size_t(a.I * n4), size_t(chunk_steps(a.T, a.B, n4) * a.B * n4),
+    return Scratch::size({Resident::size(a.H, n4), size_t(a.I * n4), size_t(chunk_steps(a.T, a.B, n4) * a.B * n4),
                           size_t(a.B * n4)});
   }
 };
@@ -163,7 +166,7 @@ void forward_step(const Forward& a, ForwardTask& task, int64_t t) {
   if (hw == 0) return;
   const SgemmFn sgemm = g_sgemm.load(std::memory_order_acquire);
   if (t == 0) {
-    pack_columns(a.w, H, H, 4, u0, hw, task.w);
+    task.w.pack([&](int64_t k, float* out) { gate_columns_row(a.w, k, H, 4, u0, hw, out); });
     pack_columns(a.wx, I, H, 4, u0, hw, task.wx);
     for (int64_t r = 0; r < B; ++r) std::memcpy(a.cT + r * H + u0, a.c0 + r * H + u0, hw * sizeof(float));
   }
@@ -177,7 +180,7 @@ void forward_step(const Forward& a, ForwardTask& task, int64_t t) {
       std::fill(task.zx, task.zx + m * B * n4, 0.0f);
   }
   const float* hp = t == 0 ? a.h0 : a.hs + (t - 1) * B * H;
-  sgemm(kRowMajor, kNoTrans, kNoTrans, B, n4, H, 1.0f, hp, H, task.w, n4, 0.0f, task.z, n4);
+  task.w.gemm(B, hp, H, task.z, n4);
   const float* peep = a.peep ? a.peep + u0 : nullptr;
   const ForwardRow row_fn = peep ? (a.save ? forward_row_peep_save : forward_row_peep)
                                  : (a.save ? forward_row_plain_save : forward_row_plain);
@@ -213,12 +216,14 @@ struct Backward {
 struct BackwardTask {
   int64_t u0 = 0, hw = 0;
   Scratch scratch;
+  Resident wt;  // w_h[u0:u0 + hw, :].T, (4H, hw)
   float *dh, *dc, *g, *dz;
 
   BackwardTask(const Backward& a, int ntask, int j) : scratch(sizes(a, ntask, j)) {
     int64_t u1;
     units(a.H, ntask, j, &u0, &u1);
     hw = u1 - u0;
+    wt = Resident(4 * a.H, hw, scratch.take(Resident::size(4 * a.H, hw)));
     dh = scratch.take(a.B * hw);
     dc = scratch.take(a.B * hw);
     g = scratch.take(a.B * hw);
@@ -229,7 +234,7 @@ struct BackwardTask {
     int64_t u0, u1;
     units(a.H, ntask, j, &u0, &u1);
     const size_t bh = a.B * (u1 - u0);
-    return Scratch::size({bh, bh, bh, 4 * bh});
+    return Scratch::size({Resident::size(4 * a.H, u1 - u0), bh, bh, bh, 4 * bh});
   }
 };
 
@@ -239,15 +244,14 @@ void backward_step(const Backward& a, BackwardTask& task, int64_t i) {
   if (hw == 0) return;
   float *dh = task.dh, *dc = task.dc;
   if (i == 0) {
+    task.wt.pack([&](int64_t k, float* out) { transposed_row(a.w, 4 * H, u0, hw, k, out); });
     for (int64_t r = 0; r < B; ++r) {
       std::memcpy(dh + r * hw, a.dhT + r * H + u0, hw * sizeof(float));
       std::memcpy(dc + r * hw, a.dcT + r * H + u0, hw * sizeof(float));
     }
   } else {
-    // dh_prev for the task's units: dz (B, 4H) @ w_h[u0:u0 + hw, :].T; rows of w_h are contiguous, so no packing.
-    const SgemmFn sgemm = g_sgemm.load(std::memory_order_acquire);
-    sgemm(kRowMajor, kNoTrans, kTrans, B, hw, 4 * H, 1.0f, a.dz + (T - i) * B * 4 * H, 4 * H, a.w + u0 * 4 * H, 4 * H,
-          0.0f, task.g, hw);
+    // dh_prev for the task's units: dz (B, 4H) @ w_h[u0:u0 + hw, :].T.
+    task.wt.gemm(B, a.dz + (T - i) * B * 4 * H, 4 * H, task.g, hw);
     for (int64_t k = 0; k < B * hw; ++k) dh[k] += task.g[k];  // an invalid row's dz is 0, so g adds nothing there
   }
   if (i == T) {
@@ -397,7 +401,8 @@ struct ProjForward {
 struct ProjForwardTask {
   int64_t u0 = 0, hw = 0, p0 = 0, pw = 0, tc = 1;
   Scratch scratch;
-  float *w, *wx, *wp, *zx, *z;
+  Resident w, wp;  // w_h's gate columns of the task's units (P, 4hw); w_p's columns of its projection (H, pw)
+  float *wx, *zx, *z;
 
   ProjForwardTask(const ProjForward& a, int ntask, int j) : scratch(sizes(a, ntask, j)) {
     int64_t u1, p1;
@@ -406,9 +411,9 @@ struct ProjForwardTask {
     hw = u1 - u0;
     pw = p1 - p0;
     tc = chunk_steps(a.T, a.B, 4 * hw);
-    w = scratch.take(a.Pd * 4 * hw);
+    w = Resident(a.Pd, 4 * hw, scratch.take(Resident::size(a.Pd, 4 * hw)));
     wx = scratch.take(a.I * 4 * hw);
-    wp = scratch.take(a.H * pw);
+    wp = Resident(a.H, pw, scratch.take(Resident::size(a.H, pw)));
     zx = scratch.take(tc * a.B * 4 * hw);
     z = scratch.take(a.B * 4 * hw);
   }
@@ -418,7 +423,7 @@ struct ProjForwardTask {
     units(a.H, ntask, j, &u0, &u1);
     units(a.Pd, ntask, j, &p0, &p1);
     const int64_t n4 = 4 * (u1 - u0);
-    return Scratch::size({size_t(a.Pd * n4), size_t(a.I * n4), size_t(a.H * (p1 - p0)),
+    return Scratch::size({Resident::size(a.Pd, n4), size_t(a.I * n4), Resident::size(a.H, p1 - p0),
                           size_t(chunk_steps(a.T, a.B, n4) * a.B * n4), size_t(a.B * n4)});
   }
 };
@@ -429,11 +434,11 @@ void proj_forward_gates(const ProjForward& a, ProjForwardTask& task, int64_t t) 
   const SgemmFn sgemm = g_sgemm.load(std::memory_order_acquire);
   if (t == 0) {
     if (hw > 0) {
-      pack_columns(a.w, Pd, H, 4, u0, hw, task.w);
+      task.w.pack([&](int64_t k, float* out) { gate_columns_row(a.w, k, H, 4, u0, hw, out); });
       pack_columns(a.wx, I, H, 4, u0, hw, task.wx);
       for (int64_t r = 0; r < B; ++r) std::memcpy(a.cT + r * H + u0, a.c0 + r * H + u0, hw * sizeof(float));
     }
-    if (task.pw > 0) pack_columns(a.wp, H, Pd, 1, task.p0, task.pw, task.wp);
+    if (task.pw > 0) task.wp.pack([&](int64_t k, float* out) { gate_columns_row(a.wp, k, Pd, 1, task.p0, task.pw, out); });
   }
   if (hw == 0) return;
   if (t % tc == 0) {
@@ -445,7 +450,7 @@ void proj_forward_gates(const ProjForward& a, ProjForwardTask& task, int64_t t) 
       std::fill(task.zx, task.zx + m * B * n4, 0.0f);
   }
   const float* hp = t == 0 ? a.h0 : a.hs + (t - 1) * B * Pd;
-  sgemm(kRowMajor, kNoTrans, kNoTrans, B, n4, Pd, 1.0f, hp, Pd, task.w, n4, 0.0f, task.z, n4);
+  task.w.gemm(B, hp, Pd, task.z, n4);
   float* y = a.y_at(t);
   for (int64_t r = 0; r < B; ++r) {
     const int64_t row = t * B + r;
@@ -477,9 +482,8 @@ void proj_forward_gates(const ProjForward& a, ProjForwardTask& task, int64_t t) 
 void proj_forward_project(const ProjForward& a, ProjForwardTask& task, int64_t t) {
   const int64_t B = a.B, H = a.H, Pd = a.Pd, p0 = task.p0, pw = task.pw;
   if (pw == 0) return;
-  const SgemmFn sgemm = g_sgemm.load(std::memory_order_acquire);
   float* out = a.hs + t * B * Pd;
-  sgemm(kRowMajor, kNoTrans, kNoTrans, B, pw, H, 1.0f, a.y_at(t), H, task.wp, pw, 0.0f, out + p0, Pd);
+  task.wp.gemm(B, a.y_at(t), H, out + p0, Pd);
   const float* hp = t == 0 ? a.h0 : a.hs + (t - 1) * B * Pd;
   if (a.valid)
     for (int64_t r = 0; r < B; ++r)
@@ -507,6 +511,7 @@ struct ProjBackward {
 struct ProjBackwardTask {
   int64_t u0 = 0, hw = 0, p0 = 0, pw = 0;
   Scratch scratch;
+  Resident wt, wpt;  // w_h[p0:p0 + pw, :].T (4H, pw); w_p[u0:u0 + hw, :].T (P, hw)
   float *dc, *gy, *zero, *dz, *skip, *g;
 
   ProjBackwardTask(const ProjBackward& a, int ntask, int j) : scratch(sizes(a, ntask, j)) {
@@ -515,6 +520,8 @@ struct ProjBackwardTask {
     units(a.Pd, ntask, j, &p0, &p1);
     hw = u1 - u0;
     pw = p1 - p0;
+    wt = Resident(4 * a.H, pw, scratch.take(Resident::size(4 * a.H, pw)));
+    wpt = Resident(a.Pd, hw, scratch.take(Resident::size(a.Pd, hw)));
     dc = scratch.take(a.B * hw);
     gy = scratch.take(a.B * hw);
     zero = scratch.take(a.B * hw);
@@ -528,7 +535,7 @@ struct ProjBackwardTask {
     units(a.H, ntask, j, &u0, &u1);
     units(a.Pd, ntask, j, &p0, &p1);
     const size_t bh = a.B * (u1 - u0), bp = a.B * (p1 - p0);
-    return Scratch::size({bh, bh, bh, 4 * bh, bp, bp});
+    return Scratch::size({Resident::size(4 * a.H, p1 - p0), Resident::size(a.Pd, u1 - u0), bh, bh, bh, 4 * bh, bp, bp});
   }
 };
 
@@ -541,10 +548,7 @@ void proj_backward_g(const ProjBackward& a, ProjBackwardTask& task, int64_t t) {
   if (t == T - 1) {
     for (int64_t r = 0; r < B; ++r) std::memcpy(g + r * pw, a.dhT + r * Pd + p0, pw * sizeof(float));
   } else {
-    // Rows of w_h (P, 4H) are contiguous: dz_{t+1} (B, 4H) @ w_h[p0:p0 + pw, :].T needs no packing.
-    const SgemmFn sgemm = g_sgemm.load(std::memory_order_acquire);
-    sgemm(kRowMajor, kNoTrans, kTrans, B, pw, 4 * H, 1.0f, a.dz + (t + 1) * B * 4 * H, 4 * H, a.w + p0 * 4 * H,
-          4 * H, 0.0f, g, pw);
+    task.wt.gemm(B, a.dz + (t + 1) * B * 4 * H, 4 * H, g, pw);  // dz_{t+1} (B, 4H) @ w_h[p0:p0 + pw, :].T
     for (int64_t k = 0; k < B * pw; ++k) g[k] += skip[k];
   }
   if (t < 0) {
@@ -569,9 +573,7 @@ void proj_backward_g(const ProjBackward& a, ProjBackwardTask& task, int64_t t) {
 void proj_backward_rows(const ProjBackward& a, ProjBackwardTask& task, int64_t t) {
   const int64_t B = a.B, H = a.H, Pd = a.Pd, u0 = task.u0, hw = task.hw, n4 = 4 * hw;
   if (hw == 0) return;
-  const SgemmFn sgemm = g_sgemm.load(std::memory_order_acquire);
-  // Rows of w_p (H, P) are contiguous: G[t] (B, P) @ w_p[u0:u0 + hw, :].T.
-  sgemm(kRowMajor, kNoTrans, kTrans, B, hw, Pd, 1.0f, a.G + t * B * Pd, Pd, a.wp + u0 * Pd, Pd, 0.0f, task.gy, hw);
+  task.wpt.gemm(B, a.G + t * B * Pd, Pd, task.gy, hw);  // G[t] (B, P) @ w_p[u0:u0 + hw, :].T
   for (int64_t r = 0; r < B; ++r) {
     const int64_t row = t * B + r;
     float* dz = &task.dz[r * n4];
@@ -590,7 +592,9 @@ void proj_backward_rows(const ProjBackward& a, ProjBackwardTask& task, int64_t t
 // Schedule step s = 2i: phase A of time T - 1 - i (i = T: dh0); s = 2i + 1: phase B of time T - 1 - i.
 void proj_backward_step(const ProjBackward& a, ProjBackwardTask& task, int64_t s) {
   const int64_t t = a.T - 1 - s / 2;
-  if (s == 0) {  // the task's running state: dc from d_cT, no skip term yet, and the zero dh of backward_row
+  if (s == 0) {  // the task's weights and running state: dc from d_cT, no skip term yet, the zero dh of backward_row
+    task.wt.pack([&](int64_t k, float* out) { transposed_row(a.w, 4 * a.H, task.p0, task.pw, k, out); });
+    task.wpt.pack([&](int64_t k, float* out) { transposed_row(a.wp, a.Pd, task.u0, task.hw, k, out); });
     for (int64_t r = 0; r < a.B; ++r)
       std::memcpy(task.dc + r * task.hw, a.dcT + r * a.H + task.u0, task.hw * sizeof(float));
     std::fill(task.skip, task.skip + a.B * task.pw, 0.0f);

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "panels.h"
 #include "runtime.h"
 
 extern "C" {
@@ -16,6 +17,13 @@ void jaxlstm_native_set_sgemm(void* fn) {
 
 // 0: choose the number of tasks and threads per call (the default); n > 0: use min(n, H), whatever the size.
 void jaxlstm_native_set_threads(int n) { jaxlstm_native::g_threads.store(n < 0 ? 0 : n, std::memory_order_relaxed); }
+
+// The per-step GEMMs on the recurrent weights (panels.h): 0, OpenBLAS's sgemm; 1, the panel kernel where the CPU has
+// AVX2 and FMA and no AVX-512F (the default); 2, the panel kernel on any CPU with AVX2 and FMA. Returns the old mode.
+int jaxlstm_native_set_panels(int mode) { return jaxlstm_native::g_panels.exchange(mode < 0 || mode > 2 ? 1 : mode); }
+
+// Whether the calls made now run the panel kernel.
+int jaxlstm_native_panels() { return jaxlstm_native::panels_here() ? 1 : 0; }
 
 // The number of tasks (and threads at most) a layer of batch B, H hidden units and G gates runs on.
 int jaxlstm_native_threads(int64_t B, int64_t H, int64_t G) { return jaxlstm_native::choose_threads(B, H, G); }

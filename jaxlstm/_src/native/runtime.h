@@ -13,9 +13,10 @@
 // threads that do run, instead of stalling every step, and the caller alone finishes a call that no other thread
 // joined. XLA FFI's intra-op thread pool was not used: measured, its tasks started too late to share the steps.
 //
-// The per-step GEMM is OpenBLAS's sgemm (the scipy-openblas32 wheel, DYNAMIC_ARCH: it picks its kernels for the CPU
-// at run time), called single-threaded by each task on its own columns. native.py loads that library and hands
-// its cblas_sgemm to jaxlstm_native_set_sgemm (module.cc), so the extension links against no BLAS. The gate loops
+// The GEMMs are OpenBLAS's sgemm (the scipy-openblas32 wheel, DYNAMIC_ARCH: it picks its kernels for the CPU at run
+// time), called single-threaded by each task on its own columns, except the per-step GEMMs on the recurrent weights
+// where the CPU suits panels.h's kernel. native.py loads that library and hands its cblas_sgemm to
+// jaxlstm_native_set_sgemm (module.cc), so the extension links against no BLAS. The gate loops
 // are plain C++, compiled for AVX-512, AVX2+FMA and baseline x86-64 and picked at load time (target_clones): never
 // -march=native, so a wheel built here runs on older CPUs.
 
