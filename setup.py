@@ -23,7 +23,11 @@ if sys.platform.startswith("linux"):
     Extension(
       "jaxlstm._src.native._native",
       sources=[f"jaxlstm/_src/native/{name}.cc" for name in ("module", "lstm", "gru")],
-      depends=["jaxlstm/_src/native/runtime.h", "jaxlstm/_src/native/panels.h", "jaxlstm/_src/native/include/xla/ffi/api/ffi.h"],
+      depends=[
+        "jaxlstm/_src/native/runtime.h",
+        "jaxlstm/_src/native/panels.h",
+        "jaxlstm/_src/native/include/xla/ffi/api/ffi.h",
+      ],
       language="c++",
       extra_compile_args=FLAGS,
       extra_link_args=["-pthread"],
