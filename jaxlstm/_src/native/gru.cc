@@ -263,6 +263,7 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> wx, ffi::
             save ? Pn->typed_data() : nullptr,
             save ? Z->typed_data() : nullptr,
             save};
+  advise_results(hs, F3, Pn, Z);  // without save, F3, P_n and Z are hs
   if (B > 0) run_tasks<Forward, ForwardTask>(a, T, forward_step);  // an empty batch has nothing to compute
   return ffi::Error::Success();
 }
@@ -308,6 +309,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> F3, ffi::
              g->typed_data(),
              gn->typed_data(),
              dh0->typed_data()};
+  advise_results(g, gn);
   if (B > 0) run_tasks<Backward, BackwardTask>(a, T + 1, backward_step);
   return ffi::Error::Success();
 }

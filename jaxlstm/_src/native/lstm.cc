@@ -320,6 +320,7 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> wx, ffi::
             save ? F->typed_data() : nullptr,
             save && has_peep ? cs->typed_data() : nullptr,
             save};
+  advise_results(hs, P, Q, F, cs);  // without save, P, Q, F and cs are hs
   if (B > 0) run_tasks<Forward, ForwardTask>(a, T, forward_step);  // an empty batch has nothing to compute
   return ffi::Error::Success();
 }
@@ -370,6 +371,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> P, ffi::B
              dz->typed_data(),
              dh0->typed_data(),
              dc0->typed_data()};
+  advise_results(dz);  // P's buffer where XLA donated it (already touched), else fresh
   if (B > 0) run_tasks<Backward, BackwardTask>(a, T + 1, backward_step);
   return ffi::Error::Success();
 }
@@ -655,6 +657,7 @@ ffi::Error ProjForwardImpl(ffi::Buffer<ffi::F32> xs, ffi::Buffer<ffi::F32> wx, f
                 save ? R->typed_data() : nullptr,
                 save ? y->typed_data() : y_step.take(B * H),
                 save};
+  advise_results(hs, P, F, R, y);  // without save, P, F, R and y are hs
   run_tasks<ProjForward, ProjForwardTask>(a, 2 * T, proj_forward_step);
   return ffi::Error::Success();
 }
@@ -715,6 +718,7 @@ ffi::Error ProjBackwardImpl(ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> wp, f
                  G->typed_data(),
                  dh0->typed_data(),
                  dc0->typed_data()};
+  advise_results(dz, G);
   run_tasks<ProjBackward, ProjBackwardTask>(a, 2 * T + 1, proj_backward_step);
   return ffi::Error::Success();
 }

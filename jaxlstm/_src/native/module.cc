@@ -25,6 +25,10 @@ int jaxlstm_native_set_panels(int mode) { return jaxlstm_native::g_panels.exchan
 // Whether the calls made now run the panel kernel.
 int jaxlstm_native_panels() { return jaxlstm_native::panels_here() ? 1 : 0; }
 
+// Whether the calls made now advise huge pages for their large results (runtime.h's advise_huge_pages): 1 (the
+// default, or the environment's JAXLSTM_NATIVE_HUGE_PAGES) or 0. Returns the old setting.
+int jaxlstm_native_set_huge_pages(int on) { return jaxlstm_native::g_huge_pages.exchange(on != 0) ? 1 : 0; }
+
 // The number of tasks (and threads at most) a layer of batch B, H hidden units and G gates runs on.
 int jaxlstm_native_threads(int64_t B, int64_t H, int64_t G) { return jaxlstm_native::choose_threads(B, H, G); }
 
