@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import jax  # noqa: E402
 from fused_micro import make_call, median_times  # noqa: E402
 
-from jaxlstm.kernels import native  # noqa: E402
+from jaxlstm.kernels import native, native_gru  # noqa: E402
 
 
 def main():
@@ -32,13 +32,17 @@ def main():
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--cell", choices=["lstm", "gru", "proj"], default="lstm")
   ap.add_argument("--panels", action="store_true", help="the native kernel with its panel GEMM against sgemm")
-  ap.add_argument("--train-min-hidden", type=int, help="native.TRAIN_MIN_HIDDEN for this run (default: the library's)")
+  ap.add_argument(
+    "--train-min-hidden",
+    type=int,
+    help="TRAIN_MIN_HIDDEN of native (or native_gru) for this run (default: the library's)",
+  )
   args = ap.parse_args()
   impls = ("native_gru", "fused_gru") if args.cell == "gru" else ("native", "fused")
   if native.load_error() is not None:
     sys.exit(native.load_error())
   if args.train_min_hidden is not None:
-    native.TRAIN_MIN_HIDDEN = args.train_min_hidden
+    (native_gru if args.cell == "gru" else native).TRAIN_MIN_HIDDEN = args.train_min_hidden
   for mode in args.modes:
     for name in args.configs:
       if args.panels:

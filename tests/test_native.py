@@ -34,8 +34,8 @@ TOL = 3e-5  # float32 against float64, relative to each array's largest entry
 
 @pytest.fixture(autouse=True)
 def native_training(monkeypatch):
-  """Every size trains on the native loops here, so that the small cases test native_backward; the default
-  (below native.TRAIN_MIN_HIDDEN units, the XLA loops) has its own test."""
+  """Every size trains on the native loops here, so that the small cases test native_backward whatever the
+  default of native.TRAIN_MIN_HIDDEN; a threshold above zero has its own test."""
   monkeypatch.setattr(native, "TRAIN_MIN_HIDDEN", 1)
 
 
@@ -149,8 +149,9 @@ def test_chunked_projection_and_more_tasks_than_cores(threads):
 @built
 @pytest.mark.parametrize("h, train_target", [(4, None), (256, "jaxlstm_lstm_backward")])
 def test_small_layers_train_on_the_xla_loops(monkeypatch, h, train_target):
-  """At the default TRAIN_MIN_HIDDEN, a layer below it runs its forward natively and trains on the fused
-  kernel's XLA loops; from it on, training runs native_backward. Both match the reference."""
+  """With TRAIN_MIN_HIDDEN at 256 (its value before the huge-page advice), a layer below it runs its forward
+  natively and trains on the fused kernel's XLA loops; from it on, training runs native_backward. Both match the
+  reference."""
   monkeypatch.setattr(native, "TRAIN_MIN_HIDDEN", 256)
   params, xs, state = setup(h=h, t=3)
   p32, x32, s32 = as_float32((params, xs, state))
@@ -164,6 +165,34 @@ def test_small_layers_train_on_the_xla_loops(monkeypatch, h, train_target):
   grad = jax.grad(lambda p: jnp.sum(jaxlstm.lstm(p, x32, s32, impl="native")[1]))
   assert targets(grad, p32) == ({"jaxlstm_lstm_forward_train", train_target} if train_target else set())
   check(params, xs, state, tol=1e-4, lengths=np.array([3, 1, 0]))
+
+
+@built
+def test_default_trains_small_layers_natively(monkeypatch):
+  """At the defaults, a layer of 4 units trains on native_backward."""
+  monkeypatch.undo()
+  assert native.TRAIN_MIN_HIDDEN == 0
+  p32, x32, s32 = as_float32(setup(t=3))
+  grad = jax.grad(lambda p: jnp.sum(jaxlstm.lstm(p, x32, s32)[1]))
+  assert "jaxlstm_lstm_backward" in jax.jit(grad).lower(p32).as_text()
+
+
+@built
+def test_huge_page_advice_changes_no_result():
+  """A forward whose outputs are over 4 MiB (B·T·4H floats) is advised; with the advice off it gives the same
+  bits, and set_huge_pages returns the previous setting."""
+  params, xs, state = as_float32(setup(batch=(64,), t=64, i=8, h=128))
+  run = jax.jit(lambda x: jaxlstm.lstm(params, x, state, impl="native"))
+  grad = jax.jit(jax.grad(lambda p: jnp.sum(jaxlstm.lstm(p, xs, state, impl="native")[1] ** 2)))
+  on = run(xs), grad(params)
+  assert native.set_huge_pages(False) is True
+  try:
+    off = run(xs), grad(params)
+    assert native.set_huge_pages(False) is False
+  finally:
+    native.set_huge_pages(True)
+  for a, b in zip(jax.tree.leaves(on), jax.tree.leaves(off), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @built

@@ -33,8 +33,8 @@ TARGETS = ("jaxlstm_gru_forward_infer", "jaxlstm_gru_forward_train", "jaxlstm_gr
 
 @pytest.fixture(autouse=True)
 def native_training(monkeypatch):
-  """Every size trains on the native loops here, so that the small cases test native_gru_backward; the default
-  (below native_gru.TRAIN_MIN_HIDDEN units, the XLA loops) has its own test."""
+  """Every size trains on the native loops here, so that the small cases test native_gru_backward whatever the
+  default of native_gru.TRAIN_MIN_HIDDEN; a threshold above zero has its own test."""
   monkeypatch.setattr(native_gru, "TRAIN_MIN_HIDDEN", 1)
 
 
@@ -103,8 +103,9 @@ def test_panel_and_sgemm_gemms(panels):
 @built
 @pytest.mark.parametrize("h, train_targets", [(4, set()), (256, {TARGETS[1], TARGETS[2]})])
 def test_small_layers_train_on_the_xla_loops(monkeypatch, h, train_targets):
-  """At the default TRAIN_MIN_HIDDEN, a layer below it runs its forward natively and trains on the fused GRU
-  kernel's XLA loops; from it on, training runs the native loops. Both match the reference."""
+  """With TRAIN_MIN_HIDDEN at 256 (its value before the huge-page advice), a layer below it runs its forward
+  natively and trains on the fused GRU kernel's XLA loops; from it on, training runs the native loops. Both
+  match the reference."""
   monkeypatch.setattr(native_gru, "TRAIN_MIN_HIDDEN", 256)
   params, xs, state = setup(h=h, t=3)
   p32, x32, s32 = as_float32((params, xs, state))
@@ -132,6 +133,17 @@ def test_auto_takes_it_for_float32_grus(monkeypatch):
   assert jaxlstm.explain(as_float32(params), xs, resets=jnp.zeros((B, T), bool)).kernel == "fused_gru"
   bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
   assert jaxlstm.explain(bf16, xs.astype(jnp.bfloat16)).kernel == "fused_gru"
+
+
+@built
+def test_default_trains_small_layers_natively(monkeypatch):
+  """At the defaults, a GRU of 4 units trains on the native loops, and explain says nothing of the XLA loops."""
+  monkeypatch.undo()
+  assert native_gru.TRAIN_MIN_HIDDEN == 0
+  p32, x32, s32 = as_float32(setup(t=3))
+  grad = jax.grad(lambda p: jnp.sum(jaxlstm.gru(p, x32, s32)[1]))
+  assert TARGETS[2] in jax.jit(grad).lower(p32).as_text()
+  assert "native_gru: chosen\n" in str(jaxlstm.explain(p32, x32))
 
 
 @built

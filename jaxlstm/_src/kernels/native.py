@@ -37,11 +37,10 @@ It runs plain, peephole and projected LSTM layers in float32 on the CPU backend,
 ``remat``, and not where the library was not built (no C++17 compiler at
 install time) or cannot load: :func:`why_not` then says why, and
 ``impl="auto"`` picks the fused kernel instead. ``impl="auto"`` picks this
-kernel for plain and projected float32 LSTMs (:func:`auto_skip`). Below
-``TRAIN_MIN_HIDDEN`` units only a plain layer's forward loop runs natively: under
-differentiation the layer runs the fused kernel's XLA loops (the same
-mathematics and factors), which measured as fast or faster there in training,
-while the native forward measured 1.5x faster at H = 128.
+kernel for plain and projected float32 LSTMs (:func:`auto_skip`). Both loops
+run natively at every size; ``TRAIN_MIN_HIDDEN`` (0) is the width below which a
+plain layer would run only its forward loop natively and, differentiated, the
+fused kernel's XLA loops (the same mathematics and factors), for benchmarks.
 """
 
 from __future__ import annotations
@@ -339,12 +338,13 @@ def _proj_loop_saved(xs, w_x, b, w_h, w_p, valid, h0, c0):
 # The projected layer (proj_size): the native loops, with fused_norm's tangent.
 _proj_layer = fused_norm.kernel_layer("lstm_native_proj_tangent", _proj_loop, _proj_loop_saved, native_proj_backward)
 
-# From this many hidden units on, training runs the native loops too; below, the fused kernel's XLA loops. The
-# bench's models (bench/native.py and bench/fused_micro.py's calls, both kernels in one process; fused time over
-# native) at commit 6a7279d: S (H=128) inference 1.51, training 0.84-1.07 over six runs (median 0.92); M (H=256)
-# inference 1.18, training 0.97-1.11; L (H=512) inference 1.12, training 0.97. Before that commit (1e59bfb) M and
-# L training measured 1.16 and 1.12: from H=256 on native training was never slower.
-TRAIN_MIN_HIDDEN = 256
+# From this many hidden units on, training runs the native loops too; below, the fused kernel's XLA loops. Every
+# width trains natively since the handlers advise huge pages for their results (runtime.h): bench/native.py
+# --train-min-hidden 0 (both kernels in one process; fused time over native) on S (H=128) training, commit
+# 1a834f0 with the advice: 1.09-1.10 with the advice, 0.96-1.00 without it (JAXLSTM_NATIVE_HUGE_PAGES=0); 2-layer stacks of T=100
+# at H=32 (B=16, 128) and H=64 (B=32): 1.14-1.37. Before the advice (commit 6a7279d) S measured 0.84-1.07 and
+# the threshold was 256.
+TRAIN_MIN_HIDDEN = 0
 
 
 def _trains_natively(params: LSTMParams) -> bool:
@@ -465,7 +465,8 @@ def run(
 
 
 def note(call: LayerCall) -> str | None:
-  """How this kernel runs ``call``: below ``TRAIN_MIN_HIDDEN`` units, training runs the fused kernel's loops.
+  """How this kernel runs ``call``: below ``TRAIN_MIN_HIDDEN`` units (0, none, by default), training runs the
+  fused kernel's loops; ``None`` where both loops are native.
 
   :func:`jaxlstm.explain` shows it beside "chosen".
 
@@ -473,9 +474,7 @@ def note(call: LayerCall) -> str | None:
     >>> from jaxlstm.kernels import native
     >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("lstm"), params=jaxlstm.lstm_init(jax.random.key(0), 3, 5),
     ...                          lengths=False, mask=False, resets=False, reverse=False, time_major=False, remat=None)
-    >>> native.note(call)
-    "the forward loop; trained, below 256 hidden units (H=5), the fused kernel's XLA loops"
-    >>> native.note(call._replace(params=jaxlstm.lstm_init(jax.random.key(0), 3, 256))) is None
+    >>> native.note(call) is None  # both loops native at every size
     True
   """
   if _trains_natively(call.params):

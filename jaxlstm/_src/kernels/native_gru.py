@@ -22,10 +22,9 @@ mode (``jvp``, ``jacfwd``, ``hessian``) runs the fused GRU kernel's tangent
 It runs float32 GRU layers on the CPU backend, with ``lengths``, ``mask`` and
 ``reverse`` (the shell reverses); not ``resets`` or ``remat``, and not where
 the native library was not built or cannot load: :func:`why_not` then says
-why, and ``impl="auto"`` picks the fused GRU kernel instead. Below
-``TRAIN_MIN_HIDDEN`` units only its forward loop runs natively, as the native
-LSTM kernel does: under differentiation the layer runs the fused GRU kernel's
-XLA loops there.
+why, and ``impl="auto"`` picks the fused GRU kernel instead. Both loops run
+natively at every size; below ``TRAIN_MIN_HIDDEN`` units (0) only the forward
+loop would, as in the native LSTM kernel, for benchmarks.
 """
 
 from __future__ import annotations
@@ -123,10 +122,10 @@ _layer = fused_gru.kernel_layer("gru_native_tangent", _loop, _loop_saved, native
 _layer_forward_only = fused_gru.kernel_layer("gru_native_forward_tangent", _loop, None, None)
 
 # From this many hidden units on, training runs the native loops too; below, the fused GRU kernel's XLA loops.
-# bench/native.py --cell gru (both kernels in one process; fused time over native) at commit 8c5cbe2: S (H=128)
-# inference 1.66, training on the native loops 0.97-0.98 of the XLA loops' speed in two runs; M (H=256)
-# inference 1.56, training 1.02-1.08 over three runs. The same threshold as the native LSTM kernel's.
-TRAIN_MIN_HIDDEN = 256
+# bench/native.py --cell gru --train-min-hidden 0 on S (H=128) training, with the huge-page advice (runtime.h):
+# fused time over native 1.04-1.14 (0.99-1.14 without); 2-layer stacks of T=100 at H=32 and 64: 1.17-1.52. At
+# commit 8c5cbe2, without the advice, S measured 0.97-0.98 and the threshold was 256. As the native LSTM kernel's.
+TRAIN_MIN_HIDDEN = 0
 
 
 def _trains_natively(params: GRUParams) -> bool:
@@ -200,14 +199,15 @@ def run(
 
 
 def note(call: LayerCall) -> str | None:
-  """How this kernel runs ``call``: below ``TRAIN_MIN_HIDDEN`` units, training runs the fused GRU kernel's loops.
+  """How this kernel runs ``call``: below ``TRAIN_MIN_HIDDEN`` units (0, none, by default), training runs the
+  fused GRU kernel's loops; ``None`` where both loops are native.
 
   Example:
     >>> from jaxlstm.kernels import native_gru
     >>> call = jaxlstm.LayerCall(cell=jaxlstm.get_cell("gru"), params=jaxlstm.gru_init(jax.random.key(0), 3, 5),
     ...                          lengths=False, mask=False, resets=False, reverse=False, time_major=False, remat=None)
-    >>> native_gru.note(call)
-    "the forward loop; trained, below 256 hidden units (H=5), the fused GRU kernel's XLA loops"
+    >>> native_gru.note(call) is None  # both loops native at every size
+    True
   """
   if _trains_natively(call.params):
     return None
