@@ -168,6 +168,8 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   if args.worker:
     return worker_main(args.worker)
+  if args.out and os.path.dirname(args.out):  # a new folder for the report, before an hour of timing
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
   if args.render:
     with open(args.render) as f:
       return write_report(json.load(f), args.out)
