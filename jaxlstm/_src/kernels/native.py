@@ -340,9 +340,9 @@ _proj_layer = fused_norm.kernel_layer("lstm_native_proj_tangent", _proj_loop, _p
 
 # From this many hidden units on, training runs the native loops too; below, the fused kernel's XLA loops. Every
 # width trains natively since the handlers advise huge pages for their results (runtime.h): bench/native.py
-# --train-min-hidden 0 (both kernels in one process; fused time over native) on S (H=128) training, commit
-# 1a834f0 with the advice: 1.09-1.10 with the advice, 0.96-1.00 without it (JAXLSTM_NATIVE_HUGE_PAGES=0); 2-layer stacks of T=100
-# at H=32 (B=16, 128) and H=64 (B=32): 1.14-1.37. Before the advice (commit 6a7279d) S measured 0.84-1.07 and
+# --train-min-hidden 0 (both kernels in one process; fused time over native) on S (H=128) training at commit
+# 4dbe440: 1.09-1.10 with the advice, 0.96-1.00 without it (JAXLSTM_NATIVE_HUGE_PAGES=0); 2-layer stacks of
+# T=100 at H=32 (B=16, 128) and H=64 (B=32): 1.14-1.37. Before the advice (commit 6a7279d) S measured 0.84-1.07 and
 # the threshold was 256.
 TRAIN_MIN_HIDDEN = 0
 
