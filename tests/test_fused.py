@@ -170,7 +170,8 @@ def test_fused_path_is_taken_only_where_supported():
     kernel(p, remat=0)
   # The fused path keeps no gate-sized loop state outside its custom_jvp: one while loop each way.
   params, xs, state = setup(jnp.float32)
-  hlo = jax.jit(jax.grad(lambda p: jnp.sum(jaxlstm.lstm(p, xs, state, unroll=1)[1]))).lower(params).as_text()
+  hlo = jax.jit(jax.grad(lambda p: jnp.sum(jaxlstm.lstm(p, xs, state, unroll=1, impl="fused")[1])))
+  hlo = hlo.lower(params).as_text()
   assert hlo.count("stablehlo.while") == 2
 
 
@@ -178,7 +179,7 @@ def test_training_writes_gate_sized_arrays_in_place():
   # The forward loop writes the backward factors over the input projection and the backward loop writes
   # dz over them: the compiled gradient must neither zero-fill nor copy a (T, B, 4H) array.
   params, xs, state = setup(jnp.float32)
-  grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jaxlstm.lstm(p, x, state, unroll=1)[1] ** 2)))
+  grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jaxlstm.lstm(p, x, state, unroll=1, impl="fused")[1] ** 2)))
   hlo = grad.lower(params, xs).compile().as_text()
   shape = f"f32[{T},{B},{4 * H}]"
   made = [line for line in hlo.splitlines() if f"= {shape}" in line]
