@@ -107,6 +107,14 @@ def load_error() -> str | None:
   return _load()[1]
 
 
+def _loaded() -> ctypes.CDLL:
+  """The native library, for the setters; raises ``RuntimeError`` with the reason where it cannot run here."""
+  lib, why = _load()
+  if lib is None:
+    raise RuntimeError(why)
+  return lib
+
+
 def set_threads(n: int) -> None:
   """Sets the number of tasks (one thread each) of the native loops: ``0`` (the default) picks per call,
   ``n > 0`` uses ``min(n, H)``. The environment variable ``JAXLSTM_NATIVE_THREADS`` caps the automatic choice.
@@ -114,9 +122,7 @@ def set_threads(n: int) -> None:
   Raises:
     RuntimeError: the native library cannot run here (with the reason).
   """
-  lib, why = _load()
-  if lib is None:
-    raise RuntimeError(why)
+  lib = _loaded()
   lib.jaxlstm_native_set_threads(int(n))
 
 
@@ -131,9 +137,7 @@ def set_panels(mode: int) -> int:
     RuntimeError: the native library cannot run here (with the reason).
     ValueError: ``mode`` is not 0, 1 or 2.
   """
-  lib, why = _load()
-  if lib is None:
-    raise RuntimeError(why)
+  lib = _loaded()
   if mode not in (0, 1, 2):
     raise ValueError(f"set_panels: mode must be 0, 1 or 2, got {mode!r}")
   return int(lib.jaxlstm_native_set_panels(int(mode)))
@@ -150,9 +154,7 @@ def set_huge_pages(on: bool) -> bool:
   Raises:
     RuntimeError: the native library cannot run here (with the reason).
   """
-  lib, why = _load()
-  if lib is None:
-    raise RuntimeError(why)
+  lib = _loaded()
   return bool(lib.jaxlstm_native_set_huge_pages(1 if on else 0))
 
 
